@@ -1,0 +1,51 @@
+"""Typed platform settings, read once at start-up from ``TWEAKLINE_*`` environment variables.
+
+Defaults work for the local embedded stack; in Kubernetes the chart sets the variables.
+Business logic receives these values as arguments and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tweakline.proto.permissions import Identity
+
+DEFAULT_STATE_DIR = Path(".tweakline")
+
+
+class Settings(BaseSettings):
+    """Settings shared by every tweakline process."""
+
+    model_config = SettingsConfigDict(env_prefix="TWEAKLINE_", extra="ignore")
+
+    nats_url: str = Field(default="tls://127.0.0.1:4222", description="NATS server URL (TLS is always used).")
+    identity: Identity = Field(default=Identity.ADMIN, description="Certificate identity this process connects as.")
+    state_dir: Path = Field(default=DEFAULT_STATE_DIR, description="Local state: JetStream store, dev PKI, caches.")
+    tls_dir: Path | None = Field(
+        default=None,
+        description="Directory holding tls.crt, tls.key and ca.crt (a mounted cert-manager Secret). "
+        "Default: <state_dir>/pki/<identity>.",
+    )
+    allowed_estimators: list[str] = Field(
+        default=["sklearn."],
+        description="Import-path prefixes that tweak files may name as estimators and pipeline steps.",
+    )
+    trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
+    trial_max_deliver: int = Field(default=3, gt=0, description="Deliveries of a trial before it is failed.")
+    runner_threads: int = Field(default=1, gt=0, description="Threads each trial's estimator may use (n_jobs).")
+    log_level: str = "INFO"
+    log_json: bool = False
+    max_payload_bytes: int = Field(default=1_048_576, gt=0, description="Largest message a service accepts.")
+
+    def tls_path(self) -> Path:
+        """Directory of this identity's certificate files."""
+        return self.tls_dir if self.tls_dir is not None else self.state_dir / "pki" / self.identity.value
+
+
+def state_dir_from_env(default: Path = DEFAULT_STATE_DIR) -> Path:
+    """The state directory named by ``TWEAKLINE_STATE_DIR``, else ``default`` (used by the CLI's flags)."""
+    return Path(os.environ.get("TWEAKLINE_STATE_DIR", str(default)))

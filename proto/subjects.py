@@ -1,0 +1,103 @@
+"""Subject, stream, consumer and bucket names: the one place they are spelled.
+
+Every event subject ends with the experiment id as its last token, so one experiment's
+whole story can be followed with the filter ``tweakline.*.*.<experiment_id>`` and
+permissions can be granted per subject family (``tweakline.trials.requested.>``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+PREFIX = "tweakline"
+
+
+class Subject(StrEnum):
+    """Subject families on the bus; append the experiment id with :func:`subject_for`."""
+
+    EXPERIMENT_SUBMITTED = f"{PREFIX}.experiments.submitted"
+    EXPERIMENT_COMPLETED = f"{PREFIX}.experiments.completed"
+    TRIAL_REQUESTED = f"{PREFIX}.trials.requested"
+    TRIAL_PROGRESS = f"{PREFIX}.trials.progress"
+    TRIAL_CONTROL = f"{PREFIX}.trials.control"
+    TRIAL_COMPLETED = f"{PREFIX}.trials.completed"
+    EVALUATION_COMPLETED = f"{PREFIX}.evaluations.completed"
+    DEPLOYMENT_COMPLETED = f"{PREFIX}.deployments.completed"
+    DEAD_LETTER = f"{PREFIX}.deadletter"
+
+
+def subject_for(family: Subject, experiment_id: str) -> str:
+    """The concrete subject of one experiment's message in ``family``."""
+    return f"{family.value}.{experiment_id}"
+
+
+def all_of(family: Subject) -> str:
+    """The wildcard matching every experiment's messages in ``family``."""
+    return f"{family.value}.>"
+
+
+def experiment_events(experiment_id: str) -> str:
+    """Filter matching every stored event of one experiment (submitted ... deployed)."""
+    return f"{PREFIX}.*.*.{experiment_id}"
+
+
+def experiment_id_of(subject: str) -> str:
+    """The experiment id carried as the last token of an event subject."""
+    return subject.rsplit(".", 1)[-1]
+
+
+class Stream(StrEnum):
+    """JetStream streams."""
+
+    # Limits retention: the replayable audit log of every lifecycle event.
+    EVENTS = "TWEAKLINE_EVENTS"
+    # Work-queue retention: trials waiting for a runner; acked trials are removed.
+    TRIALS = "TWEAKLINE_TRIALS"
+    # Limits retention: messages a service could not accept, with the reason.
+    DEAD_LETTERS = "TWEAKLINE_DEADLETTERS"
+
+
+STREAM_SUBJECTS: dict[Stream, list[str]] = {
+    Stream.EVENTS: [
+        all_of(Subject.EXPERIMENT_SUBMITTED),
+        all_of(Subject.EXPERIMENT_COMPLETED),
+        all_of(Subject.TRIAL_COMPLETED),
+        all_of(Subject.EVALUATION_COMPLETED),
+        all_of(Subject.DEPLOYMENT_COMPLETED),
+    ],
+    Stream.TRIALS: [all_of(Subject.TRIAL_REQUESTED)],
+    Stream.DEAD_LETTERS: [all_of(Subject.DEAD_LETTER)],
+}
+
+
+class Consumer(StrEnum):
+    """Durable consumer names, one per (service, role)."""
+
+    SCHEDULER_INTAKE = "scheduler-intake"
+    SCHEDULER_RESULTS = "scheduler-results"
+    TRIAL_RUNNERS = "trial-runners"
+    EVALUATOR = "evaluator"
+    DEPLOYER = "deployer"
+
+
+# (stream, filter subject) of each durable consumer.
+CONSUMER_FILTERS: dict[Consumer, tuple[Stream, str]] = {
+    Consumer.SCHEDULER_INTAKE: (Stream.EVENTS, all_of(Subject.EXPERIMENT_SUBMITTED)),
+    Consumer.SCHEDULER_RESULTS: (Stream.EVENTS, all_of(Subject.TRIAL_COMPLETED)),
+    Consumer.TRIAL_RUNNERS: (Stream.TRIALS, all_of(Subject.TRIAL_REQUESTED)),
+    Consumer.EVALUATOR: (Stream.EVENTS, all_of(Subject.EXPERIMENT_COMPLETED)),
+    Consumer.DEPLOYER: (Stream.EVENTS, all_of(Subject.EVALUATION_COMPLETED)),
+}
+
+
+class Bucket(StrEnum):
+    """Key-value buckets and object stores."""
+
+    EXPERIMENTS = "tweakline-experiments"  # KV: experiment state, so a restarted scheduler resumes
+    RELEASES = "tweakline-releases"  # KV: release history per release name
+    ARTIFACTS = "tweakline-artifacts"  # object store: models (skops) and reports
+
+
+# Dedup window of the streams: a re-published message with the same Nats-Msg-Id inside it
+# is stored once.
+DUPLICATE_WINDOW_S = 120.0

@@ -1,0 +1,390 @@
+"""The tweak file (``apiVersion: tweakline/v1``, ``kind: Experiment``): what a data scientist commits.
+
+The models validate structure and every rule that needs no import of scikit-learn; rules that
+need the estimator (does ``SVC`` have a parameter ``C``?) run in
+:mod:`tweakline.trial_runner.estimators` before anything is started.
+
+Errors raised from ``model_validator`` use :func:`problem` so that the reported path names the
+exact field (``spec.search.space.C.low``), not only the object that holds it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+API_VERSION = "tweakline/v1"
+KIND = "Experiment"
+
+# A Kubernetes-style name (DNS-1123 label): also safe as a NATS subject token.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$"
+
+SKLEARN_DATASETS = ("iris", "digits", "wine", "breast_cancer", "diabetes")
+
+CLASSIFICATION_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "roc_auc",
+    "log_loss",
+)
+REGRESSION_METRICS = ("r2", "rmse", "mae")
+# Metrics where lower is better; every other metric is maximised.
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss"})
+METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
+
+
+def problem(field: str, message: str, **values: Any) -> PydanticCustomError:
+    """An error about ``field`` of the model being validated (reported as ``<path>.<field>``)."""
+    shown = {k: _show(v) for k, v in values.items()}
+    return PydanticCustomError("tweakline", message, {"field": field, **shown})
+
+
+def _show(value: Any) -> Any:
+    # 1.0e3 arrives as 1000.0: show numbers the way people write them.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return int(value)
+    return value
+
+
+class _Strict(BaseModel):
+    """User-facing input: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"1.5h"``; raises ``ValueError`` otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 90s, 15m or 1h, got '{value}'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 90s, 15m or 1h, got '{value}'")
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration, got '{value}'")
+    return seconds
+
+
+Duration = Annotated[float, Field(description="Seconds, or a string such as 90s, 15m, 1h.")]
+
+
+class Metadata(_Strict):
+    """Identity of the experiment."""
+
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Lower-case letters, digits and '-', at most 53 characters (a Kubernetes name).",
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
+
+
+class DatasetSpec(_Strict):
+    """Where the data comes from and how the held-out test split is cut."""
+
+    source: str = Field(
+        description="sklearn:<iris|digits|wine|breast_cancer|diabetes> or csv:<path> (relative to the tweak file)."
+    )
+    target: str | None = Field(default=None, description="Target column (required for csv: sources).")
+    test_size: float = Field(default=0.2, gt=0, lt=1, description="Fraction held out for the final evaluation.")
+    seed: int = Field(default=0, ge=0, description="Seed of the train/test split and the CV folds.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme, _, rest = value.partition(":")
+        if scheme == "sklearn":
+            if rest not in SKLEARN_DATASETS:
+                raise PydanticCustomError(
+                    "tweakline",
+                    "unknown scikit-learn dataset '{name}', expected one of {expected}",
+                    {"name": rest, "expected": ", ".join(SKLEARN_DATASETS)},
+                )
+        elif scheme == "csv":
+            if not rest:
+                raise PydanticCustomError("tweakline", "csv: needs a path, e.g. csv:data/train.csv", {})
+        else:
+            raise PydanticCustomError(
+                "tweakline",
+                "unknown dataset source '{value}', expected sklearn:<name> or csv:<path>",
+                {"value": value},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _csv_needs_target(self) -> DatasetSpec:
+        if self.source.startswith("csv:") and not self.target:
+            raise problem("target", "required for csv: sources (the name of the target column)")
+        return self
+
+
+class ModelSpec(_Strict):
+    """The estimator, optional preprocessing steps before it, and parameters that are not searched."""
+
+    estimator: str = Field(description="Import path of a scikit-learn estimator, e.g. sklearn.svm.SVC.")
+    pipeline: list[str] = Field(default_factory=list, description="Import paths of transformers run before the estimator.")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters that are not searched.")
+
+    @field_validator("estimator", "pipeline")
+    @classmethod
+    def _import_path(cls, value: Any) -> Any:
+        for path in [value] if isinstance(value, str) else value:
+            if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", path):
+                raise PydanticCustomError(
+                    "tweakline", "expected a dotted import path such as sklearn.svm.SVC, got {path!r}", {"path": path}
+                )
+        return value
+
+
+Scalar = str | int | float | bool | None
+
+
+class _Param(_Strict):
+    when: dict[str, list[Scalar]] | None = Field(
+        default=None,
+        description="Active only when every named parameter takes one of the listed values, e.g. {kernel: [poly]}.",
+    )
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _scalar_to_list(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
+        return value
+
+
+class FloatParam(_Param):
+    """A real-valued parameter in ``[low, high]``."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        if self.log and self.low <= 0:
+            raise problem("low", "must be > 0 when log is true, got {value}", value=self.low)
+        if self.high < self.low:
+            raise problem("high", "must be >= low ({low}), got {value}", low=self.low, value=self.high)
+        if self.log and self.step is not None:
+            raise problem("step", "cannot be combined with log: true, got {value}", value=self.step)
+        return self
+
+
+class IntParam(_Param):
+    """An integer parameter in ``[low, high]``."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(default=1, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        if self.log and self.low <= 0:
+            raise problem("low", "must be > 0 when log is true, got {value}", value=self.low)
+        if self.high < self.low:
+            raise problem("high", "must be >= low ({low}), got {value}", low=self.low, value=self.high)
+        if self.log and self.step != 1:
+            raise problem("step", "must be 1 when log is true, got {value}", value=self.step)
+        return self
+
+
+class CategoricalParam(_Param):
+    """A parameter taking one of ``choices``."""
+
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CategoricalParam:
+        if len({repr(c) for c in self.choices}) != len(self.choices):
+            raise problem("choices", "must be distinct, got {value}", value=self.choices)
+        return self
+
+
+ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+class SearchAlgorithm(StrEnum):
+    """Names accepted in ``spec.search.algorithm``."""
+
+    GRID = "grid"
+    RANDOM = "random"
+    TPE = "tpe"
+    GP = "gp"
+    CMAES = "cmaes"
+    QMC = "qmc"
+
+
+class SearchSpec(_Strict):
+    """The search space and the algorithm exploring it."""
+
+    algorithm: SearchAlgorithm = SearchAlgorithm.TPE
+    space: dict[str, ParamSpec] = Field(min_length=1, description="Parameter name -> its range or choices.")
+    seed: int | None = Field(default=None, ge=0, description="Seed of the sampler, for reproducible searches.")
+
+    @model_validator(mode="after")
+    def _conditions_refer_to_categoricals(self) -> SearchSpec:
+        for name, param in self.space.items():
+            for other, values in (param.when or {}).items():
+                target = self.space.get(other)
+                if target is None or other == name:
+                    raise problem(
+                        f"space.{name}.when.{other}",
+                        "must name another parameter of the space ({known}), got '{value}'",
+                        known=", ".join(k for k in self.space if k != name),
+                        value=other,
+                    )
+                if not isinstance(target, CategoricalParam):
+                    raise problem(f"space.{name}.when.{other}", "must name a categorical parameter", value=other)
+                unknown = [v for v in values if v not in target.choices]
+                if unknown:
+                    raise problem(
+                        f"space.{name}.when.{other}",
+                        "values {unknown} are not among the choices of {other} ({choices})",
+                        unknown=unknown,
+                        other=other,
+                        choices=target.choices,
+                    )
+        if self.algorithm == SearchAlgorithm.GRID:
+            for name, param in self.space.items():
+                if isinstance(param, FloatParam) and param.step is None:
+                    raise problem(
+                        f"space.{name}.step",
+                        "grid search needs a step for float parameters (or use categorical choices), got none",
+                    )
+        if self.algorithm == SearchAlgorithm.CMAES and all(isinstance(p, CategoricalParam) for p in self.space.values()):
+            raise problem(
+                "algorithm", "cmaes needs at least one float or int parameter; this space is all categorical, use tpe"
+            )
+        return self
+
+
+class ObjectiveSpec(_Strict):
+    """What the search optimises: a metric, its direction and the cross-validation used to estimate it."""
+
+    metric: str = Field(description="Scorer name, e.g. accuracy, f1_macro, roc_auc, r2, rmse, mae.")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="Defaults to minimize for error metrics (rmse, mae, log_loss), maximize otherwise."
+    )
+    cv: int = Field(default=5, ge=2, le=20, description="Number of cross-validation folds on the training split.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise PydanticCustomError(
+                "tweakline", "unknown metric '{value}', expected one of {expected}", {"value": value, "expected": ", ".join(METRICS)}
+            )
+        return value
+
+    @property
+    def maximize(self) -> bool:
+        """Whether a higher value of the metric is better for this objective."""
+        if self.direction is None:
+            return self.metric not in LOWER_IS_BETTER
+        return self.direction == "maximize"
+
+
+class BudgetSpec(_Strict):
+    """How much work the search may do."""
+
+    max_trials: int = Field(default=20, gt=0, le=100_000)
+    parallelism: int = Field(default=4, gt=0, le=1024, description="Trials in flight at once.")
+    timeout: Duration | None = Field(default=None, description="Stop issuing trials after this long.")
+    trial_timeout: Duration | None = Field(default=None, description="Fail a single trial after this long.")
+
+    @field_validator("timeout", "trial_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+
+class GateSpec(_Strict):
+    """When a tuned model may be promoted."""
+
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Minimum (or, for error metrics, maximum) test-split values."
+    )
+    beat_production_by: float = Field(default=0.0, ge=0, description="Required gain over the model in production.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        for metric in value:
+            if metric not in METRICS:
+                raise PydanticCustomError(
+                    "tweakline",
+                    "unknown metric '{value}' in thresholds, expected one of {expected}",
+                    {"value": metric, "expected": ", ".join(METRICS)},
+                )
+        return value
+
+
+class DeployTarget(StrEnum):
+    """Names accepted in ``spec.deploy.target``."""
+
+    LOCAL = "local"
+    HELM = "helm"
+
+
+class DeploySpec(_Strict):
+    """Where a promoted model goes."""
+
+    target: DeployTarget = DeployTarget.LOCAL
+    release: str = Field(pattern=NAME_PATTERN, description="Release name: its history, rollbacks and server.")
+    chart: str | None = Field(default=None, description="helm: chart path or reference (default: helm/model-server).")
+    namespace: str | None = Field(default=None, pattern=NAME_PATTERN, description="helm: target namespace.")
+    values: dict[str, Any] = Field(default_factory=dict, description="helm: extra chart values.")
+
+
+class ExperimentSpec(_Strict):
+    """Everything about one tuning experiment."""
+
+    dataset: DatasetSpec
+    model: ModelSpec
+    search: SearchSpec
+    objective: ObjectiveSpec
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    deploy: DeploySpec | None = None
+
+    @model_validator(mode="after")
+    def _metric_families_agree(self) -> ExperimentSpec:
+        family = CLASSIFICATION_METRICS if self.objective.metric in CLASSIFICATION_METRICS else REGRESSION_METRICS
+        for metric in self.gate.thresholds:
+            if metric not in family:
+                raise problem(
+                    f"gate.thresholds.{metric}",
+                    "is a {kind} metric but the objective {objective} is not; expected one of {expected}",
+                    kind="classification" if metric in CLASSIFICATION_METRICS else "regression",
+                    objective=self.objective.metric,
+                    expected=", ".join(family),
+                )
+        return self
+
+
+class TweakFile(_Strict):
+    """The whole tweak file."""
+
+    apiVersion: Literal["tweakline/v1"]
+    kind: Literal["Experiment"]
+    metadata: Metadata
+    spec: ExperimentSpec
