@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tweakline.proto.tweakfile import ExperimentSpec, TweakFile
+from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, TweakFile
 
 
 def utcnow() -> datetime:
@@ -217,6 +217,8 @@ class EvaluationCompleted(Message):
     artifact: ArtifactRef | None = None
     release: str | None = None
     target: str | None = None
+    deploy: DeploySpec | None = Field(default=None, description="Where the model goes if promoted.")
+    estimator: str = ""
     source: Source = Field(default_factory=Source)
     trials_total: int = 0
     trials_ok: int = 0

@@ -113,7 +113,8 @@ def key_value(bucket: Bucket, *, write: bool) -> Permissions:
 def object_store(bucket: Bucket, *, write: bool) -> Permissions:
     """Read (and optionally write) one object store."""
     stream = f"OBJ_{bucket}"
-    perms = follows(stream).add(Permissions(publish=[f"$JS.API.STREAM.INFO.{stream}"]))
+    # Reading an object subscribes to its chunks, and nats-py first looks the stream up by subject.
+    perms = follows(stream).add(Permissions(publish=[f"$JS.API.STREAM.INFO.{stream}", "$JS.API.STREAM.NAMES"]))
     if write:
         perms.add(Permissions(publish=[f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.{stream}"]))
     return perms

@@ -144,7 +144,7 @@ class ModelSpec(_Strict):
         for path in [value] if isinstance(value, str) else value:
             if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", path):
                 raise PydanticCustomError(
-                    "tweakline", "expected a dotted import path such as sklearn.svm.SVC, got {path!r}", {"path": path}
+                    "tweakline", "expected a dotted import path such as sklearn.svm.SVC, got '{path}'", {"path": path}
                 )
         return value
 
@@ -265,6 +265,11 @@ class SearchSpec(_Strict):
                     )
         if self.algorithm == SearchAlgorithm.GRID:
             for name, param in self.space.items():
+                if param.when:
+                    raise problem(
+                        f"space.{name}.when",
+                        "grid search does not support conditional parameters; use random or tpe, or drop 'when'",
+                    )
                 if isinstance(param, FloatParam) and param.step is None:
                     raise problem(
                         f"space.{name}.step",

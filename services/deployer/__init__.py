@@ -1,1 +1,1 @@
-"""x"""
+"""The deployer service: deploy targets, release history and rollback."""

@@ -1,1 +1,1 @@
-"""x"""
+"""The evaluator service: refit and test-split scoring, and the promotion gate."""

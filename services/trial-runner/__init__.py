@@ -1,1 +1,1 @@
-"""x"""
+"""The trial-runner service: datasets, estimators, cross-validation, metrics and artifacts."""

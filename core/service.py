@@ -1,0 +1,165 @@
+"""What every service shares: its broker over mTLS, safe decoding with dead letters, de-duplicated publishing.
+
+A service is a FastStream app built by ``tweakline.<name>.app.create_app(settings)`` and run
+by ``tweakline service NAME`` — the same entry point on a laptop and in a pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from typing import Any, TypeVar
+
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats.schemas import JStream, PullSub
+from faststream.nats.security import NatsSecurity
+from faststream.specification import AsyncAPI
+from nats.js import JetStreamContext
+from pydantic import BaseModel, ValidationError
+
+import tweakline
+from tweakline.bus import connect_options
+from tweakline.errors import ConfigurationError
+from tweakline.proto.messages import DeadLetter, Message
+from tweakline.proto.subjects import CONSUMER_FILTERS, Consumer, Stream, Subject
+from tweakline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+# name -> module whose create_app(settings) builds the service
+SERVICES: dict[str, str] = {
+    "scheduler": "tweakline.scheduler.app",
+    "trial-runner": "tweakline.trial_runner.app",
+    "evaluator": "tweakline.evaluator.app",
+    "deployer": "tweakline.deployer.app",
+}
+
+DEAD_LETTER_PAYLOAD_BYTES = 2048
+
+
+def make_broker(settings: Settings, name: str) -> NatsBroker:
+    """A FastStream NATS broker connecting as this process's identity over mutual TLS."""
+    options = connect_options(settings, name)
+    return NatsBroker(
+        servers=options["servers"],
+        security=NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
+        name=name,
+        max_reconnect_attempts=options["max_reconnect_attempts"],
+        reconnect_time_wait=options["reconnect_time_wait"],
+        connect_timeout=options["connect_timeout"],
+        log_level=logging.DEBUG,  # FastStream's per-message lines are debug noise for operators
+    )
+
+
+def make_app(broker: NatsBroker, title: str) -> FastStream:
+    """The FastStream application of one service, with its AsyncAPI description."""
+    return FastStream(
+        broker,
+        specification=AsyncAPI(title=f"tweakline {title}", version=tweakline.__version__),
+        logger=logging.getLogger(f"tweakline.{title}"),
+    )
+
+
+def durable_subscription(consumer: Consumer, *, batch_size: int = 1, timeout: float = 1.0) -> dict[str, Any]:
+    """Arguments binding a FastStream subscriber to a durable consumer made by ``ensure_topology``."""
+    stream, subject = CONSUMER_FILTERS[consumer]
+    return {
+        "subject": subject,
+        "stream": JStream(name=stream.value, declare=False),
+        "durable": consumer.value,
+        "pull_sub": PullSub(batch_size=batch_size, timeout=timeout),
+    }
+
+
+class ServiceContext:
+    """Per-process helpers handed to a service's handlers."""
+
+    def __init__(self, settings: Settings, broker: NatsBroker, service: str):
+        self.settings = settings
+        self.broker = broker
+        self.service = service
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the broker's connection (valid once the broker started)."""
+        return self.broker.connection.jetstream()
+
+    async def publish(self, message: Message, subject: str, *, msg_id: str, stream: Stream) -> None:
+        """Publish to a stored subject with a ``Nats-Msg-Id``, so a retry is stored once."""
+        await self.broker.publish(message, subject, headers={"Nats-Msg-Id": msg_id}, stream=stream.value)
+
+    async def decode(self, msg: NatsMessage, model: type[M]) -> M | None:
+        """The message body as ``model``, or ``None`` after sending it to the dead-letter subject.
+
+        A payload that is too large, not JSON or of the wrong shape can never succeed, so it is
+        terminated (never redelivered) rather than retried; the service keeps running.
+        """
+        raw: bytes = msg.body
+        reason: str | None = None
+        if len(raw) > self.settings.max_payload_bytes:
+            reason = f"payload of {len(raw)} bytes exceeds the limit of {self.settings.max_payload_bytes}"
+        else:
+            try:
+                return model.model_validate_json(raw)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[:3]
+                reason = f"not a valid {model.__name__}: " + "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in first
+                )
+        await self.dead_letter(msg.raw_message.subject, raw, reason, dict(msg.headers or {}))
+        await msg.reject()
+        return None
+
+    async def dead_letter(self, subject: str, raw: bytes, reason: str, headers: dict[str, Any] | None = None) -> None:
+        """Record a refused message with its reason on ``tweakline.deadletter.<service>``."""
+        log.warning("dead letter from %s: %s", subject, reason)
+        letter = DeadLetter(
+            service=self.service,
+            subject=subject,
+            reason=reason,
+            payload=raw[:DEAD_LETTER_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
+            headers={str(k): str(v) for k, v in (headers or {}).items()},
+        )
+        try:
+            await self.broker.publish(
+                letter, f"{Subject.DEAD_LETTER.value}.{self.service}", stream=Stream.DEAD_LETTERS.value
+            )
+        except Exception:  # a dead letter must never take the service down
+            log.exception("could not record a dead letter")
+
+
+async def keep_alive(msg: NatsMessage, interval: float) -> None:
+    """Tell JetStream a long-running message is still being worked on (until cancelled)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await msg.in_progress()
+        except Exception:  # connection flapping: the next beat or a redelivery covers it
+            log.debug("in_progress heartbeat failed", exc_info=True)
+
+
+def create_service_app(name: str, settings: Settings) -> FastStream:
+    """Build the FastStream app of service ``name``."""
+    module_name = SERVICES.get(name)
+    if module_name is None:
+        raise ConfigurationError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
+    module = importlib.import_module(module_name)
+    return module.create_app(settings)
+
+
+def run_service(name: str, settings: Settings) -> None:
+    """Run service ``name`` until SIGTERM/SIGINT (the container and local-process entry point)."""
+    app = create_service_app(name, settings)
+
+    async def _main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, app.exit)
+        await app.run(log_level=logging.INFO)
+
+    asyncio.run(_main())

@@ -1,0 +1,136 @@
+"""The evaluator's message handling: refit, score against defaults and production, decide, store the model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faststream.nats import NatsMessage
+
+from tweakline.errors import TweaklineError
+from tweakline.objects import get_artifact, put_artifact
+from tweakline.proto.messages import (
+    Decision,
+    EvaluationCompleted,
+    ExperimentCompleted,
+    ExperimentStatus,
+    ReleaseHistory,
+    TrialStatus,
+    msg_id,
+)
+from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
+from tweakline.records import RecordStore
+from tweakline.evaluator.gate import decide
+from tweakline.evaluator.scoring import refit_and_score, score_model
+from tweakline.service import ServiceContext, keep_alive
+from tweakline.trial_runner.artifacts import dump_model, load_model
+from tweakline.trial_runner.datasets import DatasetCache
+from tweakline.trial_runner.estimators import task_of
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator:
+    """Turns a finished search into a promote/reject decision with its evidence."""
+
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+        self.datasets = DatasetCache()
+
+    async def on_experiment_completed(self, msg: NatsMessage) -> None:
+        """Evaluate one finished experiment and publish the decision (always, even on error)."""
+        completed = await self.ctx.decode(msg, ExperimentCompleted)
+        if completed is None:
+            return
+        beat = asyncio.create_task(keep_alive(msg, 10.0))
+        try:
+            evaluation = await self._evaluate(completed)
+        except TweaklineError as exc:
+            evaluation = self._error(completed, str(exc))
+        except Exception as exc:  # an unexpected failure still ends the experiment, with the reason
+            log.exception("evaluation of %s failed", completed.experiment_id)
+            evaluation = self._error(completed, f"evaluation failed: {type(exc).__name__}: {exc}")
+        finally:
+            beat.cancel()
+        await self.ctx.publish(
+            evaluation,
+            subject_for(Subject.EVALUATION_COMPLETED, completed.experiment_id),
+            msg_id=msg_id("evaluation", completed.experiment_id),
+            stream=Stream.EVENTS,
+        )
+        await msg.ack()
+        log.info("experiment %s: %s", completed.experiment_id, evaluation.decision.value)
+
+    def _error(self, completed: ExperimentCompleted, reason: str) -> EvaluationCompleted:
+        spec = completed.tweak.spec
+        return EvaluationCompleted(
+            experiment_id=completed.experiment_id,
+            decision=Decision.ERROR,
+            reasons=[reason],
+            metric=spec.objective.metric,
+            release=spec.deploy.release if spec.deploy else None,
+            target=spec.deploy.target.value if spec.deploy else None,
+            deploy=spec.deploy,
+            estimator=spec.model.estimator,
+            source=completed.source,
+            trials_total=len(completed.trials),
+            trials_ok=sum(t.status is TrialStatus.OK for t in completed.trials),
+        )
+
+    async def _production(self, release: str) -> tuple[object, int] | None:
+        """The model now serving ``release`` and its revision, if any."""
+        store = await RecordStore.open(self.ctx.js, Bucket.RELEASES.value, ReleaseHistory)
+        found = await store.get(release)
+        live = found[0].live if found else None
+        if live is None:
+            return None
+        data = await get_artifact(self.ctx.js, live.artifact)
+        return load_model(data, live.artifact.sha256), live.revision
+
+    async def _evaluate(self, completed: ExperimentCompleted) -> EvaluationCompleted:
+        spec = completed.tweak.spec
+        if completed.status is not ExperimentStatus.COMPLETED or completed.best is None:
+            return self._error(completed, completed.message or "the search produced no successful trial")
+        allowed = self.ctx.settings.allowed_estimators
+        split = await asyncio.to_thread(self.datasets.get, spec.dataset)
+        task = task_of(spec.model, allowed)
+        refit = await asyncio.to_thread(refit_and_score, split, spec, completed.best.params, allowed, task)
+
+        production_metrics = None
+        production_revision = None
+        if spec.deploy is not None:
+            production = await self._production(spec.deploy.release)
+            if production is not None:
+                model, production_revision = production
+                try:
+                    production_metrics = await asyncio.to_thread(score_model, model, split, spec, task)
+                except Exception as exc:  # e.g. the features changed: the old model cannot be compared
+                    raise TweaklineError(
+                        f"the model in production (revision {production_revision}) cannot be scored on this "
+                        f"experiment's test split: {type(exc).__name__}: {exc}"
+                    ) from exc
+
+        result = decide(spec, refit.metrics, production_metrics)
+        data, _sha = await asyncio.to_thread(dump_model, refit.model)
+        artifact = await put_artifact(self.ctx.js, f"models/{completed.experiment_id}.skops", data)
+        return EvaluationCompleted(
+            experiment_id=completed.experiment_id,
+            decision=result.decision,
+            reasons=result.reasons,
+            checks=result.checks,
+            metric=spec.objective.metric,
+            best_params=completed.best.params,
+            best_cv_score=completed.best.score,
+            candidate_metrics=refit.metrics,
+            default_metrics=refit.default_metrics,
+            production_metrics=production_metrics,
+            production_revision=production_revision,
+            artifact=artifact,
+            release=spec.deploy.release if spec.deploy else None,
+            target=spec.deploy.target.value if spec.deploy else None,
+            deploy=spec.deploy,
+            estimator=spec.model.estimator,
+            source=completed.source,
+            trials_total=len(completed.trials),
+            trials_ok=sum(t.status is TrialStatus.OK for t in completed.trials),
+        )

@@ -1,0 +1,41 @@
+"""Refit the best configuration on the training split and score models on the held-out test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tweakline.proto.tweakfile import ExperimentSpec
+from tweakline.trial_runner.datasets import Split
+from tweakline.trial_runner.estimators import build_estimator
+from tweakline.trial_runner.metrics import compute_metrics, objective_metrics
+
+
+@dataclass
+class Refit:
+    """The refitted best model and the test-split metrics of it and of the default-params estimator."""
+
+    model: Any
+    metrics: dict[str, float]
+    default_metrics: dict[str, float]
+    task: str
+
+
+def refit_and_score(split: Split, spec: ExperimentSpec, params: dict[str, Any], allowed: list[str], task: str) -> Refit:
+    """Fit the best params and the defaults on the whole training split; score both on the test split."""
+    metrics = objective_metrics(spec)
+    best = build_estimator(spec.model, params, allowed, seed=spec.search.seed)
+    best.fit(split.X_train, split.y_train)
+    default = build_estimator(spec.model, {}, allowed, seed=spec.search.seed)
+    default.fit(split.X_train, split.y_train)
+    return Refit(
+        model=best,
+        metrics=compute_metrics(best, split.X_test, split.y_test, metrics, task),
+        default_metrics=compute_metrics(default, split.X_test, split.y_test, metrics, task),
+        task=task,
+    )
+
+
+def score_model(model: Any, split: Split, spec: ExperimentSpec, task: str) -> dict[str, float]:
+    """Test-split metrics of an already fitted model (the one in production)."""
+    return compute_metrics(model, split.X_test, split.y_test, objective_metrics(spec), task)

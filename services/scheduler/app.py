@@ -1,0 +1,32 @@
+"""The scheduler service: turns submitted experiments into trials and results into decisions to search on."""
+
+from __future__ import annotations
+
+from faststream import AckPolicy, FastStream
+from faststream.nats import NatsMessage
+
+from tweakline.proto.subjects import Consumer
+from tweakline.scheduler.handlers import Scheduler
+from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.settings import Settings
+
+NAME = "scheduler"
+
+
+def create_app(settings: Settings) -> FastStream:
+    """Build the scheduler's broker, subscribers and lifecycle hooks."""
+    broker = make_broker(settings, NAME)
+    app = make_app(broker, NAME)
+    scheduler = Scheduler(ServiceContext(settings, broker, NAME))
+
+    @broker.subscriber(**durable_subscription(Consumer.SCHEDULER_INTAKE, batch_size=16), ack_policy=AckPolicy.MANUAL)
+    async def experiment_submitted(msg: NatsMessage) -> None:
+        await scheduler.on_submitted(msg)
+
+    @broker.subscriber(**durable_subscription(Consumer.SCHEDULER_RESULTS, batch_size=64), ack_policy=AckPolicy.MANUAL)
+    async def trial_completed(msg: NatsMessage) -> None:
+        await scheduler.on_trial_completed(msg)
+
+    app.after_startup(scheduler.start)
+    app.on_shutdown(scheduler.stop)
+    return app

@@ -1,0 +1,98 @@
+"""Search algorithms: each an Optuna sampler behind one small plug-in interface.
+
+Adding an algorithm is one subclass of :class:`SearchStrategy` plus one line in
+:data:`STRATEGIES` (and its name in ``tweakline.proto.tweakfile.SearchAlgorithm``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import optuna
+
+from tweakline.proto.tweakfile import SearchSpec
+from tweakline.scheduler.space import grid_values
+
+
+class SearchStrategy(ABC):
+    """How the next parameters are chosen, given the trials so far."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler for this search (seeded from ``search.seed``)."""
+
+    def trial_limit(self, search: SearchSpec, max_trials: int) -> int:
+        """How many trials the search can use at most (exhaustive strategies stop early)."""
+        return max_trials
+
+
+class RandomSearch(SearchStrategy):
+    """Independent uniform (or log-uniform) draws: the baseline every search must beat."""
+
+    name = "random"
+
+    def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=search.seed)
+
+
+class GridSearch(SearchStrategy):
+    """Every combination of the listed values, in a seeded random order."""
+
+    name = "grid"
+
+    def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.GridSampler(grid_values(search.space), seed=search.seed)
+
+    def trial_limit(self, search: SearchSpec, max_trials: int) -> int:
+        size = math.prod(len(v) for v in grid_values(search.space).values())
+        return min(max_trials, size)
+
+
+class TpeSearch(SearchStrategy):
+    """Tree-structured Parzen estimator; the constant liar keeps parallel proposals apart."""
+
+    name = "tpe"
+
+    def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=search.seed, multivariate=True, group=True, constant_liar=True)
+
+
+class GpSearch(SearchStrategy):
+    """Gaussian-process Bayesian optimisation: sample-efficient on small continuous spaces."""
+
+    name = "gp"
+
+    def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.GPSampler(seed=search.seed)
+
+
+class CmaEsSearch(SearchStrategy):
+    """CMA-ES for continuous parameters (categoricals are sampled at random)."""
+
+    name = "cmaes"
+
+    def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False)
+
+
+class QmcSearch(SearchStrategy):
+    """Quasi-Monte-Carlo (scrambled Sobol): a space-filling random search."""
+
+    name = "qmc"
+
+    def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.QMCSampler(seed=search.seed, warn_independent_sampling=False)
+
+
+STRATEGIES: dict[str, type[SearchStrategy]] = {
+    cls.name: cls for cls in (RandomSearch, GridSearch, TpeSearch, GpSearch, CmaEsSearch, QmcSearch)
+}
+
+
+def strategy_for(search: SearchSpec) -> SearchStrategy:
+    """The strategy named by ``search.algorithm``."""
+    return STRATEGIES[search.algorithm.value]()
