@@ -1,0 +1,185 @@
+"""One trial: cross-validation of one parameter set on the training split.
+
+The test split is never touched here. Folds are ``StratifiedKFold`` (classification) or ``KFold``
+(regression), shuffled with the dataset seed, so every trial of an experiment sees the same folds
+and the same parameters give the same scores. After each fold the caller's ``on_fold`` hook gets
+the fold's objective value and may stop the trial (early stopping): it is then ``pruned``.
+
+Errors from the estimator (an invalid parameter combination, a solver that cannot run) do not
+propagate: the trial is ``failed`` with a one-line error text. Warnings (convergence, deprecation)
+are recorded on the outcome instead of flooding the runner's log.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from tweakline.errors import TweaklineError
+from tweakline.proto.messages import TrialStatus
+from tweakline.proto.tweakfile import ExperimentSpec
+from tweakline.trial_runner.datasets import Split
+from tweakline.trial_runner.estimators import build_estimator, task_of
+from tweakline.trial_runner.metrics import compute_metrics, objective_metrics
+
+MAX_ERROR_CHARS = 600
+MAX_WARNINGS = 5
+
+OnFold = Callable[[int, float], "bool | None"]
+"""``on_fold(fold_index, objective_value)``; returning True stops the trial (pruned)."""
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial produced.
+
+    Attributes:
+        status: ``ok``, ``pruned`` (stopped by ``on_fold``) or ``failed``.
+        score: Mean objective over the completed folds (None when failed or no fold completed).
+        metrics: Mean of every metric over the folds where it was defined.
+        fold_scores: The objective value of each completed fold, in order.
+        duration_s: Wall-clock seconds.
+        cpu_s: CPU seconds of this process during the trial (``time.process_time``; it includes
+            the estimator's worker threads, and would include concurrent trials of the same process).
+        error: One line (exception type, message, where it was raised) when failed.
+        warnings: Distinct warnings raised during the trial (``Category: message``), at most a few.
+    """
+
+    status: TrialStatus
+    score: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    fold_scores: list[float] = field(default_factory=list)
+    duration_s: float = 0.0
+    cpu_s: float = 0.0
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class UndefinedObjectiveError(ValueError):
+    """The objective metric could not be computed on a fold."""
+
+
+# Errors whose message says everything: where they were raised would only add noise.
+_SELF_EXPLAINING = (TweaklineError, UndefinedObjectiveError)
+_NO_LOCATION = frozenset({"InvalidParameterError"})  # scikit-learn's parameter validation
+
+
+def estimator_seed(spec: ExperimentSpec) -> int:
+    """A reproducible ``random_state`` for the estimators of ``spec``: the search seed, else the dataset seed.
+
+    Pass the same value to :func:`run_trial` and to the evaluator's refit
+    (:func:`~tweakline.trial_runner.estimators.build_estimator`) so that CV and refit agree.
+    """
+    return spec.search.seed if spec.search.seed is not None else spec.dataset.seed
+
+
+def cv_splitter(spec: ExperimentSpec, task: str) -> KFold | StratifiedKFold:
+    """The folds every trial of ``spec`` uses."""
+    if task == "classification":
+        return StratifiedKFold(n_splits=spec.objective.cv, shuffle=True, random_state=spec.dataset.seed)
+    return KFold(n_splits=spec.objective.cv, shuffle=True, random_state=spec.dataset.seed)
+
+
+def describe_error(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """``Type: message (at file.py:123 in function)`` on one line, cut to ``limit`` characters."""
+    message = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames and not isinstance(exc, _SELF_EXPLAINING) and type(exc).__name__ not in _NO_LOCATION:
+        last = frames[-1]
+        text += f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _means(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    names = dict.fromkeys(name for fold in per_fold for name in fold)
+    return {name: float(np.mean([fold[name] for fold in per_fold if name in fold])) for name in names}
+
+
+def _warning_texts(caught: list[warnings.WarningMessage]) -> list[str]:
+    texts = dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())[:200]}" for w in caught)
+    return list(texts)[:MAX_WARNINGS]
+
+
+def run_trial(
+    split: Split,
+    spec: ExperimentSpec,
+    params: Mapping[str, Any],
+    allowed_prefixes: Sequence[str],
+    *,
+    seed: int | None = None,
+    on_fold: OnFold | None = None,
+    n_jobs: int | None = None,
+) -> TrialOutcome:
+    """Cross-validate ``params`` on ``split``'s training part and score every metric per fold.
+
+    Args:
+        split: The dataset split (only ``X_train`` / ``y_train`` are used).
+        spec: The experiment (estimator, objective metric and folds, gate metrics).
+        params: This trial's parameter values (estimator parameter names).
+        allowed_prefixes: The platform's allow-list of import paths.
+        seed: ``random_state`` for the estimator (unless the tweak file sets one); None leaves
+            the estimator's default (see :func:`estimator_seed` for a reproducible choice).
+        on_fold: Called after each fold with ``(fold_index, objective_value)``; True stops the
+            trial with status pruned. Exceptions it raises propagate (they are the caller's).
+        n_jobs: Threads the estimator may use.
+
+    Returns:
+        The outcome; estimator errors are reported in it as status failed, never raised.
+    """
+    started, cpu_started = time.perf_counter(), time.process_time()
+    objective = spec.objective.metric
+    names = objective_metrics(spec)
+    per_fold: list[dict[str, float]] = []
+    fold_scores: list[float] = []
+    status = TrialStatus.OK
+    error: str | None = None
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X, y = split.X_train, split.y_train
+        try:
+            task = task_of(spec.model, allowed_prefixes)
+            folds = list(cv_splitter(spec, task).split(X, y))
+        except Exception as exc:  # noqa: BLE001 - reported as a failed trial
+            status, error, folds = TrialStatus.FAILED, describe_error(exc), []
+
+        for index, (train, valid) in enumerate(folds):
+            try:
+                estimator: BaseEstimator = build_estimator(spec.model, params, allowed_prefixes, n_jobs, seed=seed)
+                estimator.fit(X[train], y[train])
+                values = compute_metrics(estimator, X[valid], y[valid], names, task)
+                if objective not in values:
+                    raise UndefinedObjectiveError(
+                        f"the objective '{objective}' is undefined on this fold "
+                        f"({type(estimator).__name__} gives no usable scores for it)"
+                    )
+            except Exception as exc:  # noqa: BLE001 - reported as a failed trial
+                status, error = TrialStatus.FAILED, f"fold {index + 1}/{len(folds)}: {describe_error(exc)}"
+                break
+            per_fold.append(values)
+            fold_scores.append(values[objective])
+            if on_fold is not None and on_fold(index, values[objective]) is True and index + 1 < len(folds):
+                status = TrialStatus.PRUNED
+                break
+
+    failed = status == TrialStatus.FAILED
+    return TrialOutcome(
+        status=status,
+        score=None if failed or not fold_scores else float(np.mean(fold_scores)),
+        metrics={} if failed else _means(per_fold),
+        fold_scores=fold_scores,
+        duration_s=time.perf_counter() - started,
+        cpu_s=time.process_time() - cpu_started,
+        error=error,
+        warnings=_warning_texts(caught),
+    )
