@@ -69,9 +69,12 @@ def is_allowed(path: str, allowed_prefixes: Iterable[str]) -> bool:
     return False
 
 
+def _prefixes(allowed_prefixes: Sequence[str]) -> str:
+    return ", ".join(p for p in allowed_prefixes if p.strip()) or "(none)"
+
+
 def _not_allowed(path: str, allowed_prefixes: Sequence[str]) -> str:
-    shown = ", ".join(p for p in allowed_prefixes if p.strip()) or "(none)"
-    return f"'{path}' is not allowed; allowed prefixes: {shown}"
+    return f"'{path}' is not allowed; allowed prefixes: {_prefixes(allowed_prefixes)}"
 
 
 def resolve(import_path: str, allowed_prefixes: Sequence[str]) -> type:
@@ -120,8 +123,9 @@ def resolve(import_path: str, allowed_prefixes: Sequence[str]) -> type:
         raise InvalidEstimatorError(f"'{import_path}' is a {type(obj).__name__}, not an estimator class")
     origin = f"{obj.__module__}.{obj.__qualname__}"
     if not is_allowed(origin, allowed_prefixes):
-        raise EstimatorNotAllowedError(f"'{import_path}' is {origin}, which is not allowed; allowed prefixes: "
-                                       + (", ".join(p for p in allowed_prefixes if p.strip()) or "(none)"))
+        raise EstimatorNotAllowedError(
+            f"'{import_path}' is {origin}, which is not allowed; allowed prefixes: {_prefixes(allowed_prefixes)}"
+        )
     if not (callable(getattr(obj, "fit", None)) and callable(getattr(obj, "get_params", None))):
         raise InvalidEstimatorError(f"'{import_path}' is not a scikit-learn estimator (a class with fit and get_params)")
     return obj
@@ -261,7 +265,7 @@ def _metric_kind(metric: str) -> str:
     return "classification" if metric in CLASSIFICATION_METRICS else "regression"
 
 
-def _has_scores(estimator: BaseEstimator, method: str, model: ModelSpec, spec: ExperimentSpec, cls: type) -> bool:
+def _has_scores(estimator: BaseEstimator, method: str, spec: ExperimentSpec, cls: type) -> bool:
     """Whether ``method`` exists with the fixed params, or with some single categorical choice of the space."""
     if hasattr(estimator, method):
         return True
@@ -269,12 +273,101 @@ def _has_scores(estimator: BaseEstimator, method: str, model: ModelSpec, spec: E
         if isinstance(param, CategoricalParam) and "__" not in name:
             for choice in param.choices:
                 try:
-                    candidate = cls().set_params(**model.fixed, **{name: choice})
+                    candidate = cls().set_params(**spec.model.fixed, **{name: choice})
                 except Exception:  # noqa: BLE001 - invalid choices are reported elsewhere
                     continue
                 if hasattr(candidate, method):
                     return True
     return False
+
+
+def _check_steps(model: ModelSpec, allowed_prefixes: Sequence[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    for i, path in enumerate(model.pipeline):
+        try:
+            step = _construct(resolve(path, allowed_prefixes), path)
+        except TweaklineError as exc:
+            problems.append(Problem(f"spec.model.pipeline[{i}]", str(exc)))
+            continue
+        if not hasattr(step, "transform"):
+            problems.append(
+                Problem(f"spec.model.pipeline[{i}]", f"'{path}' is not a transformer (it has no transform method)")
+            )
+    return problems
+
+
+def _check_params(cls: type, estimator: BaseEstimator, spec: ExperimentSpec) -> tuple[list[Problem], list[Problem]]:
+    """Problems of ``model.fixed`` and of ``search.space``; valid fixed values are set on ``estimator``."""
+    fixed_problems: list[Problem] = []
+    space_problems: list[Problem] = []
+    name = cls.__name__
+    known = estimator.get_params(deep=True)
+    top = _top_level(estimator)
+    valid_fixed: dict[str, Any] = {}
+    for key, value in spec.model.fixed.items():
+        if key not in known:
+            fixed_problems.append(Problem(f"spec.model.fixed.{key}", unknown_param_message(name, key, top)))
+        elif error := _value_error(cls, valid_fixed, key, value):
+            fixed_problems.append(Problem(f"spec.model.fixed.{key}", error))
+        elif key in spec.search.space:
+            fixed_problems.append(
+                Problem(f"spec.model.fixed.{key}", f"is also searched in spec.search.space.{key}; keep it in one place")
+            )
+        else:
+            valid_fixed[key] = value
+    estimator.set_params(**valid_fixed)
+
+    for key, param in spec.search.space.items():
+        if key not in known:
+            space_problems.append(Problem(f"spec.search.space.{key}", unknown_param_message(name, key, top)))
+            continue
+        checks: list[tuple[str, Any]]
+        if isinstance(param, CategoricalParam):
+            checks = [(f"choices[{j}]", choice) for j, choice in enumerate(param.choices)]
+        elif isinstance(param, FloatParam):
+            checks = [("low", float(param.low)), ("high", float(param.high))]
+        else:
+            checks = [("low", int(param.low)), ("high", int(param.high))]
+        for where, value in checks:
+            if error := _value_error(cls, valid_fixed, key, value):
+                space_problems.append(Problem(f"spec.search.space.{key}.{where}", error))
+    return fixed_problems, space_problems
+
+
+def _check_metrics(cls: type, estimator: BaseEstimator, task: Task, spec: ExperimentSpec) -> list[Problem]:
+    """The objective's and the gate's metrics: of the estimator's task, and computable by it."""
+    problems: list[Problem] = []
+    family = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    noun = "classifier" if task == "classification" else "regressor"
+    dataset = location_of(spec.dataset.source) if spec.dataset.source.startswith("sklearn:") else None
+    named = [("spec.objective.metric", spec.objective.metric)]
+    named += [(f"spec.gate.thresholds.{metric}", metric) for metric in spec.gate.thresholds]
+    for path, metric in named:
+        if metric not in family:
+            problems.append(
+                Problem(
+                    path,
+                    f"'{metric}' is a {_metric_kind(metric)} metric but {spec.model.estimator} is a {noun}; "
+                    f"expected one of {', '.join(family)}",
+                )
+            )
+        elif metric in ("log_loss", "roc_auc") and not _has_scores(estimator, "predict_proba", spec, cls):
+            if metric == "log_loss":
+                problems.append(
+                    Problem(path, f"'log_loss' needs predicted probabilities but {cls.__name__} has no "
+                            "predict_proba with these settings; choose another metric or an estimator with predict_proba")
+                )
+            elif dataset in _MULTICLASS_DATASETS:
+                problems.append(
+                    Problem(path, f"'roc_auc' on the multiclass dataset '{dataset}' needs predicted probabilities "
+                            f"but {cls.__name__} has no predict_proba with these settings")
+                )
+            elif not _has_scores(estimator, "decision_function", spec, cls):
+                problems.append(
+                    Problem(path, f"'roc_auc' needs scores but {cls.__name__} has neither predict_proba nor "
+                            "decision_function with these settings")
+                )
+    return problems
 
 
 def check_spec(spec: ExperimentSpec, allowed_prefixes: Sequence[str], base_dir: Path | None = None) -> list[Problem]:
@@ -294,114 +387,20 @@ def check_spec(spec: ExperimentSpec, allowed_prefixes: Sequence[str], base_dir: 
     Returns:
         The problems found, in tweak-file order; empty when the spec can run.
     """
-    model = spec.model
-    dataset_problems: list[Problem] = []
     model_problems: list[Problem] = []
-    search_problems: list[Problem] = []
+    fixed_problems: list[Problem] = []
+    space_problems: list[Problem] = []
     metric_problems: list[Problem] = []
-
-    cls: type | None = None
+    task: Task | None = None
     try:
-        cls = resolve(model.estimator, allowed_prefixes)
+        cls = resolve(spec.model.estimator, allowed_prefixes)
+        estimator = _construct(cls, spec.model.estimator)
+        task = _task_of_instance(estimator, spec.model.estimator)
     except TweaklineError as exc:
         model_problems.append(Problem("spec.model.estimator", str(exc)))
-
-    for i, path in enumerate(model.pipeline):
-        try:
-            step = _construct(resolve(path, allowed_prefixes), path)
-        except TweaklineError as exc:
-            model_problems.append(Problem(f"spec.model.pipeline[{i}]", str(exc)))
-            continue
-        if not hasattr(step, "transform"):
-            model_problems.append(
-                Problem(f"spec.model.pipeline[{i}]", f"'{path}' is not a transformer (it has no transform method)")
-            )
-
-    task: Task | None = None
-    estimator: BaseEstimator | None = None
-    if cls is not None:
-        try:
-            estimator = _construct(cls, model.estimator)
-            task = _task_of_instance(estimator, model.estimator)
-        except TweaklineError as exc:
-            model_problems.append(Problem("spec.model.estimator", str(exc)))
-
-    if cls is not None and estimator is not None:
-        name = cls.__name__
-        known = estimator.get_params(deep=True)
-        top = _top_level(estimator)
-        valid_fixed: dict[str, Any] = {}
-        for key, value in model.fixed.items():
-            if key not in known:
-                model_problems.append(Problem(f"spec.model.fixed.{key}", unknown_param_message(name, key, top)))
-                continue
-            error = _value_error(cls, valid_fixed, key, value)
-            if error:
-                model_problems.append(Problem(f"spec.model.fixed.{key}", error))
-                continue
-            if key in spec.search.space:
-                model_problems.append(
-                    Problem(f"spec.model.fixed.{key}", f"is also searched in spec.search.space.{key}; keep it in one place")
-                )
-                continue
-            valid_fixed[key] = value
-        try:
-            estimator.set_params(**valid_fixed)
-        except Exception:  # noqa: BLE001 - already reported per parameter
-            pass
-
-        for key, param in spec.search.space.items():
-            if key not in known:
-                search_problems.append(Problem(f"spec.search.space.{key}", unknown_param_message(name, key, top)))
-                continue
-            if isinstance(param, CategoricalParam):
-                checks = [(f"choices[{j}]", choice) for j, choice in enumerate(param.choices)]
-            elif isinstance(param, FloatParam):
-                checks = [("low", float(param.low)), ("high", float(param.high))]
-            else:
-                checks = [("low", int(param.low)), ("high", int(param.high))]
-            for where, value in checks:
-                error = _value_error(cls, valid_fixed, key, value)
-                if error:
-                    search_problems.append(Problem(f"spec.search.space.{key}.{where}", error))
-
-    if task is not None and estimator is not None and cls is not None:
-        family = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
-        noun = "classifier" if task == "classification" else "regressor"
-        named = [("spec.objective.metric", spec.objective.metric)] + [
-            (f"spec.gate.thresholds.{m}", m) for m in spec.gate.thresholds
-        ]
-        dataset_name = location_of(spec.dataset.source) if spec.dataset.source.startswith("sklearn:") else None
-        for path, metric in named:
-            if metric not in family:
-                metric_problems.append(
-                    Problem(
-                        path,
-                        f"'{metric}' is a {_metric_kind(metric)} metric but {model.estimator} is a {noun}; "
-                        f"expected one of {', '.join(family)}",
-                    )
-                )
-                continue
-            has_proba = _has_scores(estimator, "predict_proba", model, spec, cls)
-            if metric == "log_loss" and not has_proba:
-                metric_problems.append(
-                    Problem(path, f"'log_loss' needs predicted probabilities but {cls.__name__} has no predict_proba "
-                            "with these settings; choose another metric or an estimator with predict_proba")
-                )
-            elif metric == "roc_auc" and not has_proba:
-                if dataset_name in _MULTICLASS_DATASETS:
-                    metric_problems.append(
-                        Problem(path, f"'roc_auc' on the multiclass dataset '{dataset_name}' needs predicted "
-                                f"probabilities but {cls.__name__} has no predict_proba with these settings")
-                    )
-                elif not _has_scores(estimator, "decision_function", model, spec, cls):
-                    metric_problems.append(
-                        Problem(path, f"'roc_auc' needs scores but {cls.__name__} has neither predict_proba "
-                                "nor decision_function with these settings")
-                    )
-
-    dataset_problems.extend(check_dataset(spec.dataset, base_dir, task=task))
-
-    objective = [p for p in metric_problems if p.path.startswith("spec.objective")]
-    gate = [p for p in metric_problems if p.path.startswith("spec.gate")]
-    return dataset_problems + model_problems + search_problems + objective + gate
+    model_problems += _check_steps(spec.model, allowed_prefixes)
+    if task is not None:
+        fixed_problems, space_problems = _check_params(cls, estimator, spec)
+        metric_problems = _check_metrics(cls, estimator, task, spec)
+    dataset_problems = check_dataset(spec.dataset, base_dir, task=task)
+    return dataset_problems + model_problems + fixed_problems + space_problems + metric_problems
