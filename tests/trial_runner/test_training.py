@@ -252,3 +252,24 @@ def test_describe_error_is_one_bounded_line() -> None:
     assert text.startswith("ValueError: bad things xxx")
     assert len(text) == 80 and text.endswith("…")
     assert "\n" not in text
+
+
+def test_csv_dataset_end_to_end(tmp_path: Any) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    labels = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, "yes", "no")
+    lines = ["a,b,c,label"] + [f"{r[0]},{r[1]},{r[2]},{lab}" for r, lab in zip(X, labels)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = make_spec(
+        dataset={"source": "csv:train.csv", "target": "label"},
+        model={"estimator": "sklearn.linear_model.LogisticRegression"},
+        search={"space": {"C": {"type": "float", "low": 0.01, "high": 10, "log": True}}},
+        objective={"metric": "roc_auc", "cv": 4},
+        gate={"thresholds": {"log_loss": 0.5}},
+    )
+    split = DatasetCache().get(spec.dataset, tmp_path)
+    assert split.X_train.shape == (96, 3)
+    outcome = run_trial(split, spec, {"C": 1.0}, ALLOWED)
+    assert outcome.status is TrialStatus.OK
+    assert outcome.score is not None and outcome.score > 0.95
+    assert {"roc_auc", "log_loss", "accuracy"} <= set(outcome.metrics)
