@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tweakline.proto.subjects import Subject
 from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, TweakFile
 
 
@@ -309,3 +310,16 @@ MESSAGES: tuple[type[Message], ...] = (
     DeploymentCompleted,
     DeadLetter,
 )
+
+# The payload carried by each subject family: the AsyncAPI document and subscribers read it.
+PAYLOADS: dict[Subject, type[Message]] = {
+    Subject.EXPERIMENT_SUBMITTED: ExperimentSubmitted,
+    Subject.TRIAL_REQUESTED: TrialRequested,
+    Subject.TRIAL_PROGRESS: TrialProgress,
+    Subject.TRIAL_CONTROL: TrialControl,
+    Subject.TRIAL_COMPLETED: TrialCompleted,
+    Subject.EXPERIMENT_COMPLETED: ExperimentCompleted,
+    Subject.EVALUATION_COMPLETED: EvaluationCompleted,
+    Subject.DEPLOYMENT_COMPLETED: DeploymentCompleted,
+    Subject.DEAD_LETTER: DeadLetter,
+}

@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 API_VERSION = "tweakline/v1"
@@ -79,7 +79,20 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-Duration = Annotated[float, Field(description="Seconds, or a string such as 90s, 15m, 1h.")]
+# The JSON Schema states what the validator really accepts (a number or a unit string).
+Duration = Annotated[
+    float,
+    Field(description="Seconds, or a string such as 90s, 15m, 1h."),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "Seconds, or a string such as 90s, 15m, 1h.",
+        }
+    ),
+]
 
 
 class Metadata(_Strict):
@@ -153,7 +166,26 @@ Scalar = str | int | float | bool | None
 
 
 class _Param(_Strict):
-    when: dict[str, list[Scalar]] | None = Field(
+    when: Annotated[
+        dict[str, list[Scalar]] | None,
+        # one value or a list of values per parameter, as the before-validator accepts
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "additionalProperties": {
+                            "anyOf": [
+                                {"type": "array", "items": {"type": ["string", "number", "boolean", "null"]}},
+                                {"type": ["string", "number", "boolean", "null"]},
+                            ]
+                        },
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(
         default=None,
         description="Active only when every named parameter takes one of the listed values, e.g. {kernel: [poly]}.",
     )
