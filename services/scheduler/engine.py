@@ -116,7 +116,14 @@ class ExperimentRun:
             self._add_finished(record)
             return True
         state = _TELL_STATE[record.status]
-        self.study.tell(trial, record.score if state is TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        try:
+            self.study.tell(trial, record.score if state is TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        except RuntimeError as exc:
+            # GridSampler calls study.stop() once the grid is covered, which Optuna only allows
+            # inside optimize(); the trial is already stored by then, and the engine stops
+            # asking on its own (the grid's size bounds the plan).
+            if "Study.stop" not in str(exc):
+                raise
         return True
 
     def finished(self, now: datetime | None = None) -> bool:
