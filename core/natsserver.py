@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tweakline.errors import StackError
 from tweakline.pki import TlsFiles
-from tweakline.proto.permissions import Identity, Permissions, permission_map
+from tweakline.proto.generate import nats_authorization, nats_user
+from tweakline.proto.permissions import Identity, Permissions
 
 
 def nats_server_binary() -> Path:
@@ -39,19 +40,16 @@ def nats_server_binary() -> Path:
 
 def user_for(identity: str) -> str:
     """The NATS user a certificate identity maps to (its subject in RFC 2253 form)."""
-    return f"CN={identity}"
+    return nats_user(identity)
 
 
 def render_authorization(perms: dict[Identity, Permissions] | None = None) -> str:
-    """The ``authorization`` block mapping certificate identities to permissions."""
-    perms = perms if perms is not None else permission_map()
-    users = []
-    for identity, p in perms.items():
-        users.append(
-            "    { user: %s, permissions: { publish: { allow: %s }, subscribe: { allow: %s } } }"
-            % (json.dumps(user_for(identity)), json.dumps(p.publish), json.dumps(p.subscribe))
-        )
-    return "authorization {\n  users = [\n" + ",\n".join(users) + "\n  ]\n}\n"
+    """The ``authorization`` block mapping certificate identities to permissions.
+
+    The same document the Helm chart mounts into its NATS server
+    (``helm/tweakline/files/nats-authorization.json``), from the same function.
+    """
+    return "authorization: " + json.dumps(nats_authorization(perms)["authorization"], indent=2) + "\n"
 
 
 @dataclass(frozen=True)
