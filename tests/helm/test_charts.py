@@ -276,3 +276,30 @@ def test_optional_parts_switched_off_render_nothing() -> None:
     """The webhook Service and the dashboard ConfigMap exist only when enabled."""
     manifests = render("tweakline", "ci/hpa-values.yaml")
     assert not [m for m in manifests if m.name.endswith("-webhook") or m.name.endswith("-dashboard")]
+
+
+# TWEAKLINE_* variables the chart sets for features other work items are building; each must
+# become a Settings field (or leave the chart) when that work lands.
+PENDING_SETTINGS = {
+    "TWEAKLINE_WEBHOOK_PORT",  # issue 7: the Bitbucket webhook
+    "TWEAKLINE_WEBHOOK_SECRET",
+    "TWEAKLINE_MODEL_SERVER_CHART",  # issue 5: the helm deploy target
+    "TWEAKLINE_DEPLOY_NAMESPACES",
+    "TWEAKLINE_BITBUCKET_TOKEN",  # set by ci/full-values.yaml's global env
+}
+
+
+def test_every_setting_the_chart_passes_is_one_the_services_read() -> None:
+    from tweakline.settings import Settings
+
+    known = {f"TWEAKLINE_{name.upper()}" for name in Settings.model_fields}
+    for values_file in (None, "ci/full-values.yaml"):
+        manifests = render("tweakline", values_file)
+        for manifest in find(manifests, "Deployment") + find(manifests, "Job"):
+            env = _env(manifest.doc["spec"]["template"]["spec"]["containers"][0])
+            unknown = {name for name in env if name.startswith("TWEAKLINE_")} - known - PENDING_SETTINGS
+            assert not unknown, f"{manifest!r} sets {sorted(unknown)}, which no Settings field reads"
+    deployments = find(render("tweakline"), "Deployment")
+    for manifest in deployments:
+        env = _env(manifest.doc["spec"]["template"]["spec"]["containers"][0])
+        assert env["TWEAKLINE_HEALTH_PORT"] == "8080"  # the port the probes call
