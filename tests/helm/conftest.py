@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-helm_python = pytest.importorskip("helm_python", reason="install helm-python-sdk (the real Helm engine)")
+helm_python = pytest.importorskip("helm_python", reason="pip install -e '.[k8s]' (helm-python-sdk: the real Helm engine)")
 
 REPO = Path(__file__).resolve().parents[2]
 CHARTS = REPO / "helm"

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[k8s]'")
+import jsonschema  # noqa: E402 - a dependency of kubernetes-validate
 
 from tests.helm.conftest import (
     CASE_IDS,
