@@ -258,7 +258,12 @@ def test_bus_setup_job_runs_as_admin() -> None:
     (container,) = job.doc["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["bus", "init"]
     assert _env(container)["TWEAKLINE_IDENTITY"] == Identity.ADMIN.value
-    assert "post-install" in job.doc["metadata"]["annotations"]["helm.sh/hook"]
+    (tls,) = [v for v in job.doc["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == f"{RELEASE}-tweakline-admin-tls"
+    # A plain Job per revision by default (a Job's template is immutable, so a new name each time).
+    assert job.name.endswith("-1") and "annotations" not in job.doc["metadata"]
+    (hooked,) = find(render("tweakline", values={"busInit": {"hook": "post-install,pre-upgrade"}}), "Job")
+    assert hooked.doc["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
 
 
 def test_model_server_runs_serve_with_its_own_read_only_identity() -> None:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import shutil
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -120,19 +121,18 @@ class _RenderedConfig:
         return self.text
 
 
-@pytest.fixture(scope="module")
-def chart_nats(pki_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsFixture]:
-    """A real nats-server running the chart's configuration, with the files where the pod has them."""
-    conf, auth, _statefulset = _rendered()
-    root = tmp_path_factory.mktemp("nats-pod")
+def _lay_out_pod(conf: str, auth: dict, pki_root: Path, root: Path) -> str:
+    """Put the rendered files where the NATS pod mounts them (under ``root``), with the dev PKI
+    standing in for cert-manager's Secrets; return nats.conf rewritten to those paths."""
     etc = root / "etc"
     (etc / "nats-config").mkdir(parents=True)
     (etc / "nats-auth").mkdir()
     (etc / "nats-auth" / "authorization.json").write_text(auth["authorization.json"])
     server_tls = TlsFiles(pki_root / Identity.NATS_SERVER)
-    (etc / "nats-certs" / "nats").mkdir(parents=True)
-    shutil.copy(server_tls.cert, etc / "nats-certs" / "nats" / "tls.crt")
-    shutil.copy(server_tls.key, etc / "nats-certs" / "nats" / "tls.key")
+    for secret in ("nats", "cluster"):
+        (etc / "nats-certs" / secret).mkdir(parents=True)
+        shutil.copy(server_tls.cert, etc / "nats-certs" / secret / "tls.crt")
+        shutil.copy(server_tls.key, etc / "nats-certs" / secret / "tls.key")
     (etc / "nats-ca-cert").mkdir()
     shutil.copy(server_tls.ca, etc / "nats-ca-cert" / "ca.crt")
     # Only what differs between a pod and this machine: mount roots, ports, the pod's name.
@@ -141,13 +141,38 @@ def chart_nats(pki_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         .replace('"/data"', json.dumps(str(root / "data")))
         .replace('"/var/run/nats/nats.pid"', json.dumps(str(root / "nats.pid")))
         .replace('"port": 4222', '"port": -1')
+        .replace('"port": 6222', '"port": -1')
         .replace('"http_port": 8222', '"http_port": -1')
         .replace("$SERVER_NAME", '"tl-nats-0"')
         .replace("{", '{\n  "host": "127.0.0.1",', 1)
     )
     assert '"/etc/' not in local and "4222" not in local
-    conf_path = etc / "nats-config" / "nats.conf"
-    conf_path.write_text(local)
+    (etc / "nats-config" / "nats.conf").write_text(local)
+    return local
+
+
+def test_clustered_nats_config_is_accepted_by_nats_server(pki_root: Path, tmp_path: Path) -> None:
+    """The full-features values (3 routed servers with route TLS) give a config nats-server accepts."""
+    from tweakline.natsserver import nats_server_binary
+
+    manifests = render("tweakline", "ci/full-values.yaml")
+    (config,) = find(manifests, "ConfigMap", NATS_CONFIG)
+    (auth,) = find(manifests, "ConfigMap", NATS_AUTH)
+    conf = config.doc["data"]["nats.conf"]
+    assert '"routes"' in conf and '"verify_and_map": true' in conf
+    _lay_out_pod(conf, auth.doc["data"], pki_root, tmp_path)
+    path = tmp_path / "etc" / "nats-config" / "nats.conf"
+    check = subprocess.run([str(nats_server_binary()), "-c", str(path), "-t"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr or check.stdout
+
+
+@pytest.fixture(scope="module")
+def chart_nats(pki_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsFixture]:
+    """A real nats-server running the chart's configuration, with the files where the pod has them."""
+    conf, auth, _statefulset = _rendered()
+    root = tmp_path_factory.mktemp("nats-pod")
+    local = _lay_out_pod(conf, auth, pki_root, root)
+    etc = root / "etc"
     # EmbeddedNatsServer writes its config into run_dir: run it from the config directory so
     # the relative include resolves exactly as in the pod.
     server = EmbeddedNatsServer(_RenderedConfig(local), etc / "nats-config")  # type: ignore[arg-type]
