@@ -199,3 +199,11 @@ def test_commands_the_charts_run_exist(chart: str, values_file: str | None) -> N
             except LookupError:
                 pytest.skip("'tweakline serve' (the model server) is not in this CLI yet; it comes with issue 5")
         _check_command(args)
+
+
+def test_deployer_finds_the_model_server_chart_where_the_image_puts_it() -> None:
+    copies = [args.split() for keyword, args in _instructions() if keyword == "COPY" and "/opt/charts" in args]
+    (destination,) = [words[-1] for words in copies if words[0].startswith("--from")]
+    (deployer,) = [m for m in find(render("tweakline"), "Deployment") if m.name.endswith("-deployer")]
+    env = {e["name"]: e.get("value") for e in deployer.doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TWEAKLINE_MODEL_SERVER_CHART"] == f"{destination.rstrip('/')}/model-server"
