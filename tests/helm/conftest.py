@@ -29,7 +29,7 @@ CASES: list[tuple[str, str | None]] = [
     ("tweakline", None),
     ("tweakline", "ci/full-values.yaml"),
     ("tweakline", "ci/external-nats-values.yaml"),
-    ("tweakline", "ci/hpa-values.yaml"),
+    ("tweakline", "ci/minimal-values.yaml"),
     ("model-server", None),
     ("model-server", "ci/full-values.yaml"),
 ]

@@ -227,12 +227,22 @@ def test_keda_scales_runners_on_the_trial_queue_from_proto() -> None:
 
 
 def test_hpa_is_the_fallback_without_keda() -> None:
-    manifests = render("tweakline", "ci/hpa-values.yaml")
+    manifests = render("tweakline")
     (hpa,) = find(manifests, "HorizontalPodAutoscaler")
     assert hpa.doc["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert hpa.doc["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-tweakline-trial-runner"
     assert not find(manifests, "ScaledObject")
     (runner,) = find(manifests, "Deployment", f"{RELEASE}-tweakline-trial-runner")
     assert "replicas" not in runner.doc["spec"]
+    requests = runner.doc["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    assert requests["cpu"]  # a CPU utilisation target needs a CPU request
+
+
+def test_fixed_runner_count_without_autoscaling() -> None:
+    manifests = render("tweakline", "ci/minimal-values.yaml")
+    assert not find(manifests, "HorizontalPodAutoscaler") and not find(manifests, "ScaledObject")
+    (runner,) = find(manifests, "Deployment", f"{RELEASE}-tweakline-trial-runner")
+    assert runner.doc["spec"]["replicas"] == 3
 
 
 def test_otel_settings_reach_every_service() -> None:
@@ -280,8 +290,9 @@ def test_model_server_runs_serve_with_its_own_read_only_identity() -> None:
 
 def test_optional_parts_switched_off_render_nothing() -> None:
     """The webhook Service and the dashboard ConfigMap exist only when enabled."""
-    manifests = render("tweakline", "ci/hpa-values.yaml")
+    manifests = render("tweakline", "ci/minimal-values.yaml")
     assert not [m for m in manifests if m.name.endswith("-webhook") or m.name.endswith("-dashboard")]
+    assert not [m for m in manifests if m.kind == "Pod"]  # no helm test
 
 
 # TWEAKLINE_* variables the chart sets for features other work items are building; each must
