@@ -320,3 +320,15 @@ def test_every_setting_the_chart_passes_is_one_the_services_read() -> None:
     for manifest in deployments:
         env = _env(manifest.doc["spec"]["template"]["spec"]["containers"][0])
         assert env["TWEAKLINE_HEALTH_PORT"] == "8080"  # the port the probes call
+
+
+def test_model_server_listens_where_the_probes_and_service_point() -> None:
+    manifests = render("model-server", values={"service": {"port": 80}})
+    (deployment,) = find(manifests, "Deployment")
+    (container,) = deployment.doc["spec"]["template"]["spec"]["containers"]
+    (http,) = container["ports"]
+    env = _env(container)
+    assert env["TWEAKLINE_SERVE_PORT"] == str(http["containerPort"]) == "8080"
+    assert env["TWEAKLINE_SERVE_HOST"] == "0.0.0.0"  # the kubelet probes the pod IP
+    (service,) = find(manifests, "Service")
+    assert service.doc["spec"]["ports"][0] == {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
