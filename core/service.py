@@ -19,6 +19,7 @@ from faststream.nats.schemas import JStream, PullSub
 from faststream.nats.security import NatsSecurity
 from faststream.specification import AsyncAPI
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
 import tweakline
@@ -185,4 +186,10 @@ def run_service(name: str, settings: Settings) -> None:
         app.after_startup(_watch_certificates(app, settings))
         await app.run(log_level=logging.INFO)
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except NotFoundError as exc:  # a durable consumer's stream is missing: nothing to bind to
+        raise ConfigurationError(
+            f"the JetStream topology is missing ({exc.description}); create it with 'tweakline bus init' "
+            "as the admin identity (the chart's bus-init Job does)"
+        ) from None

@@ -43,3 +43,10 @@ def test_bus_init_as_a_service_identity_is_refused_clearly(empty_nats: str, pki_
     assert result.code == 2
     assert "as trial-runner" in result.stderr and "admin identity" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_service_without_topology_says_what_to_run(empty_nats: str, pki_root: Path) -> None:
+    result = run_cli("service", "evaluator", env=_env(empty_nats, pki_root, Identity.EVALUATOR), timeout=120)
+    assert result.code == 2
+    assert "tweakline bus init" in result.stderr and "stream not found" in result.stderr
+    assert "Traceback" not in result.stderr
