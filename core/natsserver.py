@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tweakline.errors import StackError
 from tweakline.pki import TlsFiles
-from tweakline.proto.permissions import Identity, Permissions, permission_map
+from tweakline.proto.generate import nats_authorization, nats_user
+from tweakline.proto.permissions import Identity, Permissions
 
 
 def nats_server_binary() -> Path:
@@ -39,19 +40,16 @@ def nats_server_binary() -> Path:
 
 def user_for(identity: str) -> str:
     """The NATS user a certificate identity maps to (its subject in RFC 2253 form)."""
-    return f"CN={identity}"
+    return nats_user(identity)
 
 
 def render_authorization(perms: dict[Identity, Permissions] | None = None) -> str:
-    """The ``authorization`` block mapping certificate identities to permissions."""
-    perms = perms if perms is not None else permission_map()
-    users = []
-    for identity, p in perms.items():
-        users.append(
-            "    { user: %s, permissions: { publish: { allow: %s }, subscribe: { allow: %s } } }"
-            % (json.dumps(user_for(identity)), json.dumps(p.publish), json.dumps(p.subscribe))
-        )
-    return "authorization {\n  users = [\n" + ",\n".join(users) + "\n  ]\n}\n"
+    """The ``authorization`` block mapping certificate identities to permissions.
+
+    The same document the Helm chart mounts into its NATS server
+    (``helm/tweakline/files/nats-authorization.json``), from the same function.
+    """
+    return "authorization: " + json.dumps(nats_authorization(perms)["authorization"], indent=2) + "\n"
 
 
 @dataclass(frozen=True)
@@ -65,6 +63,8 @@ class ServerConfig:
     max_payload: int = 8 * 1024 * 1024
     max_file_store: str = "8GB"
     max_memory_store: str = "256MB"
+    monitor_port: int | None = None  # HTTP monitoring (connz, jsz) on host; -1: a free port
+
 
     def render(self) -> str:
         """nats-server configuration text."""
@@ -81,7 +81,9 @@ class ServerConfig:
             f"  ca_file: {json.dumps(str(self.tls.ca))}\n"
             "  verify_and_map: true\n"
             "  timeout: 5\n"
-            "}\n" + render_authorization()
+            "}\n"
+            + (f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}\n" if self.monitor_port is not None else "")
+            + render_authorization()
         )
 
 
@@ -93,6 +95,7 @@ class EmbeddedNatsServer:
         self.run_dir = run_dir
         self.process: subprocess.Popen[bytes] | None = None
         self.url: str | None = None
+        self.monitor_url: str | None = None  # http://host:port when config.monitor_port is set
 
     @property
     def log_file(self) -> Path:
@@ -124,11 +127,13 @@ class EmbeddedNatsServer:
                 raise StackError(f"nats-server exited with code {self.process.returncode}; see {self.log_file}")
             if ports_file.is_file():
                 try:
-                    urls = json.loads(ports_file.read_text())["nats"]
+                    ports = json.loads(ports_file.read_text())
+                    urls = ports["nats"]
                 except (ValueError, KeyError):
-                    urls = []
+                    ports, urls = {}, []
                 if urls:
                     self.url = urls[0]
+                    self.monitor_url = (ports.get("monitoring") or [None])[0]
                     return self.url
             time.sleep(0.02)
         self.stop()

@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from faststream import FastStream
@@ -18,14 +19,18 @@ from faststream.nats.schemas import JStream, PullSub
 from faststream.nats.security import NatsSecurity
 from faststream.specification import AsyncAPI
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
 import tweakline
 from tweakline.bus import connect_options
 from tweakline.errors import ConfigurationError
+from tweakline.health import start_health_server
+from tweakline.pki import TlsFiles
 from tweakline.proto.messages import DeadLetter, Message
 from tweakline.proto.subjects import CONSUMER_FILTERS, Consumer, Stream, Subject
 from tweakline.settings import Settings
+from tweakline.tlsreload import CertificateReloader
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +157,22 @@ def create_service_app(name: str, settings: Settings) -> FastStream:
     return module.create_app(settings)
 
 
+def _watch_certificates(app: FastStream, settings: Settings) -> Callable[[], Awaitable[None]]:
+    """A start-up hook reloading a renewed certificate into the live connection (no restart)."""
+
+    async def start() -> None:
+        nc = app.broker.connection
+        reloader = CertificateReloader(TlsFiles(settings.tls_path()), nc.ssl_context)
+        task = asyncio.create_task(reloader.watch(settings.tls_reload_interval_s, nc.force_reconnect))
+
+        async def stop() -> None:
+            task.cancel()
+
+        app.on_shutdown(stop)
+
+    return start
+
+
 def run_service(name: str, settings: Settings) -> None:
     """Run service ``name`` until SIGTERM/SIGINT (the container and local-process entry point)."""
     app = create_service_app(name, settings)
@@ -160,6 +181,15 @@ def run_service(name: str, settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, app.exit)
+        if settings.health_port is not None:
+            await start_health_server(settings.health_port, lambda: app.broker.connection.is_connected)
+        app.after_startup(_watch_certificates(app, settings))
         await app.run(log_level=logging.INFO)
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except NotFoundError as exc:  # a durable consumer's stream is missing: nothing to bind to
+        raise ConfigurationError(
+            f"the JetStream topology is missing ({exc.description}); create it with 'tweakline bus init' "
+            "as the admin identity (the chart's bus-init Job does)"
+        ) from None

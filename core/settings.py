@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     max_payload_bytes: int = Field(default=1_048_576, gt=0, description="Largest message a service accepts.")
+    tls_reload_interval_s: float = Field(
+        default=10.0, gt=0, description="How often services look for a renewed certificate (reloaded without restart)."
+    )
+    health_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve /healthz and /readyz on this port (the chart's probes); off when unset."
+    )
 
     def tls_path(self) -> Path:
         """Directory of this identity's certificate files."""

@@ -98,10 +98,19 @@ class StackLayout:
 class LocalStack:
     """Start and stop nats-server and the four services on this machine."""
 
-    def __init__(self, state_dir: Path, *, runners: int | None = None, port: int = -1, settings: Settings | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        runners: int | None = None,
+        port: int = -1,
+        settings: Settings | None = None,
+        monitor_port: int | None = None,
+    ):
         self.layout = StackLayout(state_dir.resolve())
         self.runners = runners if runners is not None else max(1, os.cpu_count() or 1)
         self.port = port
+        self.monitor_port = monitor_port  # NATS HTTP monitoring (what KEDA reads in a cluster); off by default
         self.base_settings = settings or Settings()
         self.server: EmbeddedNatsServer | None = None
         self.services: list[ServiceProcess] = []
@@ -149,7 +158,12 @@ class LocalStack:
         try:
             ensure_pki(self.layout.pki)
             self.server = EmbeddedNatsServer(
-                ServerConfig(store_dir=self.layout.jetstream, tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER), port=self.port),
+                ServerConfig(
+                    store_dir=self.layout.jetstream,
+                    tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER),
+                    port=self.port,
+                    monitor_port=self.monitor_port,
+                ),
                 self.layout.run,
             )
             self.url = self.server.start()

@@ -86,7 +86,7 @@ spec:
             {{- toYaml . | nindent 12 }}
             {{- end }}
           env:
-            {{- include "tweakline.env" (dict "root" $root "identity" $component "env" (merge (deepCopy ($v.env | default dict)) (.env | default dict))) | trim | nindent 12 }}
+            {{- include "tweakline.env" (dict "root" $root "identity" $component "probes" true "env" (merge (deepCopy ($v.env | default dict)) (.env | default dict))) | trim | nindent 12 }}
           {{- with $root.Values.health }}
           startupProbe:
             httpGet:

@@ -199,7 +199,7 @@ Both are named from the release name alone, because the NATS subchart refers to 
 
 {{/*
 Environment of a tweakline container, as a list. Input: dict root, identity, env (the
-component's extra env map). Values of the env maps are strings (value) or maps (e.g. valueFrom).
+component's extra env map), probes (true: the process serves the probe endpoints). Values of the env maps are strings (value) or maps (e.g. valueFrom).
 Precedence: component env > global env > chart settings.
 */}}
 {{- define "tweakline.env" -}}
@@ -216,8 +216,12 @@ Precedence: component env > global env > chart settings.
   "TWEAKLINE_TRIAL_ACK_WAIT_S" (toString $v.config.trialAckWaitSeconds)
   "TWEAKLINE_TRIAL_MAX_DELIVER" (int64 $v.config.trialMaxDeliver | toString)
   "TWEAKLINE_MAX_PAYLOAD_BYTES" (int64 $v.config.maxPayloadBytes | toString)
+  "TWEAKLINE_TLS_RELOAD_INTERVAL_S" (toString $v.config.tlsReloadIntervalSeconds)
   "OTEL_SERVICE_NAME" (printf "tweakline-%s" .identity)
 }}
+{{- if .probes }}
+{{- $_ := set $settings "TWEAKLINE_HEALTH_PORT" (toString $v.health.port) }}
+{{- end }}
 {{- $attrs := list (printf "service.namespace=%s" $v.otel.serviceNamespace) (printf "k8s.namespace.name=%s" $root.Release.Namespace) "k8s.pod.name=$(POD_NAME)" }}
 {{- range $key, $value := $v.otel.resourceAttributes }}
 {{- $attrs = append $attrs (printf "%s=%v" $key $value) }}
