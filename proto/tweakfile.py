@@ -233,12 +233,53 @@ class SearchAlgorithm(StrEnum):
     QMC = "qmc"
 
 
+class PrunerName(StrEnum):
+    """Names accepted in ``spec.search.pruner`` (early stopping of unpromising trials)."""
+
+    NONE = "none"
+    MEDIAN = "median"
+    ASHA = "asha"
+    HYPERBAND = "hyperband"
+    WILCOXON = "wilcoxon"
+
+
+class WarmStartSpec(_Strict):
+    """Where earlier trials come from (``search.warm_start``)."""
+
+    enabled: bool = Field(default=True, description="Seed the search with earlier trials of the same lineage.")
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        pattern=r"^[A-Za-z0-9_.\-/]{1,200}$",
+        description="Lineage to continue from (default: '<repository>/<experiment name>').",
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class SearchSpec(_Strict):
     """The search space and the algorithm exploring it."""
 
     algorithm: SearchAlgorithm = SearchAlgorithm.TPE
     space: dict[str, ParamSpec] = Field(min_length=1, description="Parameter name -> its range or choices.")
     seed: int | None = Field(default=None, ge=0, description="Seed of the sampler, for reproducible searches.")
+    pruner: PrunerName = Field(
+        default=PrunerName.NONE,
+        description="Early stopping on per-fold scores: none, median, asha, hyperband or wilcoxon.",
+    )
+    warm_start: WarmStartSpec = Field(
+        default_factory=WarmStartSpec,
+        description="true/false, or {from: LINEAGE}: continue from earlier trials of the same lineage.",
+    )
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _warm_start_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if isinstance(value, str):
+            return {"from": value}
+        return value
 
     @model_validator(mode="after")
     def _conditions_refer_to_categoricals(self) -> SearchSpec:
