@@ -170,7 +170,9 @@ class LineageTrial(Message):
 
     experiment_id: str
     commit: str | None = None
-    context: str = Field(description="Fingerprint of dataset, model and objective; scores compare only within one.")
+    context: dict[str, str] = Field(
+        description="Fingerprints of the dataset, model and objective: scores compare only when all three agree."
+    )
     record: TrialRecord
 
 

@@ -22,6 +22,7 @@ from tweakline.proto.messages import (
     TrialRecord,
     TrialStatus,
 )
+from tweakline.scheduler.pruning import pruning_for
 from tweakline.scheduler.search import strategy_for
 from tweakline.scheduler.space import distributions_of, suggest
 
@@ -40,15 +41,22 @@ class ExperimentRun:
         self.spec = spec
         self.strategy = strategy_for(spec.search)
         self.limit = self.strategy.trial_limit(spec.search, spec.budget.max_trials)
+        self.pruning = pruning_for(spec)
         direction = "maximize" if spec.objective.maximize else "minimize"
-        self.study = optuna.create_study(direction=direction, sampler=self.strategy.sampler(spec.search))
+        self.study = optuna.create_study(
+            direction=direction, sampler=self.strategy.sampler(spec.search), pruner=self.pruning.pruner(spec)
+        )
         self._pending: dict[int, optuna.Trial] = {}
+        self._folds: dict[int, dict[int, float]] = {}  # in-flight trial -> fold index -> score
+        self._reported: dict[int, set[int]] = {}  # in-flight trial -> steps reported to Optuna
         self._replay()
 
     # -- rebuilding ---------------------------------------------------------------------------
 
     def _replay(self) -> None:
-        """Feed recorded results to the study; re-open issued trials still in flight."""
+        """Feed warm-start trials and recorded results to the study; re-open issued trials still in flight."""
+        warm = [self._frozen(record) for record in self.state.warm_trials]
+        self.study.add_trials([trial for trial in warm if trial is not None])
         for number in sorted(self.state.results):
             self._add_finished(self.state.results[number])
         for number in sorted(self.in_flight()):
@@ -56,18 +64,30 @@ class ExperimentRun:
             self.study.enqueue_trial(params, skip_if_exists=False)
             self._pending[number] = self.study.ask()
 
-    def _add_finished(self, record: TrialRecord) -> None:
+    def _frozen(self, record: TrialRecord) -> optuna.trial.FrozenTrial | None:
+        """A finished Optuna trial from a record (with per-fold intermediate values), if it fits the space."""
         dists = distributions_of(record.params, self.spec.search.space)
         if dists is None:
-            log.warning("trial %s of %s does not fit the space; not replayed", record.number, self.state.experiment_id)
-            return
+            return None
         state = _TELL_STATE[record.status]
         value = record.score if state is TrialState.COMPLETE and record.score is not None else None
         if state is TrialState.COMPLETE and (value is None or not math.isfinite(value)):
             state, value = TrialState.FAIL, None
-        self.study.add_trial(
-            optuna.trial.create_trial(params=record.params, distributions=dists, value=value, state=state)
+        folds = {i: v for i, v in enumerate(record.fold_scores) if math.isfinite(v)}
+        return optuna.trial.create_trial(
+            params=record.params,
+            distributions=dists,
+            value=value,
+            state=state,
+            intermediate_values=self.pruning.intermediate(folds),
         )
+
+    def _add_finished(self, record: TrialRecord) -> None:
+        trial = self._frozen(record)
+        if trial is None:
+            log.warning("trial %s of %s does not fit the space; not replayed", record.number, self.state.experiment_id)
+            return
+        self.study.add_trial(trial)
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -102,6 +122,26 @@ class ExperimentRun:
             slots -= 1
         return issued
 
+    def report(self, number: int, fold: int, value: float) -> bool | None:
+        """A fold's score of an in-flight trial: whether the pruner stops it (``None``: not in flight here)."""
+        trial = self._pending.get(number)
+        if trial is None or number in self.state.results or not math.isfinite(value):
+            return None
+        folds = self._folds.setdefault(number, {})
+        if not self.pruning.enabled:
+            return False
+        if fold not in folds:  # a repeated report (a redelivered trial) gets the same answer
+            folds[fold] = value
+            self._report(number, trial, folds)
+        return bool(trial.should_prune())
+
+    def _report(self, number: int, trial: optuna.Trial, folds: dict[int, float]) -> None:
+        reported = self._reported.setdefault(number, set())
+        for step, value in self.pruning.intermediate(folds).items():
+            if step not in reported:
+                trial.report(value, step)
+                reported.add(step)
+
     def record(self, result: TrialCompleted) -> bool:
         """Apply a trial's result once; ``False`` when it was already recorded (a redelivery)."""
         if result.number in self.state.results:
@@ -112,10 +152,14 @@ class ExperimentRun:
         self.state.results[result.number] = record
         self.state.issued.setdefault(result.number, result.params)
         trial = self._pending.pop(result.number, None)
+        self._folds.pop(result.number, None)
         if trial is None:  # issued before a restart and not re-opened: add it as history
             self._add_finished(record)
             return True
         state = _TELL_STATE[record.status]
+        if state is not TrialState.FAIL:  # the pruners compare trials on every fold the runner finished
+            self._report(result.number, trial, {i: v for i, v in enumerate(record.fold_scores) if math.isfinite(v)})
+        self._reported.pop(result.number, None)
         self.study.tell(trial, record.score if state is TrialState.COMPLETE else None, state=state, skip_if_finished=True)
         return True
 
@@ -158,4 +202,5 @@ class ExperimentRun:
             started_at=self.state.started_at,
             finished_at=self.state.finished_at,
             message=message,
+            warm_start=self.state.warm_start,
         )
