@@ -213,6 +213,12 @@ class ExperimentCompleted(Message):
     finished_at: datetime = Field(default_factory=utcnow)
     message: str | None = None
     warm_start: WarmStartReport | None = None
+    pareto_front: list[int] = Field(
+        default_factory=list, description="With secondary objectives: numbers of the non-dominated trials."
+    )
+    feasible: int | None = Field(
+        default=None, description="With gate thresholds: trials whose CV metrics met every threshold."
+    )
 
 
 class Decision(StrEnum):

@@ -46,6 +46,8 @@ def skip_unavailable(algorithm: str) -> None:
 def tweak(space: dict[str, Any], **search: Any) -> TweakFile:
     budget = search.pop("budget", {"max_trials": 12, "parallelism": 3})
     cv = search.pop("cv", 3)
+    objective = search.pop("objective", {"metric": "accuracy", "cv": cv})
+    gate = search.pop("gate", {})
     return TweakFile.model_validate(
         {
             "apiVersion": "tweakline/v1",
@@ -55,8 +57,9 @@ def tweak(space: dict[str, Any], **search: Any) -> TweakFile:
                 "dataset": {"source": "sklearn:iris"},
                 "model": {"estimator": "sklearn.svm.SVC"},
                 "search": {"space": space, "seed": search.pop("seed", 3), **search},
-                "objective": {"metric": "accuracy", "cv": cv},
+                "objective": objective,
                 "budget": budget,
+                "gate": gate,
             },
         }
     )
@@ -91,7 +94,7 @@ def drive(run: ExperimentRun) -> list[dict[str, Any]]:
     return seen
 
 
-@pytest.mark.parametrize("algorithm", sorted(set(STRATEGIES) - {"grid"}))
+@pytest.mark.parametrize("algorithm", sorted(set(STRATEGIES) - {"grid", "nsga2"}))
 def test_conditional_parameters_are_sampled_only_when_active(algorithm: str) -> None:
     skip_unavailable(algorithm)
     run = ExperimentRun(ExperimentState(experiment_id="e1", tweak=tweak(CONDITIONAL_SPACE, algorithm=algorithm)))
@@ -286,3 +289,90 @@ def test_an_algorithm_missing_its_library_is_reported_before_anything_runs() -> 
         assert [p.path for p in problems] == ["spec.search.algorithm"]
         assert "tweakline[gp]" in problems[0].message
     assert check_search(tweak(CONDITIONAL_SPACE, algorithm="tpe").spec.search) == []
+
+
+def tweak_with(space: dict[str, Any], *, objective: dict[str, Any], gate: dict[str, Any] | None = None,
+               **search: Any) -> TweakFile:
+    return tweak(space, objective=objective, gate=gate or {}, **search)
+
+
+def with_metrics(run: ExperimentRun, number: int, params: dict[str, Any], score: float,
+                 metrics: dict[str, float]) -> TrialCompleted:
+    return result(run, number, params, [score] * 3).model_copy(update={"metrics": {"accuracy": score, **metrics}})
+
+
+def test_nsga2_gives_a_pareto_front_and_the_gate_picks_by_the_primary_metric() -> None:
+    objective = {"metric": "accuracy", "cv": 3, "secondary": [{"metric": "recall_macro"}]}
+    run = ExperimentRun(
+        ExperimentState(experiment_id="mo", tweak=tweak_with(CONDITIONAL_SPACE, objective=objective, algorithm="nsga2",
+                                                              budget={"max_trials": 20, "parallelism": 4}))
+    )
+    assert [d.name for d in run.study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    in_flight: list[tuple[int, dict[str, Any]]] = []
+    while not run.finished():
+        in_flight += run.next_trials()
+        number, params = in_flight.pop(0)
+        assert ("degree" in params) is (params["kernel"] == "poly")  # conditional params under nsga2 too
+        acc = score_of(params)
+        run.record(with_metrics(run, number, params, acc, {"recall_macro": 2.0 - acc - 0.001 * number}))
+    front = run.pareto_front()
+    assert front and len(front) < 20
+    points = {n: (r.score, r.metrics["recall_macro"]) for n, r in run.state.results.items()}
+    for n in front:  # nobody beats a front member on both metrics
+        assert not any(a >= points[n][0] and b >= points[n][1] and (a, b) != points[n] for a, b in points.values())
+    best = run.best()
+    assert best.score == max(p[0] for p in points.values())  # picked by the primary metric
+    assert best.number in front
+    completed = run.complete()
+    assert completed.pareto_front == front
+
+
+def test_gate_thresholds_become_optuna_constraints_and_best_prefers_feasible_trials() -> None:
+    objective = {"metric": "accuracy", "cv": 3}
+    gate = {"thresholds": {"recall_macro": 0.9}}
+    run = ExperimentRun(
+        ExperimentState(experiment_id="c", tweak=tweak_with(CONDITIONAL_SPACE, objective=objective, gate=gate,
+                                                             budget={"max_trials": 4, "parallelism": 4}))
+    )
+    trials = run.next_trials()
+    (n0, p0), (n1, p1), (n2, p2), (n3, p3) = trials
+    run.record(with_metrics(run, n0, p0, 0.99, {"recall_macro": 0.80}))  # best accuracy, fails the threshold
+    run.record(with_metrics(run, n1, p1, 0.95, {"recall_macro": 0.93}))
+    run.record(with_metrics(run, n2, p2, 0.90, {"recall_macro": 0.95}))
+    run.record(with_metrics(run, n3, p3, 0.97, {}))  # recall undefined: violated
+    by_number = {t.number: t for t in run.study.trials}
+    assert by_number[0].constraints == {"recall_macro": pytest.approx(0.1)}
+    assert by_number[1].constraints == {"recall_macro": pytest.approx(-0.03)}
+    assert by_number[3].constraints == {"recall_macro": 1.0}
+    assert run.best().number == n1
+    completed = run.complete()
+    assert completed.best.number == n1 and completed.feasible == 2
+    # Rebuilt from state, the constraints are restored with the history.
+    rebuilt = ExperimentRun(run.state)
+    assert [t.constraints for t in rebuilt.study.trials][1] == {"recall_macro": pytest.approx(-0.03)}
+
+
+@pytest.mark.parametrize(
+    ("search", "objective", "field", "text"),
+    [
+        ({"algorithm": "nsga2"}, {"metric": "accuracy"}, "search.algorithm", "nsga2 optimises several metrics"),
+        ({"algorithm": "cmaes"}, {"metric": "accuracy", "secondary": [{"metric": "f1_macro"}]}, "search.algorithm",
+         "cmaes optimises a single metric"),
+        ({"pruner": "asha"}, {"metric": "accuracy", "secondary": [{"metric": "f1_macro"}]}, "search.pruner",
+         "pruners compare a single metric"),
+        ({}, {"metric": "accuracy", "secondary": [{"metric": "r2"}]}, "objective.secondary.0.metric",
+         "'r2' is not a metric of the same task as accuracy"),
+        ({}, {"metric": "accuracy", "secondary": [{"metric": "accuracy"}]}, "objective.secondary.0.metric",
+         "'accuracy' is already an objective"),
+    ],
+)
+def test_invalid_multi_objective_combinations_fail_validation(search, objective, field, text) -> None:  # noqa: ANN001
+    from tweakline.proto.loading import load_tweak_file  # noqa: F401 - the CLI's path to the same models
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        tweak_with(CONDITIONAL_SPACE, objective=objective, **search)
+    errors = caught.value.errors()
+    assert len(errors) == 1
+    assert f"{'.'.join(map(str, errors[0]['loc']))}.{errors[0]['ctx']['field']}" == f"spec.{field}"
+    assert text in errors[0]["msg"]

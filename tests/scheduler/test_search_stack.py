@@ -36,7 +36,8 @@ SVC_SPACE = {
 
 
 def tweak_file(
-    name: str, search: dict[str, Any], budget: dict[str, Any], cv: int = 3, dataset: str = "iris", fixed: dict | None = None
+    name: str, search: dict[str, Any], budget: dict[str, Any], cv: int = 3, dataset: str = "iris", fixed: dict | None = None,
+    secondary: list[dict[str, Any]] | None = None,
 ) -> TweakFile:
     return TweakFile.model_validate(
         {
@@ -47,7 +48,7 @@ def tweak_file(
                 "dataset": {"source": f"sklearn:{dataset}", "seed": 0},
                 "model": {"estimator": "sklearn.svm.SVC", "fixed": fixed or {}},
                 "search": {"seed": 7, **search},
-                "objective": {"metric": "accuracy", "cv": cv},
+                "objective": {"metric": "accuracy", "cv": cv, "secondary": secondary or []},
                 "budget": budget,
             },
         }
@@ -102,8 +103,12 @@ async def test_every_algorithm_runs_end_to_end(nats, stack, algorithm: str) -> N
         if algorithm == "grid"
         else SVC_SPACE
     )
+    # nsga2 is multi-objective: accuracy first (the gate's pick), then recall.
+    secondary = [{"metric": "recall_macro"}] if algorithm == "nsga2" else None
     completed = await run_experiment(
-        nats, tweak_file(f"iris-{algorithm}", {"algorithm": algorithm, "space": space}, {"max_trials": 6, "parallelism": 2})
+        nats,
+        tweak_file(f"iris-{algorithm}", {"algorithm": algorithm, "space": space}, {"max_trials": 6, "parallelism": 2},
+                   secondary=secondary),
     )
     if why:  # e.g. gp without PyTorch: the experiment fails with the reason, nothing is trained
         assert completed.status.value == "failed" and completed.trials == []
@@ -117,6 +122,11 @@ async def test_every_algorithm_runs_end_to_end(nats, stack, algorithm: str) -> N
         assert ("degree" in trial.params) is (trial.params["kernel"] == "poly" and algorithm != "grid"), trial.params
     if algorithm == "grid":
         assert len({(t.params["C"], t.params["kernel"]) for t in completed.trials}) == 6
+    if algorithm == "nsga2":
+        assert completed.best.number in completed.pareto_front
+        assert all("recall_macro" in t.metrics for t in completed.trials)
+    else:
+        assert completed.pareto_front == []
 
 
 async def test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats, stack) -> None:  # noqa: ANN001
