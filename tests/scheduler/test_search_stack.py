@@ -24,8 +24,7 @@ from tweakline.scheduler.app import create_app as scheduler_app
 from tweakline.scheduler.search import STRATEGIES
 from tweakline.trial_runner.app import create_app as runner_app
 
-pytestmark = pytest.mark.e2e
-
+# Not marked e2e: the services run in this process and the whole file takes ~20 s.
 COMPLETION_TIMEOUT_S = 180.0
 
 SVC_SPACE = {
