@@ -142,6 +142,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     await js.create_key_value(
         api.KeyValueConfig(bucket=Bucket.RELEASES.value, history=20, storage=api.StorageType.FILE)
     )
+    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.LINEAGE.value, history=5, storage=api.StorageType.FILE))
     await js.create_object_store(
         Bucket.ARTIFACTS.value, config=api.ObjectStoreConfig(storage=api.StorageType.FILE)
     )

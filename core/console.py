@@ -147,6 +147,9 @@ def summary(outcome: Outcome) -> dict[str, Any]:
             "pruned": sum(s is TrialStatus.PRUNED for s in statuses),
         },
         "elapsed_s": round(outcome.elapsed, 3),
+        # search: what warm start reused or refused, and the Pareto front of a multi-objective search
+        "warm_start": done.warm_start.model_dump(mode="json") if (done := outcome.completed) and done.warm_start else None,
+        "pareto_front": outcome.completed.pareto_front if outcome.completed else [],
     }
 
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
     trial_max_deliver: int = Field(default=3, gt=0, description="Deliveries of a trial before it is failed.")
     runner_threads: int = Field(default=1, gt=0, description="Threads each trial's estimator may use (n_jobs).")
+    prune_verdict_wait_s: float = Field(
+        default=2.0, ge=0, description="With a pruner, how long a runner waits after a fold for the scheduler's verdict."
+    )
     log_level: str = "INFO"
     log_json: bool = False
     max_payload_bytes: int = Field(default=1_048_576, gt=0, description="Largest message a service accepts.")

@@ -28,7 +28,9 @@ def validate_tweak_file(path: str | Path, allowed_estimators: list[str]) -> Twea
 
     path = Path(path)
     tweak = resolve_paths(load_tweak_file(path), path.resolve().parent)
-    problems = check_spec(tweak.spec, allowed_estimators, path.resolve().parent)
+    from tweakline.scheduler.search import check_search
+
+    problems = check_spec(tweak.spec, allowed_estimators, path.resolve().parent) + check_search(tweak.spec.search)
     if problems:
         raise InvalidTweakFileError(str(path), problems)
     return tweak

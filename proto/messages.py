@@ -74,22 +74,28 @@ class TrialProgress(Message):
     experiment_id: str
     trial_id: str
     number: int
-    step: int
-    value: float
+    step: int = Field(description="0-based index of the CV fold (or rung) just finished.")
+    value: float = Field(description="The objective on that fold (or rung).")
+    awaits_verdict: bool = Field(
+        default=False, description="The runner waits (briefly) for a TrialControl about this step before going on."
+    )
 
 
 class TrialControlAction(StrEnum):
     """What the scheduler asks of a running trial."""
 
     PRUNE = "prune"
+    CONTINUE = "continue"
 
 
 class TrialControl(Message):
-    """Scheduler -> runners: stop a running trial."""
+    """Scheduler -> runners: prune (stop) a running trial, or let it go on past ``step``."""
 
     experiment_id: str
     trial_id: str
     action: TrialControlAction = TrialControlAction.PRUNE
+    step: int | None = Field(default=None, description="The reported step this verdict answers.")
+    reason: str = ""
 
 
 class TrialCompleted(Message):
@@ -123,6 +129,7 @@ class TrialRecord(Message):
     cpu_s: float = 0.0
     runner: str = ""
     error: str | None = None
+    fold_scores: list[float] = Field(default_factory=list, description="Objective per completed fold (for pruners).")
 
     @classmethod
     def from_result(cls, result: TrialCompleted) -> TrialRecord:
@@ -133,6 +140,7 @@ class TrialRecord(Message):
             status=result.status,
             score=result.score,
             metrics=result.metrics,
+            fold_scores=result.fold_scores,
             duration_s=result.duration_s,
             cpu_s=result.cpu_s,
             runner=result.runner,
@@ -148,6 +156,35 @@ class ExperimentStatus(StrEnum):
     FAILED = "failed"
 
 
+class WarmStartReport(Message):
+    """What warm start took from the experiment's lineage, and what it refused and why."""
+
+    lineage: str
+    available: int = Field(default=0, description="Earlier trials found for the lineage.")
+    reused: int = Field(default=0, description="Trials seeded into this search.")
+    incompatible: int = 0
+    reasons: dict[str, int] = Field(default_factory=dict, description="Why trials were refused -> how many.")
+
+
+class LineageTrial(Message):
+    """One earlier trial kept for warm start, with what its score depends on besides its params."""
+
+    experiment_id: str
+    commit: str | None = None
+    context: dict[str, str] = Field(
+        description="Fingerprints of the dataset, model and objective: scores compare only when all three agree."
+    )
+    record: TrialRecord
+
+
+class LineageHistory(Message):
+    """The trials of one lineage (repository + experiment name), kept in the lineage KV bucket."""
+
+    lineage: str
+    trials: list[LineageTrial] = Field(default_factory=list)
+    experiments: list[str] = Field(default_factory=list, description="Experiments already added (idempotence).")
+
+
 class ExperimentState(Message):
     """Scheduler state of one experiment, kept in the experiments KV bucket (compare-and-set)."""
 
@@ -160,6 +197,8 @@ class ExperimentState(Message):
     issued: dict[int, dict[str, Any]] = Field(default_factory=dict, description="Trial number -> params sent.")
     results: dict[int, TrialRecord] = Field(default_factory=dict, description="Trial number -> recorded result.")
     message: str | None = None
+    warm_trials: list[TrialRecord] = Field(default_factory=list, description="Earlier trials seeded into the study.")
+    warm_start: WarmStartReport | None = None
 
 
 class ExperimentCompleted(Message):
@@ -174,6 +213,13 @@ class ExperimentCompleted(Message):
     started_at: datetime
     finished_at: datetime = Field(default_factory=utcnow)
     message: str | None = None
+    warm_start: WarmStartReport | None = None
+    pareto_front: list[int] = Field(
+        default_factory=list, description="With secondary objectives: numbers of the non-dominated trials."
+    )
+    feasible: int | None = Field(
+        default=None, description="With gate thresholds: trials whose CV metrics met every threshold."
+    )
 
 
 class Decision(StrEnum):

@@ -140,6 +140,7 @@ def permission_map() -> dict[Identity, Permissions]:
         )
         .add(listens(all_of(Subject.TRIAL_PROGRESS)))
         .add(key_value(Bucket.EXPERIMENTS, write=True))
+        .add(key_value(Bucket.LINEAGE, write=True))
         .add(follows(Stream.EVENTS))
         .add(dead_letters()),
         Identity.TRIAL_RUNNER: _base()

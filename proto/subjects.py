@@ -95,6 +95,7 @@ class Bucket(StrEnum):
 
     EXPERIMENTS = "tweakline-experiments"  # KV: experiment state, so a restarted scheduler resumes
     RELEASES = "tweakline-releases"  # KV: release history per release name
+    LINEAGE = "tweakline-lineage"  # KV: earlier trials per lineage (repository + experiment), for warm start
     ARTIFACTS = "tweakline-artifacts"  # object store: models (skops) and reports
 
 

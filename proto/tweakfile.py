@@ -263,6 +263,31 @@ class SearchAlgorithm(StrEnum):
     GP = "gp"
     CMAES = "cmaes"
     QMC = "qmc"
+    NSGA2 = "nsga2"
+
+
+class PrunerName(StrEnum):
+    """Names accepted in ``spec.search.pruner`` (early stopping of unpromising trials)."""
+
+    NONE = "none"
+    MEDIAN = "median"
+    ASHA = "asha"
+    HYPERBAND = "hyperband"
+    WILCOXON = "wilcoxon"
+
+
+class WarmStartSpec(_Strict):
+    """Where earlier trials come from (``search.warm_start``)."""
+
+    enabled: bool = Field(default=True, description="Seed the search with earlier trials of the same lineage.")
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        pattern=r"^[A-Za-z0-9_.\-/]{1,200}$",
+        description="Lineage to continue from (default: '<repository>/<experiment name>').",
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class SearchSpec(_Strict):
@@ -271,6 +296,23 @@ class SearchSpec(_Strict):
     algorithm: SearchAlgorithm = SearchAlgorithm.TPE
     space: dict[str, ParamSpec] = Field(min_length=1, description="Parameter name -> its range or choices.")
     seed: int | None = Field(default=None, ge=0, description="Seed of the sampler, for reproducible searches.")
+    pruner: PrunerName = Field(
+        default=PrunerName.NONE,
+        description="Early stopping on per-fold scores: none, median, asha, hyperband or wilcoxon.",
+    )
+    warm_start: WarmStartSpec = Field(
+        default_factory=WarmStartSpec,
+        description="true/false, or {from: LINEAGE}: continue from earlier trials of the same lineage.",
+    )
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _warm_start_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if isinstance(value, str):
+            return {"from": value}
+        return value
 
     @model_validator(mode="after")
     def _conditions_refer_to_categoricals(self) -> SearchSpec:
@@ -314,14 +356,55 @@ class SearchSpec(_Strict):
         return self
 
 
+class SecondaryObjective(_Strict):
+    """A further metric to optimise (multi-objective search: a Pareto front)."""
+
+    metric: str = Field(description="Scorer name, e.g. recall_macro, f1_macro, mae.")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="Defaults to minimize for error metrics (rmse, mae, log_loss), maximize otherwise."
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise PydanticCustomError(
+                "tweakline", "unknown metric '{value}', expected one of {expected}", {"value": value, "expected": ", ".join(METRICS)}
+            )
+        return value
+
+    @property
+    def maximize(self) -> bool:
+        """Whether a higher value of the metric is better."""
+        if self.direction is None:
+            return self.metric not in LOWER_IS_BETTER
+        return self.direction == "maximize"
+
+
 class ObjectiveSpec(_Strict):
-    """What the search optimises: a metric, its direction and the cross-validation used to estimate it."""
+    """What the search optimises: a metric, its direction and the cross-validation used to estimate it.
+
+    With ``secondary`` metrics the search is multi-objective (a Pareto front); ``metric`` stays the
+    primary one: the leaderboard and the gate pick the best trial by it.
+    """
 
     metric: str = Field(description="Scorer name, e.g. accuracy, f1_macro, roc_auc, r2, rmse, mae.")
     direction: Literal["maximize", "minimize"] | None = Field(
         default=None, description="Defaults to minimize for error metrics (rmse, mae, log_loss), maximize otherwise."
     )
     cv: int = Field(default=5, ge=2, le=20, description="Number of cross-validation folds on the training split.")
+    secondary: list[SecondaryObjective] = Field(
+        default_factory=list, description="Further metrics to optimise: a multi-objective search (Pareto front)."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_metrics(self) -> ObjectiveSpec:
+        seen = {self.metric}
+        for i, other in enumerate(self.secondary):
+            if other.metric in seen:
+                raise problem(f"secondary.{i}.metric", "'{value}' is already an objective", value=other.metric)
+            seen.add(other.metric)
+        return self
 
     @field_validator("metric")
     @classmethod
@@ -404,8 +487,36 @@ class ExperimentSpec(_Strict):
     deploy: DeploySpec | None = None
 
     @model_validator(mode="after")
+    def _multi_objective_fits_the_search(self) -> ExperimentSpec:
+        several = bool(self.objective.secondary)
+        algorithm = self.search.algorithm
+        if algorithm == SearchAlgorithm.NSGA2 and not several:
+            raise problem(
+                "search.algorithm",
+                "nsga2 optimises several metrics; list them in objective.secondary (e.g. recall_macro), or use tpe",
+            )
+        if several and algorithm == SearchAlgorithm.CMAES:
+            raise problem("search.algorithm", "cmaes optimises a single metric; with objective.secondary use nsga2 or tpe")
+        if several and self.search.pruner != PrunerName.NONE:
+            raise problem(
+                "search.pruner",
+                "pruners compare a single metric; with objective.secondary use pruner: none, got '{value}'",
+                value=self.search.pruner.value,
+            )
+        return self
+
+    @model_validator(mode="after")
     def _metric_families_agree(self) -> ExperimentSpec:
         family = CLASSIFICATION_METRICS if self.objective.metric in CLASSIFICATION_METRICS else REGRESSION_METRICS
+        for i, other in enumerate(self.objective.secondary):
+            if other.metric not in family:
+                raise problem(
+                    f"objective.secondary.{i}.metric",
+                    "'{value}' is not a metric of the same task as {objective}; expected one of {expected}",
+                    value=other.metric,
+                    objective=self.objective.metric,
+                    expected=", ".join(family),
+                )
         for metric in self.gate.thresholds:
             if metric not in family:
                 raise problem(

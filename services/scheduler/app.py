@@ -5,7 +5,7 @@ from __future__ import annotations
 from faststream import AckPolicy, FastStream
 from faststream.nats import NatsMessage
 
-from tweakline.proto.subjects import Consumer
+from tweakline.proto.subjects import Consumer, Subject, all_of
 from tweakline.scheduler.handlers import Scheduler
 from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker
 from tweakline.settings import Settings
@@ -26,6 +26,10 @@ def create_app(settings: Settings) -> FastStream:
     @broker.subscriber(**durable_subscription(Consumer.SCHEDULER_RESULTS, batch_size=64), ack_policy=AckPolicy.MANUAL)
     async def trial_completed(msg: NatsMessage) -> None:
         await scheduler.on_trial_completed(msg)
+
+    @broker.subscriber(all_of(Subject.TRIAL_PROGRESS))
+    async def trial_progress(msg: NatsMessage) -> None:
+        await scheduler.on_progress(msg)
 
     app.after_startup(scheduler.start)
     app.on_shutdown(scheduler.stop)

@@ -22,6 +22,8 @@ from tweakline.proto.messages import (
     TrialRecord,
     TrialStatus,
 )
+from tweakline.proto.tweakfile import LOWER_IS_BETTER
+from tweakline.scheduler.pruning import pruning_for
 from tweakline.scheduler.search import strategy_for
 from tweakline.scheduler.space import distributions_of, suggest
 
@@ -40,15 +42,27 @@ class ExperimentRun:
         self.spec = spec
         self.strategy = strategy_for(spec.search)
         self.limit = self.strategy.trial_limit(spec.search, spec.budget.max_trials)
-        direction = "maximize" if spec.objective.maximize else "minimize"
-        self.study = optuna.create_study(direction=direction, sampler=self.strategy.sampler(spec.search))
+        self.pruning = pruning_for(spec)
+        # (metric, maximize) of every objective, primary first; several make a multi-objective study.
+        self.objectives = [(spec.objective.metric, spec.objective.maximize)] + [
+            (o.metric, o.maximize) for o in spec.objective.secondary
+        ]
+        self.study = optuna.create_study(
+            directions=["maximize" if up else "minimize" for _, up in self.objectives],
+            sampler=self.strategy.sampler(spec.search),
+            pruner=self.pruning.pruner(spec),
+        )
         self._pending: dict[int, optuna.Trial] = {}
+        self._folds: dict[int, dict[int, float]] = {}  # in-flight trial -> fold index -> score
+        self._reported: dict[int, set[int]] = {}  # in-flight trial -> steps reported to Optuna
         self._replay()
 
     # -- rebuilding ---------------------------------------------------------------------------
 
     def _replay(self) -> None:
-        """Feed recorded results to the study; re-open issued trials still in flight."""
+        """Feed warm-start trials and recorded results to the study; re-open issued trials still in flight."""
+        warm = [self._frozen(record) for record in self.state.warm_trials]
+        self.study.add_trials([trial for trial in warm if trial is not None])
         for number in sorted(self.state.results):
             self._add_finished(self.state.results[number])
         for number in sorted(self.in_flight()):
@@ -56,18 +70,64 @@ class ExperimentRun:
             self.study.enqueue_trial(params, skip_if_exists=False)
             self._pending[number] = self.study.ask()
 
-    def _add_finished(self, record: TrialRecord) -> None:
+    def _frozen(self, record: TrialRecord) -> optuna.trial.FrozenTrial | None:
+        """A finished Optuna trial from a record (with per-fold intermediate values), if it fits the space."""
         dists = distributions_of(record.params, self.spec.search.space)
         if dists is None:
+            return None
+        state = _TELL_STATE[record.status]
+        values = self._values(record) if state is TrialState.COMPLETE else None
+        if state is TrialState.COMPLETE and values is None:
+            state = TrialState.FAIL
+        folds = {i: v for i, v in enumerate(record.fold_scores) if math.isfinite(v)}
+        return optuna.trial.create_trial(
+            params=record.params,
+            distributions=dists,
+            values=values,
+            state=state,
+            intermediate_values=self.pruning.intermediate(folds),
+            constraints=self.constraints(record) if state is not TrialState.FAIL else None,
+        )
+
+    # -- objectives and constraints ----------------------------------------------------------
+
+    def _values(self, record: TrialRecord) -> list[float] | None:
+        """The objective values of a trial (primary first), or ``None`` if one is missing."""
+        values = [record.score] + [record.metrics.get(metric) for metric, _ in self.objectives[1:]]
+        if any(v is None or not math.isfinite(v) for v in values):
+            return None
+        return [float(v) for v in values if v is not None]
+
+    def constraints(self, record: TrialRecord) -> dict[str, float] | None:
+        """The gate's thresholds as Optuna constraints on CV metrics (<= 0 is met); ``None`` without thresholds.
+
+        Samplers that support constraints (tpe, gp, nsga2) then steer away from trials that would
+        fail the gate, instead of the gate only rejecting the final model.
+        """
+        thresholds = self.spec.gate.thresholds
+        if not thresholds:
+            return None
+        result: dict[str, float] = {}
+        for metric, threshold in thresholds.items():
+            value = record.metrics.get(metric)
+            if value is None or not math.isfinite(value):
+                result[metric] = 1.0  # undefined: count as violated
+            elif metric in LOWER_IS_BETTER:
+                result[metric] = float(value - threshold)
+            else:
+                result[metric] = float(threshold - value)
+        return result
+
+    def feasible(self, record: TrialRecord) -> bool:
+        """Whether a trial's CV metrics meet every gate threshold."""
+        return all(v <= 0 for v in (self.constraints(record) or {}).values())
+
+    def _add_finished(self, record: TrialRecord) -> None:
+        trial = self._frozen(record)
+        if trial is None:
             log.warning("trial %s of %s does not fit the space; not replayed", record.number, self.state.experiment_id)
             return
-        state = _TELL_STATE[record.status]
-        value = record.score if state is TrialState.COMPLETE and record.score is not None else None
-        if state is TrialState.COMPLETE and (value is None or not math.isfinite(value)):
-            state, value = TrialState.FAIL, None
-        self.study.add_trial(
-            optuna.trial.create_trial(params=record.params, distributions=dists, value=value, state=state)
-        )
+        self.study.add_trial(trial)
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -102,6 +162,26 @@ class ExperimentRun:
             slots -= 1
         return issued
 
+    def report(self, number: int, fold: int, value: float) -> bool | None:
+        """A fold's score of an in-flight trial: whether the pruner stops it (``None``: not in flight here)."""
+        trial = self._pending.get(number)
+        if trial is None or number in self.state.results or not math.isfinite(value):
+            return None
+        folds = self._folds.setdefault(number, {})
+        if not self.pruning.enabled:
+            return False
+        if fold not in folds:  # a repeated report (a redelivered trial) gets the same answer
+            folds[fold] = value
+            self._report(number, trial, folds)
+        return bool(trial.should_prune())
+
+    def _report(self, number: int, trial: optuna.Trial, folds: dict[int, float]) -> None:
+        reported = self._reported.setdefault(number, set())
+        for step, value in self.pruning.intermediate(folds).items():
+            if step not in reported:
+                trial.report(value, step)
+                reported.add(step)
+
     def record(self, result: TrialCompleted) -> bool:
         """Apply a trial's result once; ``False`` when it was already recorded (a redelivery)."""
         if result.number in self.state.results:
@@ -112,12 +192,22 @@ class ExperimentRun:
         self.state.results[result.number] = record
         self.state.issued.setdefault(result.number, result.params)
         trial = self._pending.pop(result.number, None)
+        self._folds.pop(result.number, None)
         if trial is None:  # issued before a restart and not re-opened: add it as history
             self._add_finished(record)
             return True
         state = _TELL_STATE[record.status]
+        values = self._values(record) if state is TrialState.COMPLETE else None
+        if state is TrialState.COMPLETE and values is None:  # a secondary metric undefined
+            state = TrialState.FAIL
+        if state is not TrialState.FAIL:  # the pruners compare trials on every fold the runner finished
+            if len(self.objectives) == 1:
+                self._report(result.number, trial, {i: v for i, v in enumerate(record.fold_scores) if math.isfinite(v)})
+            for metric, violation in (self.constraints(record) or {}).items():
+                trial.set_constraint(metric, violation)
+        self._reported.pop(result.number, None)
         try:
-            self.study.tell(trial, record.score if state is TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+            self.study.tell(trial, values, state=state, skip_if_finished=True)
         except RuntimeError as exc:
             # GridSampler calls study.stop() once the grid is covered, which Optuna only allows
             # inside optimize(); the trial is already stored by then, and the engine stops
@@ -142,13 +232,31 @@ class ExperimentRun:
         return sorted(ok, key=lambda r: (sign * (r.score or 0.0), r.number)) + sorted(rest, key=lambda r: r.number)
 
     def best(self) -> TrialRecord | None:
-        """The best successful trial, if any."""
-        board = self.leaderboard()
-        return board[0] if board and board[0].status is TrialStatus.OK else None
+        """The best successful trial by the primary metric, preferring those that meet the gate's thresholds."""
+        board = [r for r in self.leaderboard() if r.status is TrialStatus.OK]
+        feasible = [r for r in board if self.feasible(r)]
+        return (feasible or board or [None])[0]
+
+    def pareto_front(self) -> list[int]:
+        """Numbers of this experiment's successful trials that no other trial beats on every objective."""
+        if len(self.objectives) == 1:
+            return []
+        signs = [1.0 if up else -1.0 for _, up in self.objectives]
+        points = {}
+        for r in self.state.results.values():
+            values = self._values(r) if r.status is TrialStatus.OK else None
+            if values is not None:
+                points[r.number] = [s * v for s, v in zip(signs, values)]
+
+        def dominated(a: list[float]) -> bool:
+            return any(all(x >= y for x, y in zip(b, a)) and any(x > y for x, y in zip(b, a)) for b in points.values())
+
+        return sorted(n for n, p in points.items() if not dominated(p))
 
     def complete(self, now: datetime | None = None, message: str | None = None) -> ExperimentCompleted:
         """Close the experiment and describe it for the evaluator."""
         best = self.best()
+        ok = [r for r in self.state.results.values() if r.status is TrialStatus.OK]
         self.state.status = ExperimentStatus.COMPLETED if best is not None else ExperimentStatus.FAILED
         self.state.finished_at = now or datetime.now(UTC)
         if message is None and best is None:
@@ -165,4 +273,7 @@ class ExperimentRun:
             started_at=self.state.started_at,
             finished_at=self.state.finished_at,
             message=message,
+            warm_start=self.state.warm_start,
+            pareto_front=self.pareto_front(),
+            feasible=sum(self.feasible(r) for r in ok) if self.spec.gate.thresholds else None,
         )

@@ -18,6 +18,9 @@ from tweakline.proto.messages import (
     ExperimentStatus,
     ExperimentSubmitted,
     TrialCompleted,
+    TrialControl,
+    TrialControlAction,
+    TrialProgress,
     TrialRequested,
     msg_id,
     trial_id,
@@ -25,6 +28,7 @@ from tweakline.proto.messages import (
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.records import RecordStore, StaleRecordError
 from tweakline.scheduler.engine import ExperimentRun
+from tweakline.scheduler.lineage import LineageStore, lineage_of, select
 from tweakline.service import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ class Scheduler:
         self.runs: dict[str, tuple[ExperimentRun, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self.lineage: LineageStore | None = None
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
@@ -51,6 +56,7 @@ class Scheduler:
     async def start(self) -> None:
         """Bind to state, resume unfinished experiments, start the deadline ticker."""
         self.store = await RecordStore.open(self.ctx.js, Bucket.EXPERIMENTS.value, ExperimentState)
+        self.lineage = await LineageStore.open(self.ctx.js)
         for key in await self.store.keys():
             found = await self.store.get(key)
             if found and found[0].status is ExperimentStatus.RUNNING:
@@ -86,6 +92,7 @@ class Scheduler:
         exp_id = submitted.experiment_id
         async with self._lock(exp_id):
             state = ExperimentState(experiment_id=exp_id, tweak=submitted.tweak, source=submitted.source)
+            await self._warm_start(state)
             revision = await self.store.create(exp_id, state)
             if revision is None:  # redelivered submission: already known
                 if exp_id not in self.runs:
@@ -96,7 +103,11 @@ class Scheduler:
                 return
             log.info("experiment %s submitted (%s)", exp_id, submitted.tweak.metadata.name)
             self.runs[exp_id] = (ExperimentRun(state), revision)
-            await self._advance(exp_id)
+            unavailable = self.runs[exp_id][0].strategy.unavailable()
+            if unavailable:  # e.g. gp without PyTorch: fail the experiment with the reason, issue nothing
+                await self._close(exp_id, f"spec.search.algorithm: {unavailable}")
+            else:
+                await self._advance(exp_id)
         await msg.ack()
 
     async def on_trial_completed(self, msg: NatsMessage) -> None:
@@ -120,6 +131,65 @@ class Scheduler:
                 )
                 await self._advance(exp_id)
         await msg.ack()
+
+    async def on_progress(self, msg: NatsMessage) -> None:
+        """A fold's score of a running trial: ask the pruner, answer on ``trials.control``.
+
+        Core NATS (not stored): a lost progress message only means a trial runs a fold longer.
+        """
+        progress = await self.ctx.decode(msg, TrialProgress)
+        if progress is None:
+            return
+        exp_id = progress.experiment_id
+        async with self._lock(exp_id):
+            entry = self.runs.get(exp_id)
+            verdict = None if entry is None else entry[0].report(progress.number, progress.step, progress.value)
+        if verdict is None or not (verdict or progress.awaits_verdict):
+            return
+        action = TrialControlAction.PRUNE if verdict else TrialControlAction.CONTINUE
+        if verdict:
+            log.info("trial %s pruned after fold %d (%.4f)", progress.trial_id, progress.step + 1, progress.value)
+        await self.ctx.broker.publish(
+            TrialControl(
+                experiment_id=exp_id,
+                trial_id=progress.trial_id,
+                action=action,
+                step=progress.step,
+                reason=f"{entry[0].pruning.name} pruner" if verdict and entry else "",
+            ),
+            subject_for(Subject.TRIAL_CONTROL, exp_id),
+        )
+
+    # -- warm start ---------------------------------------------------------------------------
+
+    async def _warm_start(self, state: ExperimentState) -> None:
+        """Seed a new experiment with the compatible trials of its lineage (kept in its state)."""
+        lineage = lineage_of(state.tweak, state.source)
+        if lineage is None or self.lineage is None:
+            return
+        try:
+            history = await self.lineage.load(lineage)
+        except Exception:  # warm start is an optimisation: a cold start is always correct
+            log.exception("could not read lineage %s; starting cold", lineage)
+            return
+        state.warm_trials, state.warm_start = select(history, lineage, state.tweak.spec)
+        report = state.warm_start
+        if report.available:
+            log.info(
+                "experiment %s: warm start from %s reuses %d of %d earlier trials (%s)",
+                state.experiment_id, lineage, report.reused, report.available, report.reasons or "all compatible",
+            )
+
+    async def _remember(self, run: ExperimentRun) -> None:
+        """Add a finished experiment's trials to its lineage, for the next push to start from."""
+        state = run.state
+        lineage = lineage_of(state.tweak, state.source)
+        if lineage is None or self.lineage is None:
+            return
+        try:
+            await self.lineage.add(lineage, state.experiment_id, state.source, run.spec, list(state.results.values()))
+        except Exception:  # the experiment's outcome does not depend on it
+            log.exception("could not record experiment %s in lineage %s", state.experiment_id, lineage)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -154,16 +224,7 @@ class Scheduler:
         if run.state.status is not ExperimentStatus.RUNNING:
             return
         if run.finished(now) or self._overdue(run, now):
-            completed = run.complete(now)
-            await self.ctx.publish(
-                completed,
-                subject_for(Subject.EXPERIMENT_COMPLETED, exp_id),
-                msg_id=msg_id("experiment-completed", exp_id),
-                stream=Stream.EVENTS,
-            )
-            await self._save(exp_id)
-            log.info("experiment %s %s with %d trials", exp_id, completed.status.value, len(completed.trials))
-            self.runs.pop(exp_id, None)
+            await self._close(exp_id, now=now)
             return
         issued = run.next_trials(now)
         if issued:
@@ -171,6 +232,21 @@ class Scheduler:
             await self._publish_trials(run, [number for number, _ in issued])
         else:
             await self._save(exp_id)
+
+    async def _close(self, exp_id: str, message: str | None = None, now: datetime | None = None) -> None:
+        """Complete the experiment: lineage, the completed event, final state."""
+        run, _ = self.runs[exp_id]
+        completed = run.complete(now, message)
+        await self._remember(run)
+        await self.ctx.publish(
+            completed,
+            subject_for(Subject.EXPERIMENT_COMPLETED, exp_id),
+            msg_id=msg_id("experiment-completed", exp_id),
+            stream=Stream.EVENTS,
+        )
+        await self._save(exp_id)
+        log.info("experiment %s %s with %d trials", exp_id, completed.status.value, len(completed.trials))
+        self.runs.pop(exp_id, None)
 
     def _overdue(self, run: ExperimentRun, now: datetime | None) -> bool:
         deadline = run.deadline

@@ -6,11 +6,14 @@ Adding an algorithm is one subclass of :class:`SearchStrategy` plus one line in
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import optuna
+
+from tweakline.errors import Problem
 
 from tweakline.proto.tweakfile import SearchSpec
 from tweakline.scheduler.space import grid_values
@@ -29,6 +32,10 @@ class SearchStrategy(ABC):
         """How many trials the search can use at most (exhaustive strategies stop early)."""
         return max_trials
 
+    def unavailable(self) -> str | None:
+        """Why this strategy cannot run on this installation (a missing optional library), else ``None``."""
+        return None
+
 
 class RandomSearch(SearchStrategy):
     """Independent uniform (or log-uniform) draws: the baseline every search must beat."""
@@ -39,13 +46,24 @@ class RandomSearch(SearchStrategy):
         return optuna.samplers.RandomSampler(seed=search.seed)
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` on the last point.
+
+    ``Study.stop`` only works inside ``optimize``; under ask/tell it raises on the last tell.
+    The scheduler already stops at :meth:`GridSearch.trial_limit` (the grid's size).
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001 - Optuna's signature
+        return None
+
+
 class GridSearch(SearchStrategy):
     """Every combination of the listed values, in a seeded random order."""
 
     name = "grid"
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.GridSampler(grid_values(search.space), seed=search.seed)
+        return _AskTellGridSampler(grid_values(search.space), seed=search.seed)
 
     def trial_limit(self, search: SearchSpec, max_trials: int) -> int:
         size = math.prod(len(v) for v in grid_values(search.space).values())
@@ -69,6 +87,12 @@ class GpSearch(SearchStrategy):
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=search.seed)
 
+    def unavailable(self) -> str | None:
+        # Optuna's GP sampler is built on PyTorch, a large optional dependency (extra "gp").
+        if importlib.util.find_spec("torch") is None:
+            return "gp needs PyTorch, which is not installed here: pip install 'tweakline[gp]', or use tpe"
+        return None
+
 
 class CmaEsSearch(SearchStrategy):
     """CMA-ES for continuous parameters (categoricals are sampled at random)."""
@@ -88,11 +112,27 @@ class QmcSearch(SearchStrategy):
         return optuna.samplers.QMCSampler(seed=search.seed, warn_independent_sampling=False)
 
 
+class Nsga2Search(SearchStrategy):
+    """NSGA-II, a genetic algorithm for several metrics at once (a Pareto front)."""
+
+    name = "nsga2"
+
+    def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
+        # Optuna's default population (50) is larger than most CI budgets: evolve sooner.
+        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=16)
+
+
 STRATEGIES: dict[str, type[SearchStrategy]] = {
-    cls.name: cls for cls in (RandomSearch, GridSearch, TpeSearch, GpSearch, CmaEsSearch, QmcSearch)
+    cls.name: cls for cls in (RandomSearch, GridSearch, TpeSearch, GpSearch, CmaEsSearch, QmcSearch, Nsga2Search)
 }
 
 
 def strategy_for(search: SearchSpec) -> SearchStrategy:
     """The strategy named by ``search.algorithm``."""
     return STRATEGIES[search.algorithm.value]()
+
+
+def check_search(search: SearchSpec) -> list[Problem]:
+    """Problems with ``search`` on this installation (run before anything starts)."""
+    why = strategy_for(search).unavailable()
+    return [] if why is None else [Problem("spec.search.algorithm", why)]

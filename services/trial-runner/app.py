@@ -5,7 +5,7 @@ from __future__ import annotations
 from faststream import AckPolicy, FastStream
 from faststream.nats import NatsMessage
 
-from tweakline.proto.subjects import Consumer
+from tweakline.proto.subjects import Consumer, Subject, all_of
 from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker
 from tweakline.settings import Settings
 from tweakline.trial_runner.handlers import TrialRunner
@@ -22,5 +22,11 @@ def create_app(settings: Settings) -> FastStream:
     @broker.subscriber(**durable_subscription(Consumer.TRIAL_RUNNERS, batch_size=1), ack_policy=AckPolicy.MANUAL)
     async def trial_requested(msg: NatsMessage) -> None:
         await runner.on_trial_requested(msg)
+
+    @broker.subscriber(all_of(Subject.TRIAL_CONTROL))  # early stopping: verdicts for this runner's trials
+    async def trial_control(msg: NatsMessage) -> None:
+        await runner.early.on_control(msg)
+
+    app.after_startup(runner.early.start)
 
     return app

@@ -18,7 +18,8 @@ from tweakline.proto.messages import TrialCompleted, TrialRequested, TrialStatus
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.service import ServiceContext, keep_alive
 from tweakline.trial_runner.datasets import DatasetCache
-from tweakline.trial_runner.training import TrialOutcome, run_trial
+from tweakline.trial_runner.early_stopping import EarlyStopping
+from tweakline.trial_runner.training import OnFold, TrialOutcome, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,9 @@ class TrialRunner:
         self.ctx = ctx
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.datasets = DatasetCache()
+        self.early = EarlyStopping(ctx)  # early stopping: progress out, verdicts in
 
-    def _train(self, request: TrialRequested) -> TrialOutcome:
+    def _train(self, request: TrialRequested, on_fold: OnFold | None = None) -> TrialOutcome:
         split = self.datasets.get(request.spec.dataset)
         return run_trial(
             split,
@@ -40,6 +42,7 @@ class TrialRunner:
             self.ctx.settings.allowed_estimators,
             seed=request.spec.search.seed,
             n_jobs=self.ctx.settings.runner_threads,
+            on_fold=on_fold,
         )
 
     async def on_trial_requested(self, msg: NatsMessage) -> None:
@@ -51,7 +54,8 @@ class TrialRunner:
         log.info("trial %s started (attempt %d)", request.trial_id, attempt)
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
         try:
-            outcome = await asyncio.to_thread(self._train, request)
+            with self.early.watch(request) as watch:  # early stopping
+                outcome = await asyncio.to_thread(self._train, request, watch.on_fold)
         except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
             if attempt < self.ctx.settings.trial_max_deliver:
                 log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc)

@@ -40,9 +40,10 @@ def task_of_metric(metric: str) -> Task:
 
 
 def objective_metrics(spec: ExperimentSpec) -> list[str]:
-    """The metrics a trial computes: the objective first, then the gate's, then the task's defaults."""
+    """The metrics a trial computes: the objective first, then secondary objectives, the gate's, the task's defaults."""
     task = task_of_metric(spec.objective.metric)
-    names = [spec.objective.metric, *spec.gate.thresholds, *DEFAULT_METRICS[task]]
+    secondary = [o.metric for o in spec.objective.secondary]
+    names = [spec.objective.metric, *secondary, *spec.gate.thresholds, *DEFAULT_METRICS[task]]
     return list(dict.fromkeys(names))
 
 

@@ -1,0 +1,128 @@
+"""The runner's side of early stopping: fold scores out on ``trials.progress``, verdicts in on ``trials.control``.
+
+Training runs outside the event loop (a worker thread, or a worker process that forwards each
+fold's score to its parent). :meth:`EarlyStopping.watch` gives one trial an ``on_fold`` hook for
+:func:`~tweakline.trial_runner.training.run_trial`: it publishes the fold's score from the
+parent's event loop (``run_coroutine_threadsafe``) and, when the tweak file names a pruner,
+waits briefly for the scheduler's verdict on that fold, so a pruned trial stops before training
+its next fold. It returns the trial's cancel flag (True stops the trial, status pruned).
+
+A prune verdict also calls :attr:`EarlyStopping.on_cancel` (``cancel(trial_id, reason)``), for a
+training backend that can stop mid-fold, such as a worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+from faststream.nats import NatsMessage
+
+from tweakline.proto.messages import TrialControl, TrialControlAction, TrialProgress, TrialRequested
+from tweakline.proto.subjects import Subject, subject_for
+from tweakline.proto.tweakfile import PrunerName
+from tweakline.service import ServiceContext
+
+log = logging.getLogger(__name__)
+
+Cancel = Callable[[str, str], None]
+"""``cancel(trial_id, reason)``: stop a trial's training now (optional, backend-specific)."""
+
+
+class TrialWatch:
+    """One trial's progress reporting and cancel flag (thread-safe)."""
+
+    def __init__(self, owner: EarlyStopping, request: TrialRequested):
+        self.owner = owner
+        self.request = request
+        self.awaits_verdict = request.spec.search.pruner is not PrunerName.NONE
+        self.cancelled = False
+        self.reason = ""
+        self._answered: set[int] = set()
+        self._cond = threading.Condition()
+
+    def on_fold(self, fold: int, value: float) -> bool:
+        """Publish a fold's score; True when the trial must stop (pruned). Called from the training thread."""
+        if self.cancelled:
+            return True
+        last = fold + 1 >= self.request.spec.objective.cv
+        wait = self.awaits_verdict and not last
+        progress = TrialProgress(
+            experiment_id=self.request.experiment_id,
+            trial_id=self.request.trial_id,
+            number=self.request.number,
+            step=fold,
+            value=value,
+            awaits_verdict=wait,
+        )
+        try:
+            sent = asyncio.run_coroutine_threadsafe(self.owner.publish(progress), self.owner.loop)
+            sent.result(timeout=max(1.0, self.owner.wait_s))
+        except Exception:  # progress is advisory: training goes on without it
+            log.debug("progress of %s not sent", self.request.trial_id, exc_info=True)
+            return self.cancelled
+        if wait:
+            with self._cond:
+                self._cond.wait_for(lambda: self.cancelled or fold in self._answered, timeout=self.owner.wait_s)
+        return self.cancelled
+
+    def verdict(self, control: TrialControl) -> None:
+        """Apply the scheduler's answer (from the event loop)."""
+        with self._cond:
+            if control.action is TrialControlAction.PRUNE:
+                self.cancelled = True
+                self.reason = control.reason or "pruned by the scheduler"
+            if control.step is not None:
+                self._answered.add(control.step)
+            self._cond.notify_all()
+
+
+class EarlyStopping:
+    """Per-runner registry of the trials it is training, fed by the ``trials.control`` subscription."""
+
+    def __init__(self, ctx: ServiceContext, on_cancel: Cancel | None = None):
+        self.ctx = ctx
+        self.on_cancel = on_cancel
+        self.wait_s = ctx.settings.prune_verdict_wait_s
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._trials: dict[str, TrialWatch] = {}
+
+    async def start(self) -> None:
+        """Remember the event loop that publishes on the training thread's behalf (app startup hook)."""
+        self.loop = asyncio.get_running_loop()
+
+    @contextlib.contextmanager
+    def watch(self, request: TrialRequested) -> Iterator[TrialWatch]:
+        """Track ``request`` while it trains; its ``on_fold`` goes to ``run_trial``."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        watch = TrialWatch(self, request)
+        self._trials[request.trial_id] = watch
+        try:
+            yield watch
+        finally:
+            self._trials.pop(request.trial_id, None)
+
+    async def publish(self, progress: TrialProgress) -> None:
+        """Send a fold's score (core NATS: live, not stored)."""
+        await self.ctx.broker.publish(progress, subject_for(Subject.TRIAL_PROGRESS, progress.experiment_id))
+
+    async def on_control(self, msg: NatsMessage) -> None:
+        """A verdict from the scheduler; only trials this runner is training are affected."""
+        control = await self.ctx.decode(msg, TrialControl)
+        if control is None:
+            return
+        watch = self._trials.get(control.trial_id)
+        if watch is None:
+            return
+        watch.verdict(control)
+        if control.action is TrialControlAction.PRUNE:
+            log.info("trial %s pruned: %s", control.trial_id, watch.reason)
+            if self.on_cancel is not None:
+                try:
+                    self.on_cancel(control.trial_id, watch.reason)
+                except Exception:  # the flag still stops the trial at its next fold
+                    log.exception("cancel of %s failed", control.trial_id)

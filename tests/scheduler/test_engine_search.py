@@ -1,0 +1,378 @@
+"""The search engine without a bus: algorithms, conditional parameters, parallel asks, pruning, warm start.
+
+Scores come from a real, cheap function of the parameters (no mocks of Optuna); whole-stack
+runs are in ``test_search_stack.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from tweakline.proto.messages import (
+    ExperimentState,
+    LineageHistory,
+    LineageTrial,
+    TrialCompleted,
+    TrialRecord,
+    TrialStatus,
+    trial_id,
+)
+from tweakline.proto.tweakfile import TweakFile
+from tweakline.scheduler.engine import ExperimentRun
+from tweakline.scheduler.lineage import context_of, lineage_of, select
+from tweakline.scheduler.search import STRATEGIES
+
+CONDITIONAL_SPACE = {
+    "C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
+    "kernel": {"type": "categorical", "choices": ["rbf", "poly"]},
+    "degree": {"type": "int", "low": 2, "high": 4, "when": {"kernel": "poly"}},
+    "coef0": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.25, "when": {"kernel": ["poly"]}},
+}
+GRID_SPACE = {
+    "C": {"type": "float", "low": 1.0, "high": 3.0, "step": 1.0},
+    "kernel": {"type": "categorical", "choices": ["rbf", "poly"]},
+}
+
+
+def skip_unavailable(algorithm: str) -> None:
+    why = STRATEGIES[algorithm]().unavailable()
+    if why:
+        pytest.skip(why)
+
+
+def tweak(space: dict[str, Any], **search: Any) -> TweakFile:
+    budget = search.pop("budget", {"max_trials": 12, "parallelism": 3})
+    cv = search.pop("cv", 3)
+    objective = search.pop("objective", {"metric": "accuracy", "cv": cv})
+    gate = search.pop("gate", {})
+    return TweakFile.model_validate(
+        {
+            "apiVersion": "tweakline/v1",
+            "kind": "Experiment",
+            "metadata": {"name": "svc"},
+            "spec": {
+                "dataset": {"source": "sklearn:iris"},
+                "model": {"estimator": "sklearn.svm.SVC"},
+                "search": {"space": space, "seed": search.pop("seed", 3), **search},
+                "objective": objective,
+                "budget": budget,
+                "gate": gate,
+            },
+        }
+    )
+
+
+def score_of(params: dict[str, Any]) -> float:
+    """A smooth objective with its optimum at C=10, kernel poly, degree 3."""
+    value = 1.0 - 0.05 * abs(math.log10(params["C"]) - 1.0)
+    if params.get("kernel") == "poly":
+        value += 0.02 - 0.01 * abs(params.get("degree", 2) - 3)
+    return value
+
+
+def result(run: ExperimentRun, number: int, params: dict[str, Any], folds: list[float] | None = None,
+           status: TrialStatus = TrialStatus.OK) -> TrialCompleted:
+    folds = folds if folds is not None else [score_of(params)] * run.spec.objective.cv
+    return TrialCompleted(
+        experiment_id=run.state.experiment_id, trial_id=trial_id(run.state.experiment_id, number), number=number,
+        status=status, params=params, score=sum(folds) / len(folds), fold_scores=folds,
+    )
+
+
+def drive(run: ExperimentRun) -> list[dict[str, Any]]:
+    """Run the experiment as the scheduler does: keep `parallelism` in flight, finish the oldest first."""
+    seen: list[dict[str, Any]] = []
+    in_flight: list[tuple[int, dict[str, Any]]] = []
+    while not run.finished():
+        in_flight += run.next_trials()
+        number, params = in_flight.pop(0)
+        seen.append(params)
+        run.record(result(run, number, params))
+    return seen
+
+
+@pytest.mark.parametrize("algorithm", sorted(set(STRATEGIES) - {"grid", "nsga2"}))
+def test_conditional_parameters_are_sampled_only_when_active(algorithm: str) -> None:
+    skip_unavailable(algorithm)
+    run = ExperimentRun(ExperimentState(experiment_id="e1", tweak=tweak(CONDITIONAL_SPACE, algorithm=algorithm)))
+    trials = drive(run)
+    assert len(trials) == 12
+    for params in trials:
+        poly = params["kernel"] == "poly"
+        assert ("degree" in params) is poly and ("coef0" in params) is poly, params
+    assert {p["kernel"] for p in trials} == {"rbf", "poly"}  # both branches explored
+    assert run.best() is not None
+
+
+def test_grid_visits_every_point_once() -> None:
+    run = ExperimentRun(ExperimentState(experiment_id="e1", tweak=tweak(GRID_SPACE, algorithm="grid")))
+    trials = drive(run)
+    assert run.limit == 6
+    assert sorted((p["C"], p["kernel"]) for p in trials) == sorted(
+        (c, k) for c in (1.0, 2.0, 3.0) for k in ("rbf", "poly")
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "gp", "cmaes", "random", "qmc"])
+def test_parallel_asks_never_duplicate_a_pending_trial(algorithm: str) -> None:
+    """With 8 trials in flight, pending trials keep the sampler from proposing the same point again."""
+    skip_unavailable(algorithm)
+    space = {
+        "C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
+        "gamma": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+    }
+    run = ExperimentRun(
+        ExperimentState(
+            experiment_id="e1",
+            tweak=tweak(space, algorithm=algorithm, budget={"max_trials": 40, "parallelism": 8}),
+        )
+    )
+    in_flight: dict[int, dict[str, Any]] = {}
+    while not run.finished():
+        for number, params in run.next_trials():
+            key = tuple(round(math.log10(params[n]), 3) for n in ("C", "gamma"))
+            pending = {tuple(round(math.log10(p[n]), 3) for n in ("C", "gamma")) for p in in_flight.values()}
+            assert key not in pending, f"{algorithm} proposed {params} while the same point was pending"
+            in_flight[number] = params
+        number = min(in_flight)
+        params = in_flight.pop(number)
+        run.record(result(run, number, params,
+                          [1.0 - 0.05 * abs(math.log10(params["C"]) - 1)] * 3))
+    assert len(run.state.results) == 40
+
+
+def test_median_pruner_stops_a_trial_worse_than_its_peers() -> None:
+    space = {"C": {"type": "float", "low": 0.01, "high": 100.0, "log": True}}
+    run = ExperimentRun(
+        ExperimentState(
+            experiment_id="e1",
+            tweak=tweak(space, algorithm="random", pruner="median", budget={"max_trials": 10, "parallelism": 1}),
+        )
+    )
+    for _ in range(5):  # the median needs finished peers
+        [(number, params)] = run.next_trials()
+        assert run.report(number, 0, 0.9) is False
+        run.record(result(run, number, params, [0.9, 0.9, 0.9]))
+    [(number, params)] = run.next_trials()
+    assert run.report(number, 0, 0.3) is True  # far below the median after the first fold
+    assert run.report(number, 0, 0.3) is True  # a repeated report gets the same verdict
+    run.record(result(run, number, params, [0.3], status=TrialStatus.PRUNED))
+    assert run.state.results[number].status is TrialStatus.PRUNED
+    assert run.state.results[number].fold_scores == [0.3]
+    # Rebuilt from its state (a scheduler restart), the study keeps the pruned trial and its fold.
+    rebuilt = ExperimentRun(run.state)
+    pruned = [t for t in rebuilt.study.trials if t.state.name == "PRUNED"]
+    assert len(pruned) == 1 and pruned[0].intermediate_values == {1: 0.3}
+
+
+@pytest.mark.parametrize("pruner", ["asha", "hyperband", "wilcoxon"])
+def test_every_pruner_prunes_a_clearly_bad_trial(pruner: str) -> None:
+    space = {"C": {"type": "float", "low": 0.01, "high": 100.0, "log": True}}
+    run = ExperimentRun(
+        ExperimentState(
+            experiment_id="e1",
+            tweak=tweak(space, algorithm="random", pruner=pruner, cv=5, budget={"max_trials": 30, "parallelism": 1}),
+        )
+    )
+    for _ in range(8):
+        [(number, params)] = run.next_trials()
+        for fold in range(5):
+            run.report(number, fold, 0.9 + 0.01 * fold)
+        run.record(result(run, number, params, [0.9 + 0.01 * f for f in range(5)]))
+    [(number, params)] = run.next_trials()
+    verdicts = [run.report(number, fold, 0.2) for fold in range(4)]
+    assert True in verdicts, verdicts
+
+
+def test_no_pruner_never_prunes() -> None:
+    run = ExperimentRun(ExperimentState(experiment_id="e1", tweak=tweak(CONDITIONAL_SPACE, algorithm="random")))
+    [(number, _), *_] = run.next_trials()
+    assert run.report(number, 0, -1e9) is False
+    assert run.report(999, 0, 0.5) is None  # not in flight
+
+
+def history(trials: list[tuple[dict[str, Any], TweakFile]]) -> LineageHistory:
+    return LineageHistory(
+        lineage="acme/svc",
+        trials=[
+            LineageTrial(
+                experiment_id="old",
+                context=context_of(t.spec),
+                record=TrialRecord(number=i, params=p, status=TrialStatus.OK, score=score_of(p), fold_scores=[score_of(p)] * 3),
+            )
+            for i, (p, t) in enumerate(trials)
+        ],
+    )
+
+
+def test_warm_start_reuses_compatible_trials_and_reports_the_others() -> None:
+    old = tweak(CONDITIONAL_SPACE, algorithm="tpe")
+    new_space = {**CONDITIONAL_SPACE, "C": {"type": "float", "low": 0.1, "high": 100.0, "log": True}}
+    new = tweak(new_space, algorithm="tpe")
+    other_metric = TweakFile.model_validate(
+        {**old.model_dump(mode="json", by_alias=True), "spec": {**old.spec.model_dump(mode="json", by_alias=True),
+                                                               "objective": {"metric": "f1_macro", "cv": 3}}}
+    )
+    earlier = history(
+        [
+            ({"C": 1.0, "kernel": "rbf"}, old),  # fits
+            ({"C": 5.0, "kernel": "poly", "degree": 3, "coef0": 0.5}, old),  # fits
+            ({"C": 0.02, "kernel": "rbf"}, old),  # C below the new range
+            ({"C": 1.0, "kernel": "linear"}, old),  # choice gone
+            ({"C": 1.0, "kernel": "poly"}, old),  # degree now active but missing
+            ({"C": 2.0, "kernel": "rbf"}, other_metric),  # scores of another objective
+        ]
+    )
+    reused, report = select(earlier, "acme/svc", new.spec)
+    assert [r.params["C"] for r in reused] == [1.0, 5.0]
+    assert (report.available, report.reused, report.incompatible) == (6, 2, 4)
+    assert report.reasons == {
+        "parameter 'C' outside its new range or choices": 1,
+        "parameter 'kernel' outside its new range or choices": 1,
+        "no value for parameter 'degree' (new, or newly active)": 1,
+        "the objective changed": 1,
+    }
+    state = ExperimentState(experiment_id="e2", tweak=new, warm_trials=reused, warm_start=report)
+    run = ExperimentRun(state)
+    assert len(run.study.trials) == 2  # seeded, and never counted as this experiment's trials
+    assert run.state.results == {} and run.best() is None
+    assert run.complete().warm_start == report
+
+
+def test_warm_start_lineage_and_switch() -> None:
+    from tweakline.proto.messages import Source
+
+    assert lineage_of(tweak(CONDITIONAL_SPACE), Source(repository="acme/models")) == "acme/models/svc"
+    assert lineage_of(tweak(CONDITIONAL_SPACE), Source()) == "local/svc"
+    assert lineage_of(tweak(CONDITIONAL_SPACE, warm_start={"from": "team/base"}), Source()) == "team/base"
+    assert lineage_of(tweak(CONDITIONAL_SPACE, warm_start=False), Source(repository="acme/models")) is None
+
+
+def test_warm_start_makes_tpe_start_near_the_earlier_optimum() -> None:
+    """Seeded with a cold run's trials, the same lineage's next run beats the cold run's early trials."""
+    cold = ExperimentRun(ExperimentState(experiment_id="cold", tweak=tweak(CONDITIONAL_SPACE, budget={"max_trials": 30, "parallelism": 1})))
+    drive(cold)
+    earlier = LineageHistory(
+        lineage="local/svc",
+        trials=[LineageTrial(experiment_id="cold", context=context_of(cold.spec), record=r) for r in cold.state.results.values()],
+    )
+    new = tweak(CONDITIONAL_SPACE, seed=4, budget={"max_trials": 10, "parallelism": 1})
+    reused, report = select(earlier, "local/svc", new.spec)
+    assert report.reused == 30
+    warm = ExperimentRun(ExperimentState(experiment_id="warm", tweak=new, warm_trials=reused, warm_start=report))
+    drive(warm)
+    first_cold = max(r.score for n, r in cold.state.results.items() if n < 10)
+    assert warm.best().score >= first_cold
+
+
+def test_search_options_fail_validation_with_field_precise_errors() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as bad_pruner:
+        tweak(CONDITIONAL_SPACE, pruner="sometimes")
+    assert [e["loc"] for e in bad_pruner.value.errors()] == [("spec", "search", "pruner")]
+    with pytest.raises(ValidationError) as bad_from:
+        tweak(CONDITIONAL_SPACE, warm_start={"from": "no spaces allowed"})
+    assert any(e["loc"][-2:] == ("warm_start", "from") for e in bad_from.value.errors())
+
+
+def test_an_algorithm_missing_its_library_is_reported_before_anything_runs() -> None:
+    from tweakline.scheduler.search import check_search
+
+    problems = check_search(tweak(CONDITIONAL_SPACE, algorithm="gp").spec.search)
+    if STRATEGIES["gp"]().unavailable() is None:
+        assert problems == []
+    else:
+        assert [p.path for p in problems] == ["spec.search.algorithm"]
+        assert "tweakline[gp]" in problems[0].message
+    assert check_search(tweak(CONDITIONAL_SPACE, algorithm="tpe").spec.search) == []
+
+
+def tweak_with(space: dict[str, Any], *, objective: dict[str, Any], gate: dict[str, Any] | None = None,
+               **search: Any) -> TweakFile:
+    return tweak(space, objective=objective, gate=gate or {}, **search)
+
+
+def with_metrics(run: ExperimentRun, number: int, params: dict[str, Any], score: float,
+                 metrics: dict[str, float]) -> TrialCompleted:
+    return result(run, number, params, [score] * 3).model_copy(update={"metrics": {"accuracy": score, **metrics}})
+
+
+def test_nsga2_gives_a_pareto_front_and_the_gate_picks_by_the_primary_metric() -> None:
+    objective = {"metric": "accuracy", "cv": 3, "secondary": [{"metric": "recall_macro"}]}
+    run = ExperimentRun(
+        ExperimentState(experiment_id="mo", tweak=tweak_with(CONDITIONAL_SPACE, objective=objective, algorithm="nsga2",
+                                                              budget={"max_trials": 20, "parallelism": 4}))
+    )
+    assert [d.name for d in run.study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    in_flight: list[tuple[int, dict[str, Any]]] = []
+    while not run.finished():
+        in_flight += run.next_trials()
+        number, params = in_flight.pop(0)
+        assert ("degree" in params) is (params["kernel"] == "poly")  # conditional params under nsga2 too
+        acc = score_of(params)
+        run.record(with_metrics(run, number, params, acc, {"recall_macro": 2.0 - acc - 0.001 * number}))
+    front = run.pareto_front()
+    assert front and len(front) < 20
+    points = {n: (r.score, r.metrics["recall_macro"]) for n, r in run.state.results.items()}
+    for n in front:  # nobody beats a front member on both metrics
+        assert not any(a >= points[n][0] and b >= points[n][1] and (a, b) != points[n] for a, b in points.values())
+    best = run.best()
+    assert best.score == max(p[0] for p in points.values())  # picked by the primary metric
+    assert best.number in front
+    completed = run.complete()
+    assert completed.pareto_front == front
+
+
+def test_gate_thresholds_become_optuna_constraints_and_best_prefers_feasible_trials() -> None:
+    objective = {"metric": "accuracy", "cv": 3}
+    gate = {"thresholds": {"recall_macro": 0.9}}
+    run = ExperimentRun(
+        ExperimentState(experiment_id="c", tweak=tweak_with(CONDITIONAL_SPACE, objective=objective, gate=gate,
+                                                             budget={"max_trials": 4, "parallelism": 4}))
+    )
+    trials = run.next_trials()
+    (n0, p0), (n1, p1), (n2, p2), (n3, p3) = trials
+    run.record(with_metrics(run, n0, p0, 0.99, {"recall_macro": 0.80}))  # best accuracy, fails the threshold
+    run.record(with_metrics(run, n1, p1, 0.95, {"recall_macro": 0.93}))
+    run.record(with_metrics(run, n2, p2, 0.90, {"recall_macro": 0.95}))
+    run.record(with_metrics(run, n3, p3, 0.97, {}))  # recall undefined: violated
+    by_number = {t.number: t for t in run.study.trials}
+    assert by_number[0].constraints == {"recall_macro": pytest.approx(0.1)}
+    assert by_number[1].constraints == {"recall_macro": pytest.approx(-0.03)}
+    assert by_number[3].constraints == {"recall_macro": 1.0}
+    assert run.best().number == n1
+    completed = run.complete()
+    assert completed.best.number == n1 and completed.feasible == 2
+    # Rebuilt from state, the constraints are restored with the history.
+    rebuilt = ExperimentRun(run.state)
+    assert [t.constraints for t in rebuilt.study.trials][1] == {"recall_macro": pytest.approx(-0.03)}
+
+
+@pytest.mark.parametrize(
+    ("search", "objective", "field", "text"),
+    [
+        ({"algorithm": "nsga2"}, {"metric": "accuracy"}, "search.algorithm", "nsga2 optimises several metrics"),
+        ({"algorithm": "cmaes"}, {"metric": "accuracy", "secondary": [{"metric": "f1_macro"}]}, "search.algorithm",
+         "cmaes optimises a single metric"),
+        ({"pruner": "asha"}, {"metric": "accuracy", "secondary": [{"metric": "f1_macro"}]}, "search.pruner",
+         "pruners compare a single metric"),
+        ({}, {"metric": "accuracy", "secondary": [{"metric": "r2"}]}, "objective.secondary.0.metric",
+         "'r2' is not a metric of the same task as accuracy"),
+        ({}, {"metric": "accuracy", "secondary": [{"metric": "accuracy"}]}, "objective.secondary.0.metric",
+         "'accuracy' is already an objective"),
+    ],
+)
+def test_invalid_multi_objective_combinations_fail_validation(search, objective, field, text) -> None:  # noqa: ANN001
+    from tweakline.proto.loading import load_tweak_file  # noqa: F401 - the CLI's path to the same models
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        tweak_with(CONDITIONAL_SPACE, objective=objective, **search)
+    errors = caught.value.errors()
+    assert len(errors) == 1
+    assert f"{'.'.join(map(str, errors[0]['loc']))}.{errors[0]['ctx']['field']}" == f"spec.{field}"
+    assert text in errors[0]["msg"]

@@ -1,0 +1,182 @@
+"""Search on the real stack: scheduler and trial-runners (in this process) over a real mTLS nats-server.
+
+Each test submits a tiny experiment (iris, a handful of trials) the way the CLI does and waits
+for its ``experiments.completed`` event: every algorithm runs end to end, conditional parameters
+reach the estimator only when active, a pruned trial stops on its runner and is recorded as
+pruned, and a second push of the same lineage is warm-started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tweakline.bus import connect
+from tweakline.proto.messages import ExperimentCompleted, ExperimentSubmitted, Source, TrialStatus
+from tweakline.proto.permissions import Identity
+from tweakline.proto.subjects import Stream, Subject, subject_for
+from tweakline.proto.tweakfile import TweakFile
+from tweakline.scheduler.app import create_app as scheduler_app
+from tweakline.scheduler.search import STRATEGIES
+from tweakline.trial_runner.app import create_app as runner_app
+
+# Not marked e2e: the services run in this process and the whole file takes ~20 s.
+COMPLETION_TIMEOUT_S = 180.0
+
+SVC_SPACE = {
+    "C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
+    "kernel": {"type": "categorical", "choices": ["rbf", "poly"]},
+    "degree": {"type": "int", "low": 2, "high": 3, "when": {"kernel": "poly"}},
+}
+
+
+def tweak_file(
+    name: str, search: dict[str, Any], budget: dict[str, Any], cv: int = 3, dataset: str = "iris", fixed: dict | None = None,
+    secondary: list[dict[str, Any]] | None = None,
+) -> TweakFile:
+    return TweakFile.model_validate(
+        {
+            "apiVersion": "tweakline/v1",
+            "kind": "Experiment",
+            "metadata": {"name": name},
+            "spec": {
+                "dataset": {"source": f"sklearn:{dataset}", "seed": 0},
+                "model": {"estimator": "sklearn.svm.SVC", "fixed": fixed or {}},
+                "search": {"seed": 7, **search},
+                "objective": {"metric": "accuracy", "cv": cv, "secondary": secondary or []},
+                "budget": budget,
+            },
+        }
+    )
+
+
+@pytest.fixture
+async def stack(nats) -> AsyncIterator[None]:  # noqa: ANN001 - the session's NatsFixture
+    """A scheduler and two trial-runners, started as their apps (what `tweakline service` runs)."""
+    apps = [
+        scheduler_app(nats.settings(Identity.SCHEDULER)),
+        runner_app(nats.settings(Identity.TRIAL_RUNNER)),
+        runner_app(nats.settings(Identity.TRIAL_RUNNER)),
+    ]
+    for app in apps:
+        await app.start()
+    try:
+        yield
+    finally:
+        for app in reversed(apps):
+            await app.stop()
+
+
+async def run_experiment(nats, tweak: TweakFile, source: Source | None = None) -> ExperimentCompleted:  # noqa: ANN001
+    """Submit as a pipeline would, and wait for the scheduler's completion event."""
+    exp_id = f"{tweak.metadata.name}-{uuid.uuid4().hex[:8]}"
+    nc = await connect(nats.settings(Identity.ADMIN), "test-submitter")
+    try:
+        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def on_completed(msg) -> None:  # noqa: ANN001
+            if not done.done():
+                done.set_result(msg.data)
+
+        await nc.subscribe(subject_for(Subject.EXPERIMENT_COMPLETED, exp_id), cb=on_completed)
+        submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=tweak, source=source or Source())
+        await nc.jetstream().publish(
+            subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id),
+            submitted.model_dump_json().encode(),
+            stream=Stream.EVENTS.value,
+        )
+        return ExperimentCompleted.model_validate_json(await asyncio.wait_for(done, COMPLETION_TIMEOUT_S))
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("algorithm", sorted(STRATEGIES))
+async def test_every_algorithm_runs_end_to_end(nats, stack, algorithm: str) -> None:  # noqa: ANN001
+    why = STRATEGIES[algorithm]().unavailable()
+    space = (
+        {"C": {"type": "float", "low": 1.0, "high": 3.0, "step": 1.0}, "kernel": {"type": "categorical", "choices": ["rbf", "poly"]}}
+        if algorithm == "grid"
+        else SVC_SPACE
+    )
+    # nsga2 is multi-objective: accuracy first (the gate's pick), then recall.
+    secondary = [{"metric": "recall_macro"}] if algorithm == "nsga2" else None
+    completed = await run_experiment(
+        nats,
+        tweak_file(f"iris-{algorithm}", {"algorithm": algorithm, "space": space}, {"max_trials": 6, "parallelism": 2},
+                   secondary=secondary),
+    )
+    if why:  # e.g. gp without PyTorch: the experiment fails with the reason, nothing is trained
+        assert completed.status.value == "failed" and completed.trials == []
+        assert completed.message == f"spec.search.algorithm: {why}"
+        return
+    assert completed.status.value == "completed", completed.message
+    assert len(completed.trials) == 6
+    assert all(t.status is TrialStatus.OK for t in completed.trials), [t.error for t in completed.trials]
+    assert completed.best is not None and completed.best.score > 0.5
+    for trial in completed.trials:  # conditional parameters reached the estimator only when active
+        assert ("degree" in trial.params) is (trial.params["kernel"] == "poly" and algorithm != "grid"), trial.params
+    if algorithm == "grid":
+        assert len({(t.params["C"], t.params["kernel"]) for t in completed.trials}) == 6
+    if algorithm == "nsga2":
+        assert completed.best.number in completed.pareto_front
+        assert all("recall_macro" in t.metrics for t in completed.trials)
+    else:
+        assert completed.pareto_front == []
+
+
+async def test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats, stack) -> None:  # noqa: ANN001
+    # An RBF SVC on the unscaled wine data: gamma >= 0.1 scores ~0.4, gamma ~1e-4 ~0.77. The
+    # median pruner stops the hopeless trials after a fold, once five trials have finished.
+    tweak = tweak_file(
+        "wine-prune",
+        {"algorithm": "random", "pruner": "median", "space": {"gamma": {"type": "float", "low": 1e-6, "high": 10, "log": True}}},
+        {"max_trials": 16, "parallelism": 1},
+        cv=5,
+        dataset="wine",
+        fixed={"C": 10},
+    )
+    completed = await run_experiment(nats, tweak)
+    pruned = [t for t in completed.trials if t.status is TrialStatus.PRUNED]
+    assert pruned, [(t.params, t.score) for t in completed.trials]
+    for trial in pruned:
+        assert 1 <= len(trial.fold_scores) < 5  # the runner stopped before its last fold
+    finished = [t for t in completed.trials if t.status is TrialStatus.OK]
+    assert completed.best is not None and completed.best.status is TrialStatus.OK
+    assert max(t.score for t in pruned) < completed.best.score
+    assert len(finished) + len(pruned) == 16
+
+
+async def test_a_second_push_of_the_same_lineage_is_warm_started(nats, stack) -> None:  # noqa: ANN001
+    source = Source(repository=f"acme/models-{uuid.uuid4().hex[:6]}", commit="c1")
+    first = await run_experiment(
+        nats, tweak_file("iris-lineage", {"algorithm": "tpe", "space": SVC_SPACE}, {"max_trials": 6, "parallelism": 2}), source
+    )
+    assert first.warm_start is not None and first.warm_start.available == 0
+
+    # The next commit narrows C: trials outside the new range are reported, the others reused.
+    narrowed = {**SVC_SPACE, "C": {"type": "float", "low": 0.5, "high": 100.0, "log": True}}
+    second = await run_experiment(
+        nats,
+        tweak_file("iris-lineage", {"algorithm": "tpe", "space": narrowed}, {"max_trials": 4, "parallelism": 2}),
+        source.model_copy(update={"commit": "c2"}),
+    )
+    report = second.warm_start
+    assert report is not None and report.lineage == f"{source.repository}/iris-lineage"
+    inside = [t for t in first.trials if t.params["C"] >= 0.5]
+    assert report.available == 6
+    assert report.reused == len(inside)
+    assert report.incompatible == 6 - len(inside)
+    if report.incompatible:
+        assert report.reasons == {"parameter 'C' outside its new range or choices": 6 - len(inside)}
+    assert len(second.trials) == 4  # earlier trials seed the sampler; they are not this experiment's trials
+
+    off = await run_experiment(
+        nats,
+        tweak_file("iris-lineage", {"algorithm": "tpe", "space": narrowed, "warm_start": False}, {"max_trials": 2, "parallelism": 2}),
+        source,
+    )
+    assert off.warm_start is None
