@@ -30,6 +30,9 @@ app = typer.Typer(
 )
 pki_app = typer.Typer(help="The local development certificate authority.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
+from tweakline.deployer.cli import register as _register_release_commands  # noqa: E402
+
+_register_release_commands(app)
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 

@@ -284,6 +284,30 @@ class ReleaseRevision(Message):
     source: Source = Field(default_factory=Source)
     created_at: datetime = Field(default_factory=utcnow)
     reason: str = ""
+    features: list[str] = Field(default_factory=list, description="Training feature names the server validates.")
+    comparison: Comparison | None = Field(default=None, description="The gate's evidence against production.")
+    deploy: DeploySpec | None = Field(default=None, description="Where it was deployed (helm: chart, namespace).")
+    target_revision: int | None = Field(default=None, description="The target's own revision (Helm's), if any.")
+
+
+class ReleaseAction(StrEnum):
+    """What changed the live revision of a release."""
+
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"  # by hand: tweakline rollback
+    AUTO_ROLLED_BACK = "auto_rolled_back"  # failed deployment or post-deploy check
+    VERIFIED = "verified"  # the post-deploy check passed (live revision unchanged)
+
+
+class ReleaseEvent(Message):
+    """One step in a release's life, with its reason: the audit trail ``tweakline history`` shows."""
+
+    action: ReleaseAction
+    revision: int | None = Field(description="The live revision after this step.")
+    previous: int | None = Field(default=None, description="The live revision before this step.")
+    reason: str = ""
+    by: str = Field(default="deployer", description="Who did it: deployer, or the CLI user.")
+    at: datetime = Field(default_factory=utcnow)
 
 
 class ReleaseHistory(Message):
@@ -293,6 +317,7 @@ class ReleaseHistory(Message):
     target: str = "local"
     current: int | None = None
     revisions: list[ReleaseRevision] = Field(default_factory=list)
+    events: list[ReleaseEvent] = Field(default_factory=list)
 
     def revision(self, number: int) -> ReleaseRevision | None:
         """The revision with this number, if recorded."""

@@ -43,7 +43,7 @@ class Deployer:
             await msg.ack()
             return
         assert self.store is not None
-        target = target_for(evaluation.target or "local")
+        target = target_for(evaluation.target or "local", self.ctx.settings)
         history, revision = await record_promotion(
             self.store, evaluation.release, target.name, evaluation, evaluation.estimator
         )
