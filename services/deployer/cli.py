@@ -120,7 +120,8 @@ def render_history(history: ReleaseHistory) -> None:
         steps.add_column(col)
     for e in history.events:
         steps.add_row(
-            e.at.strftime("%Y-%m-%d %H:%M:%S"), e.action.value, str(e.revision), str(e.previous), e.by, e.reason
+            e.at.strftime("%Y-%m-%d %H:%M:%S"), e.action.value, str(e.revision), "-" if e.previous is None else str(e.previous),
+            e.by, e.reason,
         )
     out.print(steps)
 
@@ -179,8 +180,12 @@ def _user() -> str:
 
 
 def _run(coro: Any) -> Any:
+    import logging
+
     from tweakline.console import err
 
+    # Closing TLS connections makes asyncio log a harmless line that users should not see.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(coro)
     except TweaklineError as exc:

@@ -170,3 +170,17 @@ async def record_event(store: RecordStore[ReleaseHistory], release: str, event: 
         return current.model_copy(update={"events": [*current.events, event]})
 
     return await store.mutate(release, change)
+
+
+async def set_target_revision(store: RecordStore[ReleaseHistory], release: str, revision: int, target_revision: int) -> None:
+    """Remember the target's own revision (Helm's) of ``revision``, for rollbacks to it."""
+
+    def change(current: ReleaseHistory | None) -> ReleaseHistory:
+        assert current is not None
+        revisions = [
+            r.model_copy(update={"target_revision": target_revision}) if r.revision == revision else r
+            for r in current.revisions
+        ]
+        return current.model_copy(update={"revisions": revisions})
+
+    await store.mutate(release, change)

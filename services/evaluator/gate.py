@@ -29,21 +29,11 @@ class GateResult:
         return [c.detail for c in sorted(self.checks, key=lambda c: c.passed)]
 
 
-def decide(
-    spec: ExperimentSpec,
-    candidate: dict[str, float],
-    production: dict[str, float] | None = None,
-    comparison: Comparison | None = None,
-) -> GateResult:
-    """Apply ``spec.gate``: thresholds on the candidate's test metrics, then the paired comparison with production.
-
-    A first release (``production`` is ``None``) needs only the thresholds. Otherwise the
-    candidate must beat production by ``gate.beat_production_by`` with statistical support
-    (see :mod:`tweakline.evaluator.stats`); ``comparison`` carries that evidence.
-    """
+def threshold_checks(thresholds: dict[str, float], metrics: dict[str, float]) -> list[GateCheck]:
+    """One check per threshold (minimum, or maximum for error metrics); a metric not computed fails."""
     checks: list[GateCheck] = []
-    for metric, threshold in spec.gate.thresholds.items():
-        value = candidate.get(metric)
+    for metric, threshold in thresholds.items():
+        value = metrics.get(metric)
         if value is None:
             checks.append(GateCheck(rule=f"threshold:{metric}", passed=False, detail=f"{metric} could not be computed"))
             continue
@@ -58,6 +48,22 @@ def decide(
                 detail=f"{metric} {value:.4f} {op} {threshold:.4f}" + ("" if ok else " does not hold"),
             )
         )
+    return checks
+
+
+def decide(
+    spec: ExperimentSpec,
+    candidate: dict[str, float],
+    production: dict[str, float] | None = None,
+    comparison: Comparison | None = None,
+) -> GateResult:
+    """Apply ``spec.gate``: thresholds on the candidate's test metrics, then the paired comparison with production.
+
+    A first release (``production`` is ``None``) needs only the thresholds. Otherwise the
+    candidate must beat production by ``gate.beat_production_by`` with statistical support
+    (see :mod:`tweakline.evaluator.stats`); ``comparison`` carries that evidence.
+    """
+    checks = threshold_checks(spec.gate.thresholds, candidate)
     if production is None:
         checks.append(GateCheck(rule="beat_production", passed=True, detail="no model in production: thresholds only"))
     elif comparison is None:

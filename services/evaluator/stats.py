@@ -56,7 +56,7 @@ class Outputs:
         return cls(np.asarray(model.predict(X)), proba, decision, None if classes is None else np.asarray(classes))
 
 
-class _Rows:
+class Replay:
     """A stand-in estimator answering from stored :class:`Outputs` for a subset of row indices.
 
     Scoring it with :func:`compute_metrics` (``X`` = the row indices) reuses exactly the metric
@@ -111,7 +111,7 @@ def paired_bootstrap(
     The low end is a one-sided ``1 - alpha`` lower confidence bound on the improvement.
     """
     y = np.asarray(y)
-    cand, prod = _Rows(candidate), _Rows(production)
+    cand, prod = Replay(candidate), Replay(production)
 
     def diff(idx: np.ndarray) -> float:
         idx = np.asarray(idx, dtype=int)

@@ -101,13 +101,19 @@ class RunningServer:
 
 
 def start_server(nats, release: str, tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 30) -> RunningServer:
+    """Start ``tweakline serve RELEASE --port 0`` on the ``nats`` fixture's server."""
+    return start_server_on(nats.url, nats.pki.parent, release, tmp, extra_env, timeout)
+
+
+def start_server_on(
+    url: str, state: Path, release: str, tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 30
+) -> RunningServer:
     """Start ``tweakline serve RELEASE --port 0`` and wait until it has registered its URL."""
-    state = nats.pki.parent
     reg = registration_path(state, release)
     reg.unlink(missing_ok=True)
     log = tmp / f"serve-{release}.log"
     env = dict(os.environ)
-    env.update({"TWEAKLINE_NATS_URL": nats.url, "TWEAKLINE_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"})
+    env.update({"TWEAKLINE_NATS_URL": url, "TWEAKLINE_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"})
     env.update(extra_env or {})
     handle = open(log, "wb")  # noqa: SIM115 - owned by the process
     process = subprocess.Popen(
