@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tweakline.deployer.helm import HelmTarget
 from tweakline.deployer.local import LocalTarget
 from tweakline.deployer.target import DeployTarget
 from tweakline.errors import ConfigurationError
@@ -9,6 +10,7 @@ from tweakline.settings import Settings
 
 TARGETS: dict[str, type[DeployTarget]] = {
     LocalTarget.name: LocalTarget,
+    HelmTarget.name: HelmTarget,
 }
 
 
