@@ -45,8 +45,14 @@ def rows(n: int = 5, start: int = 0) -> list[dict[str, float]]:
     return [dict(zip(FEATURES, map(float, x))) for x in WINE.data[start : start + n]]
 
 
-async def promote(nats, release: str, experiment_id: str, model: object, *, sha256: str | None = None) -> int:
-    """Store ``model`` and record it as the new live revision of ``release`` (what evaluator + deployer do)."""
+async def promote(
+    nats, release: str, experiment_id: str, model: object, *, sha256: str | None = None, tamper_with: object = None
+) -> int:
+    """Store ``model`` and record it as the new live revision of ``release`` (what evaluator + deployer do).
+
+    ``tamper_with``: after the artifact is stored (and its hash recorded), overwrite the object
+    with this other model's skops bytes, as an attacker with write access to the store would.
+    """
     nc = await connect(nats.settings(Identity.ADMIN), "test-promote")
     try:
         js = nc.jetstream()
@@ -54,6 +60,9 @@ async def promote(nats, release: str, experiment_id: str, model: object, *, sha2
         ref = await put_artifact(js, f"models/{experiment_id}.skops", data)
         if sha256 is not None:
             ref = ref.model_copy(update={"sha256": sha256})
+        if tamper_with is not None:
+            store = await js.object_store(ref.bucket)
+            await store.put(ref.name, dump_model(tamper_with)[0])
         evaluation = EvaluationCompleted(
             experiment_id=experiment_id, decision=Decision.PROMOTE, reasons=["test"], artifact=ref,
             release=release, target="local", features=FEATURES, candidate_metrics={"accuracy": 0.9},

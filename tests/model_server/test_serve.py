@@ -89,8 +89,8 @@ async def test_tampered_artifact_is_refused_and_the_previous_model_kept(nats, tm
     server = start_server(nats, release, tmp_path)
     try:
         await server.wait_for_revision(1)
-        # revision 2's recorded hash does not match the bytes in the store: as if they were altered after the gate
-        await promote(nats, release, f"{release}-b", models["svc"], sha256="ab" * 32)
+        # revision 2's object is replaced by another (valid skops) model after its hash was recorded
+        await promote(nats, release, f"{release}-b", models["svc"], tamper_with=models["dummy"])
         deadline = asyncio.get_running_loop().time() + 30
         while "last_error" not in (body := await server.version()):
             assert asyncio.get_running_loop().time() < deadline, body
@@ -100,6 +100,20 @@ async def test_tampered_artifact_is_refused_and_the_previous_model_kept(nats, tm
         assert "tweakline_model_load_failures_total 1.0" in (await server.client.get("/metrics")).text
         r = await server.client.post("/predict", json={"rows": rows(3)})
         assert r.status_code == 200 and r.json()["revision"] == 1
+    finally:
+        await server.close()
+
+
+async def test_pinned_sha256_that_differs_from_the_record_is_refused(nats, tmp_path: Path) -> None:
+    release = f"srv-{uuid.uuid4().hex[:6]}"
+    await promote(nats, release, f"{release}-a", wine_models()["dummy"])
+    server = start_server(nats, release, tmp_path, extra_env={"TWEAKLINE_MODEL_SHA256": "cd" * 32})
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while "refusing" not in (body := (await server.client.get("/readyz")).json()).get("reason", ""):
+            assert asyncio.get_running_loop().time() < deadline, body
+            await asyncio.sleep(0.1)
+        assert body["ready"] is False and "refusing to serve it" in body["reason"]
     finally:
         await server.close()
 
