@@ -137,6 +137,8 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "default_metrics": ev.default_metrics if ev else {},
         "production_metrics": ev.production_metrics if ev else None,
         "production_revision": ev.production_revision if ev else None,
+        "comparison": ev.comparison.model_dump() if ev and ev.comparison else None,
+        "deployment_message": dep.message if dep else None,
         "release": dep.release if dep else (ev.release if ev else None),
         "revision": dep.revision if dep else None,
         "deployment_status": dep.status.value if dep else None,
