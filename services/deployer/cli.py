@@ -102,9 +102,11 @@ def render_history(history: ReleaseHistory) -> None:
     from tweakline.console import out
 
     revs = Table(title=f"Release {history.release} ({history.target}); live revision: {history.current}")
-    for col in ("rev", "live", "created", "experiment", "commit", "test metrics", "evidence"):
+    helm = any(r.target_revision is not None for r in history.revisions)
+    for col in ("rev", "live", "created", "experiment", "commit", "test metrics", "evidence", *(["helm rev"] if helm else [])):
         revs.add_column(col)
     for r in history.revisions:
+        extra = [str(r.target_revision or "-")] if helm else []
         revs.add_row(
             str(r.revision),
             "*" if r.revision == history.current else "",
@@ -113,6 +115,7 @@ def render_history(history: ReleaseHistory) -> None:
             (r.source.commit or "-")[:12],
             _fmt_metrics(r.metrics),
             _evidence(r),
+            *extra,
         )
     out.print(revs)
     steps = Table(title="Steps")

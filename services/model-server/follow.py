@@ -14,6 +14,8 @@ from tweakline.proto.subjects import Bucket
 
 log = logging.getLogger(__name__)
 
+RECONCILE_S = 30.0
+
 
 class ReleaseFollower:
     """Keeps ``slot`` on the live revision of ``release`` (or on one pinned revision)."""
@@ -36,10 +38,14 @@ class ReleaseFollower:
         self.pin_revision = pin_revision
         self.artifact = artifact
         self.sha256 = sha256.strip().lower()
-        self.loaded_changed = asyncio.Event()
+        self._applying = asyncio.Lock()
 
     async def apply(self, history: ReleaseHistory) -> None:
         """Load and swap in the revision ``history`` says should be served, if it is not already."""
+        async with self._applying:  # the watch and the periodic re-read never load at the same time
+            await self._apply(history)
+
+    async def _apply(self, history: ReleaseHistory) -> None:
         wanted = self.pin_revision or history.current
         if wanted is None:
             self.slot.last_error = f"release {self.release} has no live revision"
@@ -81,7 +87,25 @@ class ReleaseFollower:
         )
 
     async def run(self) -> None:
-        """Watch the release's key until cancelled; re-watch after a broken connection."""
+        """Follow the release until cancelled: a KV watch, plus a periodic re-read in case a watch silently stalls."""
+        reconcile = asyncio.create_task(self._reconcile())
+        try:
+            await self._watch()
+        finally:
+            reconcile.cancel()
+
+    async def _reconcile(self) -> None:
+        kv = await self.js.key_value(Bucket.RELEASES.value)
+        while not (self.pin_revision and self.slot.current is not None):
+            await asyncio.sleep(RECONCILE_S)
+            try:
+                entry = await kv.get(self.release)
+                if entry.value:
+                    await self.apply(ReleaseHistory.model_validate_json(entry.value))
+            except Exception as exc:  # noqa: BLE001 - not there yet, or the bus is down: try again later
+                log.debug("re-reading release %s: %s", self.release, exc)
+
+    async def _watch(self) -> None:
         kv = await self.js.key_value(Bucket.RELEASES.value)
         while True:
             watcher = None
