@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -109,6 +110,8 @@ def decision_panel(outcome: Outcome) -> Panel:
     footer = ""
     if dep is not None:
         footer = f"release {dep.release} ({dep.target}): {dep.status.value}, revision {dep.revision}"
+        if dep.message:
+            footer += f"\n  {escape(dep.message)}"
     body = "\n".join(lines)
     parts: list[Any] = [body]
     if ev.candidate_metrics:
