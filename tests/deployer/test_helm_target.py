@@ -208,3 +208,39 @@ def helm_evaluation(release: str, n: int) -> EvaluationCompleted:
         artifact=ArtifactRef(bucket="tweakline-artifacts", name=f"models/{release}-{n}.skops", sha256=SHA, size=1),
         features=["a"],
     )
+
+
+def test_cli_rollback_of_a_helm_release_without_a_cluster_is_a_clear_error(nats, tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.conftest import run_cli
+
+    release = f"helm-{uuid.uuid4().hex[:6]}"
+
+    async def record_two() -> None:
+        nc = await connect(nats.settings(Identity.DEPLOYER), "test")
+        try:
+            store = await releases(nc.jetstream())
+            for n in (1, 2):
+                await record_promotion(store, release, "helm", helm_evaluation(release, n), "SVC")
+        finally:
+            await nc.close()
+
+    asyncio.run(record_two())
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    env = {"TWEAKLINE_NATS_URL": nats.url, "TWEAKLINE_STATE_DIR": str(nats.pki.parent), "KUBECONFIG": str(kubeconfig)}
+    done = run_cli("rollback", release, env=env, timeout=120)
+    # revision 1 never reached a cluster (no Helm revision recorded): said plainly, history unchanged
+    assert done.code == 2 and "has no recorded Helm revision" in done.stderr and "Traceback" not in done.stderr
+    shown = run_cli("history", release, "--json", env=env)
+    assert shown.json()["current"] == 2
+
+
+async def test_helm_rollback_without_a_cluster_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    with pytest.raises(HelmDeployError, match="Kubernetes cluster not reachable"):
+        await HelmTarget().rollback(spec(), None, revision(1, helm_rev=4))
