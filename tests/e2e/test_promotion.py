@@ -19,7 +19,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import run_cli
 from tests.model_server.serving import hammer, rows, start_server_on
@@ -80,11 +79,14 @@ def test_gate_server_post_deploy_check_and_rollbacks(tmp_path: Path) -> None:
     state = tmp_path / "state"
     stack = LocalStack(state, runners=1)
     stack.start()
-    server = None
     try:
         asyncio.run(_story(stack, state, tmp_path))
     finally:
         stack.stop()
+    # With the stack stopped, history still reads the state directory (nats-server started just for it).
+    later = run_cli("history", RELEASE, "--json", env={"TWEAKLINE_STATE_DIR": str(state)})
+    assert later.code == 0, later.stderr
+    assert later.json()["current"] == 1 and len(later.json()["events"]) == 6
 
 
 async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
