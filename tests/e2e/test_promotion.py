@@ -5,7 +5,8 @@ One story on one release, with every service as its own process (LocalStack), a 
 
 1. a majority-class model is the first release (thresholds only);
 2. a worse model is rejected, with the paired evidence;
-3. the same model again (a gain of zero, within noise) is rejected, with the evidence;
+3. the same model again (a gain of zero), and a model right on one more test row (a gain above
+   the margin but not significant: within noise), are rejected, with the evidence;
 4. a clearly better model is promoted, but its post-deploy check fails (a latency limit it
    cannot meet): it is rolled back automatically and the server serves the first model again;
 5. a clearly better model with a normal check is promoted, verified and served;
@@ -64,6 +65,13 @@ MINORITY = tweak(
     {"estimator": "sklearn.dummy.DummyClassifier", "fixed": {"constant": 2}},
     {"strategy": {"type": "categorical", "choices": ["constant"]}},
 )
+# Unscaled wine, gamma 0.1: right on one more test row than the majority class (+0.022, above the
+# 0.01 margin) but McNemar's mid-p is 0.25: better only within noise.
+NOISE = tweak(
+    "svc-noise",
+    {"estimator": "sklearn.svm.SVC", "fixed": {"gamma": 0.1}},
+    {"C": {"type": "categorical", "choices": [1.0]}},
+)
 SVC = {"estimator": "sklearn.svm.SVC", "pipeline": ["sklearn.preprocessing.StandardScaler"]}
 SVC_SPACE = {"C": {"type": "categorical", "choices": [10.0]}}
 GOOD_BUT_SLOW = tweak("svc-slow", SVC, SVC_SPACE, verify={"max_latency_ms": 0.001, "timeout": "30s"})
@@ -117,6 +125,13 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         assert same.evaluation.decision is Decision.REJECT
         assert c.difference == 0 and c.discordant == {"candidate_only": 0, "production_only": 0} and c.p_value == 1.0
         assert "within noise" in same.evaluation.reasons[0] or "below the required margin" in same.evaluation.reasons[0]
+
+        noise = await run_experiment(nc, NOISE, stack)
+        c = noise.evaluation.comparison
+        assert noise.evaluation.decision is Decision.REJECT and noise.deployment is None
+        assert c.difference == pytest.approx(1 / 45) and c.difference >= c.required_gain
+        assert c.discordant == {"candidate_only": 1, "production_only": 0} and c.p_value == pytest.approx(0.25)
+        assert noise.evaluation.reasons[0].startswith("better than production only within noise (not significant)")
 
         slow = await run_experiment(nc, GOOD_BUT_SLOW, stack)
         assert slow.evaluation.decision is Decision.PROMOTE, slow.evaluation.reasons
