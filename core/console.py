@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -109,6 +110,8 @@ def decision_panel(outcome: Outcome) -> Panel:
     footer = ""
     if dep is not None:
         footer = f"release {dep.release} ({dep.target}): {dep.status.value}, revision {dep.revision}"
+        if dep.message:
+            footer += f"\n  {escape(dep.message)}"
     body = "\n".join(lines)
     parts: list[Any] = [body]
     if ev.candidate_metrics:
@@ -137,6 +140,8 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         "default_metrics": ev.default_metrics if ev else {},
         "production_metrics": ev.production_metrics if ev else None,
         "production_revision": ev.production_revision if ev else None,
+        "comparison": ev.comparison.model_dump() if ev and ev.comparison else None,
+        "deployment_message": dep.message if dep else None,
         "release": dep.release if dep else (ev.release if ev else None),
         "revision": dep.revision if dep else None,
         "deployment_status": dep.status.value if dep else None,

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tweakline.proto.subjects import Subject
-from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, TweakFile
+from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, GateSpec, TweakFile
 
 
 def utcnow() -> datetime:
@@ -247,6 +247,29 @@ class GateCheck(Message):
     detail: str
 
 
+class Comparison(Message):
+    """The paired comparison of the candidate with the model in production, on the same test rows."""
+
+    metric: str
+    candidate: float = Field(description="Candidate's value of the metric on the test split.")
+    production: float = Field(description="Production model's value on the same rows.")
+    difference: float = Field(description="Gain of the candidate (positive is better, whatever the direction).")
+    required_gain: float = Field(description="gate.beat_production_by.")
+    test: str = Field(description="mcnemar-midp (accuracy) or paired-bootstrap (other metrics).")
+    alpha: float
+    n: int = Field(description="Test rows both models were scored on.")
+    p_value: float | None = Field(default=None, description="McNemar one-sided mid-p (candidate better).")
+    exact_p_value: float | None = Field(default=None, description="McNemar one-sided exact binomial p.")
+    discordant: dict[str, int] | None = Field(default=None, description="Rows only one model gets right.")
+    ci_low: float | None = Field(default=None, description="Bootstrap interval of the gain, low end.")
+    ci_high: float | None = None
+    confidence: float | None = Field(default=None, description="Two-sided level of [ci_low, ci_high].")
+    resamples: int | None = None
+    significant: bool
+    supported: bool = Field(description="Gain >= required_gain and significant: the rule held.")
+    rule: str
+
+
 class EvaluationCompleted(Message):
     """Evaluator -> deployer, CLI: the decision and its evidence."""
 
@@ -261,6 +284,10 @@ class EvaluationCompleted(Message):
     default_metrics: dict[str, float] = Field(default_factory=dict, description="Default-params estimator, test split.")
     production_metrics: dict[str, float] | None = Field(default=None, description="Model in production, same split.")
     production_revision: int | None = None
+    comparison: Comparison | None = Field(default=None, description="Paired test against production, if any.")
+    features: list[str] = Field(default_factory=list, description="Training feature names, in order.")
+    probe: ArtifactRef | None = Field(default=None, description="Probe rows for the post-deploy check (JSON).")
+    gate: GateSpec | None = Field(default=None, description="The gate applied (the post-deploy check reuses it).")
     artifact: ArtifactRef | None = None
     release: str | None = None
     target: str | None = None
@@ -304,6 +331,30 @@ class ReleaseRevision(Message):
     source: Source = Field(default_factory=Source)
     created_at: datetime = Field(default_factory=utcnow)
     reason: str = ""
+    features: list[str] = Field(default_factory=list, description="Training feature names the server validates.")
+    comparison: Comparison | None = Field(default=None, description="The gate's evidence against production.")
+    deploy: DeploySpec | None = Field(default=None, description="Where it was deployed (helm: chart, namespace).")
+    target_revision: int | None = Field(default=None, description="The target's own revision (Helm's), if any.")
+
+
+class ReleaseAction(StrEnum):
+    """What changed the live revision of a release."""
+
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"  # by hand: tweakline rollback
+    AUTO_ROLLED_BACK = "auto_rolled_back"  # failed deployment or post-deploy check
+    VERIFIED = "verified"  # the post-deploy check passed (live revision unchanged)
+
+
+class ReleaseEvent(Message):
+    """One step in a release's life, with its reason: the audit trail ``tweakline history`` shows."""
+
+    action: ReleaseAction
+    revision: int | None = Field(description="The live revision after this step.")
+    previous: int | None = Field(default=None, description="The live revision before this step.")
+    reason: str = ""
+    by: str = Field(default="deployer", description="Who did it: deployer, or the CLI user.")
+    at: datetime = Field(default_factory=utcnow)
 
 
 class ReleaseHistory(Message):
@@ -313,6 +364,7 @@ class ReleaseHistory(Message):
     target: str = "local"
     current: int | None = None
     revisions: list[ReleaseRevision] = Field(default_factory=list)
+    events: list[ReleaseEvent] = Field(default_factory=list)
 
     def revision(self, number: int) -> ReleaseRevision | None:
         """The revision with this number, if recorded."""

@@ -444,6 +444,13 @@ class GateSpec(_Strict):
         default_factory=dict, description="Minimum (or, for error metrics, maximum) test-split values."
     )
     beat_production_by: float = Field(default=0.0, ge=0, description="Required gain over the model in production.")
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        le=0.5,
+        description="Significance level of the paired test against production (McNemar or paired bootstrap).",
+    )
+    bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000, description="Resamples of the paired bootstrap.")
 
     @field_validator("thresholds")
     @classmethod
@@ -465,6 +472,21 @@ class DeployTarget(StrEnum):
     HELM = "helm"
 
 
+class VerifySpec(_Strict):
+    """The post-deploy check: the live endpoint is scored on probe rows; a failure rolls the release back."""
+
+    enabled: bool = Field(default=True, description="Check the live endpoint after each promotion.")
+    probe_rows: int = Field(default=100, gt=0, le=10_000, description="Test-split rows sent to the live endpoint.")
+    max_latency_ms: float = Field(default=1000.0, gt=0, description="Slowest acceptable /predict request, milliseconds.")
+    max_error_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction of probe requests allowed to fail.")
+    timeout: Duration = Field(default=60.0, description="How long the new revision may take to become live.")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
 class DeploySpec(_Strict):
     """Where a promoted model goes."""
 
@@ -473,6 +495,18 @@ class DeploySpec(_Strict):
     chart: str | None = Field(default=None, description="helm: chart path or reference (default: helm/model-server).")
     namespace: str | None = Field(default=None, pattern=NAME_PATTERN, description="helm: target namespace.")
     values: dict[str, Any] = Field(default_factory=dict, description="helm: extra chart values.")
+    endpoint: str | None = Field(
+        default=None,
+        description="URL of the live model server for the post-deploy check (default: the target's own; "
+        "local: the running 'tweakline serve', helm: the chart's Service).",
+    )
+    helm_timeout: Duration = Field(default=300.0, description="helm: how long an upgrade may wait for readiness.")
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+
+    @field_validator("helm_timeout", mode="before")
+    @classmethod
+    def _helm_duration(cls, value: Any) -> Any:
+        return parse_duration(value)
 
 
 class ExperimentSpec(_Strict):

@@ -1,30 +1,37 @@
-"""The deployer's message handling: record the promoted revision and make it live on its target."""
+"""The deployer's message handling: record the promoted revision, make it live, verify it, roll back on failure."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from faststream.nats import NatsMessage
 
+from tweakline.deployer.control import rollback
 from tweakline.deployer.registry import target_for
-from tweakline.deployer.releases import record_promotion
+from tweakline.deployer.releases import ReleaseError, record_event, record_promotion, set_target_revision
+from tweakline.deployer.verify import load_probe, verify_live
+from tweakline.objects import get_artifact
 from tweakline.proto.messages import (
     Decision,
     DeploymentCompleted,
     DeploymentStatus,
     EvaluationCompleted,
+    ReleaseAction,
+    ReleaseEvent,
     ReleaseHistory,
+    ReleaseRevision,
     msg_id,
 )
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.records import RecordStore
-from tweakline.service import ServiceContext
+from tweakline.service import ServiceContext, keep_alive
 
 log = logging.getLogger(__name__)
 
 
 class Deployer:
-    """Promotes models the evaluator accepted."""
+    """Promotes models the evaluator accepted; undoes a promotion whose deployment or check fails."""
 
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
@@ -42,25 +49,18 @@ class Deployer:
         if evaluation.decision is not Decision.PROMOTE or evaluation.release is None or evaluation.artifact is None:
             await msg.ack()
             return
-        assert self.store is not None
-        target = target_for(evaluation.target or "local")
-        history, revision = await record_promotion(
-            self.store, evaluation.release, target.name, evaluation, evaluation.estimator
-        )
-        status, message = DeploymentStatus.DEPLOYED, f"revision {revision.revision} is live"
-        if evaluation.deploy is not None:
-            try:
-                await target.deploy(evaluation.deploy, history, revision)
-            except Exception as exc:
-                status, message = DeploymentStatus.FAILED, f"{type(exc).__name__}: {exc}"
-                log.exception("deployment of %s failed", evaluation.release)
+        beat = asyncio.create_task(keep_alive(msg, 10.0))
+        try:
+            status, revision, message = await self._deploy(evaluation)
+        finally:
+            beat.cancel()
         await self.ctx.publish(
             DeploymentCompleted(
                 experiment_id=evaluation.experiment_id,
                 release=evaluation.release,
-                target=target.name,
+                target=evaluation.target or "local",
                 status=status,
-                revision=revision.revision,
+                revision=revision,
                 message=message,
             ),
             subject_for(Subject.DEPLOYMENT_COMPLETED, evaluation.experiment_id),
@@ -69,3 +69,66 @@ class Deployer:
         )
         await msg.ack()
         log.info("release %s: %s", evaluation.release, message)
+
+    async def _deploy(self, evaluation: EvaluationCompleted) -> tuple[DeploymentStatus, int | None, str]:
+        assert self.store is not None and evaluation.release is not None
+        target = target_for(evaluation.target or "local", self.ctx.settings)
+        existing = await self.store.get(evaluation.release)
+        seen = existing is not None and any(r.experiment_id == evaluation.experiment_id for r in existing[0].revisions)
+        history, revision = await record_promotion(
+            self.store, evaluation.release, target.name, evaluation, evaluation.estimator
+        )
+        if seen and history.current != revision.revision:
+            # A redelivery of a promotion that was already undone: do not deploy it again.
+            return DeploymentStatus.ROLLED_BACK, history.current, f"revision {revision.revision} was already rolled back"
+        spec = evaluation.deploy
+        if spec is None:
+            return DeploymentStatus.DEPLOYED, revision.revision, f"revision {revision.revision} is live"
+        try:
+            target_revision = await target.deploy(spec, history, revision)
+        except Exception as exc:  # a failed upgrade: put the previous revision back
+            log.exception("deployment of %s failed", evaluation.release)
+            return await self._undo(evaluation, revision, f"deployment failed: {type(exc).__name__}: {exc}")
+        if target_revision is not None:
+            await set_target_revision(self.store, evaluation.release, revision.revision, target_revision)
+        if not spec.verify.enabled:
+            return DeploymentStatus.DEPLOYED, revision.revision, f"revision {revision.revision} is live (not verified)"
+        endpoint = target.endpoint(spec)
+        if endpoint is None:
+            return (
+                DeploymentStatus.DEPLOYED,
+                revision.revision,
+                f"revision {revision.revision} is live (not verified: no model server is serving release {spec.release})",
+            )
+        if evaluation.probe is None:
+            return DeploymentStatus.DEPLOYED, revision.revision, f"revision {revision.revision} is live (no probe set)"
+        probe = load_probe(await get_artifact(self.ctx.js, evaluation.probe))
+        result = await verify_live(endpoint, probe, evaluation.gate, spec.verify, revision.revision)
+        if not result.ok:
+            return await self._undo(evaluation, revision, f"post-deploy check failed at {endpoint}: {result.reason}")
+        await record_event(
+            self.store,
+            evaluation.release,
+            ReleaseEvent(action=ReleaseAction.VERIFIED, revision=revision.revision, reason=result.reason),
+        )
+        return DeploymentStatus.DEPLOYED, revision.revision, f"revision {revision.revision} is live; {result.reason}"
+
+    async def _undo(
+        self, evaluation: EvaluationCompleted, revision: ReleaseRevision, reason: str
+    ) -> tuple[DeploymentStatus, int | None, str]:
+        assert evaluation.release is not None
+        try:
+            done = await rollback(
+                self.ctx.js, self.ctx.settings, evaluation.release, to=None, reason=reason, by="deployer",
+                automatic=True, expect_current=revision.revision,
+            )
+        except ReleaseError as exc:  # nothing earlier to go back to, or a newer promotion won
+            return DeploymentStatus.FAILED, revision.revision, f"{reason}; not rolled back: {exc}"
+        except Exception as exc:
+            log.exception("automatic rollback of %s failed", evaluation.release)
+            return DeploymentStatus.FAILED, revision.revision, f"{reason}; rollback failed: {type(exc).__name__}: {exc}"
+        return (
+            DeploymentStatus.ROLLED_BACK,
+            done.revision.revision,
+            f"revision {revision.revision} rolled back to {done.revision.revision}: {reason}",
+        )

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from tweakline.deployer.helm import HelmTarget
 from tweakline.deployer.local import LocalTarget
 from tweakline.deployer.target import DeployTarget
 from tweakline.errors import ConfigurationError
+from tweakline.settings import Settings
 
 TARGETS: dict[str, type[DeployTarget]] = {
     LocalTarget.name: LocalTarget,
+    HelmTarget.name: HelmTarget,
 }
 
 
-def target_for(name: str) -> DeployTarget:
+def target_for(name: str, settings: Settings | None = None) -> DeployTarget:
     """An instance of the target called ``name``."""
     try:
-        return TARGETS[name]()
+        return TARGETS[name](settings)
     except KeyError:
         raise ConfigurationError(f"deploy target {name!r} is not available; known: {', '.join(TARGETS)}") from None

@@ -1,4 +1,8 @@
-"""The deploy-target plug-in interface: what every way of putting a model into production must do."""
+"""The deploy-target plug-in interface: what every way of putting a model into production must do.
+
+A target is one module with a subclass of :class:`DeployTarget`, registered by name in
+:mod:`tweakline.deployer.registry` (``spec.deploy.target``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import ClassVar
 
 from tweakline.proto.messages import ReleaseHistory, ReleaseRevision
 from tweakline.proto.tweakfile import DeploySpec
+from tweakline.settings import Settings
 
 
 class DeployTarget(ABC):
@@ -14,10 +19,20 @@ class DeployTarget(ABC):
 
     name: ClassVar[str]
 
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+
     @abstractmethod
-    async def deploy(self, spec: DeploySpec, history: ReleaseHistory, revision: ReleaseRevision) -> None:
-        """Make ``revision`` live; raise to report a failed deployment (the caller rolls back)."""
+    async def deploy(self, spec: DeploySpec, history: ReleaseHistory, revision: ReleaseRevision) -> int | None:
+        """Make ``revision`` live; raise to report a failed deployment (the caller rolls back).
+
+        Returns the target's own revision number for it (Helm's), if it keeps one.
+        """
 
     @abstractmethod
     async def rollback(self, spec: DeploySpec, history: ReleaseHistory, revision: ReleaseRevision) -> None:
         """Make the earlier ``revision`` live again."""
+
+    def endpoint(self, spec: DeploySpec) -> str | None:
+        """Base URL of the live model server for the post-deploy check; ``None`` if none is known."""
+        return spec.endpoint

@@ -21,7 +21,8 @@ from tweakline.proto.messages import (
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.records import RecordStore
 from tweakline.evaluator.gate import decide
-from tweakline.evaluator.scoring import refit_and_score, score_model
+from tweakline.evaluator.scoring import probe_set, refit_and_score, score_model
+from tweakline.evaluator.stats import Outputs, compare
 from tweakline.service import ServiceContext, keep_alive
 from tweakline.trial_runner.artifacts import dump_model, load_model
 from tweakline.trial_runner.datasets import DatasetCache
@@ -87,6 +88,28 @@ class Evaluator:
         data = await get_artifact(self.ctx.js, live.artifact)
         return load_model(data, live.artifact.sha256), live.revision
 
+    @staticmethod
+    def _compare(spec, split, task, refit, model):  # noqa: ANN001, ANN205 - runs in a worker thread
+        """Production's metrics on the same test rows, and the paired comparison on the objective."""
+        metrics = score_model(model, split, spec, task)
+        metric = spec.objective.metric
+        if metric not in metrics or metric not in refit.metrics:
+            return metrics, None
+        comparison = compare(
+            metric,
+            split.y_test,
+            Outputs.of(refit.model, split.X_test),
+            Outputs.of(model, split.X_test),
+            task,
+            candidate_value=refit.metrics[metric],
+            production_value=metrics[metric],
+            required_gain=spec.gate.beat_production_by,
+            alpha=spec.gate.alpha,
+            resamples=spec.gate.bootstrap_resamples,
+            seed=spec.dataset.seed,
+        )
+        return metrics, comparison
+
     async def _evaluate(self, completed: ExperimentCompleted) -> EvaluationCompleted:
         spec = completed.tweak.spec
         if completed.status is not ExperimentStatus.COMPLETED or completed.best is None:
@@ -98,21 +121,28 @@ class Evaluator:
 
         production_metrics = None
         production_revision = None
+        comparison = None
         if spec.deploy is not None:
             production = await self._production(spec.deploy.release)
             if production is not None:
                 model, production_revision = production
                 try:
-                    production_metrics = await asyncio.to_thread(score_model, model, split, spec, task)
+                    production_metrics, comparison = await asyncio.to_thread(
+                        self._compare, spec, split, task, refit, model
+                    )
                 except Exception as exc:  # e.g. the features changed: the old model cannot be compared
                     raise TweaklineError(
                         f"the model in production (revision {production_revision}) cannot be scored on this "
                         f"experiment's test split: {type(exc).__name__}: {exc}"
                     ) from exc
 
-        result = decide(spec, refit.metrics, production_metrics)
+        result = decide(spec, refit.metrics, production_metrics, comparison)
         data, _sha = await asyncio.to_thread(dump_model, refit.model)
         artifact = await put_artifact(self.ctx.js, f"models/{completed.experiment_id}.skops", data)
+        probe = None
+        if result.decision is Decision.PROMOTE and spec.deploy is not None:
+            rows = probe_set(split, spec.deploy.verify.probe_rows)
+            probe = await put_artifact(self.ctx.js, f"probes/{completed.experiment_id}.json", rows)
         return EvaluationCompleted(
             experiment_id=completed.experiment_id,
             decision=result.decision,
@@ -125,6 +155,10 @@ class Evaluator:
             default_metrics=refit.default_metrics,
             production_metrics=production_metrics,
             production_revision=production_revision,
+            comparison=comparison,
+            features=list(split.feature_names),
+            probe=probe,
+            gate=spec.gate,
             artifact=artifact,
             release=spec.deploy.release if spec.deploy else None,
             target=spec.deploy.target.value if spec.deploy else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,3 +40,19 @@ def refit_and_score(split: Split, spec: ExperimentSpec, params: dict[str, Any], 
 def score_model(model: Any, split: Split, spec: ExperimentSpec, task: str) -> dict[str, float]:
     """Test-split metrics of an already fitted model (the one in production)."""
     return compute_metrics(model, split.X_test, split.y_test, objective_metrics(spec), task)
+
+
+def probe_set(split: Split, rows: int) -> bytes:
+    """The first ``rows`` test rows as JSON (feature name -> value, and the true target): the post-deploy probe.
+
+    Test rows only: the served model never saw them, so its live metrics are comparable with the gate's.
+    """
+    n = min(rows, len(split.y_test))
+    names = list(split.feature_names)
+    body = {
+        "task": split.task,
+        "features": names,
+        "rows": [dict(zip(names, map(float, x))) for x in split.X_test[:n]],
+        "targets": [v.item() if hasattr(v, "item") else v for v in split.y_test[:n]],
+    }
+    return json.dumps(body).encode()

@@ -1,0 +1,1 @@
+"""The model server: ``tweakline serve RELEASE`` answers predictions with the release's live revision."""

@@ -1,0 +1,83 @@
+"""The model being served, and the reference that is swapped when a new revision goes live.
+
+A request takes the reference once and uses that model to the end, so a swap never disturbs
+a request in flight; the new model is loaded (hash checked, skops-loaded) completely before
+the reference moves. Assigning one attribute is atomic in Python: no lock is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tweakline.errors import ArtifactError
+from tweakline.objects import get_artifact
+from tweakline.proto.messages import ArtifactRef, ReleaseRevision
+from tweakline.trial_runner.artifacts import load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A fitted model and what it is: release, revision, features, artifact."""
+
+    release: str
+    revision: int
+    experiment_id: str
+    estimator: str
+    features: tuple[str, ...]
+    artifact: ArtifactRef
+    model: Any = field(repr=False)
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def version(self) -> dict[str, Any]:
+        """The ``/version`` body."""
+        return {
+            "release": self.release,
+            "revision": self.revision,
+            "experiment_id": self.experiment_id,
+            "estimator": self.estimator,
+            "artifact": self.artifact.name,
+            "sha256": self.artifact.sha256,
+            "features": list(self.features),
+            "loaded_at": self.loaded_at.isoformat(),
+        }
+
+
+class ModelSlot:
+    """Holds the model now served; :meth:`swap` replaces it in one step."""
+
+    def __init__(self) -> None:
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+
+    def swap(self, new: LoadedModel) -> LoadedModel | None:
+        """Serve ``new`` from now on; return the model it replaced."""
+        old, self.current = self.current, new
+        self.last_error = None
+        return old
+
+
+async def load_revision(js: Any, release: str, revision: ReleaseRevision, artifact: ArtifactRef | None = None) -> LoadedModel:
+    """Download, hash-check and load a revision's model (off the event loop); :class:`ArtifactError` if refused."""
+    ref = artifact or revision.artifact
+    data = await get_artifact(js, ref)
+    model = await asyncio.to_thread(load_model, data, ref.sha256)
+    if not revision.features:
+        raise ArtifactError(
+            f"release {release} revision {revision.revision} records no training feature names; "
+            "inputs cannot be validated, refusing to serve it"
+        )
+    return LoadedModel(
+        release=release,
+        revision=revision.revision,
+        experiment_id=revision.experiment_id,
+        estimator=revision.estimator,
+        features=tuple(revision.features),
+        artifact=ref,
+        model=model,
+    )
