@@ -322,6 +322,7 @@ PENDING_SETTINGS = {
     "TWEAKLINE_BITBUCKET_USERNAME",
     # issue 5: read by the helm deploy target's settings (HelmSettings)
     "TWEAKLINE_MODEL_SERVER_CHART",
+    # where the deployer's RBAC allows installs; informational until the deployer checks it
     "TWEAKLINE_DEPLOY_NAMESPACES",
 }
 
