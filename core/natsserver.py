@@ -19,7 +19,6 @@ from pathlib import Path
 
 from tweakline.errors import StackError
 from tweakline.pki import TlsFiles
-from tweakline.proto.generate import nats_authorization, nats_user
 from tweakline.proto.permissions import Identity, Permissions
 
 
@@ -40,6 +39,8 @@ def nats_server_binary() -> Path:
 
 def user_for(identity: str) -> str:
     """The NATS user a certificate identity maps to (its subject in RFC 2253 form)."""
+    from tweakline.proto.generate import nats_user
+
     return nats_user(identity)
 
 
@@ -49,6 +50,8 @@ def render_authorization(perms: dict[Identity, Permissions] | None = None) -> st
     The same document the Helm chart mounts into its NATS server
     (``helm/tweakline/files/nats-authorization.json``), from the same function.
     """
+    from tweakline.proto.generate import nats_authorization  # the chart's generator, imported when needed
+
     return "authorization: " + json.dumps(nats_authorization(perms)["authorization"], indent=2) + "\n"
 
 

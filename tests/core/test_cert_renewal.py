@@ -52,12 +52,12 @@ def _service_connections(monitor_url: str) -> dict[int, tuple[str, str]]:
     return found
 
 
-async def _until(condition, timeout: float, what: str, alive) -> None:  # noqa: ANN001
+async def _until(condition, timeout: float, what: str, alive, detail=lambda: "") -> None:  # noqa: ANN001
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition():
         alive()
-        assert loop.time() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        assert loop.time() < deadline, f"timed out after {timeout:.0f}s waiting for {what}; {detail()}"
         await asyncio.sleep(0.05)
 
 
@@ -108,7 +108,12 @@ async def _scenario(stack: LocalStack, tweak) -> tuple[float, Outcome]:  # noqa:
             now = _service_connections(monitor)
             return len(now) == expected and all(renewed[identity] == sha for identity, sha in now.values())
 
-        await _until(all_renewed, 60, "every service connection to present its renewed certificate", alive)
+        def state() -> str:
+            now = _service_connections(monitor)
+            logs = "\n".join(f"--- {p.name}:\n{p.tail(8)}" for p in stack.services)
+            return f"renewed={renewed}\nconnections={now}\n{logs}"
+
+        await _until(all_renewed, 120, "every service connection to present its renewed certificate", alive, state)
         pickup = time.monotonic() - started
         after = _service_connections(monitor)
         assert not set(before) & set(after), "renewed certificates are used by new connections"

@@ -7,9 +7,12 @@ the same manifests cost one render each.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,11 +76,46 @@ def values_of(chart: str, values_file: str | None) -> dict[str, Any]:
     return yaml.safe_load((CHARTS / chart / values_file).read_text()) or {}
 
 
+WEBHOOK_USER = "CN=webhook"
+
+
+def chart_dir(chart: str, values: dict[str, Any]) -> Path:
+    """The chart to render ``values`` with: the real one, or, when the values enable the webhook
+    and this build's generated map has no webhook identity yet (the webhook service is built
+    separately), a copy of the chart whose map has one, so the webhook's objects are checked."""
+    path = CHARTS / chart
+    if chart == "tweakline" and (values.get("webhook") or {}).get("enabled") and not has_webhook_identity():
+        return _chart_with_webhook_identity()
+    return path
+
+
+def has_webhook_identity() -> bool:
+    """Whether the generated NATS map (from proto/permissions.py) has the webhook's user."""
+    auth = json.loads((CHARTS / "tweakline" / "files" / "nats-authorization.json").read_text())
+    return any(user["user"] == WEBHOOK_USER for user in auth["authorization"]["users"])
+
+
+@functools.lru_cache(maxsize=1)
+def _chart_with_webhook_identity() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="tweakline-chart-"))
+    atexit.register(shutil.rmtree, root, True)
+    copy = root / "tweakline"
+    shutil.copytree(CHARTS / "tweakline", copy)
+    path = copy / "files" / "nats-authorization.json"
+    auth = json.loads(path.read_text())
+    users = auth["authorization"]["users"]
+    (submitter,) = [u for u in users if u["user"] == "CN=submitter"]  # a stand-in for its permissions
+    users.append({"user": WEBHOOK_USER, "permissions": submitter["permissions"]})
+    path.write_text(json.dumps(auth, indent=2) + "\n")
+    return copy
+
+
 @functools.lru_cache(maxsize=None)
 def rendered_files(chart: str, values_file: str | None) -> dict[str, str]:
     """Template path -> rendered text, exactly as Helm renders them."""
-    with helm_python.Chart.load(str(CHARTS / chart)) as loaded:
-        return loaded.render(values_of(chart, values_file), name=RELEASE, namespace=NAMESPACE, is_install=True)
+    values = values_of(chart, values_file)
+    with helm_python.Chart.load(str(chart_dir(chart, values))) as loaded:
+        return loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
 
 def render(chart: str, values_file: str | None = None, values: dict[str, Any] | None = None) -> list[Manifest]:
@@ -85,7 +123,7 @@ def render(chart: str, values_file: str | None = None, values: dict[str, Any] | 
     if values is None:
         files = rendered_files(chart, values_file)
     else:
-        with helm_python.Chart.load(str(CHARTS / chart)) as loaded:
+        with helm_python.Chart.load(str(chart_dir(chart, values))) as loaded:
             files = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     manifests = []
     for template, text in sorted(files.items()):

@@ -23,9 +23,11 @@ from tests.helm.conftest import (
     CHARTS,
     NAMESPACE,
     RELEASE,
+    chart_dir,
     chart_kube_versions,
     crd_schema,
     find,
+    has_webhook_identity,
     helm_python,
     render,
     values_of,
@@ -40,9 +42,10 @@ OLDEST, NEWEST = chart_kube_versions()
 @pytest.mark.parametrize("kube_version", [OLDEST, NEWEST])
 @pytest.mark.parametrize(("chart", "values_file"), CASES, ids=CASE_IDS)
 def test_chart_lints_clean(chart: str, values_file: str | None, kube_version: str) -> None:
+    values = values_of(chart, values_file)
     result = helm_python.lint(
-        str(CHARTS / chart),
-        values_of(chart, values_file),
+        str(chart_dir(chart, values)),
+        values,
         strict=True,
         namespace=NAMESPACE,
         kube_version=f"v{kube_version}",
@@ -126,7 +129,11 @@ def _env(container: dict) -> dict[str, object]:
 def test_one_deployment_per_service_running_its_own_identity(values_file: str | None) -> None:
     manifests = render("tweakline", values_file)
     deployments = {m.doc["spec"]["template"]["spec"]["containers"][0]["args"][1]: m for m in find(manifests, "Deployment")}
-    assert sorted(deployments) == sorted(SERVICES) == sorted(i.value for i in SERVICE_IDENTITIES)
+    # The webhook is optional (webhook.enabled); every other service always runs.
+    always = {s for s in SERVICES if s != "webhook"}
+    assert always == {i.value for i in SERVICE_IDENTITIES}
+    webhook = bool(values_of("tweakline", values_file).get("webhook", {}).get("enabled"))
+    assert set(deployments) == always | ({"webhook"} if webhook else set())
     for service, manifest in deployments.items():
         pod = manifest.doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -186,7 +193,11 @@ def test_only_the_deployer_gets_api_access(values_file: str | None) -> None:
 def test_one_certificate_per_identity_and_the_nats_server(values_file: str | None) -> None:
     manifests = render("tweakline", values_file)
     certificates = {m.doc["spec"]["commonName"]: m.doc["spec"] for m in find(manifests, "Certificate") if not m.doc["spec"].get("isCA")}
-    assert sorted(certificates) == sorted([i.value for i in CLIENT_IDENTITIES] + [Identity.NATS_SERVER.value])
+    values = values_of("tweakline", values_file)
+    map_file = chart_dir("tweakline", values) / "files" / "nats-authorization.json"
+    users = [u["user"].removeprefix("CN=") for u in json.loads(map_file.read_text())["authorization"]["users"]]
+    assert {i.value for i in CLIENT_IDENTITIES} <= set(users)
+    assert sorted(certificates) == sorted(users + [Identity.NATS_SERVER.value])
     for identity in CLIENT_IDENTITIES:
         spec = certificates[identity.value]
         assert "client auth" in spec["usages"] and "server auth" not in spec["usages"]
@@ -289,20 +300,30 @@ def test_model_server_runs_serve_with_its_own_read_only_identity() -> None:
 
 
 def test_optional_parts_switched_off_render_nothing() -> None:
-    """The webhook Service and the dashboard ConfigMap exist only when enabled."""
+    """The webhook and the dashboard ConfigMap exist only when enabled."""
     manifests = render("tweakline", "ci/minimal-values.yaml")
-    assert not [m for m in manifests if m.name.endswith("-webhook") or m.name.endswith("-dashboard")]
+    assert not [m for m in manifests if "-webhook" in m.name or m.name.endswith("-dashboard")]
     assert not [m for m in manifests if m.kind == "Pod"]  # no helm test
 
 
 # TWEAKLINE_* variables the chart sets for features other work items are building; each must
 # become a Settings field (or leave the chart) when that work lands.
 PENDING_SETTINGS = {
-    "TWEAKLINE_WEBHOOK_PORT",  # issue 7: the Bitbucket webhook
-    "TWEAKLINE_WEBHOOK_SECRET",
-    "TWEAKLINE_MODEL_SERVER_CHART",  # issue 5: the helm deploy target
+    # issue 7: read by the webhook service's own settings (WebhookSettings)
+    "TWEAKLINE_WEBHOOK_HOST",
+    "TWEAKLINE_WEBHOOK_PORT",
+    "TWEAKLINE_WEBHOOK_PATH",
+    "TWEAKLINE_WEBHOOK_SECRET_FILE",
+    "TWEAKLINE_WEBHOOK_BRANCHES",
+    "TWEAKLINE_WEBHOOK_TWEAK_GLOBS",
+    "TWEAKLINE_WEBHOOK_PUBLIC_URL",
+    "TWEAKLINE_BITBUCKET_API_URL",
+    "TWEAKLINE_BITBUCKET_TOKEN_FILE",
+    "TWEAKLINE_BITBUCKET_USERNAME",
+    # issue 5: read by the helm deploy target's settings (HelmSettings)
+    "TWEAKLINE_MODEL_SERVER_CHART",
+    # where the deployer's RBAC allows installs; informational until the deployer checks it
     "TWEAKLINE_DEPLOY_NAMESPACES",
-    "TWEAKLINE_BITBUCKET_TOKEN",  # set by ci/full-values.yaml's global env
 }
 
 
@@ -332,3 +353,36 @@ def test_model_server_listens_where_the_probes_and_service_point() -> None:
     assert env["TWEAKLINE_SERVE_HOST"] == "0.0.0.0"  # the kubelet probes the pod IP
     (service,) = find(manifests, "Service")
     assert service.doc["spec"]["ports"][0] == {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+
+
+def test_webhook_runs_as_its_own_identity_with_its_secrets_as_files() -> None:
+    manifests = render("tweakline", "ci/full-values.yaml")
+    (deployment,) = find(manifests, "Deployment", f"{RELEASE}-tweakline-webhook")
+    pod = deployment.doc["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    assert container["args"] == ["service", "webhook"] and env["TWEAKLINE_IDENTITY"] == "webhook"
+    assert env["TWEAKLINE_WEBHOOK_HOST"] == "0.0.0.0"
+    assert "TWEAKLINE_WEBHOOK_SECRET" not in env and "TWEAKLINE_BITBUCKET_TOKEN" not in env  # files, not env
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "webhook-secrets"]
+    assert "subPath" not in mount  # rotated Secrets reach the files
+    assert str(env["TWEAKLINE_WEBHOOK_SECRET_FILE"]).startswith(mount["mountPath"] + "/")
+    assert str(env["TWEAKLINE_BITBUCKET_TOKEN_FILE"]).startswith(mount["mountPath"] + "/")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-secrets"]
+    assert [src["secret"]["name"] for src in volume["projected"]["sources"]] == ["bitbucket-webhook", "bitbucket"]
+    (intake,) = find(manifests, "Service", f"{RELEASE}-tweakline-webhook-intake")
+    assert intake.doc["spec"]["ports"][0]["targetPort"] == "webhook"
+    (ingress,) = find(manifests, "Ingress")
+    (path,) = ingress.doc["spec"]["rules"][0]["http"]["paths"]
+    assert path["path"] == "/webhooks/bitbucket" and path["pathType"] == "Exact"
+    assert path["backend"]["service"]["name"] == intake.name
+
+
+def test_webhook_without_its_secret_or_identity_is_a_clear_error() -> None:
+    with helm_python.Chart.load(str(chart_dir("tweakline", {"webhook": {"enabled": True}}))) as chart:
+        with pytest.raises(helm_python.HelmError, match="webhook.secret.existingSecret"):
+            chart.render({"webhook": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)
+    if not has_webhook_identity():
+        with helm_python.Chart.load(str(CHARTS / "tweakline")) as chart:
+            with pytest.raises(helm_python.HelmError, match="no .*webhook.* identity"):
+                chart.render({"webhook": {"enabled": True, "secret": {"existingSecret": "s"}}}, name=RELEASE, namespace=NAMESPACE)

@@ -79,9 +79,11 @@ def test_committed_map_is_not_stale(tmp_path: Path) -> None:
     copy = tmp_path / generate.NATS_AUTHORIZATION
     copy.parent.mkdir(parents=True)
     shutil.copy(REPO / generate.NATS_AUTHORIZATION, copy)
+    assert generate.NATS_AUTHORIZATION not in generate.stale_artefacts(tmp_path)
     document = json.loads(copy.read_text())
     document["authorization"]["users"][0]["permissions"]["publish"]["allow"].append(">")
     copy.write_text(json.dumps(document, indent=2) + "\n")
+    assert generate.NATS_AUTHORIZATION in generate.stale_artefacts(tmp_path)
     assert generate.main(["--check", "--root", str(tmp_path)]) == 1
 
 

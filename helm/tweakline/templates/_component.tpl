@@ -8,6 +8,7 @@ metrics on port "http"). Input: dict
   image      dict tagSuffix, digest (optional)
   ports      extra container ports (list)
   env        extra env map (merged under the component's env)
+  volumes    extra volumes (list), mounted per volumeMounts (list)
 */}}
 {{- define "tweakline.component" -}}
 {{- $root := .root }}
@@ -110,8 +111,14 @@ spec:
             {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
           volumeMounts:
             {{- include "tweakline.volumeMounts" $root | trim | nindent 12 }}
+            {{- with .volumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
       volumes:
         {{- include "tweakline.volumes" (dict "root" $root "identity" $component) | trim | nindent 8 }}
+        {{- with .volumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
 ---
 apiVersion: v1
 kind: Service

@@ -71,6 +71,7 @@ scheduler: scheduler
 runner: trial-runner
 evaluator: evaluator
 deployer: deployer
+webhook: webhook
 {{- end }}
 
 {{/*
@@ -86,6 +87,9 @@ Output: a JSON list of identity names.
 {{- $ids := list }}
 {{- range $auth.authorization.users }}
 {{- $ids = append $ids (trimPrefix "CN=" .user) }}
+{{- end }}
+{{- if and .Values.webhook.enabled (not (has "webhook" $ids)) }}
+{{- fail "webhook.enabled needs a tweakline build with the webhook service: no \"webhook\" identity in files/nats-authorization.json" }}
 {{- end }}
 {{- toJson $ids }}
 {{- end }}
