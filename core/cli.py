@@ -195,6 +195,11 @@ def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, e
         raise typer.Exit(EXIT_ERROR) from None
 
 
+from tweakline.submit_command import submit as _submit_command  # noqa: E402
+
+app.command("submit")(_submit_command)
+
+
 @pki_app.command("init")
 def pki_init(state_dir: StateDirOption = None) -> None:
     """Create the dev CA and a certificate per identity under <state-dir>/pki (idempotent)."""

@@ -6,7 +6,7 @@ from faststream import AckPolicy, FastStream
 from faststream.nats import NatsMessage
 
 from tweakline.proto.subjects import Consumer
-from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker, use_uploaded_datasets
 from tweakline.settings import Settings
 from tweakline.trial_runner.handlers import TrialRunner
 
@@ -23,4 +23,5 @@ def create_app(settings: Settings) -> FastStream:
     async def trial_requested(msg: NatsMessage) -> None:
         await runner.on_trial_requested(msg)
 
+    app.after_startup(use_uploaded_datasets(ServiceContext(settings, broker, NAME)))
     return app
