@@ -38,6 +38,7 @@ SERVICES: dict[str, str] = {
     "trial-runner": "tweakline.trial_runner.app",
     "evaluator": "tweakline.evaluator.app",
     "deployer": "tweakline.deployer.app",
+    "webhook": "tweakline.scheduler.webhook",
 }
 
 DEAD_LETTER_PAYLOAD_BYTES = 2048
