@@ -27,6 +27,7 @@ import contextlib
 import fnmatch
 import hashlib
 import hmac
+import importlib
 import json
 import logging
 import posixpath
@@ -205,6 +206,8 @@ class Webhook:
     async def start(self) -> None:
         """Bind to the deliveries bucket, then listen for HTTP (after the broker connected)."""
         self.kv = await self.ctx.js.key_value(Bucket.WEBHOOK_DELIVERIES.value)
+        # Bitbucket gives a delivery 10 s: import scikit-learn (for the checks) now, not on the first push.
+        await asyncio.to_thread(importlib.import_module, "tweakline.trial_runner.estimators")
         config = uvicorn.Config(
             self.http_app(), host=self.hook.webhook_host, port=self.hook.webhook_port, log_level="warning",
             access_log=False, lifespan="off",
