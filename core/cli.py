@@ -179,7 +179,7 @@ async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: floa
 
 
 @app.command()
-def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, evaluator or deployer.")]) -> None:
+def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, evaluator, deployer or webhook.")]) -> None:
     """Run one service until SIGTERM (the container entry point; the local stack uses it too)."""
     from tweakline.service import SERVICES, run_service
     from tweakline.telemetry import setup_logging

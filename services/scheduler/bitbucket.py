@@ -186,6 +186,16 @@ class BitbucketClient:
         url = f"{self._repo(repository)}/src/{quote(commit, safe='')}/{quote(path.lstrip('/'), safe='/')}"
         return (await self._request("GET", url)).content
 
+    async def full_hash(self, repository: str, commit: str) -> str:
+        """The full 40-character hash of a (possibly abbreviated) commit, as build statuses need."""
+        if len(commit) == 40:
+            return commit
+        data = (await self._request("GET", f"{self._repo(repository)}/commit/{quote(commit, safe='')}")).json()
+        full = data.get("hash") if isinstance(data, dict) else None
+        if not isinstance(full, str) or not full.startswith(commit):
+            raise BitbucketError(f"Bitbucket commit {commit}: no full hash in the answer")
+        return full
+
     async def _paths(self, url: str) -> list[str]:
         """Paths added or changed in a paginated diffstat (removed files are left out)."""
         paths: list[str] = []

@@ -33,7 +33,7 @@ import logging
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +324,8 @@ class Webhook:
         failures: list[dict[str, Any]] = []
         for target in runnable:
             try:
+                if len(target.commit) < 40:  # pull-request payloads carry 12-character hashes
+                    target = replace(target, commit=await self.bitbucket.full_hash(target.repository, target.commit))
                 paths = await self._tweak_paths(target)
             except BitbucketError as exc:
                 failures.append({"commit": target.commit, "error": str(exc)})

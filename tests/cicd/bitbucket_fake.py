@@ -103,6 +103,16 @@ class FakeBitbucket:
         p = request.path_params
         return self._page(request, self.pr_diffstats.get((f"{p['ws']}/{p['slug']}", int(p["pr"])), []))
 
+    async def _commit(self, request: Request) -> Response:
+        await self._record(request)
+        p = request.path_params
+        repo = f"{p['ws']}/{p['slug']}"
+        known = {c for (r, c, _path) in self.files if r == repo and len(c) == 40}
+        matches = [c for c in known if c.startswith(p["commit"])]
+        if len(matches) != 1:
+            return JSONResponse({"type": "error", "error": {"message": "Commit not found"}}, status_code=404)
+        return JSONResponse({"type": "commit", "hash": matches[0]})
+
     async def _created(self, request: Request) -> Response:
         call = await self._record(request)
         return JSONResponse(call.json or {}, status_code=201)
@@ -113,6 +123,7 @@ class FakeBitbucket:
             routes=[
                 Route(base + "/src/{commit}/{path:path}", self._src, methods=["GET"]),
                 Route(base + "/diffstat/{spec}", self._diffstat, methods=["GET"]),
+                Route(base + "/commit/{commit}", self._commit, methods=["GET"]),
                 Route(base + "/pullrequests/{pr:int}/diffstat", self._pr_diffstat, methods=["GET"]),
                 Route(base + "/commit/{commit}/statuses/build", self._created, methods=["POST"]),
                 Route(base + "/pullrequests/{pr:int}/comments", self._created, methods=["POST"]),

@@ -215,7 +215,10 @@ async def submitted_for(nats, commits: set[str]) -> list[ExperimentSubmitted]:
         for subject, count in (info.state.subjects or {}).items():
             assert count == 1, f"{subject} stored {count} times"
             msg = await js.get_last_msg(Stream.EVENTS.value, subject)
-            message = ExperimentSubmitted.model_validate_json(msg.data)
+            try:
+                message = ExperimentSubmitted.model_validate_json(msg.data)
+            except ValueError:  # other tests on this shared server publish placeholders
+                continue
             if message.source.commit in commits:
                 found.append(message)
         return sorted(found, key=lambda m: m.source.path or "")
@@ -381,17 +384,20 @@ async def test_fetch_failure_answers_502_and_a_retry_of_the_same_delivery_succee
 async def test_pull_request_event_submits_with_the_pr_and_an_update_without_new_commits_does_not(
     nats, webhook: Webhook, bitbucket: FakeBitbucket
 ) -> None:
-    head, number = commit()[:12], 40 + uuid.uuid4().int % 1000  # PR payloads carry short hashes
-    bitbucket.files[(REPO, head, "models/iris.tweak.yaml")] = IRIS.encode()
+    full, number = commit(), 40 + uuid.uuid4().int % 1000
+    head = full[:12]  # pull-request payloads carry short hashes
+    bitbucket.files[(REPO, full, "models/iris.tweak.yaml")] = IRIS.encode()
     bitbucket.pr_diffstats[(REPO, number)] = [("modified", "models/iris.tweak.yaml"), ("modified", "train.py")]
     created = await deliver(webhook, "pullrequest:created", pr_payload(number, head))
     assert created.status_code == 202, created.text
     assert bitbucket.calls_to(f"/pullrequests/{number}/diffstat", "GET")
+    [status] = bitbucket.calls_to("/statuses/build", "POST")
+    assert status.path == f"/2.0/repositories/{REPO}/commit/{full}/statuses/build"  # resolved to the full hash
     edited = await deliver(webhook, "pullrequest:updated", pr_payload(number, head))  # e.g. a title change
     assert edited.status_code == 200 and "already handled" in edited.json()["ignored"][0]["reason"]
-    [message] = await submitted_for(nats, {head})
+    [message] = await submitted_for(nats, {full})
     assert message.source.pull_request == number and message.source.branch == "feature/tune"
-    assert message.source.author == "Jane Doe"
+    assert message.source.author == "Jane Doe" and message.source.commit == full
 
 
 # --------------------------------------------------------------------------------- reporting
