@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,25 @@ class BuildState:
     STOPPED = "STOPPED"
 
 
+def file_label(path: str) -> str:
+    """A tweak file's label for its status key: its repository path without the suffix, '/' as '-'
+    (``models/digits.tweak.yaml`` -> ``models-digits``); only the file name for an absolute path."""
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if norm.startswith("/") or norm.startswith(".."):
+        norm = posixpath.basename(norm)
+    for suffix in (".tweak.yaml", ".tweak.yml", ".yaml", ".yml"):
+        if norm.endswith(suffix):
+            norm = norm[: -len(suffix)]
+            break
+    return norm.replace("/", "-")
+
+
 def status_key(name: str) -> str:
-    """The build-status key of one tweak file (re-posting the same key replaces the status)."""
+    """The build-status key of one tweak file (re-posting the same key replaces the status).
+
+    The same tweak file gets the same key from the webhook and from ``submit --report-dir``:
+    ``status_key(file_label(path))``.
+    """
     key = f"tweakline-{name}"
     if len(key) <= STATUS_KEY_MAX:
         return key
@@ -109,11 +127,11 @@ def final_state(evaluation: EvaluationCompleted, deployment: DeploymentCompleted
 
 
 def decision_status(
-    name: str, evaluation: EvaluationCompleted, deployment: DeploymentCompleted | None, url: str
+    name: str, evaluation: EvaluationCompleted, deployment: DeploymentCompleted | None, url: str, *, key: str | None = None
 ) -> BuildStatus:
-    """The build status posted at the decision."""
+    """The build status posted at the decision (``key`` defaults to one made from ``name``)."""
     return BuildStatus(
-        key=status_key(name),
+        key=key or status_key(name),
         state=final_state(evaluation, deployment),
         name=f"tweakline {name}",
         description=summary_line(evaluation, deployment),

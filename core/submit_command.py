@@ -135,10 +135,11 @@ async def _submit(settings: Settings, tweak, file: Path, wait: bool, as_json: bo
         await nc.close()
     data = summary(outcome) | {"datasets": uploaded}
     if report_dir is not None and outcome.evaluation is not None:
-        from tweakline.reporting import decision_status, markdown_report, write_report
+        from tweakline.reporting import decision_status, file_label, markdown_report, status_key, write_report
 
         url = _ci_url(dict(os.environ))
-        status = decision_status(tweak.metadata.name, outcome.evaluation, outcome.deployment, url)
+        key = status_key(file_label(str(file)))
+        status = decision_status(tweak.metadata.name, outcome.evaluation, outcome.deployment, url, key=key)
         markdown = markdown_report(tweak.metadata.name, outcome.evaluation, outcome.deployment, outcome.completed, url=url or None)
         for path in write_report(report_dir, status, markdown, data):
             err.print(f"wrote {path}", highlight=False)

@@ -41,7 +41,7 @@ import uvicorn
 from faststream import AckPolicy, FastStream
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,7 +63,15 @@ from tweakline.proto.messages import (
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Consumer, Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
-from tweakline.reporting import BuildState, BuildStatus, decision_status, markdown_report, status_key, write_report
+from tweakline.reporting import (
+    BuildState,
+    BuildStatus,
+    decision_status,
+    file_label,
+    markdown_report,
+    status_key,
+    write_report,
+)
 from tweakline.scheduler.bitbucket import (
     EVENTS,
     PR_CREATED,
@@ -88,6 +96,7 @@ SIGNATURE_HEADER = "X-Hub-Signature"
 REQUEST_ID_HEADER = "X-Request-UUID"
 EVENT_HEADER = "X-Event-Key"
 WEBHOOK_TRIGGER = "webhook"
+INTAKE_KEY = "tweakline-intake"  # status key of failures before any tweak file is known
 EXPERIMENT_ID = re.compile(r"[a-z0-9][-a-z0-9]{0,80}")
 
 
@@ -329,9 +338,13 @@ class Webhook:
                 paths = await self._tweak_paths(target)
             except BitbucketError as exc:
                 failures.append({"commit": target.commit, "error": str(exc)})
-                await self._status(target, BuildStatus(status_key("intake"), BuildState.FAILED, "tweakline",
+                await self._status(target, BuildStatus(INTAKE_KEY, BuildState.FAILED, "tweakline",
                                                        f"could not list the changed files: {exc}", self._commit_url(target)))
+                await self._remember_failure(target)
                 continue
+            if await self._forget_failure(target):  # a retry worked: clear the earlier FAILED status
+                await self._status(target, BuildStatus(INTAKE_KEY, BuildState.SUCCESSFUL, "tweakline",
+                                                       "changed files listed on retry", self._commit_url(target)))
             if not paths:
                 ignored.append(Ignored(target.branch, f"no tweak file changed at {target.commit[:12]}"))
             for path in paths:
@@ -349,6 +362,24 @@ class Webhook:
         if invalid:
             return Reply(422, body)
         return Reply(202 if submitted else 200, body)
+
+    async def _remember_failure(self, target: Target) -> None:
+        assert self.kv is not None
+        with contextlib.suppress(Exception):
+            await self.kv.put(_kv_key("intake-failed", target.repository, target.commit), b"1")
+
+    async def _forget_failure(self, target: Target) -> bool:
+        """Whether an intake failure was recorded for this commit (and forget it)."""
+        assert self.kv is not None
+        key = _kv_key("intake-failed", target.repository, target.commit)
+        try:
+            entry = await self.kv.get(key)
+        except (KeyNotFoundError, NotFoundError):
+            return False
+        if entry.value is None or entry.operation in ("DEL", "PURGE"):
+            return False
+        await self._release(key)
+        return True
 
     async def _tweak_paths(self, target: Target) -> list[str]:
         if target.pull_request is not None:
@@ -376,7 +407,7 @@ class Webhook:
                 ignored.append(Ignored(path, f"configured tweak file not present at {target.commit[:12]}"))
                 return
             failures.append({"path": path, "commit": target.commit, "error": str(exc)})
-            await self._status(target, BuildStatus(status_key(_stem(path)), BuildState.FAILED, f"tweakline {path}",
+            await self._status(target, BuildStatus(status_key(file_label(path)), BuildState.FAILED, f"tweakline {path}",
                                                    f"could not fetch {path}: {exc}", self._commit_url(target)))
             return
         try:
@@ -384,7 +415,7 @@ class Webhook:
         except InvalidTweakFileError as exc:
             problems = [str(p) for p in exc.problems]
             invalid.append({"path": path, "commit": target.commit, "problems": problems})
-            await self._status(target, BuildStatus(status_key(_stem(path)), BuildState.FAILED, f"tweakline {path}",
+            await self._status(target, BuildStatus(status_key(file_label(path)), BuildState.FAILED, f"tweakline {path}",
                                                    f"invalid tweak file: {problems[0] if problems else ''}", self._commit_url(target)))
             return
         except BitbucketError as exc:
@@ -400,7 +431,7 @@ class Webhook:
         log.info("submitted %s from %s", exp_id, where)
         spec = tweak.spec
         await self._status(target, BuildStatus(
-            status_key(name), BuildState.INPROGRESS, f"tweakline {name}",
+            status_key(file_label(path)), BuildState.INPROGRESS, f"tweakline {name}",
             f"tuning {spec.model.estimator.rsplit('.', 1)[-1]}: {spec.budget.max_trials} trials, "
             f"{spec.search.algorithm.value} search on {spec.objective.metric}",
             self._report_url(exp_id, target),
@@ -515,7 +546,8 @@ class Webhook:
         assert src.repository and src.commit
         target = Target(src.repository, src.branch or "", src.commit, src.author, src.pull_request)
         url = self._report_url(evaluation.experiment_id, target)
-        status = decision_status(name, evaluation, deployment, url)
+        key = status_key(file_label(src.path)) if src.path else status_key(name)
+        status = decision_status(name, evaluation, deployment, url, key=key)
         markdown = markdown_report(name, evaluation, deployment, completed, url=url)
         if self.hook.webhook_report_dir is not None:
             write_report(self.hook.webhook_report_dir / evaluation.experiment_id, status, markdown)
@@ -523,14 +555,6 @@ class Webhook:
         if src.pull_request is not None:
             await self.bitbucket.comment(src.repository, src.pull_request, markdown)
         log.info("reported %s to %s@%s: %s", evaluation.experiment_id, src.repository, src.commit[:12], status.state)
-
-
-def _stem(path: str) -> str:
-    name = posixpath.basename(path)
-    for suffix in (".tweak.yaml", ".tweak.yml", ".yaml", ".yml"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 class _QuietServer(uvicorn.Server):

@@ -16,6 +16,7 @@ from tweakline.proto.messages import (
 )
 from tweakline.reporting import (
     decision_status,
+    file_label,
     final_state,
     markdown_report,
     status_key,
@@ -65,6 +66,15 @@ def deployed(revision: int = 7, status: DeploymentStatus = DeploymentStatus.DEPL
 def test_summary_line_and_state(ev: EvaluationCompleted, dep: DeploymentCompleted | None, line: str, state: str) -> None:
     assert summary_line(ev, dep) == line
     assert final_state(ev, dep) == state
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [("models/digits.tweak.yaml", "models-digits"), ("./digits.tweak.yml", "digits"),
+     ("/tmp/ci/x/wine.tweak.yaml", "wine"), ("a/b/c.yaml", "a-b-c")],
+)
+def test_file_labels_are_the_repository_path(path: str, label: str) -> None:
+    assert file_label(path) == label
 
 
 def test_status_keys_fit_bitbucket_limit() -> None:

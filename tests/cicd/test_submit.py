@@ -97,7 +97,7 @@ def test_submit_wait_exits_with_the_gate_code_and_uploads_a_dataset_once(stack: 
     [dataset] = result["datasets"]
     assert dataset["uploaded"] is True and dataset["location"].endswith("data/wine.csv")
     status = json.loads((reports / "build-status.json").read_text())
-    assert status["state"] == "SUCCESSFUL" and status["key"] == "tweakline-wine-csv"
+    assert status["state"] == "SUCCESSFUL" and status["key"] == "tweakline-wine"
     assert status["description"].startswith("accuracy ") and "promoted rev 1" in status["description"]
     assert "| accuracy (objective) |" in (reports / "report.md").read_text()
 

@@ -285,7 +285,7 @@ async def test_push_with_several_changes_submits_one_experiment_per_changed_twea
     fetched = {c.path for c in bitbucket.calls_to("/src/")}
     assert fetched == {f"/2.0/repositories/{REPO}/src/{new}/models/{f}" for f in ("iris.tweak.yaml", "wine.tweak.yaml", "data/wine.csv")}
     statuses = bitbucket.calls_to(f"/commit/{new}/statuses/build", "POST")
-    assert {s.json["key"] for s in statuses} == {"tweakline-iris-knn", "tweakline-wine-lr"}
+    assert {s.json["key"] for s in statuses} == {"tweakline-models-iris", "tweakline-models-wine"}
     for call in statuses:
         assert call.json["state"] == "INPROGRESS"
         assert call.json["url"].startswith("https://tweakline.acme.test/reports/")
@@ -375,10 +375,13 @@ async def test_fetch_failure_answers_502_and_a_retry_of_the_same_delivery_succee
     failed = await deliver(webhook, "repo:push", payload, request_id=request_id)
     assert failed.status_code == 502 and "HTTP 500" in failed.json()["failures"][0]["error"]
     [status] = bitbucket.calls_to(f"/commit/{new}/statuses/build", "POST")
-    assert status.json["state"] == "FAILED"
+    assert status.json["state"] == "FAILED" and status.json["key"] == "tweakline-intake"
     retried = await deliver(webhook, "repo:push", payload, request_id=request_id)  # Bitbucket's retry
     assert retried.status_code == 202, retried.text
     assert len(await submitted_for(nats, {new})) == 2
+    # The earlier FAILED status is replaced, so it does not block the merge.
+    intake = [c.json for c in bitbucket.calls_to(f"/commit/{new}/statuses/build", "POST") if c.json["key"] == "tweakline-intake"]
+    assert [s["state"] for s in intake] == ["FAILED", "SUCCESSFUL"]
 
 
 async def test_pull_request_event_submits_with_the_pr_and_an_update_without_new_commits_does_not(
@@ -453,7 +456,7 @@ async def test_promotion_is_reported_as_build_status_and_pr_comment(
     assert status.path == f"/2.0/repositories/{REPO}/commit/{head}/statuses/build"
     assert status.headers["authorization"] == f"Bearer {TOKEN}"
     assert status.json == {
-        "key": "tweakline-iris-knn", "state": "SUCCESSFUL", "name": "tweakline iris-knn",
+        "key": "tweakline-models-iris", "state": "SUCCESSFUL", "name": "tweakline iris-knn",
         "description": "accuracy 0.981 (+0.012 vs production), promoted rev 7",
         "url": f"https://tweakline.acme.test/reports/{exp_id}",
     }
