@@ -243,8 +243,15 @@ class Webhook:
     # -- HTTP -----------------------------------------------------------------------------------
 
     async def _on_post(self, request: Request) -> Response:
-        body = await request.body()
-        reply = await self.handle(request.headers, body)
+        limit = self.hook.webhook_max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():  # never hold more than the limit in memory
+            size += len(chunk)
+            if size > limit:
+                return JSONResponse({"error": f"body exceeds {limit} bytes"}, status_code=413)
+            chunks.append(chunk)
+        reply = await self.handle(request.headers, b"".join(chunks))
         return JSONResponse(reply.body, status_code=reply.status)
 
     async def _on_report(self, request: Request) -> Response:
@@ -286,13 +293,15 @@ class Webhook:
             return Reply(503, {"error": "the platform's bus is unavailable; retry later"})
         if not fresh:
             return Reply(200, {"status": "duplicate", "reason": f"request {request_id} was already handled"})
+        claims = [claim]
         try:
-            reply = await self._act(event, payload, request_id)
+            reply = await self._act(event, payload, request_id, claims)
         except Exception as exc:
             log.exception("delivery %s failed", request_id)
             reply = Reply(500, {"error": f"internal error: {type(exc).__name__}"})
-        if reply.status >= 500:  # a retry of this delivery may succeed: forget it
-            await self._release(claim)
+        if reply.status >= 500:  # a retry of this delivery may succeed: forget what it claimed
+            for key in claims:
+                await self._release(key)
         return reply
 
     async def _claim(self, key: str) -> bool:
@@ -310,7 +319,7 @@ class Webhook:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    async def _act(self, event: str, payload: dict[str, Any], request_id: str) -> Reply:
+    async def _act(self, event: str, payload: dict[str, Any], request_id: str, claims: list[str]) -> Reply:
         try:
             if event == PUSH:
                 targets, ignored = targets_from_push(payload)
@@ -322,12 +331,17 @@ class Webhook:
         for target in targets:
             if not any(fnmatch.fnmatchcase(target.branch, glob) for glob in self.hook.webhook_branches):
                 ignored.append(Ignored(target.branch, "branch not configured for tuning (TWEAKLINE_WEBHOOK_BRANCHES)"))
-            elif target.pull_request is not None and not await self._claim(
-                _kv_key("pr", target.repository, str(target.pull_request), target.commit)
-            ):
-                ignored.append(Ignored(target.branch, f"pull request #{target.pull_request} at {target.commit[:12]} already handled"))
-            else:
-                runnable.append(target)
+                continue
+            if target.pull_request is not None:
+                # pullrequest:updated also fires for title or reviewer changes: run each head commit once.
+                key = _kv_key("pr", target.repository, str(target.pull_request), target.commit)
+                if not await self._claim(key):
+                    ignored.append(
+                        Ignored(target.branch, f"pull request #{target.pull_request} at {target.commit[:12]} already handled")
+                    )
+                    continue
+                claims.append(key)
+            runnable.append(target)
         submitted: list[dict[str, Any]] = []
         invalid: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []

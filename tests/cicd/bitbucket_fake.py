@@ -100,6 +100,9 @@ class FakeBitbucket:
 
     async def _pr_diffstat(self, request: Request) -> Response:
         await self._record(request)
+        if self.fail_diffstat > 0:
+            self.fail_diffstat -= 1
+            return JSONResponse({"type": "error", "error": {"message": "Something went wrong"}}, status_code=500)
         p = request.path_params
         return self._page(request, self.pr_diffstats.get((f"{p['ws']}/{p['slug']}", int(p["pr"])), []))
 

@@ -503,3 +503,31 @@ def test_the_webhook_refuses_to_start_without_a_secret(nats, tmp_path: Path) -> 
     empty.write_text("")
     with pytest.raises(ConfigurationError, match="is empty"):
         build(nats.settings(Identity.WEBHOOK), WebhookSettings(webhook_secret_file=empty))
+
+
+async def test_oversized_bodies_and_unconfigured_branches(nats, webhook: Webhook, bitbucket: FakeBitbucket) -> None:
+    big = b"{" + b" " * (webhook.hook.webhook_max_body_bytes + 1) + b"}"
+    response = await deliver(webhook, "repo:push", big)
+    assert response.status_code == 413
+    webhook.hook.webhook_branches = ["main", "release/*"]
+    new, old = commit(), commit()
+    repo_with_push(bitbucket, new, old)
+    response = await deliver(webhook, "repo:push", push_payload(branch_change("experiment/x", new, old)))
+    assert response.status_code == 200
+    assert "not configured" in response.json()["ignored"][0]["reason"]
+    assert bitbucket.calls == []
+
+
+async def test_pull_request_listing_failure_is_retried_with_the_same_delivery(
+    nats, webhook: Webhook, bitbucket: FakeBitbucket
+) -> None:
+    full, number = commit(), 3000 + uuid.uuid4().int % 1000
+    bitbucket.files[(REPO, full, "models/iris.tweak.yaml")] = IRIS.encode()
+    bitbucket.pr_diffstats[(REPO, number)] = [("modified", "models/iris.tweak.yaml")]
+    bitbucket.fail_diffstat = 1
+    request_id = "{" + str(uuid.uuid4()) + "}"
+    failed = await deliver(webhook, "pullrequest:created", pr_payload(number, full[:12]), request_id=request_id)
+    assert failed.status_code == 502
+    retried = await deliver(webhook, "pullrequest:created", pr_payload(number, full[:12]), request_id=request_id)
+    assert retried.status_code == 202, retried.text
+    assert len(await submitted_for(nats, {full})) == 1
