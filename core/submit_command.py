@@ -134,15 +134,8 @@ async def _submit(settings: Settings, tweak, file: Path, wait: bool, as_json: bo
     finally:
         await nc.close()
     data = summary(outcome) | {"datasets": uploaded}
-    if report_dir is not None and outcome.evaluation is not None:
-        from tweakline.reporting import decision_status, file_label, markdown_report, status_key, write_report
-
-        url = _ci_url(dict(os.environ))
-        key = status_key(file_label(str(file)))
-        status = decision_status(tweak.metadata.name, outcome.evaluation, outcome.deployment, url, key=key)
-        markdown = markdown_report(tweak.metadata.name, outcome.evaluation, outcome.deployment, outcome.completed, url=url or None)
-        for path in write_report(report_dir, status, markdown, data):
-            err.print(f"wrote {path}", highlight=False)
+    if report_dir is not None:
+        write_outcome_report(outcome, file, report_dir, data)
     if as_json:
         print_json(data)
     else:
@@ -150,3 +143,18 @@ async def _submit(settings: Settings, tweak, file: Path, wait: bool, as_json: bo
             out.print(leaderboard_table(outcome))
         out.print(decision_panel(outcome))
     return outcome.exit_code()
+
+
+def write_outcome_report(outcome, file: Path, report_dir: Path, data: dict[str, Any]) -> None:  # noqa: ANN001
+    """``--report-dir`` of ``submit`` and ``run``: report.md, build-status.json and summary.json."""
+    from tweakline.console import err
+    from tweakline.reporting import decision_status, file_label, markdown_report, status_key, write_report
+
+    if outcome.evaluation is None:
+        return
+    name = outcome.tweak.metadata.name
+    url = _ci_url(dict(os.environ))
+    status = decision_status(name, outcome.evaluation, outcome.deployment, url, key=status_key(file_label(str(file))))
+    markdown = markdown_report(name, outcome.evaluation, outcome.deployment, outcome.completed, url=url or None)
+    for path in write_report(report_dir, status, markdown, data):
+        err.print(f"wrote {path}", highlight=False)

@@ -120,3 +120,17 @@ def test_submit_refuses_an_invalid_file_before_connecting(repo: Path) -> None:
     assert result.code == 2
     assert "spec.dataset.source" in result.stderr and "missing.csv" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_in_a_pipeline_writes_the_same_reports(repo: Path) -> None:
+    tweak = repo / "models" / "wine.tweak.yaml"
+    tweak.parent.mkdir()
+    tweak.write_text(TWEAK.format(name="wine-run", threshold="accuracy: 0.5").replace("data/wine.csv", "../data/wine.csv"))
+    reports = repo / "reports"
+    result = run_cli("run", "models/wine.tweak.yaml", "--ephemeral", "--runners", "1", "--report-dir", str(reports),
+                     cwd=repo, timeout=300)
+    assert result.code == 0, result.stderr
+    status = json.loads((reports / "build-status.json").read_text())
+    assert status["key"] == "tweakline-models-wine" and status["state"] == "SUCCESSFUL"
+    assert json.loads((reports / "summary.json").read_text())["decision"] == "promote"
+    assert "### tweakline · `wine-run` · ✅ promoted" in (reports / "report.md").read_text()
