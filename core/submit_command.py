@@ -19,6 +19,7 @@ import typer
 
 from tweakline.errors import InvalidTweakFileError, TweaklineError
 from tweakline.proto.permissions import Identity
+from tweakline.proto.tweakfile import TweakFile
 from tweakline.settings import DEFAULT_STATE_DIR, Settings
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
@@ -102,7 +103,23 @@ def submit(
     raise typer.Exit(code)
 
 
-async def _submit(settings: Settings, tweak, file: Path, wait: bool, as_json: bool, timeout, report_dir) -> int:  # noqa: ANN001
+def _shown(location: str) -> str:
+    """A dataset path as the user would write it: relative to the current directory when inside it."""
+    try:
+        return str(Path(location).relative_to(Path.cwd()))
+    except ValueError:
+        return location
+
+
+async def _submit(
+    settings: Settings,
+    tweak: TweakFile,
+    file: Path,
+    wait: bool,
+    as_json: bool,
+    timeout: float | None,
+    report_dir: Path | None,
+) -> int:
     from tweakline.bus import connect
     from tweakline.console import ProgressView, decision_panel, err, leaderboard_table, out, print_json, summary
     from tweakline.follow import Outcome, follow, new_experiment_id
@@ -114,7 +131,7 @@ async def _submit(settings: Settings, tweak, file: Path, wait: bool, as_json: bo
         tweak, uploads = await upload_datasets(tweak, nc.jetstream(), disk_reader(file.resolve().parent))
         for up in uploads:
             verb = "uploaded" if up.uploaded else "already stored, not uploaded again"
-            err.print(f"dataset {up.location}: {verb} ({up.size} bytes, sha256 {up.sha256[:12]})", highlight=False)
+            err.print(f"dataset {_shown(up.location)}: {verb} ({up.size} bytes, sha256 {up.sha256[:12]})", highlight=False)
         source = source_from_ci(str(file), os.environ)
         exp_id = new_experiment_id(tweak)
         await publish_submission(nc, tweak, source, exp_id)

@@ -50,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tweakline.errors import ConfigurationError, DatasetError, InvalidTweakFileError, Problem
+from tweakline.errors import BusError, ConfigurationError, DatasetError, InvalidTweakFileError, Problem
 from tweakline.follow import submit as publish_submission
 from tweakline.proto.loading import parse_tweak_file
 from tweakline.proto.messages import (
@@ -296,6 +296,9 @@ class Webhook:
         claims = [claim]
         try:
             reply = await self._act(event, payload, request_id, claims)
+        except BusError as exc:  # uploading or publishing failed: Bitbucket retries later
+            log.error("delivery %s: %s", request_id, exc)
+            reply = Reply(503, {"error": "the platform's bus is unavailable; retry later"})
         except Exception as exc:
             log.exception("delivery %s failed", request_id)
             reply = Reply(500, {"error": f"internal error: {type(exc).__name__}"})
