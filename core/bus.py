@@ -23,6 +23,7 @@ from tweakline.proto.subjects import (
     STREAM_SUBJECTS,
     Bucket,
     Consumer,
+    WEBHOOK_REPLAY_TTL_S,
     Stream,
 )
 from tweakline.settings import Settings
@@ -145,4 +146,13 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     await js.create_key_value(api.KeyValueConfig(bucket=Bucket.LINEAGE.value, history=5, storage=api.StorageType.FILE))
     await js.create_object_store(
         Bucket.ARTIFACTS.value, config=api.ObjectStoreConfig(storage=api.StorageType.FILE)
+    )
+    await js.create_object_store(
+        Bucket.DATASETS.value, config=api.ObjectStoreConfig(storage=api.StorageType.FILE)
+    )
+    # Webhook request ids expire by themselves: replays are refused for the TTL, nothing piles up.
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=Bucket.WEBHOOK_DELIVERIES.value, history=1, ttl=WEBHOOK_REPLAY_TTL_S, storage=api.StorageType.FILE
+        )
     )

@@ -116,6 +116,9 @@ def run(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Give up (exit 2) if no decision after this many seconds.")
     ] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Write report.md, build-status.json and summary.json here.")
+    ] = None,
 ) -> None:
     """Run an experiment end to end on the embedded local stack (NATS with mTLS and every service)."""
     from tweakline.console import err
@@ -143,7 +146,7 @@ def run(
     try:
         with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):
             stack.start()
-        code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout))
+        code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout, report_dir))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: stopping the local stack[/yellow]")
         code = 130
@@ -158,7 +161,7 @@ def run(
     raise typer.Exit(code)
 
 
-async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: float | None) -> int:  # noqa: ANN001
+async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: float | None, report_dir: Path | None = None) -> int:  # noqa: ANN001
     from tweakline.bus import connect
     from tweakline.console import ProgressView, decision_panel, err, leaderboard_table, out, print_json, summary
     from tweakline.follow import Outcome, follow, new_experiment_id, submit
@@ -176,6 +179,10 @@ async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: floa
         raise TweaklineError(str(exc)) from None
     finally:
         await nc.close()
+    if report_dir is not None:
+        from tweakline.submit_command import write_outcome_report
+
+        write_outcome_report(outcome, file, report_dir, summary(outcome))
     if as_json:
         print_json(summary(outcome))
     else:
@@ -186,7 +193,7 @@ async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: floa
 
 
 @app.command()
-def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, evaluator or deployer.")]) -> None:
+def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, evaluator, deployer or webhook.")]) -> None:
     """Run one service until SIGTERM (the container entry point; the local stack uses it too)."""
     from tweakline.service import SERVICES, run_service
     from tweakline.telemetry import setup_logging
@@ -200,6 +207,11 @@ def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, e
     except TweaklineError as exc:
         logging.getLogger("tweakline").error("%s", exc)
         raise typer.Exit(EXIT_ERROR) from None
+
+
+from tweakline.submit_command import submit as _submit_command  # noqa: E402
+
+app.command("submit")(_submit_command)
 
 
 @pki_app.command("init")

@@ -42,6 +42,7 @@ SERVICES: dict[str, str] = {
     "trial-runner": "tweakline.trial_runner.app",
     "evaluator": "tweakline.evaluator.app",
     "deployer": "tweakline.deployer.app",
+    "webhook": "tweakline.scheduler.webhook",
 }
 
 DEAD_LETTER_PAYLOAD_BYTES = 2048
@@ -146,6 +147,20 @@ async def keep_alive(msg: NatsMessage, interval: float) -> None:
             await msg.in_progress()
         except Exception:  # connection flapping: the next beat or a redelivery covers it
             log.debug("in_progress heartbeat failed", exc_info=True)
+
+
+def use_uploaded_datasets(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
+    """A start-up hook letting this process load ``object:`` datasets (fetched over its NATS
+    connection, cached on disk by hash under ``<state_dir>/cache/datasets``)."""
+
+    async def hook() -> None:
+        from tweakline.objects import blocking_dataset_fetcher
+        from tweakline.trial_runner.datasets import use_object_store
+
+        fetch = blocking_dataset_fetcher(ctx.js, asyncio.get_running_loop())
+        use_object_store(fetch, ctx.settings.state_dir / "cache" / "datasets")
+
+    return hook
 
 
 def create_service_app(name: str, settings: Settings) -> FastStream:

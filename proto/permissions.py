@@ -26,7 +26,8 @@ class Identity(StrEnum):
     EVALUATOR = "evaluator"
     DEPLOYER = "deployer"
     MODEL_SERVER = "model-server"
-    SUBMITTER = "submitter"  # CI pipelines and the webhook: submit and follow experiments
+    SUBMITTER = "submitter"  # CI pipelines: upload datasets, submit and follow experiments
+    WEBHOOK = "webhook"  # the Bitbucket intake: submits experiments and reports decisions back
     ADMIN = "admin"  # the local CLI and the chart's setup job: creates streams and buckets
     NATS_SERVER = "nats-server"  # server certificate only, never a bus user
 
@@ -148,12 +149,14 @@ def permission_map() -> dict[Identity, Permissions]:
         .add(publishes(all_of(Subject.TRIAL_COMPLETED), all_of(Subject.TRIAL_PROGRESS)))
         .add(listens(all_of(Subject.TRIAL_CONTROL)))
         .add(object_store(Bucket.ARTIFACTS, write=False))
+        .add(object_store(Bucket.DATASETS, write=False))
         .add(dead_letters()),
         Identity.EVALUATOR: _base()
         .add(consumes(Consumer.EVALUATOR))
         .add(publishes(all_of(Subject.EVALUATION_COMPLETED)))
         .add(key_value(Bucket.RELEASES, write=False))
         .add(object_store(Bucket.ARTIFACTS, write=True))
+        .add(object_store(Bucket.DATASETS, write=False))
         .add(dead_letters()),
         Identity.DEPLOYER: _base()
         .add(consumes(Consumer.DEPLOYER))
@@ -170,7 +173,16 @@ def permission_map() -> dict[Identity, Permissions]:
         .add(listens(all_of(Subject.TRIAL_PROGRESS)))
         .add(key_value(Bucket.EXPERIMENTS, write=False))
         .add(key_value(Bucket.RELEASES, write=False))
-        .add(object_store(Bucket.ARTIFACTS, write=True)),
+        .add(object_store(Bucket.ARTIFACTS, write=True))
+        .add(object_store(Bucket.DATASETS, write=True)),
+        Identity.WEBHOOK: _base()
+        .add(publishes(all_of(Subject.EXPERIMENT_SUBMITTED)))
+        .add(consumes(Consumer.WEBHOOK_EVALUATIONS))
+        .add(consumes(Consumer.WEBHOOK_DEPLOYMENTS))
+        .add(follows(Stream.EVENTS))
+        .add(key_value(Bucket.WEBHOOK_DELIVERIES, write=True))
+        .add(object_store(Bucket.DATASETS, write=True))
+        .add(dead_letters()),
         # The operator's identity: creates the topology, reads everything, manual rollbacks.
         Identity.ADMIN: Permissions(publish=[">"], subscribe=[">"]),
     }

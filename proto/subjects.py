@@ -78,6 +78,9 @@ class Consumer(StrEnum):
     TRIAL_RUNNERS = "trial-runners"
     EVALUATOR = "evaluator"
     DEPLOYER = "deployer"
+    # The webhook reports decisions back to the commit (build status, PR comment).
+    WEBHOOK_EVALUATIONS = "webhook-evaluations"
+    WEBHOOK_DEPLOYMENTS = "webhook-deployments"
 
 
 # (stream, filter subject) of each durable consumer.
@@ -87,6 +90,8 @@ CONSUMER_FILTERS: dict[Consumer, tuple[Stream, str]] = {
     Consumer.TRIAL_RUNNERS: (Stream.TRIALS, all_of(Subject.TRIAL_REQUESTED)),
     Consumer.EVALUATOR: (Stream.EVENTS, all_of(Subject.EXPERIMENT_COMPLETED)),
     Consumer.DEPLOYER: (Stream.EVENTS, all_of(Subject.EVALUATION_COMPLETED)),
+    Consumer.WEBHOOK_EVALUATIONS: (Stream.EVENTS, all_of(Subject.EVALUATION_COMPLETED)),
+    Consumer.WEBHOOK_DEPLOYMENTS: (Stream.EVENTS, all_of(Subject.DEPLOYMENT_COMPLETED)),
 }
 
 
@@ -97,6 +102,17 @@ class Bucket(StrEnum):
     RELEASES = "tweakline-releases"  # KV: release history per release name
     LINEAGE = "tweakline-lineage"  # KV: earlier trials per lineage (repository + experiment), for warm start
     ARTIFACTS = "tweakline-artifacts"  # object store: models (skops) and reports
+    DATASETS = "tweakline-datasets"  # object store: uploaded dataset files, named by their sha256
+    WEBHOOK_DELIVERIES = "tweakline-webhook-deliveries"  # KV with TTL: webhook request ids already handled
+
+
+def dataset_object_name(sha256: str) -> str:
+    """Name of an uploaded dataset in :attr:`Bucket.DATASETS`: content-addressed by its SHA-256."""
+    return f"sha256/{sha256}"
+
+
+# How long a webhook delivery id is remembered (replays within it are ignored).
+WEBHOOK_REPLAY_TTL_S = 7 * 86_400.0
 
 
 # Dedup window of the streams: a re-published message with the same Nats-Msg-Id inside it

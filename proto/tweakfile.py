@@ -23,6 +23,9 @@ KIND = "Experiment"
 # A Kubernetes-style name (DNS-1123 label): also safe as a NATS subject token.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$"
 
+# A dataset uploaded to the object store by its content: object:<format>:<sha256 hex>.
+OBJECT_SOURCE = re.compile(r"^object:csv:[0-9a-f]{64}$")
+
 SKLEARN_DATASETS = ("iris", "digits", "wine", "breast_cancer", "diabetes")
 
 CLASSIFICATION_METRICS = (
@@ -109,9 +112,10 @@ class DatasetSpec(_Strict):
     """Where the data comes from and how the held-out test split is cut."""
 
     source: str = Field(
-        description="sklearn:<iris|digits|wine|breast_cancer|diabetes> or csv:<path> (relative to the tweak file)."
+        description="sklearn:<iris|digits|wine|breast_cancer|diabetes>, csv:<path> (relative to the tweak file), "
+        "https://<host>/<file>.csv, or object:csv:<sha256> (a file uploaded by 'tweakline submit')."
     )
-    target: str | None = Field(default=None, description="Target column (required for csv: sources).")
+    target: str | None = Field(default=None, description="Target column (required for csv:, https: and object: sources).")
     test_size: float = Field(default=0.2, gt=0, lt=1, description="Fraction held out for the final evaluation.")
     seed: int = Field(default=0, ge=0, description="Seed of the train/test split and the CV folds.")
 
@@ -129,18 +133,34 @@ class DatasetSpec(_Strict):
         elif scheme == "csv":
             if not rest:
                 raise PydanticCustomError("tweakline", "csv: needs a path, e.g. csv:data/train.csv", {})
+        elif scheme == "object":
+            if not OBJECT_SOURCE.match(value):
+                raise PydanticCustomError(
+                    "tweakline", "'{value}' is not object:csv:<64 hex digits of the file's sha256>", {"value": value}
+                )
+        elif scheme == "https":
+            if not rest.startswith("//") or len(rest) <= 2 or not rest.split("?")[0].split("#")[0].endswith(".csv"):
+                raise PydanticCustomError(
+                    "tweakline", "'{value}' is not an https:// URL of a .csv file", {"value": value}
+                )
         else:
             raise PydanticCustomError(
                 "tweakline",
-                "unknown dataset source '{value}', expected sklearn:<name> or csv:<path>",
+                "unknown dataset source '{value}', expected sklearn:<name>, csv:<path>, https://<url>.csv "
+                "or object:csv:<sha256>",
                 {"value": value},
             )
         return value
 
+    @property
+    def is_table(self) -> bool:
+        """Whether the source is a table file (local, uploaded or https), which needs a target column."""
+        return self.source.split(":", 1)[0] in ("csv", "object", "https")
+
     @model_validator(mode="after")
     def _csv_needs_target(self) -> DatasetSpec:
-        if self.source.startswith("csv:") and not self.target:
-            raise problem("target", "required for csv: sources (the name of the target column)")
+        if self.is_table and not self.target:
+            raise problem("target", "required for csv:, https: and object: sources (the name of the target column)")
         return self
 
 

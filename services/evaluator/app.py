@@ -7,7 +7,7 @@ from faststream.nats import NatsMessage
 
 from tweakline.evaluator.handlers import Evaluator
 from tweakline.proto.subjects import Consumer
-from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker, use_uploaded_datasets
 from tweakline.settings import Settings
 
 NAME = "evaluator"
@@ -23,4 +23,5 @@ def create_app(settings: Settings) -> FastStream:
     async def experiment_completed(msg: NatsMessage) -> None:
         await evaluator.on_experiment_completed(msg)
 
+    app.after_startup(use_uploaded_datasets(ServiceContext(settings, broker, NAME)))
     return app

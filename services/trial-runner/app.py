@@ -6,7 +6,7 @@ from faststream import AckPolicy, FastStream
 from faststream.nats import NatsMessage
 
 from tweakline.proto.subjects import Consumer, Subject, all_of
-from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker, use_uploaded_datasets
 from tweakline.settings import Settings
 from tweakline.trial_runner.handlers import TrialRunner
 
@@ -29,4 +29,5 @@ def create_app(settings: Settings) -> FastStream:
 
     app.after_startup(runner.early.start)
 
+    app.after_startup(use_uploaded_datasets(ServiceContext(settings, broker, NAME)))
     return app

@@ -27,7 +27,10 @@ in feature columns become NaN (use an imputer step in the pipeline). Every row n
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import os
+import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -329,9 +332,147 @@ def _checked_labels(labels: np.ndarray, name: str, where: str) -> np.ndarray:
 # -------------------------------------------------------------------------------------- registry
 
 
+# ------------------------------------------------------------------ uploaded (object:) and https:
+
+
+BlobFetcher = Callable[[str], bytes]
+"""Returns the bytes of the uploaded file with this SHA-256 (blocking; called from a worker thread)."""
+
+
+class BlobCache:
+    """Downloaded dataset files on local disk, named by their SHA-256 and verified before use.
+
+    Runners keep these between experiments, so an uploaded dataset is fetched once per machine.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.fetches = 0
+
+    def path(self, digest: str) -> Path:
+        """Where the file with this hash is kept."""
+        return self.directory / digest[:2] / digest
+
+    def get(self, digest: str, fetch: Callable[[], bytes], what: str) -> Path:
+        """The local path of ``digest``, calling ``fetch`` (and checking the hash) on a miss."""
+        path = self.path(digest)
+        if path.is_file() and _sha256_file(path) == digest:
+            return path
+        self.fetches += 1
+        data = fetch()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise DatasetError(f"{what}: content has sha256 {actual[:12]}..., expected {digest[:12]}...; refusing it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+        partial.write_bytes(data)
+        partial.replace(path)  # atomic: a concurrent reader never sees half a file
+        return path
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_csv_file(spec: DatasetSpec, path: Path, task: Task | None, name: str) -> Dataset:
+    dataset = CsvLoader().load(spec.model_copy(update={"source": f"csv:{path}"}), None, task)
+    dataset.name = name
+    return dataset
+
+
+class ObjectLoader(DatasetLoader):
+    """``object:csv:<sha256>``: a csv file uploaded by ``tweakline submit`` (or the webhook) to the
+    datasets object store, fetched once into the local :class:`BlobCache` and read from there.
+
+    The process configures where the bytes come from with :func:`use_object_store` (the runner and
+    evaluator do at start-up, with their NATS connection).
+    """
+
+    scheme = "object"
+    fetcher: BlobFetcher | None = None
+    cache: BlobCache = BlobCache(Path(tempfile.gettempdir()) / "tweakline-datasets")
+
+    @staticmethod
+    def digest(spec: DatasetSpec) -> str:
+        """The sha256 the source names."""
+        return spec.source.rsplit(":", 1)[1]
+
+    def fingerprint(self, spec: DatasetSpec, base_dir: Path | None) -> Hashable:
+        return ("sha256", self.digest(spec))
+
+    def load(self, spec: DatasetSpec, base_dir: Path | None, task: Task | None) -> Dataset:
+        digest = self.digest(spec)
+        fetcher = type(self).fetcher
+        if fetcher is None:
+            raise DatasetError(f"{spec.source}: this process has no connection to the datasets object store")
+        path = type(self).cache.get(digest, lambda: fetcher(digest), spec.source)
+        return _load_csv_file(spec, path, task, f"sha256:{digest[:12]}")
+
+
+def use_object_store(fetcher: BlobFetcher | None, cache_dir: Path | None = None) -> None:
+    """Make ``object:`` sources loadable in this process: where bytes come from and where they are kept."""
+    ObjectLoader.fetcher = fetcher
+    if cache_dir is not None:
+        ObjectLoader.cache = BlobCache(cache_dir)
+
+
+MAX_DOWNLOAD_BYTES = 1 << 30
+"""Largest dataset an https: source may be (1 GiB)."""
+
+
+class HttpsLoader(DatasetLoader):
+    """``https://<host>/<path>.csv``: downloaded once per process (and once per machine when the URL
+    ends with ``#sha256=<hex>``, which is also checked)."""
+
+    scheme = "https"
+
+    @staticmethod
+    def pinned(source: str) -> str | None:
+        """The sha256 the URL's fragment pins, if any."""
+        fragment = source.partition("#")[2]
+        return fragment[7:].lower() if fragment.startswith("sha256=") else None
+
+    def load(self, spec: DatasetSpec, base_dir: Path | None, task: Task | None) -> Dataset:
+        url = spec.source.partition("#")[0]
+        name = url.rsplit("/", 1)[-1]
+        pinned = self.pinned(spec.source)
+        if pinned is not None:
+            path = ObjectLoader.cache.get(pinned, lambda: _download(url), spec.source)
+            return _load_csv_file(spec, path, task, name)
+        data = _download(url)
+        digest = hashlib.sha256(data).hexdigest()
+        path = ObjectLoader.cache.get(digest, lambda: data, spec.source)
+        return _load_csv_file(spec, path, task, name)
+
+
+def _download(url: str) -> bytes:
+    import httpx  # only runners that read https: sources need it
+
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=60.0) as response:
+            if response.status_code != 200:
+                raise DatasetError(f"{url}: HTTP {response.status_code} {response.reason_phrase}")
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_DOWNLOAD_BYTES:
+                    raise DatasetError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise DatasetError(f"{url}: download failed: {exc}") from None
+
+
 LOADERS: dict[str, DatasetLoader] = {
     SklearnLoader.scheme: SklearnLoader(),
     CsvLoader.scheme: CsvLoader(),
+    ObjectLoader.scheme: ObjectLoader(),
+    HttpsLoader.scheme: HttpsLoader(),
 }
 """Scheme -> loader. A new scheme is one :class:`DatasetLoader` subclass and one line here."""
 

@@ -91,6 +91,10 @@ Output: a JSON list of identity names.
 {{- if and .Values.webhook.enabled (not (has "webhook" $ids)) }}
 {{- fail "webhook.enabled needs a tweakline build with the webhook service: no \"webhook\" identity in files/nats-authorization.json" }}
 {{- end }}
+{{- if not .Values.webhook.enabled }}
+{{- /* no certificate for a service that is not deployed */ -}}
+{{- $ids = without $ids "webhook" }}
+{{- end }}
 {{- toJson $ids }}
 {{- end }}
 
