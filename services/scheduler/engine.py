@@ -68,7 +68,9 @@ class ExperimentRun:
         for number in sorted(self.in_flight()):
             params = self.state.issued[number]
             self.study.enqueue_trial(params, skip_if_exists=False)
-            self._pending[number] = self.study.ask()
+            trial = self.study.ask()
+            suggest(trial, self.spec.search.space)  # the enqueued values: the sampler sees a running trial's params
+            self._pending[number] = trial
 
     def _frozen(self, record: TrialRecord) -> optuna.trial.FrozenTrial | None:
         """A finished Optuna trial from a record (with per-fold intermediate values), if it fits the space."""

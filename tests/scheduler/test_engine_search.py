@@ -376,3 +376,22 @@ def test_invalid_multi_objective_combinations_fail_validation(search, objective,
     assert len(errors) == 1
     assert f"{'.'.join(map(str, errors[0]['loc']))}.{errors[0]['ctx']['field']}" == f"spec.{field}"
     assert text in errors[0]["msg"]
+
+
+def test_a_study_rebuilt_from_state_keeps_warm_trials_results_and_trials_in_flight() -> None:
+    """What a restarted scheduler does: rebuild from KV state, then carry on without repeats."""
+    first = ExperimentRun(ExperimentState(experiment_id="r", tweak=tweak(CONDITIONAL_SPACE, budget={"max_trials": 12, "parallelism": 3})))
+    issued = first.next_trials()
+    number, params = issued[0]
+    first.record(result(first, number, params))
+    state = ExperimentState.model_validate_json(first.state.model_dump_json())  # through JSON, as in the KV bucket
+
+    rebuilt = ExperimentRun(state)
+    assert rebuilt.in_flight() == {n for n, _ in issued[1:]}
+    running = [t for t in rebuilt.study.trials if t.state.name == "RUNNING"]
+    assert sorted(t.params["C"] for t in running) == sorted(p["C"] for _, p in issued[1:])  # the sampler sees them
+    assert rebuilt.next_trials() == [(3, rebuilt.state.issued[3])]  # one free slot, numbering goes on
+    for n, p in issued[1:]:
+        assert rebuilt.record(result(rebuilt, n, p)) is True
+        assert rebuilt.record(result(rebuilt, n, p)) is False  # a redelivered result counts once
+    assert len(rebuilt.state.results) == 3
