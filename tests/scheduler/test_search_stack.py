@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from tweakline.bus import connect
-from tweakline.proto.messages import ExperimentCompleted, ExperimentSubmitted, Source, TrialStatus
+from nats.js.api import DeliverPolicy
+
+from tweakline.proto.messages import DeadLetter, ExperimentCompleted, ExperimentSubmitted, Source, TrialStatus
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
@@ -180,3 +182,19 @@ async def test_a_second_push_of_the_same_lineage_is_warm_started(nats, stack) ->
         source,
     )
     assert off.warm_start is None
+
+
+async def test_a_malformed_progress_message_is_dead_lettered_and_pruning_goes_on(nats, stack) -> None:  # noqa: ANN001
+    nc = await connect(nats.settings(Identity.ADMIN), "test-garbage")
+    try:
+        js = nc.jetstream()
+        letters = await js.subscribe(f"{Subject.DEAD_LETTER.value}.scheduler", stream=Stream.DEAD_LETTERS.value,
+                                     ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+        await nc.publish(subject_for(Subject.TRIAL_PROGRESS, "garbage-1"), b'{"experiment_id": 1}')
+        letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
+        assert letter.subject == subject_for(Subject.TRIAL_PROGRESS, "garbage-1")
+        assert "not a valid TrialProgress" in letter.reason
+        await nc.flush()
+    finally:
+        await nc.close()
+    await test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats, stack)
