@@ -395,3 +395,18 @@ def test_a_study_rebuilt_from_state_keeps_warm_trials_results_and_trials_in_flig
         assert rebuilt.record(result(rebuilt, n, p)) is True
         assert rebuilt.record(result(rebuilt, n, p)) is False  # a redelivered result counts once
     assert len(rebuilt.state.results) == 3
+
+
+def test_a_csv_dataset_is_the_same_dataset_wherever_the_commit_is_checked_out() -> None:
+    from tweakline.proto.messages import Source
+
+    def csv_spec(root: str) -> TweakFile:
+        raw = tweak(CONDITIONAL_SPACE).model_dump(mode="json", by_alias=True)
+        raw["spec"]["dataset"] = {"source": f"csv:{root}/data/train.csv", "target": "y"}
+        return TweakFile.model_validate(raw)
+
+    build_1 = context_of(csv_spec("/builds/1/repo").spec, Source(path="/builds/1/repo/model.tweak.yaml"))
+    build_2 = context_of(csv_spec("/builds/2/repo").spec, Source(path="/builds/2/repo/model.tweak.yaml"))
+    assert build_1 == build_2
+    moved = context_of(csv_spec("/builds/2/repo").spec, Source(path="/builds/2/repo/sub/model.tweak.yaml"))
+    assert moved["dataset"] != build_1["dataset"]  # another file relative to the tweak file
