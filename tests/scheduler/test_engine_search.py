@@ -410,3 +410,33 @@ def test_a_csv_dataset_is_the_same_dataset_wherever_the_commit_is_checked_out() 
     assert build_1 == build_2
     moved = context_of(csv_spec("/builds/2/repo").spec, Source(path="/builds/2/repo/sub/model.tweak.yaml"))
     assert moved["dataset"] != build_1["dataset"]  # another file relative to the tweak file
+
+
+def test_cmaes_takes_its_prior_from_warm_trials() -> None:
+    """CMA-ES ignores trials it did not generate, so earlier trials become its starting distribution."""
+    space = {"C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
+             "gamma": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}
+
+    def score(p: dict[str, Any]) -> float:  # optimum in a corner (C=80, gamma=0.8), far from CMA-ES's default start
+        return 1.0 - 0.1 * abs(math.log10(p["C"]) - 1.9) - 0.1 * abs(math.log10(p["gamma"]) + 0.1)
+
+    cold = ExperimentRun(ExperimentState(experiment_id="cold", tweak=tweak(space, algorithm="random", budget={"max_trials": 30, "parallelism": 1})))
+    while not cold.finished():
+        [(n, p)] = cold.next_trials()
+        cold.record(result(cold, n, p, [score(p)] * 3))
+    history = LineageHistory(lineage="l", trials=[LineageTrial(experiment_id="cold", context=context_of(cold.spec), record=r)
+                                                  for r in cold.state.results.values()])
+    new = tweak(space, algorithm="cmaes", seed=5, budget={"max_trials": 8, "parallelism": 4})
+    reused, report = select(history, "l", new.spec)
+    warm = ExperimentRun(ExperimentState(experiment_id="warm", tweak=new, warm_trials=reused, warm_start=report))
+    plain = ExperimentRun(ExperimentState(experiment_id="plain", tweak=new))
+
+    def first_generation(run: ExperimentRun) -> float:
+        proposals = []
+        while not run.finished():
+            for n, p in run.next_trials():
+                proposals.append(score(p))
+                run.record(result(run, n, p, [score(p)] * 3))
+        return sum(proposals) / len(proposals)
+
+    assert first_generation(warm) > first_generation(plain)
