@@ -368,7 +368,8 @@ def summarise(runs: list[RunResult], probs: dict[str, Problem]) -> dict[str, Any
 def print_tables(summary: dict[str, Any]) -> None:
     for name, s in summary.items():
         target = s["target"]
-        print(f"\n## {name}  (target = median final best of random search: {target if target is None else round(target, 4)})")
+        shown = "no random arm run" if target is None else f"median final best of random search: {target:.4f}"
+        print(f"\n## {name}  (target = {shown})")
         print(f"| arm | best after N (mean ± sd) | trials to target (per seed) | CPU s (mean) | wall s (mean) | pruned |")
         print("| --- | --- | --- | --- | --- | --- |")
         for arm, row in s["arms"].items():
@@ -383,7 +384,8 @@ def print_tables(summary: dict[str, Any]) -> None:
                 if arm in arms and base > 0:
                     cut = 100 * (1 - arms[arm]["cpu_s"] / base)
                     delta = arms[arm]["best_mean"] - arms["tweakline-tpe"]["best_mean"]
-                    print(f"- {arm}: {cut:.0f}% less trial CPU than without pruning; best after N {delta:+.4f}")
+                    change = f"{cut:.0f}% less" if cut >= 0 else f"{-cut:.0f}% more"
+                    print(f"- {arm}: {change} trial CPU than without pruning; best after N {delta:+.4f}")
         if "warm" in arms:
             row = arms["warm"]
             print(f"- warm: reused {row['reused']} earlier trials; trials to reach the cold run's final best: "
