@@ -25,8 +25,10 @@ from tweakline.proto.tweakfile import ExperimentSpec, SearchAlgorithm, TweakFile
 from tweakline.records import RecordStore
 from tweakline.scheduler.space import distribution, is_active, ordered
 
-# Most recent trials kept per lineage, and seeded into one study.
-MAX_HISTORY = 2000
+# Most recent trials kept per lineage, and seeded into one study. A lineage is one KV value,
+# which must stay well under the server's max_payload (1 MiB by default).
+MAX_HISTORY = 1000
+MAX_HISTORY_BYTES = 512 * 1024
 MAX_WARM_TRIALS = 500
 
 _KEY_UNSAFE = re.compile(r"[^-/_=.a-zA-Z0-9]+")
@@ -165,6 +167,8 @@ class LineageStore:
                 return history
             history.trials = (history.trials + kept)[-MAX_HISTORY:]
             history.experiments = (history.experiments + [experiment_id])[-MAX_HISTORY:]
+            while history.trials and len(history.model_dump_json()) > MAX_HISTORY_BYTES:
+                history.trials = history.trials[max(1, len(history.trials) // 10):]  # drop the oldest tenth
             return history
 
         await self.records.mutate(lineage, change)
