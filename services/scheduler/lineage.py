@@ -30,6 +30,7 @@ from tweakline.scheduler.space import distribution, is_active, ordered
 MAX_HISTORY = 1000
 MAX_HISTORY_BYTES = 512 * 1024
 MAX_WARM_TRIALS = 500
+MAX_WARM_BYTES = 256 * 1024
 
 _KEY_UNSAFE = re.compile(r"[^-/_=.a-zA-Z0-9]+")
 
@@ -130,6 +131,9 @@ def select(
         else:
             reasons[why] += 1
     reused = reused[-MAX_WARM_TRIALS:]
+    # They are kept in the experiment's state (one KV value, next to its own results): bound the bytes.
+    while reused and sum(len(r.model_dump_json()) for r in reused) > MAX_WARM_BYTES:
+        reused = reused[max(1, len(reused) // 10):]
     report.reused = len(reused)
     report.incompatible = sum(reasons.values())
     report.reasons = dict(reasons.most_common())
