@@ -14,8 +14,8 @@ Arms, for each problem and seed (same budget, same seed, same CV folds):
 - ``optuna-tpe``: plain Optuna as its docs show it: ``TPESampler(seed=...)``, ``study.optimize``
   (sequential), an objective calling scikit-learn's ``cross_val_score`` on the same folds.
 - ``random``: tweakline with ``algorithm: random``.
-- ``tweakline-tpe+asha`` / ``+median``: as ``tweakline-tpe`` with the pruner deciding after each
-  fold (the runner stops a pruned trial before its next fold).
+- ``tweakline-tpe+asha`` / ``+median`` / ``+hyperband`` / ``+wilcoxon``: as ``tweakline-tpe``
+  with the pruner deciding after each fold (the runner stops a pruned trial before its next fold).
 - ``warm``: the same lineage pushed again: a new seed, seeded with the ``tweakline-tpe`` run's trials
   through the lineage code (:func:`tweakline.scheduler.lineage.select`).
 
@@ -368,7 +368,8 @@ def summarise(runs: list[RunResult], probs: dict[str, Problem]) -> dict[str, Any
 def print_tables(summary: dict[str, Any]) -> None:
     for name, s in summary.items():
         target = s["target"]
-        print(f"\n## {name}  (target = median final best of random search: {target if target is None else round(target, 4)})")
+        shown = "no random arm run" if target is None else f"median final best of random search: {target:.4f}"
+        print(f"\n## {name}  (target = {shown})")
         print(f"| arm | best after N (mean ± sd) | trials to target (per seed) | CPU s (mean) | wall s (mean) | pruned |")
         print("| --- | --- | --- | --- | --- | --- |")
         for arm, row in s["arms"].items():
@@ -379,11 +380,12 @@ def print_tables(summary: dict[str, Any]) -> None:
         arms = s["arms"]
         if "tweakline-tpe" in arms:
             base = arms["tweakline-tpe"]["cpu_s"]
-            for arm in ("tweakline-tpe+asha", "tweakline-tpe+median"):
+            for arm in ("tweakline-tpe+asha", "tweakline-tpe+median", "tweakline-tpe+hyperband", "tweakline-tpe+wilcoxon"):
                 if arm in arms and base > 0:
                     cut = 100 * (1 - arms[arm]["cpu_s"] / base)
                     delta = arms[arm]["best_mean"] - arms["tweakline-tpe"]["best_mean"]
-                    print(f"- {arm}: {cut:.0f}% less trial CPU than without pruning; best after N {delta:+.4f}")
+                    change = f"{cut:.0f}% less" if cut >= 0 else f"{-cut:.0f}% more"
+                    print(f"- {arm}: {change} trial CPU than without pruning; best after N {delta:+.4f}")
         if "warm" in arms:
             row = arms["warm"]
             print(f"- warm: reused {row['reused']} earlier trials; trials to reach the cold run's final best: "
@@ -412,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", nargs="*", default=None, help="Problem names (default: all).")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 16 trials, cheap problems only.")
     parser.add_argument("--no-sweep", action="store_true", help="Skip the parallelism sweep.")
+    parser.add_argument("--no-warm", action="store_true", help="Skip the warm-start arm.")
+    parser.add_argument("--arms", nargs="*", default=None,
+                        help="Only these arms (tweakline-tpe always runs: the others are compared with it).")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"Where to write results (default {DEFAULT_JSON}).")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -437,7 +442,13 @@ def main(argv: list[str] | None = None) -> int:
                 ("random", lambda s: run_tweakline(problem, split, "random", s, algorithm="random")),
                 ("tweakline-tpe+asha", lambda s: run_tweakline(problem, split, "tweakline-tpe+asha", s, pruner="asha")),
                 ("tweakline-tpe+median", lambda s: run_tweakline(problem, split, "tweakline-tpe+median", s, pruner="median")),
+                ("tweakline-tpe+hyperband",
+                 lambda s: run_tweakline(problem, split, "tweakline-tpe+hyperband", s, pruner="hyperband")),
+                ("tweakline-tpe+wilcoxon",
+                 lambda s: run_tweakline(problem, split, "tweakline-tpe+wilcoxon", s, pruner="wilcoxon")),
             ]
+            if args.arms:
+                arms = [(name, go) for name, go in arms if name in args.arms or name == "tweakline-tpe"]
             for seed in seeds:
                 cold = None
                 for arm, go in arms:
@@ -447,9 +458,11 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("%-18s %-22s seed %d: best %.4f cpu %.1fs pruned %d", problem.name, arm, seed,
                              result.best, result.cpu_s, result.pruned)
                 # The next push of the same lineage: another seed, seeded with the cold run's trials.
-                warm = run_tweakline(problem, split, "warm", seed + 1000, warm_from=cold)
-                runs.append(warm)
-                log.info("%-18s %-22s seed %d: best %.4f (reused %d)", problem.name, "warm", seed, warm.best, warm.warm_reused)
+                if not args.no_warm:
+                    warm = run_tweakline(problem, split, "warm", seed + 1000, warm_from=cold)
+                    runs.append(warm)
+                    log.info("%-18s %-22s seed %d: best %.4f (reused %d)", problem.name, "warm", seed, warm.best,
+                             warm.warm_reused)
                 if not args.no_sweep and problem.cheap:
                     for p in (1, 16):
                         r = run_tweakline(problem, split, f"tweakline-tpe@{p}", seed, parallelism=p)

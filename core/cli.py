@@ -172,7 +172,7 @@ async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: floa
     try:
         exp_id = new_experiment_id(tweak)
         outcome = Outcome(experiment_id=exp_id, tweak=tweak)
-        await submit(nc, tweak, Source(path=str(file), trigger="cli"), exp_id)
+        await submit(nc, tweak, Source(path=str(file.resolve()), trigger="cli"), exp_id)
         with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
             await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
     except TimeoutError as exc:

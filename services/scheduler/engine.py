@@ -47,9 +47,11 @@ class ExperimentRun:
         self.objectives = [(spec.objective.metric, spec.objective.maximize)] + [
             (o.metric, o.maximize) for o in spec.objective.secondary
         ]
+        self._warm = [t for t in (self._frozen(r) for r in state.warm_trials) if t is not None]
+        sampler = self.strategy.warm_sampler(spec.search, self._warm) if self._warm else self.strategy.sampler(spec.search)
         self.study = optuna.create_study(
             directions=["maximize" if up else "minimize" for _, up in self.objectives],
-            sampler=self.strategy.sampler(spec.search),
+            sampler=sampler,
             pruner=self.pruning.pruner(spec),
         )
         self._pending: dict[int, optuna.Trial] = {}
@@ -61,14 +63,15 @@ class ExperimentRun:
 
     def _replay(self) -> None:
         """Feed warm-start trials and recorded results to the study; re-open issued trials still in flight."""
-        warm = [self._frozen(record) for record in self.state.warm_trials]
-        self.study.add_trials([trial for trial in warm if trial is not None])
+        self.study.add_trials(self._warm)
         for number in sorted(self.state.results):
             self._add_finished(self.state.results[number])
         for number in sorted(self.in_flight()):
             params = self.state.issued[number]
             self.study.enqueue_trial(params, skip_if_exists=False)
-            self._pending[number] = self.study.ask()
+            trial = self.study.ask()
+            suggest(trial, self.spec.search.space)  # the enqueued values: the sampler sees a running trial's params
+            self._pending[number] = trial
 
     def _frozen(self, record: TrialRecord) -> optuna.trial.FrozenTrial | None:
         """A finished Optuna trial from a record (with per-fold intermediate values), if it fits the space."""

@@ -172,7 +172,7 @@ class Scheduler:
         except Exception:  # warm start is an optimisation: a cold start is always correct
             log.exception("could not read lineage %s; starting cold", lineage)
             return
-        state.warm_trials, state.warm_start = select(history, lineage, state.tweak.spec)
+        state.warm_trials, state.warm_start = select(history, lineage, state.tweak.spec, state.source)
         report = state.warm_start
         if report.available:
             log.info(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from typing import Any
@@ -24,9 +25,12 @@ from tweakline.proto.tweakfile import ExperimentSpec, SearchAlgorithm, TweakFile
 from tweakline.records import RecordStore
 from tweakline.scheduler.space import distribution, is_active, ordered
 
-# Most recent trials kept per lineage, and seeded into one study.
-MAX_HISTORY = 2000
+# Most recent trials kept per lineage, and seeded into one study. A lineage is one KV value,
+# which must stay well under the server's max_payload (1 MiB by default).
+MAX_HISTORY = 1000
+MAX_HISTORY_BYTES = 512 * 1024
 MAX_WARM_TRIALS = 500
+MAX_WARM_BYTES = 256 * 1024
 
 _KEY_UNSAFE = re.compile(r"[^-/_=.a-zA-Z0-9]+")
 
@@ -45,10 +49,28 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def context_of(spec: ExperimentSpec) -> dict[str, str]:
-    """What a score depends on besides the searched parameters, as one fingerprint per part."""
+def _dataset_identity(spec: ExperimentSpec, source: Source | None) -> dict[str, Any]:
+    """The dataset as the user wrote it: a csv path relative to the tweak file's folder when known.
+
+    The CLI makes csv paths absolute; CI checks every commit out into a new folder, so the
+    absolute path would make each push look like a new dataset.
+    """
+    dataset = spec.dataset.model_dump(mode="json")
+    location = spec.dataset.source.removeprefix("csv:")
+    if spec.dataset.source.startswith("csv:") and source and source.path and os.path.isabs(source.path):
+        if os.path.isabs(location):
+            dataset["source"] = "csv:" + os.path.relpath(location, os.path.dirname(source.path))
+    return dataset
+
+
+def context_of(spec: ExperimentSpec, source: Source | None = None) -> dict[str, str]:
+    """What a score depends on besides the searched parameters, as one fingerprint per part.
+
+    The dataset is identified by where it comes from, not by its content: a csv file changed in
+    place at the same path counts as the same dataset.
+    """
     return {
-        "dataset": _digest(spec.dataset.model_dump(mode="json")),
+        "dataset": _digest(_dataset_identity(spec, source)),
         "model": _digest(spec.model.model_dump(mode="json")),
         "objective": _digest([spec.objective.metric, spec.objective.maximize, spec.objective.cv]),
     }
@@ -84,7 +106,9 @@ def incompatibility(trial: LineageTrial, spec: ExperimentSpec, context: dict[str
     return None
 
 
-def select(history: LineageHistory | None, lineage: str, spec: ExperimentSpec) -> tuple[list[TrialRecord], WarmStartReport]:
+def select(
+    history: LineageHistory | None, lineage: str, spec: ExperimentSpec, source: Source | None = None
+) -> tuple[list[TrialRecord], WarmStartReport]:
     """The earlier trials that may seed a search of ``spec`` (most recent last), and the report."""
     report = WarmStartReport(lineage=lineage)
     if history is None:
@@ -97,7 +121,7 @@ def select(history: LineageHistory | None, lineage: str, spec: ExperimentSpec) -
         if candidates:
             report.reasons = {"grid search does not use earlier trials": len(candidates)}
         return [], report
-    context = context_of(spec)
+    context = context_of(spec, source)
     reasons: Counter[str] = Counter()
     reused: list[TrialRecord] = []
     for trial in candidates:
@@ -107,6 +131,9 @@ def select(history: LineageHistory | None, lineage: str, spec: ExperimentSpec) -
         else:
             reasons[why] += 1
     reused = reused[-MAX_WARM_TRIALS:]
+    # They are kept in the experiment's state (one KV value, next to its own results): bound the bytes.
+    while reused and sum(len(r.model_dump_json()) for r in reused) > MAX_WARM_BYTES:
+        reused = reused[max(1, len(reused) // 10):]
     report.reused = len(reused)
     report.incompatible = sum(reasons.values())
     report.reasons = dict(reasons.most_common())
@@ -131,7 +158,7 @@ class LineageStore:
 
     async def add(self, lineage: str, experiment_id: str, source: Source, spec: ExperimentSpec, trials: list[TrialRecord]) -> None:
         """Append an experiment's finished trials (ok and pruned) to its lineage; a repeat changes nothing."""
-        context = context_of(spec)
+        context = context_of(spec, source)
         kept = [
             LineageTrial(experiment_id=experiment_id, commit=source.commit, context=context, record=record)
             for record in trials
@@ -144,6 +171,8 @@ class LineageStore:
                 return history
             history.trials = (history.trials + kept)[-MAX_HISTORY:]
             history.experiments = (history.experiments + [experiment_id])[-MAX_HISTORY:]
+            while history.trials and len(history.model_dump_json()) > MAX_HISTORY_BYTES:
+                history.trials = history.trials[max(1, len(history.trials) // 10):]  # drop the oldest tenth
             return history
 
         await self.records.mutate(lineage, change)

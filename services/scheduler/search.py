@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
 import optuna
@@ -27,6 +28,14 @@ class SearchStrategy(ABC):
     @abstractmethod
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         """The Optuna sampler for this search (seeded from ``search.seed``)."""
+
+    def warm_sampler(self, search: SearchSpec, history: Sequence[optuna.trial.FrozenTrial]) -> optuna.samplers.BaseSampler:
+        """The sampler when earlier trials seed the study (they are also added to it).
+
+        Most samplers learn from the study's trials and need nothing more; override for one that
+        takes its prior at construction.
+        """
+        return self.sampler(search)
 
     def trial_limit(self, search: SearchSpec, max_trials: int) -> int:
         """How many trials the search can use at most (exhaustive strategies stop early)."""
@@ -94,6 +103,9 @@ class GpSearch(SearchStrategy):
         return None
 
 
+WARM_CMAES_MIN_TRIALS = 10
+
+
 class CmaEsSearch(SearchStrategy):
     """CMA-ES for continuous parameters (categoricals are sampled at random)."""
 
@@ -101,6 +113,14 @@ class CmaEsSearch(SearchStrategy):
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False)
+
+    def warm_sampler(self, search: SearchSpec, history: Sequence[optuna.trial.FrozenTrial]) -> optuna.samplers.BaseSampler:
+        # CMA-ES ignores trials it did not generate: its warm start (mean, step size, covariance
+        # from the best earlier trials) is given at construction. Too few trials give no prior.
+        complete = [t for t in history if t.state is optuna.trial.TrialState.COMPLETE]
+        if len(complete) < WARM_CMAES_MIN_TRIALS:
+            return self.sampler(search)
+        return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False, source_trials=complete)
 
 
 class QmcSearch(SearchStrategy):

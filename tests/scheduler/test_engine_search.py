@@ -376,3 +376,67 @@ def test_invalid_multi_objective_combinations_fail_validation(search, objective,
     assert len(errors) == 1
     assert f"{'.'.join(map(str, errors[0]['loc']))}.{errors[0]['ctx']['field']}" == f"spec.{field}"
     assert text in errors[0]["msg"]
+
+
+def test_a_study_rebuilt_from_state_keeps_warm_trials_results_and_trials_in_flight() -> None:
+    """What a restarted scheduler does: rebuild from KV state, then carry on without repeats."""
+    first = ExperimentRun(ExperimentState(experiment_id="r", tweak=tweak(CONDITIONAL_SPACE, budget={"max_trials": 12, "parallelism": 3})))
+    issued = first.next_trials()
+    number, params = issued[0]
+    first.record(result(first, number, params))
+    state = ExperimentState.model_validate_json(first.state.model_dump_json())  # through JSON, as in the KV bucket
+
+    rebuilt = ExperimentRun(state)
+    assert rebuilt.in_flight() == {n for n, _ in issued[1:]}
+    running = [t for t in rebuilt.study.trials if t.state.name == "RUNNING"]
+    assert sorted(t.params["C"] for t in running) == sorted(p["C"] for _, p in issued[1:])  # the sampler sees them
+    assert rebuilt.next_trials() == [(3, rebuilt.state.issued[3])]  # one free slot, numbering goes on
+    for n, p in issued[1:]:
+        assert rebuilt.record(result(rebuilt, n, p)) is True
+        assert rebuilt.record(result(rebuilt, n, p)) is False  # a redelivered result counts once
+    assert len(rebuilt.state.results) == 3
+
+
+def test_a_csv_dataset_is_the_same_dataset_wherever_the_commit_is_checked_out() -> None:
+    from tweakline.proto.messages import Source
+
+    def csv_spec(root: str) -> TweakFile:
+        raw = tweak(CONDITIONAL_SPACE).model_dump(mode="json", by_alias=True)
+        raw["spec"]["dataset"] = {"source": f"csv:{root}/data/train.csv", "target": "y"}
+        return TweakFile.model_validate(raw)
+
+    build_1 = context_of(csv_spec("/builds/1/repo").spec, Source(path="/builds/1/repo/model.tweak.yaml"))
+    build_2 = context_of(csv_spec("/builds/2/repo").spec, Source(path="/builds/2/repo/model.tweak.yaml"))
+    assert build_1 == build_2
+    moved = context_of(csv_spec("/builds/2/repo").spec, Source(path="/builds/2/repo/sub/model.tweak.yaml"))
+    assert moved["dataset"] != build_1["dataset"]  # another file relative to the tweak file
+
+
+def test_cmaes_takes_its_prior_from_warm_trials() -> None:
+    """CMA-ES ignores trials it did not generate, so earlier trials become its starting distribution."""
+    space = {"C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
+             "gamma": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}
+
+    def score(p: dict[str, Any]) -> float:  # optimum in a corner (C=80, gamma=0.8), far from CMA-ES's default start
+        return 1.0 - 0.1 * abs(math.log10(p["C"]) - 1.9) - 0.1 * abs(math.log10(p["gamma"]) + 0.1)
+
+    cold = ExperimentRun(ExperimentState(experiment_id="cold", tweak=tweak(space, algorithm="random", budget={"max_trials": 30, "parallelism": 1})))
+    while not cold.finished():
+        [(n, p)] = cold.next_trials()
+        cold.record(result(cold, n, p, [score(p)] * 3))
+    history = LineageHistory(lineage="l", trials=[LineageTrial(experiment_id="cold", context=context_of(cold.spec), record=r)
+                                                  for r in cold.state.results.values()])
+    new = tweak(space, algorithm="cmaes", seed=5, budget={"max_trials": 8, "parallelism": 4})
+    reused, report = select(history, "l", new.spec)
+    warm = ExperimentRun(ExperimentState(experiment_id="warm", tweak=new, warm_trials=reused, warm_start=report))
+    plain = ExperimentRun(ExperimentState(experiment_id="plain", tweak=new))
+
+    def first_generation(run: ExperimentRun) -> float:
+        proposals = []
+        while not run.finished():
+            for n, p in run.next_trials():
+                proposals.append(score(p))
+                run.record(result(run, n, p, [score(p)] * 3))
+        return sum(proposals) / len(proposals)
+
+    assert first_generation(warm) > first_generation(plain)

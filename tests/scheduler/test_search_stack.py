@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from tweakline.bus import connect
-from tweakline.proto.messages import ExperimentCompleted, ExperimentSubmitted, Source, TrialStatus
+from nats.js.api import DeliverPolicy
+
+from tweakline.proto.messages import DeadLetter, ExperimentCompleted, ExperimentSubmitted, Source, TrialStatus
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
@@ -180,3 +182,47 @@ async def test_a_second_push_of_the_same_lineage_is_warm_started(nats, stack) ->
         source,
     )
     assert off.warm_start is None
+
+
+async def test_a_malformed_progress_message_is_dead_lettered_and_pruning_goes_on(nats, stack) -> None:  # noqa: ANN001
+    nc = await connect(nats.settings(Identity.ADMIN), "test-garbage")
+    try:
+        js = nc.jetstream()
+        letters = await js.subscribe(f"{Subject.DEAD_LETTER.value}.scheduler", stream=Stream.DEAD_LETTERS.value,
+                                     ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+        await nc.publish(subject_for(Subject.TRIAL_PROGRESS, "garbage-1"), b'{"experiment_id": 1}')
+        letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
+        assert letter.subject == subject_for(Subject.TRIAL_PROGRESS, "garbage-1")
+        assert "not a valid TrialProgress" in letter.reason
+        await nc.flush()
+    finally:
+        await nc.close()
+    await test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats, stack)
+
+
+async def test_a_lineage_keeps_its_most_recent_trials_within_one_kv_value(nats) -> None:  # noqa: ANN001
+    from tweakline.proto.messages import TrialRecord
+    from tweakline.scheduler.lineage import MAX_HISTORY, MAX_HISTORY_BYTES, LineageStore
+
+    nc = await connect(nats.settings(Identity.SCHEDULER), "test-lineage")
+    try:
+        store = await LineageStore.open(nc.jetstream())
+        lineage = f"acme/big-{uuid.uuid4().hex[:6]}"
+        spec = tweak_file("big", {"space": SVC_SPACE}, {"max_trials": 1}).spec
+        params = {"C": 1.0, "kernel": "poly", "degree": 3, **{f"p{i}": "x" * 40 for i in range(8)}}
+        for push in range(4):
+            trials = [
+                TrialRecord(number=n, params=params, status=TrialStatus.OK, score=0.9,
+                            metrics={m: 0.9 for m in ("accuracy", "f1_macro", "recall_macro", "precision_macro")},
+                            fold_scores=[0.9] * 5)
+                for n in range(400)
+            ]
+            await store.add(lineage, f"exp-{push}", Source(commit=str(push)), spec, trials)
+            await store.add(lineage, f"exp-{push}", Source(commit=str(push)), spec, trials)  # a repeat adds nothing
+        history = await store.load(lineage)
+        assert history is not None and history.experiments == ["exp-0", "exp-1", "exp-2", "exp-3"]
+        assert 0 < len(history.trials) <= MAX_HISTORY
+        assert len(history.model_dump_json()) <= MAX_HISTORY_BYTES
+        assert history.trials[-1].experiment_id == "exp-3"  # the oldest went first
+    finally:
+        await nc.close()
