@@ -209,14 +209,7 @@ class ExperimentRun:
             for metric, violation in (self.constraints(record) or {}).items():
                 trial.set_constraint(metric, violation)
         self._reported.pop(result.number, None)
-        try:
-            self.study.tell(trial, values, state=state, skip_if_finished=True)
-        except RuntimeError as exc:
-            # GridSampler calls study.stop() once the grid is covered, which Optuna only allows
-            # inside optimize(); the trial is already stored by then, and the engine stops
-            # asking on its own (the grid's size bounds the plan).
-            if "Study.stop" not in str(exc):
-                raise
+        self.study.tell(trial, values, state=state, skip_if_finished=True)
         return True
 
     def finished(self, now: datetime | None = None) -> bool:
