@@ -109,6 +109,7 @@ def run(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Give up (exit 2) if no decision after this many seconds.")
     ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the HTML report here at the end.")] = None,
 ) -> None:
     """Run an experiment end to end on the embedded local stack (NATS with mTLS and every service)."""
     from tweakline.console import err
@@ -136,7 +137,7 @@ def run(
     try:
         with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):
             stack.start()
-        code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout))
+        code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout, report))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: stopping the local stack[/yellow]")
         code = 130
@@ -151,24 +152,32 @@ def run(
     raise typer.Exit(code)
 
 
-async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: float | None) -> int:  # noqa: ANN001
+async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: float | None, report: Path | None = None) -> int:  # noqa: ANN001
     from tweakline.bus import connect
     from tweakline.console import ProgressView, decision_panel, err, leaderboard_table, out, print_json, summary
-    from tweakline.follow import Outcome, follow, new_experiment_id, submit
+    from tweakline.follow import Outcome, experiment_span, follow, new_experiment_id, submit
+    from tweakline.report import write_report
+    from tweakline.telemetry import setup_telemetry
+    from tweakline.telemetry import shutdown as telemetry_shutdown
     from tweakline.proto.messages import Source
     from tweakline.proto.permissions import Identity
 
     nc = await connect(stack.settings_for(Identity.ADMIN), "tweakline-cli")
+    setup_telemetry("cli", stack.base_settings)
     try:
         exp_id = new_experiment_id(tweak)
         outcome = Outcome(experiment_id=exp_id, tweak=tweak)
-        await submit(nc, tweak, Source(path=str(file), trigger="cli"), exp_id)
-        with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
-            await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
+        with experiment_span(exp_id, tweak):  # the root of the experiment's trace
+            await submit(nc, tweak, Source(path=str(file), trigger="cli"), exp_id)
+            with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
+                await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
+        if report is not None:
+            await write_report(nc, exp_id, report)
     except TimeoutError as exc:
         raise TweaklineError(str(exc)) from None
     finally:
         await nc.close()
+        telemetry_shutdown()
     if as_json:
         print_json(summary(outcome))
     else:

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     runner_threads: int = Field(default=1, gt=0, description="Threads each trial's estimator may use (n_jobs).")
     log_level: str = "INFO"
     log_json: bool = False
+    trace_console: bool = Field(default=False, description="Also print finished spans on stderr (besides OTEL_* exporters).")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: no endpoint)."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the metrics endpoint (0.0.0.0 in a pod, for the scraper)."
+    )
     max_payload_bytes: int = Field(default=1_048_576, gt=0, description="Largest message a service accepts.")
 
     def tls_path(self) -> Path:

@@ -47,6 +47,9 @@ class ExperimentSubmitted(Message):
     tweak: TweakFile
     source: Source = Field(default_factory=Source)
     submitted_at: datetime = Field(default_factory=utcnow)
+    traceparent: str | None = Field(
+        default=None, description="W3C traceparent of the experiment's root span (one experiment is one trace)."
+    )
 
 
 class TrialStatus(StrEnum):
@@ -160,6 +163,9 @@ class ExperimentState(Message):
     issued: dict[int, dict[str, Any]] = Field(default_factory=dict, description="Trial number -> params sent.")
     results: dict[int, TrialRecord] = Field(default_factory=dict, description="Trial number -> recorded result.")
     message: str | None = None
+    traceparent: str | None = Field(
+        default=None, description="The experiment's span: what trials dispatched later (or after a restart) hang under."
+    )
 
 
 class ExperimentCompleted(Message):

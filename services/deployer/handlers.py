@@ -6,6 +6,7 @@ import logging
 
 from faststream.nats import NatsMessage
 
+from tweakline import telemetry
 from tweakline.deployer.registry import target_for
 from tweakline.deployer.releases import record_promotion
 from tweakline.proto.messages import (
@@ -48,12 +49,17 @@ class Deployer:
             self.store, evaluation.release, target.name, evaluation, evaluation.estimator
         )
         status, message = DeploymentStatus.DEPLOYED, f"revision {revision.revision} is live"
-        if evaluation.deploy is not None:
-            try:
-                await target.deploy(evaluation.deploy, history, revision)
-            except Exception as exc:
-                status, message = DeploymentStatus.FAILED, f"{type(exc).__name__}: {exc}"
-                log.exception("deployment of %s failed", evaluation.release)
+        with telemetry.span(
+            "deployment", experiment_id=evaluation.experiment_id, release=evaluation.release,
+            attributes={"tweakline.target": target.name, "tweakline.revision": revision.revision},
+        ) as span:
+            if evaluation.deploy is not None:
+                try:
+                    await target.deploy(evaluation.deploy, history, revision)
+                except Exception as exc:
+                    status, message = DeploymentStatus.FAILED, f"{type(exc).__name__}: {exc}"
+                    log.exception("deployment of %s failed", evaluation.release)
+                    telemetry.mark_error(span, message)
         await self.ctx.publish(
             DeploymentCompleted(
                 experiment_id=evaluation.experiment_id,

@@ -7,6 +7,7 @@ import logging
 
 from faststream.nats import NatsMessage
 
+from tweakline import telemetry
 from tweakline.errors import TweaklineError
 from tweakline.objects import get_artifact, put_artifact
 from tweakline.proto.messages import (
@@ -43,15 +44,20 @@ class Evaluator:
         if completed is None:
             return
         beat = asyncio.create_task(keep_alive(msg, 10.0))
-        try:
-            evaluation = await self._evaluate(completed)
-        except TweaklineError as exc:
-            evaluation = self._error(completed, str(exc))
-        except Exception as exc:  # an unexpected failure still ends the experiment, with the reason
-            log.exception("evaluation of %s failed", completed.experiment_id)
-            evaluation = self._error(completed, f"evaluation failed: {type(exc).__name__}: {exc}")
-        finally:
-            beat.cancel()
+        deploy = completed.tweak.spec.deploy
+        with telemetry.span(
+            "evaluation", experiment_id=completed.experiment_id, release=deploy.release if deploy else None
+        ) as span:
+            try:
+                evaluation = await self._evaluate(completed)
+            except TweaklineError as exc:
+                evaluation = self._error(completed, str(exc))
+            except Exception as exc:  # an unexpected failure still ends the experiment, with the reason
+                log.exception("evaluation of %s failed", completed.experiment_id)
+                evaluation = self._error(completed, f"evaluation failed: {type(exc).__name__}: {exc}")
+            finally:
+                beat.cancel()
+            span.set_attribute("tweakline.decision", evaluation.decision.value)
         await self.ctx.publish(
             evaluation,
             subject_for(Subject.EVALUATION_COMPLETED, completed.experiment_id),

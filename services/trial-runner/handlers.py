@@ -14,6 +14,7 @@ import socket
 
 from faststream.nats import NatsMessage
 
+from tweakline import telemetry
 from tweakline.proto.messages import TrialCompleted, TrialRequested, TrialStatus, msg_id
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.service import ServiceContext, keep_alive
@@ -50,16 +51,23 @@ class TrialRunner:
         attempt = msg.raw_message.metadata.num_delivered or 1
         log.info("trial %s started (attempt %d)", request.trial_id, attempt)
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
-        try:
-            outcome = await asyncio.to_thread(self._train, request)
-        except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
-            if attempt < self.ctx.settings.trial_max_deliver:
-                log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc)
-                await msg.nack(delay=min(30.0, 2.0**attempt))
-                return
-            outcome = TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            beat.cancel()
+        with telemetry.span(
+            "trial.run", experiment_id=request.experiment_id, trial_id=request.trial_id,
+            attributes={telemetry.TRIAL_NUMBER: request.number, "tweakline.trial.attempt": attempt,
+                        "tweakline.runner": self.name},
+        ) as span:
+            try:
+                outcome = await asyncio.to_thread(self._train, request)
+            except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
+                span.record_exception(exc)
+                if attempt < self.ctx.settings.trial_max_deliver:
+                    log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc)
+                    await msg.nack(delay=min(30.0, 2.0**attempt))
+                    return
+                outcome = TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                beat.cancel()
+            telemetry.trial_outcome(span, outcome)
         result = TrialCompleted(
             experiment_id=request.experiment_id,
             trial_id=request.trial_id,
