@@ -19,6 +19,7 @@ import typer
 
 from tweakline import __version__
 from tweakline.errors import InvalidTweakFileError, TweaklineError
+from tweakline.report_cmd import report as report_command
 from tweakline.settings import DEFAULT_STATE_DIR, Settings
 
 app = typer.Typer(
@@ -172,7 +173,7 @@ async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: floa
             with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
                 await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
         if report is not None:
-            await write_report(nc, exp_id, report)
+            await write_report(nc, exp_id, report, trace_url_template=stack.base_settings.trace_url)
     except TimeoutError as exc:
         raise TweaklineError(str(exc)) from None
     finally:
@@ -202,6 +203,9 @@ def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, e
     except TweaklineError as exc:
         logging.getLogger("tweakline").error("%s", exc)
         raise typer.Exit(EXIT_ERROR) from None
+
+
+app.command("report")(report_command)
 
 
 @pki_app.command("init")

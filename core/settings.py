@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: no endpoint)."
     )
+    trace_url: str | None = Field(
+        default=None, description="Link template into the trace UI for reports, e.g. http://jaeger:16686/trace/{trace_id}."
+    )
     metrics_host: str = Field(
         default="127.0.0.1", description="Address of the metrics endpoint (0.0.0.0 in a pod, for the scraper)."
     )
