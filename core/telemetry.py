@@ -330,9 +330,12 @@ EXPERIMENTS = _meter.create_counter("tweakline.experiments", unit="{experiment}"
 DECISIONS = _meter.create_counter(
     "tweakline.decisions", unit="{decision}", description="Evaluator decisions: promote, reject, error."
 )
+PROMOTIONS = _meter.create_counter("tweakline.promotions", unit="{model}", description="Models the gate promoted.")
+REJECTIONS = _meter.create_counter("tweakline.rejections", unit="{model}", description="Models the gate rejected.")
 DEPLOYMENTS = _meter.create_counter(
     "tweakline.deployments", unit="{deployment}", description="Deployments by status: deployed, failed, rolled_back."
 )
+ROLLBACKS = _meter.create_counter("tweakline.rollbacks", unit="{deployment}", description="Releases rolled back.")
 BUSY = _meter.create_counter(
     "tweakline.busy.time", unit="s", description="Time spent handling messages (busy time of a runner)."
 )
@@ -350,16 +353,18 @@ class _Utilisation:
         BUSY.add(seconds)
 
     def observe(self, _options: Any) -> list[metrics.Observation]:
+        if _current is None or _current.service != "trial-runner":
+            return []  # only a runner's busy share means something (its one trial at a time)
         available = max(1e-9, time.monotonic() - self.started)
         return [metrics.Observation(min(1.0, self.busy / available))]
 
 
 _utilisation = _Utilisation()
 _meter.create_observable_gauge(
-    "tweakline.utilisation",
+    "tweakline.runner.utilization",
     callbacks=[_utilisation.observe],
     unit="1",
-    description="Busy time over available time of this process (for a trial-runner: runner utilisation).",
+    description="A trial-runner's busy time over its available time since it started (0..1).",
 )
 
 # consumer name -> (pending, in flight), refreshed by watch_queues()
@@ -398,7 +403,14 @@ async def watch_queues(js: Any, consumers: list[tuple[str, str]], interval: floa
 
 def observe_published(message: Any) -> None:
     """Count the lifecycle events a service publishes (one place for trial, decision, deployment metrics)."""
-    from tweakline.proto.messages import DeploymentCompleted, EvaluationCompleted, ExperimentCompleted, TrialCompleted
+    from tweakline.proto.messages import (
+        Decision,
+        DeploymentCompleted,
+        DeploymentStatus,
+        EvaluationCompleted,
+        ExperimentCompleted,
+        TrialCompleted,
+    )
 
     if isinstance(message, TrialCompleted):
         attrs = {"status": message.status.value}
@@ -408,8 +420,14 @@ def observe_published(message: Any) -> None:
         EXPERIMENTS.add(1, {"status": message.status.value})
     elif isinstance(message, EvaluationCompleted):
         DECISIONS.add(1, {"decision": message.decision.value})
+        if message.decision is Decision.PROMOTE:
+            PROMOTIONS.add(1)
+        elif message.decision is Decision.REJECT:
+            REJECTIONS.add(1)
     elif isinstance(message, DeploymentCompleted):
         DEPLOYMENTS.add(1, {"status": message.status.value})
+        if message.status is DeploymentStatus.ROLLED_BACK:
+            ROLLBACKS.add(1)
 
 
 # -- the consume middleware -----------------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_logs_carry_trace_and_experiment_ids(traced_run) -> None:
 def test_metrics_are_exported(traced_run) -> None:
     _result, receiver, _tmp = traced_run
     assert {"tweakline.trials", "tweakline.trial.duration", "tweakline.decisions", "tweakline.deployments",
-            "tweakline.utilisation", "tweakline.queue.depth"} <= receiver.metric_names
+            "tweakline.runner.utilization", "tweakline.queue.depth", "tweakline.promotions"} <= receiver.metric_names
 
 
 def test_report_written_at_the_end_of_run(traced_run) -> None:
@@ -141,3 +141,20 @@ def test_report_written_at_the_end_of_run(traced_run) -> None:
     trace_id = next(s.trace_id for s in receiver.spans if s.name == "experiment")
     assert trace_id in document and result.json()["experiment_id"] in document
     assert "cdn.plot.ly" not in document.split("</script>", 1)[1]  # nothing fetched from the network
+
+
+def test_report_command_reads_the_stored_experiment(traced_run) -> None:
+    result, receiver, tmp = traced_run
+    exp_id = result.json()["experiment_id"]
+    trace_id = next(s.trace_id for s in receiver.spans if s.name == "experiment")
+    out, md = tmp / "again.html", tmp / "summary.md"
+    # The stack is down: the command serves the state directory's store for the moment.
+    done = run_cli("report", exp_id, "--state-dir", str(tmp / "state"), "-o", str(out), "--markdown", str(md))
+    assert done.code == 0, done.stderr
+    assert trace_id in out.read_text() and trace_id in done.stderr
+    summary = md.read_text()
+    assert summary.startswith("## tweakline: traced-wine: **promote**") and exp_id in summary
+
+    unknown = run_cli("report", "no-such-experiment", "--state-dir", str(tmp / "state"), "-o", str(tmp / "x.html"))
+    assert unknown.code == 2 and "no experiment 'no-such-experiment'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr and not (tmp / "x.html").exists()
