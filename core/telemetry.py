@@ -209,14 +209,55 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(INSTRUMENTATION, tweakline.__version__)
 
 
-def broker_middlewares() -> tuple[Any, ...]:
-    """FastStream middlewares for every broker: W3C context in NATS headers, then our ids and metrics."""
+def destination_template(subject: str) -> str:
+    """A subject with its experiment id replaced by ``{experiment}``: span names and metric labels stay few."""
+    from tweakline.proto.subjects import Subject
+
+    for family in Subject:
+        if subject.startswith(family.value + "."):
+            return f"{family.value}.{{{'service' if family is Subject.DEAD_LETTER else 'experiment'}}}"
+    return subject
+
+
+class _TemplatedDestinations:
+    """FastStream's NATS settings provider, naming destinations by template (the full subject stays an attribute)."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+        self.messaging_system = inner.messaging_system
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def get_publish_destination_name(self, cmd: Any) -> str:
+        return destination_template(self._inner.get_publish_destination_name(cmd))
+
+    def get_consume_destination_name(self, msg: Any) -> str:
+        return destination_template(self._inner.get_consume_destination_name(msg))
+
+
+def _templated_provider_factory(msg: Any) -> Any:
+    from faststream.nats.opentelemetry.provider import telemetry_attributes_provider_factory
+
+    inner = telemetry_attributes_provider_factory(msg)
+    return None if inner is None else _TemplatedDestinations(inner)
+
+
+def broker_middlewares(tracer_provider: Any = None, meter_provider: Any = None) -> tuple[Any, ...]:
+    """FastStream middlewares for every broker: W3C context in NATS headers, then our ids and busy time.
+
+    The providers default to this process's (see :func:`setup_telemetry`); tests pass their own.
+    """
     from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 
-    return (
-        NatsTelemetryMiddleware(tracer_provider=trace.get_tracer_provider(), meter_provider=metrics.get_meter_provider()),
-        ExperimentContextMiddleware,
+    tracing = NatsTelemetryMiddleware(
+        tracer_provider=tracer_provider or trace.get_tracer_provider(),
+        meter_provider=meter_provider or metrics.get_meter_provider(),
     )
+    # Span names are "<destination> <operation>": without the experiment id in them, traces group
+    # by step and FastStream's messaging.*.duration histograms keep a bounded set of labels.
+    tracing._settings_provider_factory = _templated_provider_factory
+    return (tracing, ExperimentContextMiddleware)
 
 
 # -- traces ---------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from faststream.nats import NatsBroker, TestNatsBroker
-from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -79,7 +78,7 @@ async def test_handled_message_carries_ids_on_its_span_and_log_lines() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    broker = NatsBroker(middlewares=(NatsTelemetryMiddleware(tracer_provider=provider), telemetry.ExperimentContextMiddleware))
+    broker = NatsBroker(middlewares=telemetry.broker_middlewares(tracer_provider=provider))
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(telemetry.TraceContextFilter())
@@ -110,6 +109,7 @@ async def test_handled_message_carries_ids_on_its_span_and_log_lines() -> None:
     assert process.attributes[telemetry.EXPERIMENT_ID] == "exp-1"
     assert process.attributes[telemetry.TRIAL_ID] == "exp-1.0"
     assert process.context.trace_id == root.get_span_context().trace_id  # W3C context crossed the bus
+    assert process.name == "tweakline.trials.requested.{experiment} process"  # no id in span names
 
 
 # -- Prometheus -----------------------------------------------------------------------------------

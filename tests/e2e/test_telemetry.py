@@ -104,7 +104,9 @@ def test_one_trace_spans_all_four_services_with_parent_links(traced_run) -> None
         assert dispatch.attributes["tweakline.trial.id"] == run.attributes["tweakline.trial.id"]
         assert chain[-1] == root
         consumer = chain[0]
-        assert consumer.name.endswith(" process") and consumer.attributes["messaging.system"] == "nats"
+        assert consumer.name == "tweakline.trials.requested.{experiment} process"
+        assert consumer.attributes["messaging.system"] == "nats"
+        assert consumer.attributes["messaging.destination_publish.name"] == f"tweakline.trials.requested.{exp_id}"
         assert run.events.count("fold") == 3
 
     evaluation = next(s for s in trace if s.name == "evaluation")
