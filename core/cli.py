@@ -164,7 +164,7 @@ async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: floa
     from tweakline.proto.permissions import Identity
 
     nc = await connect(stack.settings_for(Identity.ADMIN), "tweakline-cli")
-    setup_telemetry("cli", stack.base_settings)
+    setup_telemetry("cli", stack.base_settings.model_copy(update={"metrics_port": 0}))
     try:
         exp_id = new_experiment_id(tweak)
         outcome = Outcome(experiment_id=exp_id, tweak=tweak)

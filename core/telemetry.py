@@ -32,7 +32,7 @@ from faststream import BaseMiddleware
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
@@ -171,20 +171,23 @@ def setup_telemetry(service: str, settings: Settings) -> Telemetry:
     metric_exporters = _exporters("METRICS")
     if "otlp" in metric_exporters:
         readers.append(PeriodicExportingMetricReader(_otlp_metric_exporter()))
+    if "console" in metric_exporters:
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stderr)))
     port = None
     if settings.metrics_port:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
-        readers.append(PrometheusMetricReader())
         try:
             start_http_server(settings.metrics_port, addr=settings.metrics_host)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
-                f"(TWEAKLINE_METRICS_PORT): {exc}"
-            ) from exc
-        port = settings.metrics_port
+        except OSError as exc:  # metrics must never take a service down: say so and run without them
+            log.warning(
+                "cannot serve metrics on %s:%s (TWEAKLINE_METRICS_PORT): %s; continuing without the endpoint",
+                settings.metrics_host, settings.metrics_port, exc,
+            )
+        else:
+            readers.append(PrometheusMetricReader())
+            port = settings.metrics_port
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
 
     trace.set_tracer_provider(tracer_provider)
