@@ -110,9 +110,16 @@ class ServiceContext:
         """The JetStream context of the broker's connection (valid once the broker started)."""
         return self.broker.connection.jetstream()
 
-    async def publish(self, message: Message, subject: str, *, msg_id: str, stream: Stream) -> None:
-        """Publish to a stored subject with a ``Nats-Msg-Id``, so a retry is stored once."""
-        await self.broker.publish(message, subject, headers={"Nats-Msg-Id": msg_id}, stream=stream.value)
+    async def publish(
+        self, message: Message, subject: str, *, msg_id: str, stream: Stream, trace_parent: str | None = None
+    ) -> None:
+        """Publish to a stored subject with a ``Nats-Msg-Id``, so a retry is stored once.
+
+        ``trace_parent`` (the experiment's ``traceparent``) hangs the publish under the experiment's
+        span, in a span of its own (e.g. ``trial.dispatch``), whatever message is being handled.
+        """
+        with telemetry.publish_span(message, trace_parent):
+            await self.broker.publish(message, subject, headers={"Nats-Msg-Id": msg_id}, stream=stream.value)
         telemetry.observe_published(message)
 
     async def decode(self, msg: NatsMessage, model: type[M]) -> M | None:

@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from faststream import BaseMiddleware
 from opentelemetry import context as otel_context
@@ -51,6 +52,8 @@ TRIAL_NUMBER = "tweakline.trial.number"
 RELEASE = "tweakline.release"
 
 INSTRUMENTATION = "tweakline"
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # The experiment and trial of the message being handled, for log lines.
 _ids: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("tweakline_ids", default={})
@@ -324,14 +327,57 @@ def span(
     trial's result, or its deadline ticker. An exception marks the span as an error.
     """
     ctx = context_of(parent)
+    handled = _ids.get()  # ids of the message being handled, when the caller names none
+    experiment_id = experiment_id or handled.get("experiment_id")
+    trial_id = trial_id or (handled.get("trial_id") if experiment_id == handled.get("experiment_id") else None)
+    release = release or handled.get("release")
     with tracer().start_as_current_span(
         name, context=ctx, kind=kind, attributes=_attributes(experiment_id, trial_id, release, attributes)
     ) as current_span:
-        token = _ids.set({**_ids.get(), **_log_ids(experiment_id, trial_id)})
+        token = _ids.set({**handled, **_log_ids(experiment_id, trial_id)})
         try:
             yield current_span
         finally:
             _ids.reset(token)
+
+
+def traced(name: str) -> Callable[[F], F]:
+    """Decorate an async method to run inside span ``name`` (ids from the message being handled).
+
+    A returned object with a ``decision`` (an evaluation) puts it on the span as ``tweakline.decision``.
+    """
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with span(name) as current_span:
+                result = await func(*args, **kwargs)
+                decision = getattr(result, "decision", None)
+                if decision is not None:
+                    current_span.set_attribute("tweakline.decision", str(getattr(decision, "value", decision)))
+                return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+# Names of the spans that hang a publish under the experiment (see ServiceContext.publish).
+_PUBLISH_SPANS = {"TrialRequested": "trial.dispatch", "ExperimentCompleted": "experiment.complete"}
+
+
+def publish_span(message: Any, trace_parent: str | None) -> contextlib.AbstractContextManager[Any]:
+    """A span for publishing ``message`` under ``trace_parent``; nothing without a parent."""
+    if trace_parent is None:
+        return contextlib.nullcontext()
+    number = getattr(message, "number", None)
+    return span(
+        _PUBLISH_SPANS.get(type(message).__name__, f"{type(message).__name__}.publish"),
+        parent=trace_parent,
+        experiment_id=getattr(message, "experiment_id", None),
+        trial_id=getattr(message, "trial_id", None),
+        attributes={TRIAL_NUMBER: number} if isinstance(number, int) else None,
+    )
 
 
 def _log_ids(experiment_id: str | None, trial_id: str | None) -> dict[str, str]:
@@ -503,7 +549,7 @@ class ExperimentContextMiddleware(BaseMiddleware):
             for key, attr in (("experiment_id", EXPERIMENT_ID), ("trial_id", TRIAL_ID), ("release", RELEASE)):
                 if key in ids:
                     current_span.set_attribute(attr, ids[key])
-        token = _ids.set({k: v for k, v in ids.items() if k != "release"})
+        token = _ids.set(ids)
         started = time.monotonic()
         try:
             return await call_next(msg)

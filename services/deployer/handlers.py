@@ -49,17 +49,14 @@ class Deployer:
             self.store, evaluation.release, target.name, evaluation, evaluation.estimator
         )
         status, message = DeploymentStatus.DEPLOYED, f"revision {revision.revision} is live"
-        with telemetry.span(
-            "deployment", experiment_id=evaluation.experiment_id, release=evaluation.release,
-            attributes={"tweakline.target": target.name, "tweakline.revision": revision.revision},
-        ) as span:
-            if evaluation.deploy is not None:
-                try:
+        if evaluation.deploy is not None:
+            try:
+                attributes = {"tweakline.target": target.name, "tweakline.revision": revision.revision}
+                with telemetry.span("deployment", attributes=attributes):
                     await target.deploy(evaluation.deploy, history, revision)
-                except Exception as exc:
-                    status, message = DeploymentStatus.FAILED, f"{type(exc).__name__}: {exc}"
-                    log.exception("deployment of %s failed", evaluation.release)
-                    telemetry.mark_error(span, message)
+            except Exception as exc:
+                status, message = DeploymentStatus.FAILED, f"{type(exc).__name__}: {exc}"
+                log.exception("deployment of %s failed", evaluation.release)
         await self.ctx.publish(
             DeploymentCompleted(
                 experiment_id=evaluation.experiment_id,

@@ -44,20 +44,15 @@ class Evaluator:
         if completed is None:
             return
         beat = asyncio.create_task(keep_alive(msg, 10.0))
-        deploy = completed.tweak.spec.deploy
-        with telemetry.span(
-            "evaluation", experiment_id=completed.experiment_id, release=deploy.release if deploy else None
-        ) as span:
-            try:
-                evaluation = await self._evaluate(completed)
-            except TweaklineError as exc:
-                evaluation = self._error(completed, str(exc))
-            except Exception as exc:  # an unexpected failure still ends the experiment, with the reason
-                log.exception("evaluation of %s failed", completed.experiment_id)
-                evaluation = self._error(completed, f"evaluation failed: {type(exc).__name__}: {exc}")
-            finally:
-                beat.cancel()
-            span.set_attribute("tweakline.decision", evaluation.decision.value)
+        try:
+            evaluation = await self._evaluate(completed)
+        except TweaklineError as exc:
+            evaluation = self._error(completed, str(exc))
+        except Exception as exc:  # an unexpected failure still ends the experiment, with the reason
+            log.exception("evaluation of %s failed", completed.experiment_id)
+            evaluation = self._error(completed, f"evaluation failed: {type(exc).__name__}: {exc}")
+        finally:
+            beat.cancel()
         await self.ctx.publish(
             evaluation,
             subject_for(Subject.EVALUATION_COMPLETED, completed.experiment_id),
@@ -93,6 +88,7 @@ class Evaluator:
         data = await get_artifact(self.ctx.js, live.artifact)
         return load_model(data, live.artifact.sha256), live.revision
 
+    @telemetry.traced("evaluation")  # refit, scoring and the gate, under the experiment's trace
     async def _evaluate(self, completed: ExperimentCompleted) -> EvaluationCompleted:
         spec = completed.tweak.spec
         if completed.status is not ExperimentStatus.COMPLETED or completed.best is None:

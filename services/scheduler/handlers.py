@@ -86,12 +86,10 @@ class Scheduler:
         assert self.store is not None
         exp_id = submitted.experiment_id
         async with self._lock(exp_id):
+            # The submitter's root span, else this intake's span, roots the experiment's trace.
+            traceparent = submitted.traceparent or telemetry.current_traceparent()
             state = ExperimentState(
-                experiment_id=exp_id,
-                tweak=submitted.tweak,
-                source=submitted.source,
-                # the submitter's root span, else this intake's span roots the experiment's trace
-                traceparent=submitted.traceparent or telemetry.current_traceparent(),
+                experiment_id=exp_id, tweak=submitted.tweak, source=submitted.source, traceparent=traceparent
             )
             revision = await self.store.create(exp_id, state)
             if revision is None:  # redelivered submission: already known
@@ -162,13 +160,13 @@ class Scheduler:
             return
         if run.finished(now) or self._overdue(run, now):
             completed = run.complete(now)
-            with telemetry.span("experiment.complete", parent=run.state.traceparent, experiment_id=exp_id):
-                await self.ctx.publish(
-                    completed,
-                    subject_for(Subject.EXPERIMENT_COMPLETED, exp_id),
-                    msg_id=msg_id("experiment-completed", exp_id),
-                    stream=Stream.EVENTS,
-                )
+            await self.ctx.publish(
+                completed,
+                subject_for(Subject.EXPERIMENT_COMPLETED, exp_id),
+                msg_id=msg_id("experiment-completed", exp_id),
+                stream=Stream.EVENTS,
+                trace_parent=run.state.traceparent,
+            )
             await self._save(exp_id)
             log.info("experiment %s %s with %d trials", exp_id, completed.status.value, len(completed.trials))
             self.runs.pop(exp_id, None)
@@ -188,19 +186,15 @@ class Scheduler:
         exp_id = run.state.experiment_id
         for number in numbers:
             tid = trial_id(exp_id, number)
-            # each trial's dispatch is a child of the experiment, whichever message triggered it
-            with telemetry.span(
-                "trial.dispatch", parent=run.state.traceparent, experiment_id=exp_id, trial_id=tid,
-                attributes={telemetry.TRIAL_NUMBER: number},
-            ):
-                await self.ctx.publish(
-                    TrialRequested(
-                        experiment_id=exp_id, trial_id=tid, number=number, params=run.state.issued[number], spec=run.spec
-                    ),
-                    subject_for(Subject.TRIAL_REQUESTED, exp_id),
-                    msg_id=msg_id("trial", tid),
-                    stream=Stream.TRIALS,
-                )
+            await self.ctx.publish(
+                TrialRequested(
+                    experiment_id=exp_id, trial_id=tid, number=number, params=run.state.issued[number], spec=run.spec
+                ),
+                subject_for(Subject.TRIAL_REQUESTED, exp_id),
+                msg_id=msg_id("trial", tid),
+                stream=Stream.TRIALS,
+                trace_parent=run.state.traceparent,  # each dispatch is a child of the experiment
+            )
 
     async def _tick(self) -> None:
         """Close experiments whose time budget ran out with nothing left to wait for."""

@@ -33,15 +33,22 @@ class TrialRunner:
         self.datasets = DatasetCache()
 
     def _train(self, request: TrialRequested) -> TrialOutcome:
-        split = self.datasets.get(request.spec.dataset)
-        return run_trial(
-            split,
-            request.spec,
-            request.params,
-            self.ctx.settings.allowed_estimators,
-            seed=request.spec.search.seed,
-            n_jobs=self.ctx.settings.runner_threads,
-        )
+        # The run span (a child of the message's span: to_thread copies the context) gets the folds.
+        with telemetry.span(
+            "trial.run", experiment_id=request.experiment_id, trial_id=request.trial_id,
+            attributes={telemetry.TRIAL_NUMBER: request.number, "tweakline.runner": self.name},
+        ) as span:
+            split = self.datasets.get(request.spec.dataset)
+            outcome = run_trial(
+                split,
+                request.spec,
+                request.params,
+                self.ctx.settings.allowed_estimators,
+                seed=request.spec.search.seed,
+                n_jobs=self.ctx.settings.runner_threads,
+            )
+            telemetry.trial_outcome(span, outcome)
+            return outcome
 
     async def on_trial_requested(self, msg: NatsMessage) -> None:
         """Run one trial and publish its result before acknowledging it."""
@@ -51,23 +58,16 @@ class TrialRunner:
         attempt = msg.raw_message.metadata.num_delivered or 1
         log.info("trial %s started (attempt %d)", request.trial_id, attempt)
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
-        with telemetry.span(
-            "trial.run", experiment_id=request.experiment_id, trial_id=request.trial_id,
-            attributes={telemetry.TRIAL_NUMBER: request.number, "tweakline.trial.attempt": attempt,
-                        "tweakline.runner": self.name},
-        ) as span:
-            try:
-                outcome = await asyncio.to_thread(self._train, request)
-            except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
-                span.record_exception(exc)
-                if attempt < self.ctx.settings.trial_max_deliver:
-                    log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc)
-                    await msg.nack(delay=min(30.0, 2.0**attempt))
-                    return
-                outcome = TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")
-            finally:
-                beat.cancel()
-            telemetry.trial_outcome(span, outcome)
+        try:
+            outcome = await asyncio.to_thread(self._train, request)
+        except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
+            if attempt < self.ctx.settings.trial_max_deliver:
+                log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc)
+                await msg.nack(delay=min(30.0, 2.0**attempt))
+                return
+            outcome = TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            beat.cancel()
         result = TrialCompleted(
             experiment_id=request.experiment_id,
             trial_id=request.trial_id,

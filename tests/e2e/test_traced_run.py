@@ -114,6 +114,7 @@ def test_one_trace_spans_all_four_services_with_parent_links(traced_run) -> None
     assert evaluation.service == "tweakline-evaluator" and root in ancestors(evaluation, by_id)
     assert deployment.service == "tweakline-deployer" and root in ancestors(deployment, by_id)
     assert deployment.attributes["tweakline.release"] == "traced-wine"
+    assert evaluation.attributes["tweakline.decision"] == "promote"
 
 
 def test_logs_carry_trace_and_experiment_ids(traced_run) -> None:
