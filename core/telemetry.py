@@ -342,19 +342,36 @@ def span(
 
 
 def traced(name: str) -> Callable[[F], F]:
-    """Decorate an async method to run inside span ``name`` (ids from the message being handled).
+    """Run the decorated function (sync or async) inside span ``name``, with the handled message's ids.
 
-    A returned object with a ``decision`` (an evaluation) puts it on the span as ``tweakline.decision``.
+    What the function returns goes on the span: an evaluation's ``decision``, a trial outcome's
+    folds (as events), pruning, score and status.
     """
 
+    def _annotate(current_span: Span, result: Any) -> None:
+        decision = getattr(result, "decision", None)
+        if decision is not None:
+            current_span.set_attribute("tweakline.decision", str(getattr(decision, "value", decision)))
+        if hasattr(result, "fold_scores"):
+            trial_outcome(current_span, result)
+
     def decorate(func: F) -> F:
+        if asyncio.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with span(name) as current_span:
+                    result = await func(*args, **kwargs)
+                    _annotate(current_span, result)
+                    return result
+
+            return async_wrapper  # type: ignore[return-value]
+
         @functools.wraps(func)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             with span(name) as current_span:
-                result = await func(*args, **kwargs)
-                decision = getattr(result, "decision", None)
-                if decision is not None:
-                    current_span.set_attribute("tweakline.decision", str(getattr(decision, "value", decision)))
+                result = func(*args, **kwargs)
+                _annotate(current_span, result)
                 return result
 
         return wrapper  # type: ignore[return-value]

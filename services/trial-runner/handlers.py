@@ -32,23 +32,17 @@ class TrialRunner:
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.datasets = DatasetCache()
 
+    @telemetry.traced("trial.run")  # runs in a worker thread: to_thread copies the trace context
     def _train(self, request: TrialRequested) -> TrialOutcome:
-        # The run span (a child of the message's span: to_thread copies the context) gets the folds.
-        with telemetry.span(
-            "trial.run", experiment_id=request.experiment_id, trial_id=request.trial_id,
-            attributes={telemetry.TRIAL_NUMBER: request.number, "tweakline.runner": self.name},
-        ) as span:
-            split = self.datasets.get(request.spec.dataset)
-            outcome = run_trial(
-                split,
-                request.spec,
-                request.params,
-                self.ctx.settings.allowed_estimators,
-                seed=request.spec.search.seed,
-                n_jobs=self.ctx.settings.runner_threads,
-            )
-            telemetry.trial_outcome(span, outcome)
-            return outcome
+        split = self.datasets.get(request.spec.dataset)
+        return run_trial(
+            split,
+            request.spec,
+            request.params,
+            self.ctx.settings.allowed_estimators,
+            seed=request.spec.search.seed,
+            n_jobs=self.ctx.settings.runner_threads,
+        )
 
     async def on_trial_requested(self, msg: NatsMessage) -> None:
         """Run one trial and publish its result before acknowledging it."""
