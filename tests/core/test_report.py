@@ -8,13 +8,12 @@ machine has it (Debian's ``chromium`` package).
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
+from tests.browser import CHROMIUM, chromium, console_messages, drawn_plots
 from tweakline.evaluator.gate import decide
 from tweakline.evaluator.scoring import refit_and_score
 from tweakline.follow import Outcome
@@ -27,7 +26,6 @@ from tweakline.trial_runner.training import run_trial
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 TWEAK = """
@@ -113,37 +111,21 @@ def test_markdown_summary(data: ReportData) -> None:
     assert "| accuracy |" in text and text.count("| ok |") == 4
 
 
-def _chromium(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM is not None
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=10000", *args, url],
-        capture_output=True, text=True, timeout=120,
-    )
-
-
-def _console(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install -y chromium)")
 def test_report_opens_in_headless_chromium_with_its_plots(data: ReportData, tmp_path: Path) -> None:
     # The console check itself can fail: a page with an error is caught.
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><script>undefinedFunction()</script></body></html>")
-    assert _console(_chromium(broken.as_uri(), "--dump-dom").stderr)
+    assert console_messages(chromium(broken.as_uri(), "--dump-dom").stderr)
 
     page = tmp_path / "report.html"
     page.write_text(render_html(data))
-    dom = _chromium(page.as_uri(), "--dump-dom")
-    assert _console(dom.stderr) == []
-    # every figure was drawn by plotly.js (one or more SVG layers per plot)
-    drawn = set(re.findall(r'<div id="(plot-\d+)" class="plotly-graph-div[^"]*js-plotly-plot', dom.stdout))
-    assert drawn == {f"plot-{i}" for i in range(6)}, drawn
-    assert dom.stdout.count('class="main-svg"') >= 6
+    dom = chromium(page.as_uri(), "--dump-dom")
+    assert console_messages(dom.stderr) == []
+    assert drawn_plots(dom.stdout) == {f"plot-{i}" for i in range(6)}  # every figure drawn by plotly.js
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
-    _chromium(page.as_uri(), f"--screenshot={shot}", "--window-size=1280,5200")
+    chromium(page.as_uri(), f"--screenshot={shot}", "--window-size=1280,5200")
     assert shot.stat().st_size > 50_000

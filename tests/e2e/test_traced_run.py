@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, chromium, console_messages, drawn_plots
 from tests.conftest import run_cli
 from tests.otlp import OtlpReceiver, ReceivedSpan
 
@@ -144,6 +145,10 @@ def test_report_written_at_the_end_of_run(traced_run) -> None:
     trace_id = next(s.trace_id for s in receiver.spans if s.name == "experiment")
     assert trace_id in document and result.json()["experiment_id"] in document
     assert "cdn.plot.ly" not in document.split("</script>", 1)[1]  # nothing fetched from the network
+    if CHROMIUM is not None:
+        dom = chromium((tmp / "report.html").as_uri(), "--dump-dom")
+        assert console_messages(dom.stderr) == []
+        assert len(drawn_plots(dom.stdout)) == 6
 
 
 def test_report_command_reads_the_stored_experiment(traced_run) -> None:
