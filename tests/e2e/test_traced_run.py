@@ -7,7 +7,6 @@ its own process); the receiver decodes the exports with the OTLP protobuf defini
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
