@@ -15,6 +15,7 @@ class ReceivedSpan:
     """One exported span, flattened."""
 
     service: str
+    instance: str
     name: str
     trace_id: str
     span_id: str
@@ -72,6 +73,7 @@ class OtlpReceiver:
                             self.spans.append(
                                 ReceivedSpan(
                                     service=str(resource.get("service.name")),
+                                    instance=str(resource.get("service.instance.id")),
                                     name=span.name,
                                     trace_id=span.trace_id.hex(),
                                     span_id=span.span_id.hex(),
