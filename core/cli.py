@@ -168,7 +168,8 @@ async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: floa
     try:
         exp_id = new_experiment_id(tweak)
         outcome = Outcome(experiment_id=exp_id, tweak=tweak)
-        with experiment_span(exp_id, tweak):  # the root of the experiment's trace
+        with experiment_span(exp_id, tweak) as span:  # the root of the experiment's trace
+            outcome.trace_id = format(span.get_span_context().trace_id, "032x")
             await submit(nc, tweak, Source(path=str(file), trigger="cli"), exp_id)
             with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
                 await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)

@@ -147,6 +147,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
             "pruned": sum(s is TrialStatus.PRUNED for s in statuses),
         },
         "elapsed_s": round(outcome.elapsed, 3),
+        "trace_id": outcome.trace_id,
     }
 
 

@@ -51,6 +51,7 @@ class Outcome:
     deployment: DeploymentCompleted | None = None
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    trace_id: str | None = None
 
     @property
     def maximize(self) -> bool:

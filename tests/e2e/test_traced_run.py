@@ -81,6 +81,7 @@ def test_one_trace_spans_all_four_services_with_parent_links(traced_run) -> None
     roots = [s for s in spans if s.name == "experiment" and s.attributes.get("tweakline.experiment.id") == exp_id]
     assert len(roots) == 1, sorted({s.name for s in spans})
     root = roots[0]
+    assert summary["trace_id"] == root.trace_id  # 'run --json' names the trace
     assert root.parent_id == "" and root.service == "tweakline-cli"
     trace = [s for s in spans if s.trace_id == root.trace_id]
     assert SERVICES <= {s.service for s in trace}
