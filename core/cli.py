@@ -20,6 +20,7 @@ import typer
 from tweakline import __version__
 from tweakline.bus_command import bus_app
 from tweakline.errors import InvalidTweakFileError, TweaklineError
+from tweakline.report_cmd import report as report_command
 from tweakline.settings import DEFAULT_STATE_DIR, Settings
 
 app = typer.Typer(
@@ -119,6 +120,7 @@ def run(
     report_dir: Annotated[
         Path | None, typer.Option("--report-dir", help="Write report.md, build-status.json and summary.json here.")
     ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the HTML report here at the end.")] = None,
 ) -> None:
     """Run an experiment end to end on the embedded local stack (NATS with mTLS and every service)."""
     from tweakline.console import err
@@ -146,7 +148,7 @@ def run(
     try:
         with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):
             stack.start()
-        code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout, report_dir))
+        code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout, report_dir, report))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: stopping the local stack[/yellow]")
         code = 130
@@ -161,24 +163,33 @@ def run(
     raise typer.Exit(code)
 
 
-async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: float | None, report_dir: Path | None = None) -> int:  # noqa: ANN001
+async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: float | None, report_dir: Path | None = None, report: Path | None = None) -> int:  # noqa: ANN001
     from tweakline.bus import connect
     from tweakline.console import ProgressView, decision_panel, err, leaderboard_table, out, print_json, summary
-    from tweakline.follow import Outcome, follow, new_experiment_id, submit
+    from tweakline.follow import Outcome, experiment_span, follow, new_experiment_id, submit
+    from tweakline.report import write_report
+    from tweakline.telemetry import setup_telemetry
+    from tweakline.telemetry import shutdown as telemetry_shutdown
     from tweakline.proto.messages import Source
     from tweakline.proto.permissions import Identity
 
     nc = await connect(stack.settings_for(Identity.ADMIN), "tweakline-cli")
+    setup_telemetry("cli", stack.base_settings.model_copy(update={"metrics_port": 0}))
     try:
         exp_id = new_experiment_id(tweak)
         outcome = Outcome(experiment_id=exp_id, tweak=tweak)
-        await submit(nc, tweak, Source(path=str(file.resolve()), trigger="cli"), exp_id)
-        with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
-            await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
+        with experiment_span(exp_id, tweak) as span:  # the root of the experiment's trace
+            outcome.trace_id = format(span.get_span_context().trace_id, "032x")
+            await submit(nc, tweak, Source(path=str(file.resolve()), trigger="cli"), exp_id)
+            with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
+                await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
+        if report is not None:
+            await write_report(nc, exp_id, report, trace_url_template=stack.base_settings.trace_url)
     except TimeoutError as exc:
         raise TweaklineError(str(exc)) from None
     finally:
         await nc.close()
+        telemetry_shutdown()
     if report_dir is not None:
         from tweakline.submit_command import write_outcome_report
 
@@ -212,6 +223,7 @@ def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, e
 from tweakline.submit_command import submit as _submit_command  # noqa: E402
 
 app.command("submit")(_submit_command)
+app.command("report")(report_command)
 
 
 @pki_app.command("init")

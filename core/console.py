@@ -155,6 +155,7 @@ def summary(outcome: Outcome) -> dict[str, Any]:
         # search: what warm start reused or refused, and the Pareto front of a multi-objective search
         "warm_start": done.warm_start.model_dump(mode="json") if (done := outcome.completed) and done.warm_start else None,
         "pareto_front": outcome.completed.pareto_front if outcome.completed else [],
+        "trace_id": outcome.trace_id,
     }
 
 

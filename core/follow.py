@@ -7,6 +7,7 @@ Following reads the experiment's events from JetStream (an ordered consumer on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.js import api
+from opentelemetry import trace
 
+from tweakline import telemetry
 from tweakline.errors import BusError
 from tweakline.proto.messages import (
     Decision,
@@ -48,6 +51,7 @@ class Outcome:
     deployment: DeploymentCompleted | None = None
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    trace_id: str | None = None
 
     @property
     def maximize(self) -> bool:
@@ -119,19 +123,47 @@ def apply_event(outcome: Outcome, subject: str, data: bytes) -> bool:
 async def submit(nc: Client, tweak: TweakFile, source: Source, experiment_id: str | None = None) -> str:
     """Publish an ``ExperimentSubmitted``; returns the experiment id."""
     exp_id = experiment_id or new_experiment_id(tweak)
-    message = ExperimentSubmitted(experiment_id=exp_id, tweak=tweak, source=source)
-    js = nc.jetstream()
-    try:
-        await js.publish(
-            subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id),
-            message.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": msg_id("submit", exp_id)},
-            stream=Stream.EVENTS.value,
-            timeout=10,
+    # Inside experiment_span() the experiment's root span is current; otherwise this submit roots it.
+    with contextlib.ExitStack() as stack:
+        if telemetry.current_traceparent() is None:
+            stack.enter_context(experiment_span(exp_id, tweak))
+        message = ExperimentSubmitted(
+            experiment_id=exp_id, tweak=tweak, source=source, traceparent=telemetry.current_traceparent()
         )
-    except Exception as exc:
-        raise BusError(f"could not submit the experiment: {exc}") from exc
+        subject = subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id)
+        js = nc.jetstream()
+        with telemetry.span(
+            f"{Subject.EXPERIMENT_SUBMITTED.value} publish",
+            kind=trace.SpanKind.PRODUCER,
+            experiment_id=exp_id,
+            attributes={"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation": "publish"},
+        ):
+            try:
+                await js.publish(
+                    subject,
+                    message.model_dump_json().encode(),
+                    headers=telemetry.inject_headers({"Nats-Msg-Id": msg_id("submit", exp_id)}),
+                    stream=Stream.EVENTS.value,
+                    timeout=10,
+                )
+            except Exception as exc:
+                raise BusError(f"could not submit the experiment: {exc}") from exc
     return exp_id
+
+
+def experiment_span(experiment_id: str, tweak: TweakFile) -> contextlib.AbstractContextManager[trace.Span]:
+    """The root span of one experiment's trace (the CLI holds it open while following the experiment)."""
+    deploy = tweak.spec.deploy
+    return telemetry.span(
+        "experiment",
+        experiment_id=experiment_id,
+        release=deploy.release if deploy else None,
+        attributes={
+            "tweakline.experiment.name": tweak.metadata.name,
+            "tweakline.estimator": tweak.spec.model.estimator,
+            "tweakline.search.algorithm": tweak.spec.search.algorithm.value,
+        },
+    )
 
 
 async def follow(

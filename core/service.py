@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
 import tweakline
+from tweakline import telemetry
 from tweakline.bus import connect_options
 from tweakline.errors import ConfigurationError
 from tweakline.health import start_health_server
@@ -47,11 +48,16 @@ SERVICES: dict[str, str] = {
 
 DEAD_LETTER_PAYLOAD_BYTES = 2048
 
+# (stream, durable) of the consumers this process binds to, for the queue-depth gauges.
+_consumed: list[tuple[str, str]] = []
+
 
 def make_broker(settings: Settings, name: str) -> NatsBroker:
     """A FastStream NATS broker connecting as this process's identity over mutual TLS."""
     options = connect_options(settings, name)
     return NatsBroker(
+        # Traces: W3C context in NATS headers, a span per message, experiment ids on spans and logs.
+        middlewares=telemetry.broker_middlewares(),
         servers=options["servers"],
         security=NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
         name=name,
@@ -64,16 +70,31 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
 
 def make_app(broker: NatsBroker, title: str) -> FastStream:
     """The FastStream application of one service, with its AsyncAPI description."""
-    return FastStream(
+    app = FastStream(
         broker,
         specification=AsyncAPI(title=f"tweakline {title}", version=tweakline.__version__),
         logger=logging.getLogger(f"tweakline.{title}"),
     )
+    watcher: list[asyncio.Task[None]] = []
+
+    async def _watch_queues() -> None:
+        if _consumed:
+            watcher.append(asyncio.create_task(telemetry.watch_queues(broker.connection.jetstream(), list(_consumed))))
+
+    async def _stop_watching() -> None:
+        for task in watcher:
+            task.cancel()
+
+    app.after_startup(_watch_queues)
+    app.on_shutdown(_stop_watching)
+    return app
 
 
 def durable_subscription(consumer: Consumer, *, batch_size: int = 1, timeout: float = 1.0) -> dict[str, Any]:
     """Arguments binding a FastStream subscriber to a durable consumer made by ``ensure_topology``."""
     stream, subject = CONSUMER_FILTERS[consumer]
+    if (stream.value, consumer.value) not in _consumed:
+        _consumed.append((stream.value, consumer.value))
     return {
         "subject": subject,
         "stream": JStream(name=stream.value, declare=False),
@@ -95,9 +116,17 @@ class ServiceContext:
         """The JetStream context of the broker's connection (valid once the broker started)."""
         return self.broker.connection.jetstream()
 
-    async def publish(self, message: Message, subject: str, *, msg_id: str, stream: Stream) -> None:
-        """Publish to a stored subject with a ``Nats-Msg-Id``, so a retry is stored once."""
-        await self.broker.publish(message, subject, headers={"Nats-Msg-Id": msg_id}, stream=stream.value)
+    async def publish(
+        self, message: Message, subject: str, *, msg_id: str, stream: Stream, trace_parent: str | None = None
+    ) -> None:
+        """Publish to a stored subject with a ``Nats-Msg-Id``, so a retry is stored once.
+
+        ``trace_parent`` (the experiment's ``traceparent``) hangs the publish under the experiment's
+        span, in a span of its own (e.g. ``trial.dispatch``), whatever message is being handled.
+        """
+        with telemetry.publish_span(message, trace_parent):
+            await self.broker.publish(message, subject, headers={"Nats-Msg-Id": msg_id}, stream=stream.value)
+        telemetry.observe_published(message)
 
     async def decode(self, msg: NatsMessage, model: type[M]) -> M | None:
         """The message body as ``model``, or ``None`` after sending it to the dead-letter subject.
@@ -190,6 +219,7 @@ def _watch_certificates(app: FastStream, settings: Settings) -> Callable[[], Awa
 
 def run_service(name: str, settings: Settings) -> None:
     """Run service ``name`` until SIGTERM/SIGINT (the container and local-process entry point)."""
+    telemetry.setup_telemetry(name, settings)
     app = create_service_app(name, settings)
 
     async def _main() -> None:
@@ -208,3 +238,5 @@ def run_service(name: str, settings: Settings) -> None:
             f"the JetStream topology is missing ({exc.description}); create it with 'tweakline bus init' "
             "as the admin identity (the chart's bus-init Job does)"
         ) from None
+    finally:
+        telemetry.shutdown()  # flush the spans still buffered

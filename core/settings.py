@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_json: bool = False
+    trace_console: bool = Field(default=False, description="Also print finished spans on stderr (besides OTEL_* exporters).")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: no endpoint)."
+    )
+    trace_url: str | None = Field(
+        default=None, description="Link template into the trace UI for reports, e.g. http://jaeger:16686/trace/{trace_id}."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the metrics endpoint (0.0.0.0 in a pod, for the scraper)."
+    )
     max_payload_bytes: int = Field(default=1_048_576, gt=0, description="Largest message a service accepts.")
     tls_reload_interval_s: float = Field(
         default=10.0, gt=0, description="How often services look for a renewed certificate (reloaded without restart)."

@@ -206,6 +206,8 @@ class LocalStack:
             }
         )
         env.pop("TWEAKLINE_TLS_DIR", None)
+        if settings.metrics_port:  # one Prometheus port per local process: base, base+1, ...
+            env["TWEAKLINE_METRICS_PORT"] = str(settings.metrics_port + len(self.services))
         log_path = self.layout.logs / f"{label}.log"
         handle = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         process = subprocess.Popen(

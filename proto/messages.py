@@ -47,6 +47,9 @@ class ExperimentSubmitted(Message):
     tweak: TweakFile
     source: Source = Field(default_factory=Source)
     submitted_at: datetime = Field(default_factory=utcnow)
+    traceparent: str | None = Field(
+        default=None, description="W3C traceparent of the experiment's root span (one experiment is one trace)."
+    )
 
 
 class TrialStatus(StrEnum):
@@ -199,6 +202,9 @@ class ExperimentState(Message):
     message: str | None = None
     warm_trials: list[TrialRecord] = Field(default_factory=list, description="Earlier trials seeded into the study.")
     warm_start: WarmStartReport | None = None
+    traceparent: str | None = Field(
+        default=None, description="The experiment's span: what trials dispatched later (or after a restart) hang under."
+    )
 
 
 class ExperimentCompleted(Message):

@@ -8,6 +8,7 @@ import logging
 from faststream.nats import NatsMessage
 
 from tweakline.deployer.control import rollback
+from tweakline import telemetry
 from tweakline.deployer.registry import target_for
 from tweakline.deployer.releases import ReleaseError, record_event, record_promotion, set_target_revision
 from tweakline.deployer.verify import load_probe, verify_live
@@ -85,7 +86,9 @@ class Deployer:
         if spec is None:
             return DeploymentStatus.DEPLOYED, revision.revision, f"revision {revision.revision} is live"
         try:
-            target_revision = await target.deploy(spec, history, revision)
+            attributes = {"tweakline.target": target.name, "tweakline.revision": revision.revision}
+            with telemetry.span("deployment", attributes=attributes):
+                target_revision = await target.deploy(spec, history, revision)
         except Exception as exc:  # a failed upgrade: put the previous revision back
             log.exception("deployment of %s failed", evaluation.release)
             return await self._undo(evaluation, revision, f"deployment failed: {type(exc).__name__}: {exc}")

@@ -7,6 +7,7 @@ import logging
 
 from faststream.nats import NatsMessage
 
+from tweakline import telemetry
 from tweakline.errors import TweaklineError
 from tweakline.objects import get_artifact, put_artifact
 from tweakline.proto.messages import (
@@ -110,6 +111,7 @@ class Evaluator:
         )
         return metrics, comparison
 
+    @telemetry.traced("evaluation")  # refit, scoring and the gate, under the experiment's trace
     async def _evaluate(self, completed: ExperimentCompleted) -> EvaluationCompleted:
         spec = completed.tweak.spec
         if completed.status is not ExperimentStatus.COMPLETED or completed.best is None:

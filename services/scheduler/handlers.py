@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from faststream.nats import NatsMessage
 
+from tweakline import telemetry
 from tweakline.proto.messages import (
     ExperimentState,
     ExperimentStatus,
@@ -91,7 +92,11 @@ class Scheduler:
         assert self.store is not None
         exp_id = submitted.experiment_id
         async with self._lock(exp_id):
-            state = ExperimentState(experiment_id=exp_id, tweak=submitted.tweak, source=submitted.source)
+            # The submitter's root span, else this intake's span, roots the experiment's trace.
+            traceparent = submitted.traceparent or telemetry.current_traceparent()
+            state = ExperimentState(
+                experiment_id=exp_id, tweak=submitted.tweak, source=submitted.source, traceparent=traceparent
+            )
             await self._warm_start(state)
             revision = await self.store.create(exp_id, state)
             if revision is None:  # redelivered submission: already known
@@ -243,6 +248,7 @@ class Scheduler:
             subject_for(Subject.EXPERIMENT_COMPLETED, exp_id),
             msg_id=msg_id("experiment-completed", exp_id),
             stream=Stream.EVENTS,
+            trace_parent=run.state.traceparent,
         )
         await self._save(exp_id)
         log.info("experiment %s %s with %d trials", exp_id, completed.status.value, len(completed.trials))
@@ -263,6 +269,7 @@ class Scheduler:
                 subject_for(Subject.TRIAL_REQUESTED, exp_id),
                 msg_id=msg_id("trial", tid),
                 stream=Stream.TRIALS,
+                trace_parent=run.state.traceparent,  # each dispatch is a child of the experiment
             )
 
     async def _tick(self) -> None:

@@ -14,6 +14,7 @@ import socket
 
 from faststream.nats import NatsMessage
 
+from tweakline import telemetry
 from tweakline.proto.messages import TrialCompleted, TrialRequested, TrialStatus, msg_id
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.service import ServiceContext, keep_alive
@@ -33,6 +34,7 @@ class TrialRunner:
         self.datasets = DatasetCache()
         self.early = EarlyStopping(ctx)  # early stopping: progress out, verdicts in
 
+    @telemetry.traced("trial.run")  # runs in a worker thread: to_thread copies the trace context
     def _train(self, request: TrialRequested, on_fold: OnFold | None = None) -> TrialOutcome:
         split = self.datasets.get(request.spec.dataset)
         return run_trial(
