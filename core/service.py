@@ -47,7 +47,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
     options = connect_options(settings, name)
     return NatsBroker(
         servers=options["servers"],
-        security=NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
+        security=None if options["tls"] is None else NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
         name=name,
         max_reconnect_attempts=options["max_reconnect_attempts"],
         reconnect_time_wait=options["reconnect_time_wait"],

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     max_payload_bytes: int = Field(default=1_048_576, gt=0, description="Largest message a service accepts.")
+    insecure_plaintext_for_benchmarks: bool = Field(
+        default=False,
+        description="DEV/BENCHMARK ONLY: run the embedded server and every client without TLS or "
+        "per-identity permissions, to measure what mTLS costs (bench/platform.py). Never set in a deployment.",
+    )
 
     def tls_path(self) -> Path:
         """Directory of this identity's certificate files."""

@@ -149,7 +149,12 @@ class LocalStack:
         try:
             ensure_pki(self.layout.pki)
             self.server = EmbeddedNatsServer(
-                ServerConfig(store_dir=self.layout.jetstream, tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER), port=self.port),
+                ServerConfig(
+                    store_dir=self.layout.jetstream,
+                    tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER),
+                    port=self.port,
+                    insecure_plaintext_for_benchmarks=self.base_settings.insecure_plaintext_for_benchmarks,
+                ),
                 self.layout.run,
             )
             self.url = self.server.start()
@@ -185,6 +190,8 @@ class LocalStack:
                 "TWEAKLINE_IDENTITY": identity.value,
                 "TWEAKLINE_STATE_DIR": str(self.layout.root),
                 "PYTHONUNBUFFERED": "1",
+                # Children follow this stack's (benchmark-only) transport, not the ambient environment.
+                "TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS": str(settings.insecure_plaintext_for_benchmarks).lower(),
                 # One trial per runner process: BLAS threads would fight over the cores.
                 "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
                 "OPENBLAS_NUM_THREADS": env.get("OPENBLAS_NUM_THREADS", "1"),
