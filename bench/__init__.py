@@ -1,0 +1,1 @@
+"""Benchmarks of the tweakline platform (``python -m bench.platform``); not part of the installed package."""
