@@ -41,6 +41,9 @@ class Scheduler:
         self.store: RecordStore[ExperimentState] | None = None
         self.runs: dict[str, tuple[ExperimentRun, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Group commit of results: how many were recorded, and how many a saved state covers.
+        self._recorded: dict[str, int] = {}
+        self._committed: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
@@ -113,13 +116,34 @@ class Scheduler:
                 )
                 await msg.reject()
                 return
+            generation = 0
             if run.record(result):
+                generation = self._recorded[exp_id] = self._recorded.get(exp_id, 0) + 1
                 log.info(
                     "trial %s %s score=%s (%d/%d)",
                     result.trial_id, result.status.value, result.score, len(run.state.results), run.limit,
                 )
-                await self._advance(exp_id)
-        await msg.ack()
+        if generation:
+            await self._commit(exp_id, generation)
+        await msg.ack()  # only once a saved state holds the result
+
+    async def _commit(self, exp_id: str, generation: int) -> None:
+        """Save the state and issue new trials once for every result recorded so far (group commit).
+
+        FastStream runs the handlers of one fetched batch concurrently; after one yield and with the
+        FIFO lock, the batch's results are all recorded before the first commit runs, and that one save (and one
+        round of new trials) covers them all: the state is rewritten once per batch, not per trial.
+        """
+        await asyncio.sleep(0)  # let the batch's other handlers (already started) record first
+        async with self._lock(exp_id):
+            if self._committed.get(exp_id, 0) >= generation or exp_id not in self.runs:
+                return
+            covered = self._recorded.get(exp_id, generation)
+            await self._advance(exp_id)
+            self._committed[exp_id] = covered
+            if exp_id not in self.runs:  # completed: forget its counters
+                self._recorded.pop(exp_id, None)
+                self._committed.pop(exp_id, None)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -178,7 +202,8 @@ class Scheduler:
 
     async def _publish_trials(self, run: ExperimentRun, numbers: list[int]) -> None:
         exp_id = run.state.experiment_id
-        for number in numbers:
+
+        async def _one(number: int) -> None:
             tid = trial_id(exp_id, number)
             await self.ctx.publish(
                 TrialRequested(
@@ -188,6 +213,10 @@ class Scheduler:
                 msg_id=msg_id("trial", tid),
                 stream=Stream.TRIALS,
             )
+
+        # Concurrently: one round trip for the lot instead of one per trial (order is irrelevant
+        # on the work queue; each is de-duplicated by its message id if re-sent).
+        await asyncio.gather(*(_one(number) for number in numbers))
 
     async def _tick(self) -> None:
         """Close experiments whose time budget ran out with nothing left to wait for."""
