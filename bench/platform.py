@@ -90,9 +90,30 @@ QUICK = Sizes(
 # ------------------------------------------------------------------------------ 1. orchestration
 
 
-async def _trivial_run(probe: Probe, name: str, trials: int, parallelism: int, algorithm: str) -> dict[str, Any]:
+def stack_processes(stack: Any) -> dict[str, psutil.Process]:
+    """The stack's processes by label (nats-server, scheduler, ..., trial-runner-N)."""
+    procs = {"nats-server": psutil.Process(stack.server.pid)} if stack.server and stack.server.pid else {}
+    procs.update({s.name: psutil.Process(s.process.pid) for s in stack.services})
+    return procs
+
+
+def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for label, proc in procs.items():
+        try:
+            t = proc.cpu_times()
+            out[label] = t.user + t.system
+        except psutil.Error:
+            out[label] = 0.0
+    return out
+
+
+async def _trivial_run(
+    probe: Probe, name: str, trials: int, parallelism: int, algorithm: str, procs: dict[str, psutil.Process] | None = None
+) -> dict[str, Any]:
     exp_id = f"{name}-{int(time.time() * 1000) % 10**8}"
     load_before = loadavg()
+    cpu_before = _cpu(procs or {})
     started = await probe.submit(trivial_tweak(name, trials, parallelism, algorithm=algorithm), exp_id)
     await probe.wait([exp_id], timeout=max(120.0, trials / 5))
     done = probe.experiments_done[exp_id]
@@ -100,7 +121,13 @@ async def _trivial_run(probe: Probe, name: str, trials: int, parallelism: int, a
     latencies = probe.latencies(exp_id)
     first = min(probe.requested[t] for t in seen if t in probe.requested)
     last = max(probe.completed[t][0] for t in seen)
+    cpu_after = _cpu(procs or {})
+    # CPU milliseconds each process spent per trial: independent of the machine's load, and on
+    # 2 cores 2000 / (their sum) bounds the trials per second any scheduling could reach.
+    cpu_ms = {k: round(1000 * (cpu_after[k] - cpu_before.get(k, 0.0)) / max(1, len(seen)), 2) for k in cpu_after}
     return {
+        "cpu_ms_per_trial": cpu_ms,
+        "cpu_ms_per_trial_total": round(sum(cpu_ms.values()), 2),
         "algorithm": algorithm,
         "trials": len(seen),
         "parallelism": parallelism,
@@ -115,21 +142,38 @@ async def _trivial_run(probe: Probe, name: str, trials: int, parallelism: int, a
 
 
 def orchestration(sizes: Sizes) -> dict[str, Any]:
-    """Trivial trials end to end through the real stack with mTLS (random, then TPE)."""
-    with bench_stack(sizes.runners) as stack:
+    """Trivial trials end to end through the real stack: mTLS (random, then TPE), then plaintext (random)."""
 
-        async def _main() -> dict[str, Any]:
-            probe = await Probe.open(stack)
-            try:
-                await wait_ready(probe.nc, sizes.runners)
-                await _trivial_run(probe, "bench-warmup", 40, 8, "random")  # imports, dataset cache
-                random = await _trivial_run(probe, "bench-trivial", sizes.trivial_trials, sizes.trivial_parallelism, "random")
-                tpe = await _trivial_run(probe, "bench-trivial-tpe", sizes.tpe_trials, sizes.trivial_parallelism, "tpe")
-            finally:
-                await probe.close()
-            return {"runners": sizes.runners, "random": random, "tpe": tpe}
+    def _on(plaintext: bool) -> dict[str, Any]:
+        with bench_stack(sizes.runners, plaintext=plaintext) as stack:
 
-        return asyncio.run(_main())
+            async def _main() -> dict[str, Any]:
+                probe = await Probe.open(stack)
+                try:
+                    await wait_ready(probe.nc, sizes.runners)
+                    await _trivial_run(probe, "bench-warmup", 40, 8, "random")  # imports, dataset cache
+                    procs = stack_processes(stack)
+                    out = {"random": await _trivial_run(
+                        probe, "bench-trivial", sizes.trivial_trials, sizes.trivial_parallelism, "random", procs
+                    )}
+                    if not plaintext:
+                        out["tpe"] = await _trivial_run(
+                            probe, "bench-trivial-tpe", sizes.tpe_trials, sizes.trivial_parallelism, "tpe", procs
+                        )
+                finally:
+                    await probe.close()
+                return out
+
+            return asyncio.run(_main())
+
+    mtls = _on(plaintext=False)
+    plain = _on(plaintext=True)
+    return {
+        "runners": sizes.runners,
+        **mtls,
+        "random_plaintext": plain["random"],
+        "mtls_throughput_cost_pct": round(100 * (1 - mtls["random"]["trials_per_s"] / plain["random"]["trials_per_s"]), 1),
+    }
 
 
 def optuna_inprocess(trials: int) -> dict[str, Any]:
@@ -456,6 +500,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append(("1 orchestration", f"tweakline, random, {r['trials']} trivial trials, mTLS, {o['runners']} runners, {r['parallelism']} in flight",
                     f"{r['trials_per_s']} trials/s (steady {r['steady_trials_per_s']})", ">= 1000 trials/s", _status(r["trials_per_s"] >= 1000)))
         out.append(("1 orchestration", "dispatch-to-result latency p50 / p99", f"{r['latency_p50_ms']} / {r['latency_p99_ms']} ms", "", ""))
+        if r.get("cpu_ms_per_trial"):
+            parts = ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_trial"].items())
+            out.append(("1 orchestration", "CPU ms per trivial trial, by process (load-independent)",
+                        f"{r['cpu_ms_per_trial_total']} ({parts})", f"<= {2000 / 1000:.1f} on 2 cores for 1000/s", _status(r["cpu_ms_per_trial_total"] <= 2.0)))
+        pl = o.get("random_plaintext")
+        if pl:
+            out.append(("1 orchestration", "same, benchmark-only plaintext transport (same run)",
+                        f"{pl['trials_per_s']} trials/s, p50 {pl['latency_p50_ms']} ms; CPU {pl.get('cpu_ms_per_trial_total')} ms/trial; "
+                        f"mTLS costs {o['mtls_throughput_cost_pct']}% of throughput", "", ""))
         out.append(("1 orchestration", f"tweakline, TPE, {t['trials']} trivial trials",
                     f"{t['trials_per_s']} trials/s, p50 {t['latency_p50_ms']} ms, p99 {t['latency_p99_ms']} ms", "sampler must not stall dispatch", ""))
     q = results.get("optuna")
