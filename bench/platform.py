@@ -72,7 +72,7 @@ class Sizes:
     trivial_parallelism: int = 32
     tpe_trials: int = 500
     optuna_trials: int = 5000
-    ray_trials: int = 40
+    ray_trials: int = 20
     scale_levels: tuple[int, ...] = (1, 5, 10, 20)
     scale_runners: int = 4
     scale_trials: int = 8
