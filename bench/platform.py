@@ -77,7 +77,7 @@ class Sizes:
     scale_runners: int = 4
     scale_trials: int = 8
     scale_trial_s: float = 1.0
-    realistic_repeats: int = 2
+    realistic_repeats: int = 3  # pairs: A B B A A B
     runners: int = 2
 
 
@@ -263,35 +263,41 @@ def scaling(sizes: Sizes) -> dict[str, Any]:
                 await wait_ready(probe.nc, runners)
                 await _trivial_run(probe, "bench-warmup", 8, runners, "random")
                 for k in sizes.scale_levels:
-                    load_before = loadavg()
-                    tag = int(time.time() * 1000) % 10**8
-                    ids = [f"bench-scale-{k}-{i}-{tag}" for i in range(k)]
-                    tweak = trivial_tweak("bench-scale", sizes.scale_trials, runners, seconds=per_fold)
-                    started = time.perf_counter()
-                    await asyncio.gather(*(probe.submit(tweak, e) for e in ids))
-                    await probe.wait(ids, timeout=60 + 4 * k * sizes.scale_trials * sizes.scale_trial_s)
-                    last = max(probe.completed[t][0] for e in ids for t in probe.trials_of(e))
-                    wall = last - started
-                    busy = sum(sum(probe.durations(e)) for e in ids)
-                    ideal = k * sizes.scale_trials * sizes.scale_trial_s / runners
-                    rows.append(
-                        {
-                            "experiments": k,
-                            "trials": sum(len(probe.trials_of(e)) for e in ids),
-                            "wall_s": round(wall, 2),
-                            "ideal_s": round(ideal, 2),
-                            "over_ideal_pct": round(100 * (wall / ideal - 1), 1),
-                            "utilisation_pct": round(100 * busy / (runners * wall), 1),
-                            "load_before": load_before,
-                            "load_after": loadavg(),
-                        }
-                    )
+                    # A 1-experiment level lasts ~2 s: one load spike decides it, so take the median of 3.
+                    tries = [await _scale_level(probe, k, sizes, runners, per_fold) for _ in range(3 if k == 1 else 1)]
+                    tries.sort(key=lambda r: r["wall_s"])
+                    rows.append({**tries[len(tries) // 2], "repeats": len(tries)})
             finally:
                 await probe.close()
             return rows
 
         return {"runners": runners, "trial_s": sizes.scale_trial_s, "trials_per_experiment": sizes.scale_trials,
                 "levels": asyncio.run(_main())}
+
+
+async def _scale_level(probe: Probe, k: int, sizes: Sizes, runners: int, per_fold: float) -> dict[str, Any]:
+    """k experiments submitted at once; wall time from the first submission to the last result."""
+    load_before = loadavg()
+    tag = int(time.time() * 1000) % 10**8
+    ids = [f"bench-scale-{k}-{i}-{tag}" for i in range(k)]
+    tweak = trivial_tweak("bench-scale", sizes.scale_trials, runners, seconds=per_fold)
+    started = time.perf_counter()
+    await asyncio.gather(*(probe.submit(tweak, e) for e in ids))
+    await probe.wait(ids, timeout=60 + 4 * k * sizes.scale_trials * sizes.scale_trial_s)
+    last = max(probe.completed[t][0] for e in ids for t in probe.trials_of(e))
+    wall = last - started
+    busy = sum(sum(probe.durations(e)) for e in ids)
+    ideal = k * sizes.scale_trials * sizes.scale_trial_s / runners
+    return {
+        "experiments": k,
+        "trials": sum(len(probe.trials_of(e)) for e in ids),
+        "wall_s": round(wall, 2),
+        "ideal_s": round(ideal, 2),
+        "over_ideal_pct": round(100 * (wall / ideal - 1), 1),
+        "utilisation_pct": round(100 * busy / (runners * wall), 1),
+        "load_before": load_before,
+        "load_after": loadavg(),
+    }
 
 
 # ----------------------------------------------------------------------------- 3 + 5. mTLS, memory
@@ -339,6 +345,7 @@ def _realistic_once(sizes: Sizes, tweak_path: Path, plaintext: bool, measure_mem
     with bench_stack(sizes.runners, plaintext=plaintext) as stack:
         labels = {"nats-server": stack.server.pid} if stack.server and stack.server.pid else {}
         labels.update({s.name: s.process.pid for s in stack.services})
+        procs = stack_processes(stack)
 
         async def _main() -> dict[str, Any]:
             probe = await Probe.open(stack)
@@ -347,10 +354,13 @@ def _realistic_once(sizes: Sizes, tweak_path: Path, plaintext: bool, measure_mem
                 load_before = loadavg()
                 exp_id = f"bench-digits-{int(time.time() * 1000) % 10**8}"
                 outcome = Outcome(experiment_id=exp_id, tweak=tweak)
+                cpu_before = _cpu(procs)
                 started = await probe.submit(tweak, exp_id)
                 await follow(probe.nc, outcome, timeout=900, alive=stack.check)
                 finished = time.perf_counter()
+                cpu_after = _cpu(procs)
                 return {
+                    "cpu_s": round(sum(cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after), 2),
                     "transport": "plaintext" if plaintext else "mtls",
                     "trials": len(outcome.trials),
                     "tuning_s": round(probe.experiments_done[exp_id] - started, 2),
@@ -372,7 +382,7 @@ def _realistic_once(sizes: Sizes, tweak_path: Path, plaintext: bool, measure_mem
 
 def mtls_overhead(sizes: Sizes, tweak_path: Path) -> dict[str, Any]:
     """The realistic run with mTLS and in plaintext, alternated A B B A to cancel drifting load."""
-    order = ["mtls", "plaintext"] + (["plaintext", "mtls"] if sizes.realistic_repeats > 1 else [])
+    order = (["mtls", "plaintext", "plaintext", "mtls"] * sizes.realistic_repeats)[: 2 * sizes.realistic_repeats]
     runs = []
     for index, mode in enumerate(order):
         runs.append(_realistic_once(sizes, tweak_path, plaintext=mode == "plaintext", measure_memory=index == 0))
@@ -384,9 +394,14 @@ def mtls_overhead(sizes: Sizes, tweak_path: Path) -> dict[str, Any]:
         mode: sum(r["tuning_s"] for r in runs if r["transport"] == mode) / sum(1 for r in runs if r["transport"] == mode)
         for mode in ("mtls", "plaintext")
     }
+    cpu = {
+        mode: sum(r["cpu_s"] for r in runs if r["transport"] == mode) / sum(1 for r in runs if r["transport"] == mode)
+        for mode in ("mtls", "plaintext")
+    }
     return {
         "tweak_file": str(tweak_path.relative_to(REPO)),
         "runs": runs,
+        "overhead_cpu_pct": round(100 * (cpu["mtls"] / cpu["plaintext"] - 1), 1),
         "overhead_total_pct": round(100 * (mean["mtls"] / mean["plaintext"] - 1), 1),
         "overhead_tuning_pct": round(100 * (tuning["mtls"] / tuning["plaintext"] - 1), 1),
         "memory": runs[0].get("peak_rss_mb", {}),
@@ -396,7 +411,18 @@ def mtls_overhead(sizes: Sizes, tweak_path: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ 4. start-up
 
 
-def startup(sizes: Sizes, tweak_path: Path) -> dict[str, Any]:
+def startup(sizes: Sizes, tweak_path: Path, repeats: int = 3) -> dict[str, Any]:
+    """Medians over a few cold starts of ``tweakline run`` (each on a fresh state directory)."""
+    runs = [_startup_once(sizes, tweak_path) for _ in range(repeats)]
+    keys = ("services_spawned_s", "stack_ready_s", "first_trial_s")
+    ok = [r for r in runs if all(k in r for k in keys)]
+    if not ok:
+        return {"error": "no start-up run completed", "runs": runs}
+    medians = {k: sorted(r[k] for r in ok)[len(ok) // 2] for k in keys}
+    return {**medians, "command": ok[0]["command"], "runs": runs}
+
+
+def _startup_once(sizes: Sizes, tweak_path: Path) -> dict[str, Any]:
     """``tweakline run`` as a user starts it: to the stack ready, and to the first trial dispatched."""
     text = tweak_path.read_text().replace("max_trials: 40", "max_trials: 4")
     with tempfile.TemporaryDirectory(prefix="tweakline-bench-start-") as tmp:
@@ -529,12 +555,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     m = results.get("mtls")
     if m:
         runs = ", ".join(f"{r['transport']} {r['total_s']} s" for r in m["runs"])
-        out.append(("3 mTLS", f"digits SVC 40 trials, submit to decision ({runs})", f"+{m['overhead_total_pct']}% wall (tuning only: +{m['overhead_tuning_pct']}%)",
+        out.append(("3 mTLS", f"digits SVC 40 trials, submit to decision, means of {len(m['runs']) // 2} pairs ({runs})",
+                    f"{m['overhead_total_pct']:+}% wall (tuning only: {m['overhead_tuning_pct']:+}%)",
                     "<= 2%", _status(m["overhead_total_pct"] <= 2)))
+        if "overhead_cpu_pct" in m:
+            out.append(("3 mTLS", "same runs, CPU seconds of all stack processes (load-independent)",
+                        f"{m['overhead_cpu_pct']:+}% CPU", "", ""))
     st = results.get("startup")
     if st and "first_trial_s" in st:
-        out.append(("4 start-up", "tweakline run -> services spawned / stack ready", f"{st['services_spawned_s']} s / {st['stack_ready_s']} s", "", ""))
-        out.append(("4 start-up", "tweakline run -> first trial dispatched", f"{st['first_trial_s']} s", "<= 2 s", _status(st["first_trial_s"] <= 2)))
+        n = len(st.get("runs", [])) or 1
+        out.append(("4 start-up", f"tweakline run -> services spawned / stack ready (median of {n})", f"{st['services_spawned_s']} s / {st['stack_ready_s']} s", "", ""))
+        out.append(("4 start-up", f"tweakline run -> first trial dispatched (median of {n})", f"{st['first_trial_s']} s", "<= 2 s", _status(st["first_trial_s"] <= 2)))
     elif st:
         out.append(("4 start-up", "tweakline run", st.get("error", "failed"), "<= 2 s", _status(None)))
     if m and m.get("memory"):
