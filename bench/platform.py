@@ -70,7 +70,7 @@ class Sizes:
 
     trivial_trials: int = 2000
     trivial_parallelism: int = 32
-    tpe_trials: int = 500
+    tpe_trials: int = 1000
     optuna_trials: int = 5000
     ray_trials: int = 20
     scale_levels: tuple[int, ...] = (1, 5, 10, 20)
