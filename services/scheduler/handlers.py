@@ -189,7 +189,10 @@ class Scheduler:
             log.info("experiment %s %s with %d trials", exp_id, completed.status.value, len(completed.trials))
             self.runs.pop(exp_id, None)
             return
-        issued = run.next_trials(now)
+        # The sampler (TPE's cost grows with history) runs off the event loop, so other
+        # experiments' results and acks keep flowing; the experiment's lock, held here,
+        # serialises every use of its study.
+        issued = await asyncio.to_thread(run.next_trials, now)
         if issued:
             await self._save(exp_id)
             await self._publish_trials(run, [number for number, _ in issued])
