@@ -45,6 +45,10 @@ class Scheduler:
         self._recorded: dict[str, int] = {}
         self._committed: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
+        # FastStream starts the subscribers before after_startup hooks run start(): a message
+        # arriving in between must wait for the store, not fail (it would be redelivered only
+        # after ack_wait, 60 s later: seen as a 63 s start-up in bench/platform).
+        self._ready = asyncio.Event()
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
@@ -61,6 +65,7 @@ class Scheduler:
                 async with self._lock(key):
                     await self._resume(found[0], found[1])
         self._ticker = asyncio.create_task(self._tick())
+        self._ready.set()
 
     async def stop(self) -> None:
         """Stop the ticker (state is already durable)."""
@@ -82,6 +87,7 @@ class Scheduler:
 
     async def on_submitted(self, msg: NatsMessage) -> None:
         """A new experiment: record it, then issue the first trials."""
+        await self._ready.wait()
         submitted = await self.ctx.decode(msg, ExperimentSubmitted)
         if submitted is None:
             return
@@ -104,6 +110,7 @@ class Scheduler:
 
     async def on_trial_completed(self, msg: NatsMessage) -> None:
         """A trial's result: record it once, then issue more trials or close the experiment."""
+        await self._ready.wait()
         result = await self.ctx.decode(msg, TrialCompleted)
         if result is None:
             return

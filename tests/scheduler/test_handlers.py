@@ -1,4 +1,4 @@
-"""The scheduler saves experiment state once per batch of results (group commit), not once per trial.
+"""Scheduler handlers on a real bus: one state save per batch of results (group commit); no lost start-up race.
 
 Real nats-server over mTLS (the session fixture), real KV bucket and streams; only the
 incoming messages are small stand-ins carrying what the handlers read (body, headers, ack).
@@ -99,6 +99,28 @@ async def test_a_batch_of_results_is_saved_once_and_refills_every_slot(nats) -> 
         await scheduler.on_trial_completed(again)
         assert again.acked
         assert (await kv.get(exp_id)).revision == after.revision
+    finally:
+        await scheduler.stop()
+        await broker.stop()
+
+
+async def test_a_submission_arriving_before_start_waits_for_it(nats) -> None:
+    # FastStream starts subscribers before the after_startup hook that runs Scheduler.start().
+    settings = nats.settings(Identity.SCHEDULER)
+    broker = make_broker(settings, "scheduler")
+    await broker.connect()
+    scheduler = Scheduler(ServiceContext(settings, broker, "scheduler"))
+    try:
+        exp_id = f"early-{uuid.uuid4().hex[:8]}"
+        submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=_tweak(parallelism=2))
+        intake = Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
+        handled = asyncio.create_task(scheduler.on_submitted(intake))
+        await asyncio.sleep(0.2)
+        assert not handled.done() and not intake.acked
+        await scheduler.start()
+        await asyncio.wait_for(handled, 10)
+        assert intake.acked
+        assert sorted(scheduler.runs[exp_id][0].state.issued) == [0, 1]
     finally:
         await scheduler.stop()
         await broker.stop()
