@@ -46,7 +46,22 @@ def tls_context(files: TlsFiles) -> ssl.SSLContext:
 
 
 def connect_options(settings: Settings, name: str) -> dict[str, Any]:
-    """Keyword arguments for ``nats.connect`` (and FastStream's broker) for this process."""
+    """Keyword arguments for ``nats.connect`` (and FastStream's broker) for this process.
+
+    ``tls`` is ``None`` only in the benchmark-only plaintext mode
+    (``TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS``); by default it is always mutual TLS.
+    """
+    if settings.insecure_plaintext_for_benchmarks:
+        log.warning("INSECURE: connecting without TLS (TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS is set)")
+        return {
+            "servers": [settings.nats_url],
+            "tls": None,
+            "tls_hostname": None,
+            "name": name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+        }
     return {
         "servers": [settings.nats_url],
         "tls": tls_context(TlsFiles(settings.tls_path())),
@@ -62,8 +77,9 @@ async def connect(settings: Settings, name: str, **overrides: Any) -> Client:
     """Connect to NATS over mTLS as ``settings.identity``; raise :class:`BusError` with the reason."""
     options = connect_options(settings, name)
     options.update(overrides)
-    if options.get("tls_hostname") is None:
-        options.pop("tls_hostname", None)
+    for optional in ("tls_hostname", "tls"):
+        if options.get(optional) is None:
+            options.pop(optional, None)
 
     async def _quiet(exc: Exception) -> None:
         log.debug("nats: %s", exc)

@@ -68,9 +68,21 @@ class ServerConfig:
     max_memory_store: str = "256MB"
     monitor_port: int | None = None  # HTTP monitoring (connz, jsz) on host; -1: a free port
 
+    # DEV/BENCHMARK ONLY (bench/platform.py measures what mTLS costs): no TLS block and no
+    # per-identity authorization. Defaults to off; nothing but the benchmark turns it on.
+    insecure_plaintext_for_benchmarks: bool = False
 
     def render(self) -> str:
         """nats-server configuration text."""
+        if self.insecure_plaintext_for_benchmarks:
+            return (
+                f"server_name: tweakline-local\n"
+                f"host: {json.dumps(self.host)}\n"
+                f"port: {self.port}\n"
+                f"max_payload: {self.max_payload}\n"
+                f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))}, "
+                f"max_memory_store: {self.max_memory_store}, max_file_store: {self.max_file_store} }}\n"
+            )
         return (
             f"server_name: tweakline-local\n"
             f"host: {json.dumps(self.host)}\n"
@@ -105,7 +117,7 @@ class EmbeddedNatsServer:
         return self.run_dir / "nats-server.log"
 
     def start(self, timeout: float = 15.0) -> str:
-        """Start the server; return its ``tls://`` URL once it listens."""
+        """Start the server; return its ``tls://`` URL (``nats://`` in benchmark plaintext mode) once it listens."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         conf = self.run_dir / "nats-server.conf"
         conf.write_text(self.config.render())

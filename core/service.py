@@ -59,7 +59,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         # Traces: W3C context in NATS headers, a span per message, experiment ids on spans and logs.
         middlewares=telemetry.broker_middlewares(),
         servers=options["servers"],
-        security=NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
+        security=None if options["tls"] is None else NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
         name=name,
         max_reconnect_attempts=options["max_reconnect_attempts"],
         reconnect_time_wait=options["reconnect_time_wait"],

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     health_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve /healthz and /readyz on this port (the chart's probes); off when unset."
     )
+    insecure_plaintext_for_benchmarks: bool = Field(
+        default=False,
+        description="DEV/BENCHMARK ONLY: run the embedded server and every client without TLS or "
+        "per-identity permissions, to measure what mTLS costs (bench/platform.py). Never set in a deployment.",
+    )
 
     def tls_path(self) -> Path:
         """Directory of this identity's certificate files."""

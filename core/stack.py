@@ -163,6 +163,7 @@ class LocalStack:
                     tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER),
                     port=self.port,
                     monitor_port=self.monitor_port,
+                    insecure_plaintext_for_benchmarks=self.base_settings.insecure_plaintext_for_benchmarks,
                 ),
                 self.layout.run,
             )
@@ -199,6 +200,8 @@ class LocalStack:
                 "TWEAKLINE_IDENTITY": identity.value,
                 "TWEAKLINE_STATE_DIR": str(self.layout.root),
                 "PYTHONUNBUFFERED": "1",
+                # Children follow this stack's (benchmark-only) transport, not the ambient environment.
+                "TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS": str(settings.insecure_plaintext_for_benchmarks).lower(),
                 # One trial per runner process: BLAS threads would fight over the cores.
                 "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
                 "OPENBLAS_NUM_THREADS": env.get("OPENBLAS_NUM_THREADS", "1"),

@@ -223,8 +223,9 @@ class ExperimentRun:
     def leaderboard(self) -> list[TrialRecord]:
         """Every recorded trial, best first (failed and pruned ones last)."""
         sign = -1.0 if self.spec.objective.maximize else 1.0
-        ok = [r for r in self.state.results.values() if r.status is TrialStatus.OK and r.score is not None]
-        rest = [r for r in self.state.results.values() if r not in ok]
+        ok, rest = [], []
+        for r in self.state.results.values():  # one pass: `r not in ok` was quadratic (pydantic __eq__)
+            (ok if r.status is TrialStatus.OK and r.score is not None else rest).append(r)
         return sorted(ok, key=lambda r: (sign * (r.score or 0.0), r.number)) + sorted(rest, key=lambda r: r.number)
 
     def best(self) -> TrialRecord | None:

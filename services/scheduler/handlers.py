@@ -46,8 +46,15 @@ class Scheduler:
         self.store: RecordStore[ExperimentState] | None = None
         self.runs: dict[str, tuple[ExperimentRun, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Group commit of results: how many were recorded, and how many a saved state covers.
+        self._recorded: dict[str, int] = {}
+        self._committed: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.lineage: LineageStore | None = None
+        # FastStream starts the subscribers before after_startup hooks run start(): a message
+        # arriving in between must wait for the store, not fail (it would be redelivered only
+        # after ack_wait, 60 s later: seen as a 63 s start-up in bench/platform).
+        self._ready = asyncio.Event()
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
@@ -65,6 +72,7 @@ class Scheduler:
                 async with self._lock(key):
                     await self._resume(found[0], found[1])
         self._ticker = asyncio.create_task(self._tick())
+        self._ready.set()
 
     async def stop(self) -> None:
         """Stop the ticker (state is already durable)."""
@@ -86,6 +94,7 @@ class Scheduler:
 
     async def on_submitted(self, msg: NatsMessage) -> None:
         """A new experiment: record it, then issue the first trials."""
+        await self._ready.wait()
         submitted = await self.ctx.decode(msg, ExperimentSubmitted)
         if submitted is None:
             return
@@ -117,6 +126,7 @@ class Scheduler:
 
     async def on_trial_completed(self, msg: NatsMessage) -> None:
         """A trial's result: record it once, then issue more trials or close the experiment."""
+        await self._ready.wait()
         result = await self.ctx.decode(msg, TrialCompleted)
         if result is None:
             return
@@ -129,13 +139,34 @@ class Scheduler:
                 )
                 await msg.reject()
                 return
+            generation = 0
             if run.record(result):
+                generation = self._recorded[exp_id] = self._recorded.get(exp_id, 0) + 1
                 log.info(
                     "trial %s %s score=%s (%d/%d)",
                     result.trial_id, result.status.value, result.score, len(run.state.results), run.limit,
                 )
-                await self._advance(exp_id)
-        await msg.ack()
+        if generation:
+            await self._commit(exp_id, generation)
+        await msg.ack()  # only once a saved state holds the result
+
+    async def _commit(self, exp_id: str, generation: int) -> None:
+        """Save the state and issue new trials once for every result recorded so far (group commit).
+
+        FastStream runs the handlers of one fetched batch concurrently; after one yield and with the
+        FIFO lock, the batch's results are all recorded before the first commit runs, and that one save (and one
+        round of new trials) covers them all: the state is rewritten once per batch, not per trial.
+        """
+        await asyncio.sleep(0)  # let the batch's other handlers (already started) record first
+        async with self._lock(exp_id):
+            if self._committed.get(exp_id, 0) >= generation or exp_id not in self.runs:
+                return
+            covered = self._recorded.get(exp_id, generation)
+            await self._advance(exp_id)
+            self._committed[exp_id] = covered
+            if exp_id not in self.runs:  # completed: forget its counters
+                self._recorded.pop(exp_id, None)
+                self._committed.pop(exp_id, None)
 
     async def on_progress(self, msg: NatsMessage) -> None:
         """A fold's score of a running trial: ask the pruner, answer on ``trials.control``.
@@ -231,7 +262,10 @@ class Scheduler:
         if run.finished(now) or self._overdue(run, now):
             await self._close(exp_id, now=now)
             return
-        issued = run.next_trials(now)
+        # The sampler (TPE's cost grows with history) runs off the event loop, so other
+        # experiments' results and acks keep flowing; the experiment's lock, held here,
+        # serialises every use of its study.
+        issued = await asyncio.to_thread(run.next_trials, now)
         if issued:
             await self._save(exp_id)
             await self._publish_trials(run, [number for number, _ in issued])
@@ -260,7 +294,8 @@ class Scheduler:
 
     async def _publish_trials(self, run: ExperimentRun, numbers: list[int]) -> None:
         exp_id = run.state.experiment_id
-        for number in numbers:
+
+        async def _one(number: int) -> None:
             tid = trial_id(exp_id, number)
             await self.ctx.publish(
                 TrialRequested(
@@ -271,6 +306,10 @@ class Scheduler:
                 stream=Stream.TRIALS,
                 trace_parent=run.state.traceparent,  # each dispatch is a child of the experiment
             )
+
+        # Concurrently: one round trip for the lot instead of one per trial (order is irrelevant
+        # on the work queue; each is de-duplicated by its message id if re-sent).
+        await asyncio.gather(*(_one(number) for number in numbers))
 
     async def _tick(self) -> None:
         """Close experiments whose time budget ran out with nothing left to wait for."""

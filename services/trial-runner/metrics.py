@@ -61,6 +61,14 @@ class _Scores:
         self._pred: np.ndarray | None = None
         self._proba: np.ndarray | None = None
         self._decision: np.ndarray | None = None
+        self._prf: tuple[float, float, float] | None = None
+
+    def prf_macro(self, y: np.ndarray) -> tuple[float, float, float]:
+        """Macro precision, recall and F1 from one scikit-learn call (each separately costs the same again)."""
+        if self._prf is None:
+            p, r, f, _ = skm.precision_recall_fscore_support(y, self.pred, average="macro", zero_division=0)
+            self._prf = (float(p), float(r), float(f))
+        return self._prf
 
     @property
     def pred(self) -> np.ndarray:
@@ -115,9 +123,9 @@ def _log_loss(s: _Scores, y: np.ndarray) -> float | None:
 _METRICS: dict[str, Callable[[_Scores, np.ndarray], float | None]] = {
     "accuracy": lambda s, y: skm.accuracy_score(y, s.pred),
     "balanced_accuracy": lambda s, y: skm.balanced_accuracy_score(y, s.pred),
-    "precision_macro": lambda s, y: skm.precision_score(y, s.pred, average="macro", zero_division=0),
-    "recall_macro": lambda s, y: skm.recall_score(y, s.pred, average="macro", zero_division=0),
-    "f1_macro": lambda s, y: skm.f1_score(y, s.pred, average="macro", zero_division=0),
+    "precision_macro": lambda s, y: s.prf_macro(y)[0],
+    "recall_macro": lambda s, y: s.prf_macro(y)[1],
+    "f1_macro": lambda s, y: s.prf_macro(y)[2],
     "roc_auc": _roc_auc,
     "log_loss": _log_loss,
     "r2": lambda s, y: skm.r2_score(y, s.pred),

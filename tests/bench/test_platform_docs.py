@@ -1,0 +1,35 @@
+"""bench/platform rewrites only its generated block of docs/benchmarks.md, whatever else the page holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.platform import BEGIN, END, write_docs
+
+RESULTS = {
+    "command": "python -m bench.platform",
+    "load_at_end": [1.0, 1.0, 1.0],
+    "machine": {
+        "when": "2026-01-01 00:00 UTC", "commit": "abc1234", "cpu": "2 x test", "memory_gb": 1.0,
+        "os": "Linux", "python": "3.11", "versions": {"optuna": "5"}, "load_at_start": [1.0, 1.0, 1.0],
+    },
+    "optuna": {"trials": 10, "trials_per_s": 123.0, "tpe_ms_at_100": 1.0, "tpe_ms_at_500": 2.0},
+}
+
+
+def test_only_the_generated_block_changes(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\n## Search\n\nkept\n\n## Platform\n\nprose\n\n{BEGIN}\nSTALE-TABLE\n{END}\n\nafter\n")
+    write_docs(RESULTS, page)
+    text = page.read_text()
+    assert "## Search\n\nkept" in text and "prose" in text and "after" in text
+    assert "STALE-TABLE" not in text and "123.0 trials/s" in text and "abc1234" in text
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+
+
+def test_a_page_without_the_section_gets_one(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\n## Search\n\nkept\n")
+    write_docs(RESULTS, page)
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\n## Search\n\nkept") and "## Platform" in text and BEGIN in text
