@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Smaller counts (a smoke run, not for the docs).")
     parser.add_argument("--only", nargs="*", default=None,
                         choices=["orchestration", "optuna", "ray", "scaling", "mtls", "startup"], help="Run some scenarios only.")
-    parser.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/benchmarks.md.")
+    parser.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/benchmarks.md (--quick and --only never do).")
     parser.add_argument("--from-json", type=Path, help="Print (and write to the docs) a saved result instead of running.")
     args = parser.parse_args(argv)
     if args.from_json:
@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2))
     Console().print(table({k: v for k, v in results.items() if not (isinstance(v, dict) and "error" in v)}))
     console.print(f"JSON: {out}")
-    if not args.no_docs and not args.quick:
+    if not args.no_docs and not args.quick and not args.only:  # the page shows complete runs only
         write_docs({k: v for k, v in results.items() if not (isinstance(v, dict) and "error" in v)})
         console.print(f"docs: {DOCS}")
     return 0
