@@ -376,10 +376,10 @@ class SearchSpec(_Strict):
         return self
 
 
-class SecondaryObjective(_Strict):
-    """A further metric to optimise (multi-objective search: a Pareto front)."""
+class _Metric(_Strict):
+    """A metric by scorer name and the direction in which it improves."""
 
-    metric: str = Field(description="Scorer name, e.g. recall_macro, f1_macro, mae.")
+    metric: str = Field(description="Scorer name, e.g. accuracy, f1_macro, roc_auc, r2, rmse, mae.")
     direction: Literal["maximize", "minimize"] | None = Field(
         default=None, description="Defaults to minimize for error metrics (rmse, mae, log_loss), maximize otherwise."
     )
@@ -401,17 +401,17 @@ class SecondaryObjective(_Strict):
         return self.direction == "maximize"
 
 
-class ObjectiveSpec(_Strict):
+class SecondaryObjective(_Metric):
+    """A further metric to optimise (multi-objective search: a Pareto front)."""
+
+
+class ObjectiveSpec(_Metric):
     """What the search optimises: a metric, its direction and the cross-validation used to estimate it.
 
     With ``secondary`` metrics the search is multi-objective (a Pareto front); ``metric`` stays the
     primary one: the leaderboard and the gate pick the best trial by it.
     """
 
-    metric: str = Field(description="Scorer name, e.g. accuracy, f1_macro, roc_auc, r2, rmse, mae.")
-    direction: Literal["maximize", "minimize"] | None = Field(
-        default=None, description="Defaults to minimize for error metrics (rmse, mae, log_loss), maximize otherwise."
-    )
     cv: int = Field(default=5, ge=2, le=20, description="Number of cross-validation folds on the training split.")
     secondary: list[SecondaryObjective] = Field(
         default_factory=list, description="Further metrics to optimise: a multi-objective search (Pareto front)."
@@ -425,22 +425,6 @@ class ObjectiveSpec(_Strict):
                 raise problem(f"secondary.{i}.metric", "'{value}' is already an objective", value=other.metric)
             seen.add(other.metric)
         return self
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise PydanticCustomError(
-                "tweakline", "unknown metric '{value}', expected one of {expected}", {"value": value, "expected": ", ".join(METRICS)}
-            )
-        return value
-
-    @property
-    def maximize(self) -> bool:
-        """Whether a higher value of the metric is better for this objective."""
-        if self.direction is None:
-            return self.metric not in LOWER_IS_BETTER
-        return self.direction == "maximize"
 
 
 class BudgetSpec(_Strict):
