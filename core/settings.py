@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
     trial_max_deliver: int = Field(default=3, gt=0, description="Deliveries of a trial before it is failed.")
     runner_threads: int = Field(default=1, gt=0, description="Threads each trial's estimator may use (n_jobs).")
+    trial_memory_mb: int | None = Field(
+        default=4096, gt=0, description="Resident memory a trial's training process may use before it is failed."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="On SIGTERM, how long a runner may finish its trial before handing it back."
+    )
     log_level: str = "INFO"
     log_json: bool = False
     max_payload_bytes: int = Field(default=1_048_576, gt=0, description="Largest message a service accepts.")

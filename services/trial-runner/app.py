@@ -23,4 +23,6 @@ def create_app(settings: Settings) -> FastStream:
     async def trial_requested(msg: NatsMessage) -> None:
         await runner.on_trial_requested(msg)
 
+    app.after_startup(runner.start)
+    app.on_shutdown(runner.stop)  # before the broker closes: the trial's result or nak still goes out
     return app
