@@ -116,7 +116,13 @@ class ExperimentRun:
             self._add_finished(record)
             return True
         state = _TELL_STATE[record.status]
-        self.study.tell(trial, record.score if state is TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        try:
+            self.study.tell(trial, record.score if state is TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        except RuntimeError as exc:
+            # GridSampler.after_trial calls Study.stop() once the grid is used up, which raises outside
+            # optimize(); Optuna stores the trial's result regardless (its tell() does that in a finally).
+            if "Study.stop" not in str(exc):
+                raise
         return True
 
     def finished(self, now: datetime | None = None) -> bool:

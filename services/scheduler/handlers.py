@@ -105,6 +105,16 @@ class Scheduler:
         if result is None:
             return
         exp_id = result.experiment_id
+        try:
+            await self._on_result(msg, result)
+        except Exception:
+            # The cached run may be ahead of KV now: forget it, rebuild from KV on the retry.
+            log.exception("result %s of %s not applied; retrying", result.trial_id, exp_id)
+            self.runs.pop(exp_id, None)
+            await msg.nack(delay=2.0)
+
+    async def _on_result(self, msg: NatsMessage, result: TrialCompleted) -> None:
+        exp_id = result.experiment_id
         async with self._lock(exp_id):
             run = await self._run(exp_id)
             if run is None:

@@ -101,7 +101,7 @@ class TrialRunner:
             return
         except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
             if attempt < self.ctx.settings.trial_max_deliver:
-                log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc)
+                log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc, exc_info=True)
                 await msg.nack(delay=min(30.0, 2.0**attempt))
                 return
             outcome = TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 MEMORY_POLL_S = 0.2
 # After cancel(), how long the child may take to reach a fold boundary before it is killed.
 CANCEL_GRACE_S = 1.0
+# A new child imports scikit-learn: slow on a busy machine, but bounded.
+START_TIMEOUT_S = 180.0
 
 OnFold = Callable[[int, float], Awaitable[None] | None]
 """``on_fold(fold_index, value)`` in the parent, after each fold the child finished."""
@@ -148,6 +150,7 @@ class TrialWorker:
         self._cancel = self._ctx.Event()
         self._running: _Running | None = None
         self._wake = asyncio.Event()
+        self._start_lock: asyncio.Lock | None = None
         self.spawned = 0  # children started so far (observable in logs and tests)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -163,27 +166,33 @@ class TrialWorker:
         return self._running.trial_id if self._running else None
 
     async def start(self) -> None:
-        """Start the child (if not running) and wait until it is ready to train."""
-        if self._process is not None and self._process.is_alive():
-            return
-        self._discard()
-        parent_end, child_end = self._ctx.Pipe(duplex=True)
-        self._cancel.clear()
-        process = self._ctx.Process(
-            target=_child_main,
-            args=(child_end, self._cancel, list(self.config.allowed_estimators), self.config.n_jobs),
-            name="tweakline-trial-worker",
-            daemon=True,
-        )
-        process.start()
-        child_end.close()  # so the parent sees EOF when the child dies
-        self._process, self._conn = process, parent_end
-        self.spawned += 1
-        message = await self._receive(deadline=time.monotonic() + 120.0)
-        if message is None or message[0] != "ready":
+        """Start the child (if not running) and wait until it is ready to train (safe to call concurrently)."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._process is not None and self._process.is_alive():
+                return
             self._discard()
-            raise WorkerCrashedError(f"the training process did not start ({message!r})")
-        log.info("training process %s ready", process.pid)
+            parent_end, child_end = self._ctx.Pipe(duplex=True)
+            self._cancel.clear()
+            process = self._ctx.Process(
+                target=_child_main,
+                args=(child_end, self._cancel, list(self.config.allowed_estimators), self.config.n_jobs),
+                name="tweakline-trial-worker",
+                daemon=True,
+            )
+            process.start()
+            child_end.close()  # so the parent sees EOF when the child dies
+            self._process, self._conn = process, parent_end
+            self.spawned += 1
+            deadline = time.monotonic() + START_TIMEOUT_S
+            message = None
+            while message is None and time.monotonic() < deadline:
+                message = await self._receive(deadline=deadline)
+            if message is None or message[0] != "ready":
+                self._discard()
+                raise WorkerCrashedError(f"the training process did not start within {START_TIMEOUT_S:g}s ({message!r})")
+            log.info("training process %s ready", process.pid)
 
     async def close(self) -> None:
         """Stop the child (politely, then by force)."""
