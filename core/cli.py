@@ -17,7 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from tweakline import __version__
+from tweakline import __version__, stackctl
 from tweakline.errors import InvalidTweakFileError, TweaklineError
 from tweakline.settings import DEFAULT_STATE_DIR, Settings
 
@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 pki_app = typer.Typer(help="The local development certificate authority.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
+stackctl.register(app)  # up, down, status
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 
