@@ -7,6 +7,8 @@ computing. Importable by the services (the tests put the repository on ``PYTHONP
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -17,17 +19,22 @@ from sklearn.utils.multiclass import unique_labels
 class SleepyClassifier(ClassifierMixin, BaseEstimator):
     """Predicts the majority class after sleeping ``delay`` seconds in ``fit``.
 
-    ``fail_if`` makes ``fit`` raise ``ValueError`` when ``delay`` equals it, and ``hog_mb``
-    allocates (and touches) that much memory during ``fit``.
+    ``fail_if`` makes ``fit`` raise ``ValueError`` when ``delay`` equals it, ``crash_if`` makes
+    the process kill itself (as a segfault or the OOM killer would), and ``hog_mb`` allocates
+    (and touches) that much memory during ``fit``.
     """
 
-    def __init__(self, delay: float = 0.0, fail_if: float | None = None, hog_mb: int = 0, random_state=None):
+    def __init__(self, delay: float = 0.0, fail_if: float | None = None, crash_if: float | None = None,
+                 hog_mb: int = 0, random_state=None):
         self.delay = delay
         self.fail_if = fail_if
+        self.crash_if = crash_if
         self.hog_mb = hog_mb
         self.random_state = random_state
 
     def fit(self, X, y):  # noqa: ANN001, ANN201
+        if self.crash_if is not None and self.delay == self.crash_if:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.fail_if is not None and self.delay == self.fail_if:
             raise ValueError(f"delay={self.delay} is refused by this estimator")
         hog = np.ones(self.hog_mb * 2**20 // 8) if self.hog_mb else None

@@ -150,3 +150,17 @@ async def test_ten_experiments_at_once_share_the_runners_fairly(make_stack) -> N
     first = max(min(t.finished_at for t in o.trials.values()) for o in outcomes)
     last = min(max(t.finished_at for t in o.trials.values()) for o in outcomes)
     assert first < last
+
+
+async def test_evaluator_down_picks_up_the_finished_experiment_when_back(make_stack) -> None:  # noqa: ANN001
+    stack = await make_stack(runners=1)
+    kill(stack, "evaluator")
+    assert await wait_exit(stack, "evaluator") == -signal.SIGKILL
+    async with watching(stack) as watch:
+        exp = await watch.submit(tweak("evaluator-down", [0.1], max_trials=2, parallelism=2))
+        outcome = watch.outcomes[exp]
+        await watch.until(lambda: outcome.completed is not None, "the search to finish")
+        assert outcome.evaluation is None  # nobody to evaluate it yet: the work waits in the stream
+        stack.respawn("evaluator")
+        await watch.done(exp)
+    assert outcome.evaluation.experiment_id == exp

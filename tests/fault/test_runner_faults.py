@@ -126,6 +126,29 @@ async def test_estimator_raising_for_some_params_fails_those_trials_only(make_st
     assert outcome.evaluation is not None  # the experiment went on to its decision
 
 
+async def test_trial_that_always_crashes_is_failed_after_max_deliver(make_stack) -> None:  # noqa: ANN001
+    # delay 0.3 kills the training process every time: retried with back-off, then failed with the reason.
+    stack = await make_stack(runners=1, trial_max_deliver=3)
+    tf = _with_model(tweak("crashing", [0.1, 0.3], max_trials=2, parallelism=1), fixed={"crash_if": 0.3})
+    tf = _with_search(tf, algorithm="grid")
+    async with watching(stack) as watch:
+        exp = await watch.submit(tf)
+        outcome = await watch.done(exp)
+    by_delay = {t.params["delay"]: t for t in outcome.trials.values()}
+    assert by_delay[0.1].status is TrialStatus.OK
+    crashed = by_delay[0.3]
+    assert crashed.status is TrialStatus.FAILED
+    assert crashed.attempt == 3
+    assert "the training process died (killed by SIGKILL)" in crashed.error
+    stack.check()  # the runner itself lived on
+
+
+def _with_model(tf: TweakFile, **changes: object) -> TweakFile:
+    data = tf.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["spec"]["model"].update(changes)
+    return TweakFile.model_validate(data)
+
+
 def _with_search(tf: TweakFile, **changes: object) -> TweakFile:
     data = tf.model_dump(mode="json", by_alias=True, exclude_none=True)
     data["spec"]["search"].update(changes)
