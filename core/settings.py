@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         description="Import-path prefixes that tweak files may name as estimators and pipeline steps.",
     )
     trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
-    trial_max_deliver: int = Field(default=3, gt=0, description="Deliveries of a trial before it is failed.")
+    trial_max_deliver: int = Field(default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners).")
     runner_threads: int = Field(default=1, gt=0, description="Threads each trial's estimator may use (n_jobs).")
     trial_memory_mb: int | None = Field(
         default=4096, gt=0, description="Resident memory a trial's training process may use before it is failed."

@@ -87,6 +87,14 @@ class TrialRunner:
 
     async def _handle(self, msg: NatsMessage, request: TrialRequested) -> None:
         attempt = msg.raw_message.metadata.num_delivered or 1
+        if attempt > self.ctx.settings.trial_max_deliver:
+            # Every runner that took it stopped before reporting (killed, evicted, crashed): record it once.
+            error = (
+                f"gave up after {attempt - 1} deliveries: every runner that took this trial stopped "
+                "before reporting a result (killed, evicted or out of memory)"
+            )
+            await self._report(msg, request, TrialOutcome(status=TrialStatus.FAILED, error=error), attempt)
+            return
         log.info("trial %s started (attempt %d)", request.trial_id, attempt)
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
         try:
@@ -107,6 +115,9 @@ class TrialRunner:
             outcome = TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             beat.cancel()
+        await self._report(msg, request, outcome, attempt)
+
+    async def _report(self, msg: NatsMessage, request: TrialRequested, outcome: TrialOutcome, attempt: int) -> None:
         result = TrialCompleted(
             experiment_id=request.experiment_id,
             trial_id=request.trial_id,

@@ -39,6 +39,21 @@ async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stac
     assert max(t.attempt for t in outcome.trials.values()) == 2  # the killed runner's trial was redelivered
 
 
+async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_stack) -> None:  # noqa: ANN001
+    # max_deliver 1: the first runner dies on the only allowed delivery; the next runner records it as failed.
+    stack = await make_stack(runners=1, trial_max_deliver=1)
+    async with watching(stack) as watch:
+        exp = await watch.submit(tweak("last-delivery", [3.0], max_trials=1, parallelism=1))
+        await watch.until(lambda: bool(started(watch, exp)), "the trial's first fold")
+        kill(stack, "trial-runner-0")
+        await wait_exit(stack, "trial-runner-0")
+        stack.respawn("trial-runner-0")
+        outcome = await watch.done(exp)
+    [trial] = outcome.completed.trials
+    assert trial.status is TrialStatus.FAILED
+    assert "gave up after 1 deliveries" in trial.error
+
+
 async def test_sigterm_runner_finishes_its_trial_within_the_grace(make_stack) -> None:  # noqa: ANN001
     stack = await make_stack(runners=1, shutdown_grace_s=60.0)
     async with watching(stack) as watch:
