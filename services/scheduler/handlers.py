@@ -52,11 +52,16 @@ class Scheduler:
         """Bind to state, resume unfinished experiments, start the deadline ticker."""
         self.store = await RecordStore.open(self.ctx.js, Bucket.EXPERIMENTS.value, ExperimentState)
         for key in await self.store.keys():
-            found = await self.store.get(key)
-            if found and found[0].status is ExperimentStatus.RUNNING:
-                log.info("resuming experiment %s", key)
+            try:
                 async with self._lock(key):
+                    found = await self.store.get(key)
+                    if key in self.runs or not found or found[0].status is not ExperimentStatus.RUNNING:
+                        continue
+                    log.info("resuming experiment %s", key)
                     await self._resume(found[0], found[1])
+            except Exception:  # one unreadable or contended record must not stop the others
+                log.exception("could not resume experiment %s; its next message retries", key)
+                self.runs.pop(key, None)
         self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:

@@ -47,6 +47,7 @@ import psutil
 
 from tweakline.errors import TweaklineError
 from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.trial_runner.training import TrialOutcome
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +243,10 @@ class TrialWorker:
 
     # -- running a trial ----------------------------------------------------------------------
 
-    async def run(self, request: TrialRequested, *, on_fold: OnFold | None = None, timeout: float | None = None):  # noqa: ANN201
+    async def run(
+        self, request: TrialRequested, *, on_fold: OnFold | None = None, timeout: float | None = None
+    ) -> TrialOutcome:
         """Train ``request`` in the child within ``timeout`` seconds and the memory limit."""
-        from tweakline.trial_runner.training import TrialOutcome
-
         await self.start()
         assert self._conn is not None
         running = _Running(request.trial_id)
@@ -290,10 +291,8 @@ class TrialWorker:
             self._running = None
             self._cancel.clear()
 
-    def _check_limits(self, running: _Running, deadline: float | None, started: float):  # noqa: ANN202
+    def _check_limits(self, running: _Running, deadline: float | None, started: float) -> TrialOutcome | None:
         """A final outcome if a limit is hit (the caller kills the child), else ``None``."""
-        from tweakline.trial_runner.training import TrialOutcome
-
         now = time.monotonic()
         elapsed = now - started
         if running.aborted:
