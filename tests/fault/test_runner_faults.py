@@ -36,7 +36,7 @@ async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stac
     assert completed is not None and completed.status.value == "completed"
     assert numbers_of(outcome) == list(range(6))  # exactly max_trials: none lost, none counted twice
     assert all(t.status is TrialStatus.OK for t in completed.trials)
-    assert max(t.attempt for t in outcome.trials.values()) == 2  # the killed runner's trial was redelivered
+    assert max(t.attempt for t in outcome.trials.values()) >= 2  # the killed runner's trial was redelivered
 
 
 async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_stack) -> None:  # noqa: ANN001
