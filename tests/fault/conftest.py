@@ -93,6 +93,11 @@ class Watch:
 
     async def submit(self, tf: TweakFile) -> str:
         exp_id = await submit(self.nc, tf, Source(trigger="cli", path="fault-test"))
+        self.track(exp_id, tf)
+        return exp_id
+
+    def track(self, exp_id: str, tf: TweakFile) -> Outcome:
+        """Follow ``exp_id`` from the start of its stored events (also one submitted elsewhere)."""
         outcome = Outcome(experiment_id=exp_id, tweak=tf)
         self.outcomes[exp_id] = outcome
 
@@ -100,7 +105,7 @@ class Watch:
             asyncio.get_running_loop().create_task(self._notify())
 
         self._tasks.append(asyncio.create_task(follow(self.nc, outcome, on_change, timeout=WAIT * 2)))
-        return exp_id
+        return outcome
 
     async def until(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
         """Wait until ``predicate()`` holds (re-checked on every event), or fail naming ``what``."""
