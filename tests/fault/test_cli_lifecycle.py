@@ -19,7 +19,7 @@ from tests.e2e.test_run import leftover_processes
 from tests.fault.conftest import tweak
 from tweakline.bus import connect
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import Subject, all_of
+from tweakline.proto.subjects import Stream, Subject, all_of, subject_for
 from tweakline.settings import Settings
 
 pytestmark = pytest.mark.fault
@@ -82,6 +82,22 @@ async def test_ctrl_c_on_run_stops_everything_it_started(tmp_path: Path) -> None
     assert not leftover_processes(state)
 
 
+async def poison_and_wait(state: Path, url: str) -> None:
+    """Publish one undecodable submission and wait for its dead letter."""
+    nc = await connect(Settings(nats_url=url, identity=Identity.ADMIN, state_dir=state), "fault-test-status")
+    got = asyncio.Event()
+
+    async def on_letter(_msg) -> None:  # noqa: ANN001
+        got.set()
+
+    try:
+        await nc.subscribe(all_of(Subject.DEAD_LETTER), cb=on_letter)
+        await nc.jetstream().publish(subject_for(Subject.EXPERIMENT_SUBMITTED, "not-json"), b"{oops", stream=Stream.EVENTS.value)
+        await asyncio.wait_for(got.wait(), 120)
+    finally:
+        await nc.close()
+
+
 def test_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     up = run_cli("up", "--state-dir", str(state), "--runners", "1", env=ENV, timeout=300)
@@ -91,12 +107,21 @@ def test_up_status_down(tmp_path: Path) -> None:
         again = run_cli("up", "--state-dir", str(state), env=ENV)
         assert again.code == 0 and "already up" in again.stderr
 
+        url = up.stdout.split("TWEAKLINE_NATS_URL=", 1)[1].split()[0]
+        asyncio.run(poison_and_wait(state, url))
+
         status = run_cli("status", "--state-dir", str(state), "--json", env=ENV)
         assert status.code == 0, status.stderr
         report = status.json()
         assert set(report["stack"]["services"]) == {"scheduler", "evaluator", "deployer", "trial-runner-0"}
         assert all(proc["alive"] for proc in report["stack"]["services"].values())
-        assert report["experiments"] == [] and report["dead_letters"]["total"] == 0
+        assert report["experiments"] == []
+        assert report["dead_letters"]["total"] == 1
+        [letter] = report["dead_letters"]["recent"]
+        assert letter["service"] == "scheduler" and letter["subject"].endswith(".not-json")
+        assert letter["reason"].startswith("not a valid ExperimentSubmitted")
+        human = run_cli("status", "--state-dir", str(state), env={**ENV, "COLUMNS": "200"})
+        assert human.code == 0 and "not a valid ExperimentSubmitted" in human.stdout
         assert {"queued", "training", "idle_pulls", "redelivered"} <= report["runners"].keys()
     finally:
         down = run_cli("down", "--state-dir", str(state), env=ENV, timeout=120)
