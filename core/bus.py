@@ -96,12 +96,15 @@ def consumer_config(consumer: Consumer, settings: Settings) -> api.ConsumerConfi
     _stream, subject = CONSUMER_FILTERS[consumer]
     if consumer is Consumer.TRIAL_RUNNERS:
         # A runner heartbeats (in_progress) while training, so ack_wait bounds a *dead* runner.
+        # Deliveries are unlimited here on purpose: the runner itself fails a trial delivered more
+        # than trial_max_deliver times. With a server-side limit, a runner dying on the last
+        # delivery would leave the trial undelivered and unreported for ever.
         return api.ConsumerConfig(
             durable_name=consumer.value,
             filter_subject=subject,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=settings.trial_ack_wait_s,
-            max_deliver=settings.trial_max_deliver,
+            max_deliver=-1,
             max_ack_pending=1024,
             deliver_policy=api.DeliverPolicy.ALL,
         )
@@ -153,6 +156,11 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             await js.consumer_info(stream.value, consumer.value)
         except NotFoundError:
             await js.add_consumer(stream.value, config)
+            continue
+        try:  # bring an existing consumer's editable settings (ack_wait, max_deliver) up to date
+            await js.add_consumer(stream.value, config)
+        except BadRequestError as exc:
+            log.warning("consumer %s kept as is: %s", consumer.value, exc.description)
     await js.create_key_value(
         api.KeyValueConfig(bucket=Bucket.EXPERIMENTS.value, history=5, storage=api.StorageType.FILE)
     )

@@ -17,7 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from tweakline import __version__
+from tweakline import __version__, stackctl
 from tweakline.bus_command import bus_app
 from tweakline.errors import InvalidTweakFileError, TweaklineError
 from tweakline.report_cmd import report as report_command
@@ -38,6 +38,7 @@ from tweakline.model_server.cli import register as _register_serve  # noqa: E402
 
 _register_release_commands(app)
 _register_serve(app)
+stackctl.register(app)  # up, down, status
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 

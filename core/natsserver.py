@@ -7,7 +7,9 @@ certificate's subject (``CN=<identity>``) to a user with the permissions of
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,16 @@ from pathlib import Path
 from tweakline.errors import StackError
 from tweakline.pki import TlsFiles
 from tweakline.proto.permissions import Identity, Permissions
+
+
+def _own_session_dies_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Own session (the terminal's Ctrl-C reaches the CLI, which stops the server in order), and
+    SIGTERM from Linux if the process that started the server dies without stopping it."""
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def nats_server_binary() -> Path:
@@ -133,7 +145,7 @@ class EmbeddedNatsServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # our Ctrl-C handling stops it, not the terminal's signal
+            preexec_fn=_own_session_dies_with_parent,  # noqa: PLW1509 - only prctl/setsid
         )
         deadline = time.monotonic() + timeout
         ports_file = ports_dir / f"nats-server_{self.process.pid}.ports"

@@ -35,10 +35,16 @@ class Settings(BaseSettings):
         description="Import-path prefixes that tweak files may name as estimators and pipeline steps.",
     )
     trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
-    trial_max_deliver: int = Field(default=3, gt=0, description="Deliveries of a trial before it is failed.")
+    trial_max_deliver: int = Field(default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners).")
     runner_threads: int = Field(default=1, gt=0, description="Threads each trial's estimator may use (n_jobs).")
     prune_verdict_wait_s: float = Field(
         default=2.0, ge=0, description="With a pruner, how long a runner waits after a fold for the scheduler's verdict."
+    )
+    trial_memory_mb: int | None = Field(
+        default=4096, gt=0, description="Resident memory a trial's training process may use before it is failed."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="On SIGTERM, how long a runner may finish its trial before handing it back."
     )
     log_level: str = "INFO"
     log_json: bool = False

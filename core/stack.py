@@ -18,7 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlparse
 from pathlib import Path
 from typing import IO
 
@@ -174,9 +175,7 @@ class LocalStack:
                 self._spawn(name)
             for index in range(self.runners):
                 self._spawn("trial-runner", index)
-            self.layout.info.write_text(
-                json.dumps({"pid": os.getpid(), "url": self.url, "services": {s.name: s.process.pid for s in self.services}})
-            )
+            self._write_info()
         except BaseException:
             self.stop()
             raise
@@ -208,6 +207,7 @@ class LocalStack:
                 "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1"),
             }
         )
+        env.update(self._settings_env())
         env.pop("TWEAKLINE_TLS_DIR", None)
         if settings.metrics_port:  # one Prometheus port per local process: base, base+1, ...
             env["TWEAKLINE_METRICS_PORT"] = str(settings.metrics_port + len(self.services))
@@ -223,6 +223,55 @@ class LocalStack:
         )
         self.services.append(ServiceProcess(label, process, log_path, handle))
 
+    def _settings_env(self) -> dict[str, str]:
+        """The stack's non-default settings as ``TWEAKLINE_*`` variables, so every service sees them."""
+        skip = {"nats_url", "identity", "state_dir", "tls_dir"}
+        values = self.base_settings.model_dump(mode="json", exclude_defaults=True, exclude=skip)
+        return {
+            f"TWEAKLINE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in values.items()
+        }
+
+    def service(self, label: str) -> ServiceProcess:
+        """The started service called ``label`` (``scheduler``, ``trial-runner-0``...)."""
+        for candidate in self.services:
+            if candidate.name == label:
+                return candidate
+        raise StackError(f"no service {label!r} in this stack; have {', '.join(s.name for s in self.services)}")
+
+    def respawn(self, label: str) -> ServiceProcess:
+        """Start service ``label`` again after it exited (the supervisor's and the fault tests' restart)."""
+        old = self.service(label)
+        if old.alive():
+            raise StackError(f"service {label} is still running (pid {old.process.pid})")
+        old.log_handle.close()
+        self.services.remove(old)
+        service, _, index = label.partition("-runner-")
+        self._spawn("trial-runner" if index else service, int(index or 0))
+        self._write_info()
+        return self.services[-1]
+
+    def restart_server(self) -> None:
+        """Restart nats-server on the same port and store (services reconnect on their own)."""
+        assert self.server is not None and self.url is not None
+        port = urlparse(self.url).port
+        self.server.stop()
+        self.server.config = replace(self.server.config, port=port or self.port)
+        self.server.start()
+        self._write_info()
+
+    def _write_info(self) -> None:
+        self.layout.info.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "url": self.url,
+                    "server": self.server.pid if self.server else None,
+                    "services": {s.name: s.process.pid for s in self.services},
+                }
+            )
+        )
+
     def check(self) -> None:
         """Raise :class:`StackError` with its log tail if a service process died."""
         for service in self.services:
@@ -234,8 +283,13 @@ class LocalStack:
         if self.server is not None and self.server.process is not None and self.server.process.poll() is not None:
             raise StackError(f"nats-server exited; see {self.server.log_file}")
 
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop the services (SIGTERM, then SIGKILL after ``grace``), then the server; idempotent."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop the services (SIGTERM, then SIGKILL after ``grace``), then the server; idempotent.
+
+        The default grace lets a runner use its own ``shutdown_grace_s`` to finish or hand back its trial.
+        """
+        if grace is None:
+            grace = self.base_settings.shutdown_grace_s + 5.0
         for service in self.services:
             if service.alive():
                 service.process.send_signal(signal.SIGTERM)

@@ -31,6 +31,12 @@ def create_app(settings: Settings) -> FastStream:
     async def trial_progress(msg: NatsMessage) -> None:
         await scheduler.on_progress(msg)
 
-    app.after_startup(scheduler.start)
+    async def _resume_first() -> None:
+        # Resume from KV before the subscribers start: a redelivered submission or result arriving
+        # while an experiment is being rebuilt would otherwise race the rebuild.
+        await broker.connect()
+        await scheduler.start()
+
+    app.on_startup(_resume_first)
     app.on_shutdown(scheduler.stop)
     return app

@@ -66,11 +66,16 @@ class Scheduler:
         self.store = await RecordStore.open(self.ctx.js, Bucket.EXPERIMENTS.value, ExperimentState)
         self.lineage = await LineageStore.open(self.ctx.js)
         for key in await self.store.keys():
-            found = await self.store.get(key)
-            if found and found[0].status is ExperimentStatus.RUNNING:
-                log.info("resuming experiment %s", key)
+            try:
                 async with self._lock(key):
+                    found = await self.store.get(key)
+                    if key in self.runs or not found or found[0].status is not ExperimentStatus.RUNNING:
+                        continue
+                    log.info("resuming experiment %s", key)
                     await self._resume(found[0], found[1])
+            except Exception:  # one unreadable or contended record must not stop the others
+                log.exception("could not resume experiment %s; its next message retries", key)
+                self.runs.pop(key, None)
         self._ticker = asyncio.create_task(self._tick())
         self._ready.set()
 
@@ -130,6 +135,16 @@ class Scheduler:
         result = await self.ctx.decode(msg, TrialCompleted)
         if result is None:
             return
+        exp_id = result.experiment_id
+        try:
+            await self._on_result(msg, result)
+        except Exception:
+            # The cached run may be ahead of KV now: forget it, rebuild from KV on the retry.
+            log.exception("result %s of %s not applied; retrying", result.trial_id, exp_id)
+            self.runs.pop(exp_id, None)
+            await msg.nack(delay=2.0)
+
+    async def _on_result(self, msg: NatsMessage, result: TrialCompleted) -> None:
         exp_id = result.experiment_id
         async with self._lock(exp_id):
             run = await self._run(exp_id)

@@ -30,4 +30,6 @@ def create_app(settings: Settings) -> FastStream:
     app.after_startup(runner.early.start)
 
     app.after_startup(use_uploaded_datasets(ServiceContext(settings, broker, NAME)))
+    app.after_startup(runner.start)
+    app.on_shutdown(runner.stop)  # before the broker closes: the trial's result or nak still goes out
     return app

@@ -413,6 +413,21 @@ class ObjectLoader(DatasetLoader):
         return _load_csv_file(spec, path, task, f"sha256:{digest[:12]}")
 
 
+def prefetch(spec: DatasetSpec) -> None:
+    """Bring an uploaded (``object:``) dataset into the local cache; other sources need nothing.
+
+    The runner calls it before handing a trial to its training process, which has no NATS
+    connection and reads the same cache directory.
+    """
+    if not spec.source.startswith(f"{ObjectLoader.scheme}:"):
+        return
+    digest = ObjectLoader.digest(spec)
+    fetcher = ObjectLoader.fetcher
+    if fetcher is None:
+        raise DatasetError(f"{spec.source}: this process has no connection to the datasets object store")
+    ObjectLoader.cache.get(digest, lambda: fetcher(digest), spec.source)
+
+
 def use_object_store(fetcher: BlobFetcher | None, cache_dir: Path | None = None) -> None:
     """Make ``object:`` sources loadable in this process: where bytes come from and where they are kept."""
     ObjectLoader.fetcher = fetcher

@@ -1,8 +1,10 @@
 """The trial runner's message handling: train one trial at a time, heartbeat while training, report once.
 
-Training runs in a worker thread so the event loop keeps the connection alive and sends
-``in_progress`` heartbeats: a long trial is never redelivered while its runner lives, and a
-dead runner's trial is redelivered after ``ack_wait``.
+Training runs in the runner's long-lived child process (:mod:`tweakline.trial_runner.worker`),
+so the event loop keeps the connection alive and sends ``in_progress`` heartbeats (a long trial
+is never redelivered while its runner lives; a dead runner's trial is redelivered after
+``ack_wait``), and a trial over its time or memory limit is failed without taking the runner down.
+On shutdown the running trial gets ``shutdown_grace_s`` to finish, then it is handed back (nak).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import socket
 from faststream.nats import NatsMessage
 
 from tweakline import telemetry
-from tweakline.proto.messages import TrialCompleted, TrialRequested, TrialStatus, msg_id
+from tweakline.proto.messages import TrialCompleted, TrialProgress, TrialRequested, TrialStatus, msg_id
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.service import ServiceContext, keep_alive
-from tweakline.trial_runner.datasets import DatasetCache
+from tweakline.trial_runner.datasets import prefetch
 from tweakline.trial_runner.early_stopping import EarlyStopping
-from tweakline.trial_runner.training import OnFold, TrialOutcome, run_trial
+from tweakline.trial_runner.training import TrialOutcome
+from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,41 +34,100 @@ class TrialRunner:
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
         self.name = f"{socket.gethostname()}-{os.getpid()}"
-        self.datasets = DatasetCache()
-        self.early = EarlyStopping(ctx)  # early stopping: progress out, verdicts in
-
-    @telemetry.traced("trial.run")  # runs in a worker thread: to_thread copies the trace context
-    def _train(self, request: TrialRequested, on_fold: OnFold | None = None) -> TrialOutcome:
-        split = self.datasets.get(request.spec.dataset)
-        return run_trial(
-            split,
-            request.spec,
-            request.params,
-            self.ctx.settings.allowed_estimators,
-            seed=request.spec.search.seed,
-            n_jobs=self.ctx.settings.runner_threads,
-            on_fold=on_fold,
+        settings = ctx.settings
+        self.worker = TrialWorker(
+            WorkerConfig(
+                allowed_estimators=tuple(settings.allowed_estimators),
+                n_jobs=settings.runner_threads,
+                memory_limit_mb=settings.trial_memory_mb,
+                dataset_cache_dir=str(settings.state_dir / "cache" / "datasets"),
+            )
         )
+        self.early = EarlyStopping(ctx, on_cancel=self.cancel)  # verdicts in on trials.control
+        self.stopping = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        """Start the training process up front, so the first trial does not wait for it."""
+        await self.worker.start()
+
+    async def stop(self) -> None:
+        """Stop taking trials; give the running one ``shutdown_grace_s``, then hand it back."""
+        self.stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.ctx.settings.shutdown_grace_s)
+        except TimeoutError:
+            log.warning("trial %s did not finish within the shutdown grace: handing it back", self.worker.current)
+            self.worker.abort()
+            await self._idle.wait()
+        await self.worker.close()
+
+    def cancel(self, trial_id: str, reason: str) -> bool:
+        """Stop ``trial_id`` if this runner is training it; its result is then ``pruned`` with ``reason``."""
+        return self.worker.cancel(trial_id, reason)
+
+    async def _progress(self, request: TrialRequested, fold: int, value: float) -> None:
+        progress = TrialProgress(
+            experiment_id=request.experiment_id, trial_id=request.trial_id, number=request.number, step=fold, value=value
+        )
+        try:  # live progress is best effort (core NATS): a lost one only delays early stopping
+            await self.ctx.broker.publish(progress, subject_for(Subject.TRIAL_PROGRESS, request.experiment_id))
+        except Exception:  # noqa: BLE001
+            log.debug("could not publish progress of %s", request.trial_id, exc_info=True)
 
     async def on_trial_requested(self, msg: NatsMessage) -> None:
         """Run one trial and publish its result before acknowledging it."""
+        if self.stopping:  # shutting down: leave it to another runner at once
+            await msg.nack()
+            return
         request = await self.ctx.decode(msg, TrialRequested)
         if request is None:
             return
+        self._idle.clear()
+        try:
+            await self._handle(msg, request)
+        finally:
+            self._idle.set()
+
+    async def _handle(self, msg: NatsMessage, request: TrialRequested) -> None:
         attempt = msg.raw_message.metadata.num_delivered or 1
+        if attempt > self.ctx.settings.trial_max_deliver:
+            # Every runner that took it stopped before reporting (killed, evicted, crashed): record it once.
+            error = (
+                f"gave up after {attempt - 1} deliveries: every runner that took this trial stopped "
+                "before reporting a result (killed, evicted or out of memory)"
+            )
+            await self._report(msg, request, TrialOutcome(status=TrialStatus.FAILED, error=error), attempt)
+            return
         log.info("trial %s started (attempt %d)", request.trial_id, attempt)
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
         try:
-            with self.early.watch(request) as watch:  # early stopping
-                outcome = await asyncio.to_thread(self._train, request, watch.on_fold)
+            await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
+            # The child trains; each fold's score is published from here, and a prune verdict on
+            # trials.control reaches the child through early stopping's registry -> self.cancel.
+            with self.early.watch(request), telemetry.span("trial.run") as run_span:
+                outcome = await self.worker.run(
+                    request,
+                    on_fold=lambda fold, value: self._progress(request, fold, value),
+                    timeout=request.spec.budget.trial_timeout,
+                )
+                telemetry.trial_outcome(run_span, outcome)
+        except TrialAbortedError:
+            log.info("trial %s handed back", request.trial_id)
+            await msg.nack()
+            return
         except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
             if attempt < self.ctx.settings.trial_max_deliver:
-                log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc)
+                log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc, exc_info=True)
                 await msg.nack(delay=min(30.0, 2.0**attempt))
                 return
             outcome = TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             beat.cancel()
+        await self._report(msg, request, outcome, attempt)
+
+    async def _report(self, msg: NatsMessage, request: TrialRequested, outcome: TrialOutcome, attempt: int) -> None:
         result = TrialCompleted(
             experiment_id=request.experiment_id,
             trial_id=request.trial_id,

@@ -1,0 +1,385 @@
+"""The runner's training child: one long-lived process per runner, killed and respawned on limits.
+
+Training runs in a child process so that a trial can be stopped at any moment (a time limit, a
+memory limit, a cancellation by the scheduler, a shutdown) without taking the runner down: the
+child is killed and a fresh one is started for the next trial. The child lives from trial to
+trial so its dataset cache (and its imports) survive; only a killed trial pays for a new child.
+
+API (asyncio, one trial at a time)::
+
+    worker = TrialWorker(WorkerConfig(allowed_estimators=[...], memory_limit_mb=2048))
+    await worker.start()                       # optional: warm the child up front
+    outcome = await worker.run(request, on_fold=publish_progress, timeout=30.0)
+    worker.cancel(request.trial_id, "pruned by asha at fold 2")   # from another task
+    await worker.close()
+
+``run`` returns a :class:`~tweakline.trial_runner.training.TrialOutcome`:
+
+- ``failed`` with the reason when the trial exceeds its time or memory limit;
+- ``pruned`` (with the fold scores seen so far) after :meth:`TrialWorker.cancel`;
+- otherwise what :func:`~tweakline.trial_runner.training.run_trial` produced.
+
+It raises :class:`WorkerCrashedError` when the child died on its own (a segfault, the kernel's OOM
+killer) or could not load the data: infrastructure trouble the caller may retry elsewhere, and
+:class:`TrialAbortedError` after :meth:`TrialWorker.abort` (the runner is shutting down and hands
+the trial back).
+
+Parent and child talk over a private ``multiprocessing`` pipe (local, never the bus). The child
+asks Linux to kill it when its parent dies, so a SIGKILLed runner leaves no training orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psutil
+
+from tweakline.errors import TweaklineError
+from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.trial_runner.training import TrialOutcome
+
+log = logging.getLogger(__name__)
+
+# How often the parent samples the child's memory (seconds).
+MEMORY_POLL_S = 0.2
+# After cancel(), how long the child may take to reach a fold boundary before it is killed.
+CANCEL_GRACE_S = 1.0
+# A new child imports scikit-learn: slow on a busy machine, but bounded.
+START_TIMEOUT_S = 180.0
+
+OnFold = Callable[[int, float], Awaitable[None] | None]
+"""``on_fold(fold_index, value)`` in the parent, after each fold the child finished."""
+
+
+class WorkerCrashedError(TweaklineError):
+    """The training child died on its own or could not prepare the trial (retry elsewhere)."""
+
+
+class TrialAbortedError(TweaklineError):
+    """The trial was abandoned because the runner is stopping; hand it back to the queue."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the child needs to train, and the limits the parent enforces."""
+
+    allowed_estimators: Sequence[str] = ("sklearn.",)
+    n_jobs: int | None = 1
+    memory_limit_mb: int | None = None
+    cancel_grace_s: float = CANCEL_GRACE_S
+    # Where uploaded (object:) datasets are cached on disk: the parent, which holds the NATS
+    # connection, fetches them there before a trial; the child only reads that cache.
+    dataset_cache_dir: str | None = None
+
+
+# ----------------------------------------------------------------------------------- the child
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the runner that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _child_main(
+    conn: Connection, cancel: Any, allowed: list[str], n_jobs: int | None, dataset_cache_dir: str | None = None
+) -> None:  # pragma: no cover
+    """The child's loop: receive a trial as JSON, send fold scores, then the outcome."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when training stops
+    from pathlib import Path
+
+    from tweakline.trial_runner.datasets import DatasetCache, DatasetError, use_object_store
+    from tweakline.trial_runner.training import describe_error, run_trial
+
+    if dataset_cache_dir is not None:
+
+        def _not_prefetched(digest: str) -> bytes:
+            raise DatasetError(f"sha256:{digest[:12]} was not fetched by the runner before the trial")
+
+        use_object_store(_not_prefetched, Path(dataset_cache_dir))
+
+    cache = DatasetCache()
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            payload = conn.recv()
+        except (EOFError, OSError):
+            return
+        if payload is None:
+            return
+        request = TrialRequested.model_validate_json(payload)
+        try:
+            split = cache.get(request.spec.dataset)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides on retries
+            conn.send(("error", describe_error(exc)))
+            continue
+
+        def on_fold(index: int, value: float) -> bool:
+            conn.send(("fold", index, value))
+            return bool(cancel.is_set())  # a cancelled trial stops at the next fold boundary
+
+        outcome = run_trial(
+            split,
+            request.spec,
+            request.params,
+            allowed,
+            seed=request.spec.search.seed,
+            on_fold=on_fold,
+            n_jobs=n_jobs,
+        )
+        conn.send(("done", asdict(outcome)))
+
+
+# ---------------------------------------------------------------------------------- the parent
+
+
+@dataclass
+class _Running:
+    trial_id: str
+    folds: list[float] = field(default_factory=list)
+    cancel_reason: str | None = None
+    cancel_deadline: float | None = None
+    aborted: bool = False
+
+
+class TrialWorker:
+    """The parent side: runs trials in the child and enforces their limits."""
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self._ctx = multiprocessing.get_context("spawn")  # no fork of a threaded asyncio process
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._cancel = self._ctx.Event()
+        self._running: _Running | None = None
+        self._wake = asyncio.Event()
+        self._start_lock: asyncio.Lock | None = None
+        self.spawned = 0  # children started so far (observable in logs and tests)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, if one is running."""
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
+
+    @property
+    def current(self) -> str | None:
+        """The id of the trial being trained, if any."""
+        return self._running.trial_id if self._running else None
+
+    async def start(self) -> None:
+        """Start the child (if not running) and wait until it is ready to train (safe to call concurrently)."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._process is not None and self._process.is_alive():
+                return
+            self._discard()
+            parent_end, child_end = self._ctx.Pipe(duplex=True)
+            self._cancel.clear()
+            process = self._ctx.Process(
+                target=_child_main,
+                args=(
+                    child_end,
+                    self._cancel,
+                    list(self.config.allowed_estimators),
+                    self.config.n_jobs,
+                    self.config.dataset_cache_dir,
+                ),
+                name="tweakline-trial-worker",
+                daemon=True,
+            )
+            process.start()
+            child_end.close()  # so the parent sees EOF when the child dies
+            self._process, self._conn = process, parent_end
+            self.spawned += 1
+            deadline = time.monotonic() + START_TIMEOUT_S
+            message = None
+            while message is None and time.monotonic() < deadline:
+                message = await self._receive(deadline=deadline)
+            if message is None or message[0] != "ready":
+                self._discard()
+                raise WorkerCrashedError(f"the training process did not start within {START_TIMEOUT_S:g}s ({message!r})")
+            log.info("training process %s ready", process.pid)
+
+    async def close(self) -> None:
+        """Stop the child (politely, then by force)."""
+        if self._conn is not None and self._process is not None and self._process.is_alive():
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self._conn.send(None)
+            await asyncio.to_thread(self._process.join, 2.0)
+        self._discard()
+
+    def _discard(self) -> None:
+        """Kill the child (if alive) and forget it; the next trial starts a fresh one."""
+        if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join(5.0)
+            with contextlib.suppress(ValueError):
+                self._process.close()
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        self._process, self._conn = None, None
+
+    # -- control from other tasks -------------------------------------------------------------
+
+    def cancel(self, trial_id: str, reason: str) -> bool:
+        """Stop trial ``trial_id`` if it is the one running: its result becomes ``pruned``.
+
+        The child stops at its next fold boundary; if it does not get there within
+        ``cancel_grace_s`` it is killed. Returns whether that trial was running here.
+        """
+        running = self._running
+        if running is None or running.trial_id != trial_id or running.cancel_reason is not None:
+            return False
+        running.cancel_reason = reason
+        running.cancel_deadline = time.monotonic() + self.config.cancel_grace_s
+        self._cancel.set()
+        self._wake.set()
+        return True
+
+    def abort(self) -> bool:
+        """Abandon the running trial now (shutdown): :meth:`run` raises :class:`TrialAbortedError`."""
+        if self._running is None:
+            return False
+        self._running.aborted = True
+        self._wake.set()
+        return True
+
+    # -- running a trial ----------------------------------------------------------------------
+
+    async def run(
+        self, request: TrialRequested, *, on_fold: OnFold | None = None, timeout: float | None = None
+    ) -> TrialOutcome:
+        """Train ``request`` in the child within ``timeout`` seconds and the memory limit."""
+        await self.start()
+        assert self._conn is not None
+        running = _Running(request.trial_id)
+        self._running = running
+        self._cancel.clear()
+        self._wake.clear()
+        started = time.monotonic()
+        deadline = started + timeout if timeout is not None else None
+        try:
+            self._conn.send(request.model_dump_json())
+            while True:
+                limit = self._check_limits(running, deadline, started)
+                if limit is not None:
+                    self._discard()
+                    return limit
+                message = await self._receive(deadline=time.monotonic() + MEMORY_POLL_S)
+                if message is None:
+                    continue
+                kind = message[0]
+                if kind == "fold":
+                    running.folds.append(float(message[2]))
+                    if on_fold is not None:
+                        result = on_fold(int(message[1]), float(message[2]))
+                        if isinstance(result, Awaitable):
+                            await result
+                elif kind == "done":
+                    values = dict(message[1])
+                    outcome = TrialOutcome(**values)
+                    outcome.status = TrialStatus(outcome.status)
+                    if running.cancel_reason is not None and outcome.status is TrialStatus.PRUNED:
+                        outcome.error = running.cancel_reason
+                    return outcome
+                elif kind == "error":
+                    raise WorkerCrashedError(str(message[1]))
+                elif kind == "eof":
+                    code = self._exitcode()
+                    self._discard()
+                    if running.aborted:
+                        raise TrialAbortedError(f"trial {request.trial_id} abandoned: the runner is stopping")
+                    raise WorkerCrashedError(f"the training process died ({code})")
+        finally:
+            self._running = None
+            self._cancel.clear()
+
+    def _check_limits(self, running: _Running, deadline: float | None, started: float) -> TrialOutcome | None:
+        """A final outcome if a limit is hit (the caller kills the child), else ``None``."""
+        now = time.monotonic()
+        elapsed = now - started
+        if running.aborted:
+            self._discard()
+            raise TrialAbortedError(f"trial {running.trial_id} abandoned: the runner is stopping")
+        if running.cancel_reason is not None and running.cancel_deadline is not None and now >= running.cancel_deadline:
+            score = sum(running.folds) / len(running.folds) if running.folds else None
+            return TrialOutcome(
+                status=TrialStatus.PRUNED, score=score, fold_scores=list(running.folds),
+                duration_s=elapsed, error=running.cancel_reason,
+            )
+        if deadline is not None and now >= deadline:
+            return TrialOutcome(
+                status=TrialStatus.FAILED, fold_scores=list(running.folds), duration_s=elapsed,
+                error=f"trial exceeded its time limit of {deadline - started:g}s (budget.trial_timeout); stopped after {elapsed:.1f}s",
+            )
+        limit = self.config.memory_limit_mb
+        if limit is not None and self._process is not None and self._process.pid is not None:
+            try:
+                rss_mb = psutil.Process(self._process.pid).memory_info().rss / 2**20
+            except psutil.Error:
+                return None  # the child is gone: the pipe's EOF reports it
+            if rss_mb > limit:
+                return TrialOutcome(
+                    status=TrialStatus.FAILED, fold_scores=list(running.folds), duration_s=elapsed,
+                    error=f"trial used {rss_mb:.0f} MiB of memory, over the runner's limit of {limit} MiB "
+                    "(TWEAKLINE_TRIAL_MEMORY_MB)",
+                )
+        return None
+
+    def _exitcode(self) -> str:
+        if self._process is None:
+            return "unknown exit"
+        self._process.join(1.0)
+        code = self._process.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    async def _receive(self, *, deadline: float) -> tuple[Any, ...] | None:
+        """The child's next message, ``("eof",)`` if it died, or ``None`` at ``deadline`` or on a wake-up."""
+        conn = self._conn
+        if conn is None:
+            return ("eof",)
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        fd = conn.fileno()
+        loop.add_reader(fd, ready.set)
+        try:
+            if not conn.poll():
+                wake = asyncio.create_task(self._wake.wait())
+                got = asyncio.create_task(ready.wait())
+                try:
+                    await asyncio.wait({wake, got}, timeout=max(0.0, deadline - time.monotonic()),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    wake.cancel()
+                    got.cancel()
+                self._wake.clear()
+                if not conn.poll():
+                    return None
+            try:
+                return conn.recv()
+            except (EOFError, OSError):
+                return ("eof",)
+        finally:
+            loop.remove_reader(fd)

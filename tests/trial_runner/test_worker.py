@@ -1,0 +1,100 @@
+"""The training child: limits, cancellation and crash handling, with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import psutil
+import pytest
+
+from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.proto.tweakfile import ExperimentSpec
+from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig, WorkerCrashedError
+
+ALLOWED = ("sklearn.", "tests.fault.")
+SLEEPY = "tests.fault.estimators.SleepyClassifier"
+
+
+def request(params: dict[str, Any], *, estimator: str = SLEEPY, cv: int = 2, number: int = 0) -> TrialRequested:
+    spec = ExperimentSpec.model_validate(
+        {
+            "dataset": {"source": "sklearn:iris", "seed": 0},
+            "model": {"estimator": estimator},
+            "search": {"space": {"delay": {"type": "float", "low": 0.0, "high": 60.0}}},
+            "objective": {"metric": "accuracy", "cv": cv},
+        }
+    )
+    return TrialRequested(experiment_id="exp", trial_id=f"exp-{number}", number=number, params=params, spec=spec)
+
+
+@pytest.fixture
+async def worker():
+    w = TrialWorker(WorkerConfig(allowed_estimators=ALLOWED, memory_limit_mb=600, cancel_grace_s=0.5))
+    yield w
+    await w.close()
+
+
+async def test_trials_reuse_one_child_and_forward_fold_scores(worker: TrialWorker) -> None:
+    folds: list[tuple[int, float]] = []
+    first = await worker.run(request({"C": 1.0}, estimator="sklearn.svm.SVC", cv=3), on_fold=lambda i, v: folds.append((i, v)))
+    assert first.status is TrialStatus.OK, first.error
+    assert [i for i, _ in folds] == [0, 1, 2]
+    assert [v for _, v in folds] == first.fold_scores
+    pid = worker.pid
+    second = await worker.run(request({"delay": 0.0}))
+    assert second.status is TrialStatus.OK, second.error
+    assert worker.pid == pid and worker.spawned == 1
+
+
+async def test_time_limit_fails_the_trial_and_the_next_one_runs(worker: TrialWorker) -> None:
+    await worker.start()
+    old = worker.pid
+    outcome = await worker.run(request({"delay": 60.0}), timeout=1.0)
+    assert outcome.status is TrialStatus.FAILED
+    assert "time limit of 1s (budget.trial_timeout)" in (outcome.error or "")
+    assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
+    after = await worker.run(request({"delay": 0.0}))
+    assert after.status is TrialStatus.OK and worker.spawned == 2
+
+
+async def test_memory_limit_fails_the_trial(worker: TrialWorker) -> None:
+    outcome = await worker.run(request({"delay": 30.0, "hog_mb": 900}), timeout=60.0)
+    assert outcome.status is TrialStatus.FAILED
+    assert "over the runner's limit of 600 MiB" in (outcome.error or "")
+    assert (await worker.run(request({"delay": 0.0}))).status is TrialStatus.OK
+
+
+async def test_cancel_prunes_the_running_trial(worker: TrialWorker) -> None:
+    req = request({"delay": 30.0}, cv=3)
+    task = asyncio.create_task(worker.run(req))
+    while worker.current != req.trial_id:
+        await asyncio.sleep(0.05)
+    assert not worker.cancel("someone-else", "no")
+    assert worker.cancel(req.trial_id, "pruned by the test")
+    outcome = await asyncio.wait_for(task, 60)
+    assert outcome.status is TrialStatus.PRUNED
+    assert outcome.error == "pruned by the test"
+
+
+async def test_child_crash_is_reported_for_retry(worker: TrialWorker) -> None:
+    req = request({"delay": 30.0})
+    task = asyncio.create_task(worker.run(req))
+    while worker.current != req.trial_id:
+        await asyncio.sleep(0.05)
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashedError, match="SIGKILL"):
+        await asyncio.wait_for(task, 60)
+    assert (await worker.run(request({"delay": 0.0}))).status is TrialStatus.OK
+
+
+async def test_abort_hands_the_trial_back(worker: TrialWorker) -> None:
+    req = request({"delay": 30.0})
+    task = asyncio.create_task(worker.run(req))
+    while worker.current != req.trial_id:
+        await asyncio.sleep(0.05)
+    assert worker.abort()
+    with pytest.raises(TrialAbortedError):
+        await asyncio.wait_for(task, 60)
