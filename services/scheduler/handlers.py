@@ -142,6 +142,8 @@ class Scheduler:
             # The cached run may be ahead of KV now: forget it, rebuild from KV on the retry.
             log.exception("result %s of %s not applied; retrying", result.trial_id, exp_id)
             self.runs.pop(exp_id, None)
+            self._recorded.pop(exp_id, None)  # counters of the dropped cache mean nothing now
+            self._committed.pop(exp_id, None)
             await msg.nack(delay=2.0)
 
     async def _on_result(self, msg: NatsMessage, result: TrialCompleted) -> None:
@@ -161,27 +163,36 @@ class Scheduler:
                     "trial %s %s score=%s (%d/%d)",
                     result.trial_id, result.status.value, result.score, len(run.state.results), run.limit,
                 )
-        if generation:
-            await self._commit(exp_id, generation)
+        if generation and not await self._commit(exp_id, generation, result.number):
+            # A batch-mate's save failed and the cached run was dropped: this result is not in KV.
+            raise RuntimeError(f"state of {exp_id} not saved with trial {result.number}")
         await msg.ack()  # only once a saved state holds the result
 
-    async def _commit(self, exp_id: str, generation: int) -> None:
+    async def _commit(self, exp_id: str, generation: int, number: int) -> bool:
         """Save the state and issue new trials once for every result recorded so far (group commit).
 
         FastStream runs the handlers of one fetched batch concurrently; after one yield and with the
         FIFO lock, the batch's results are all recorded before the first commit runs, and that one save (and one
         round of new trials) covers them all: the state is rewritten once per batch, not per trial.
+        Returns whether a saved state holds trial ``number`` (only then may its message be acked).
         """
         await asyncio.sleep(0)  # let the batch's other handlers (already started) record first
         async with self._lock(exp_id):
-            if self._committed.get(exp_id, 0) >= generation or exp_id not in self.runs:
-                return
+            if exp_id not in self.runs:
+                # Completed (its final state holds every result) or dropped after a failed save
+                # (the result may be missing): the stored state decides.
+                assert self.store is not None
+                found = await self.store.get(exp_id)
+                return found is not None and number in found[0].results
+            if self._committed.get(exp_id, 0) >= generation:
+                return True
             covered = self._recorded.get(exp_id, generation)
             await self._advance(exp_id)
             self._committed[exp_id] = covered
             if exp_id not in self.runs:  # completed: forget its counters
                 self._recorded.pop(exp_id, None)
                 self._committed.pop(exp_id, None)
+            return True
 
     async def on_progress(self, msg: NatsMessage) -> None:
         """A fold's score of a running trial: ask the pruner, answer on ``trials.control``.

@@ -124,3 +124,60 @@ async def test_a_submission_arriving_before_start_waits_for_it(nats) -> None:
     finally:
         await scheduler.stop()
         await broker.stop()
+
+
+@dataclass
+class Redeliverable(Delivered):
+    """A delivered message that may also be handed back for redelivery."""
+
+    nacked: bool = False
+
+    async def nack(self, delay: float | None = None) -> None:
+        self.nacked = True
+
+
+async def test_a_failed_batch_save_acks_no_result_that_is_not_stored(nats) -> None:
+    settings = nats.settings(Identity.SCHEDULER)
+    broker = make_broker(settings, "scheduler")
+    await broker.connect()
+    scheduler = Scheduler(ServiceContext(settings, broker, "scheduler"))
+    await scheduler.start()
+    try:
+        exp_id = f"stale-{uuid.uuid4().hex[:8]}"
+        submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=_tweak(parallelism=3))
+        await scheduler.on_submitted(
+            Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
+        )
+        state = scheduler.runs[exp_id][0].state
+        # Another writer bumps the record: the scheduler's next compare-and-set save fails.
+        kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
+        await kv.put(exp_id, (await kv.get(exp_id)).value)
+
+        def batch() -> list[Redeliverable]:
+            return [
+                Redeliverable(
+                    TrialCompleted(
+                        experiment_id=exp_id, trial_id=trial_id(exp_id, n), number=n, status=TrialStatus.OK,
+                        params=state.issued[n], score=0.5 + n / 100,
+                    ).model_dump_json().encode(),
+                    subject_for(Subject.TRIAL_COMPLETED, exp_id),
+                )
+                for n in range(3)
+            ]
+
+        first = batch()
+        await asyncio.gather(*(scheduler.on_trial_completed(r) for r in first))
+        stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
+        for message in first:  # acked only if a saved state holds it; otherwise handed back
+            number = TrialCompleted.model_validate_json(message.body).number
+            assert message.acked == (number in stored.results)
+            assert message.acked != message.nacked
+        # The redeliveries apply every result once, from the state rebuilt out of KV.
+        second = [r for r, m in zip(batch(), first) if m.nacked]
+        await asyncio.gather(*(scheduler.on_trial_completed(r) for r in second))
+        assert all(r.acked for r in second)
+        stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
+        assert sorted(stored.results) == [0, 1, 2]
+    finally:
+        await scheduler.stop()
+        await broker.stop()
