@@ -43,6 +43,7 @@ class TrialWatch:
         self.reason = ""
         self._answered: set[int] = set()
         self._cond = threading.Condition()
+        self._changed = asyncio.Event()  # for waiting in the event loop (a worker process's folds)
 
     def on_fold(self, fold: int, value: float) -> bool:
         """Publish a fold's score; True when the trial must stop (pruned). Called from the training thread."""
@@ -78,6 +79,20 @@ class TrialWatch:
             if control.step is not None:
                 self._answered.add(control.step)
             self._cond.notify_all()
+        self._changed.set()
+
+    async def answered(self, fold: int, timeout: float) -> bool:
+        """Wait (in the event loop) up to ``timeout`` for the verdict on ``fold``; True if pruned."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (self.cancelled or fold in self._answered):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return self.cancelled
 
 
 class EarlyStopping:

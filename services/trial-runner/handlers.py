@@ -21,9 +21,9 @@ from tweakline.proto.messages import TrialCompleted, TrialProgress, TrialRequest
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.service import ServiceContext, keep_alive
 from tweakline.trial_runner.datasets import prefetch
-from tweakline.trial_runner.early_stopping import EarlyStopping
+from tweakline.trial_runner.early_stopping import EarlyStopping, TrialWatch
 from tweakline.trial_runner.training import TrialOutcome
-from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig
+from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig, awaits_verdict
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,18 @@ class TrialRunner:
         """Stop ``trial_id`` if this runner is training it; its result is then ``pruned`` with ``reason``."""
         return self.worker.cancel(trial_id, reason)
 
-    async def _progress(self, request: TrialRequested, fold: int, value: float) -> None:
+    async def _fold(self, request: TrialRequested, watch: TrialWatch, fold: int, value: float) -> bool:
+        """Report a fold; with a pruner, wait briefly for the scheduler's verdict. True: stop (pruned)."""
+        wait = awaits_verdict(request, fold)
+        await self._progress(request, fold, value, awaits=wait)
+        if wait:
+            return await watch.answered(fold, self.ctx.settings.prune_verdict_wait_s)
+        return watch.cancelled
+
+    async def _progress(self, request: TrialRequested, fold: int, value: float, awaits: bool = False) -> None:
         progress = TrialProgress(
-            experiment_id=request.experiment_id, trial_id=request.trial_id, number=request.number, step=fold, value=value
+            experiment_id=request.experiment_id, trial_id=request.trial_id, number=request.number, step=fold,
+            value=value, awaits_verdict=awaits,
         )
         try:  # live progress is best effort (core NATS): a lost one only delays early stopping
             await self.ctx.broker.publish(progress, subject_for(Subject.TRIAL_PROGRESS, request.experiment_id))
@@ -106,10 +115,10 @@ class TrialRunner:
             await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
             # The child trains; each fold's score is published from here, and a prune verdict on
             # trials.control reaches the child through early stopping's registry -> self.cancel.
-            with self.early.watch(request), telemetry.span("trial.run") as run_span:
+            with self.early.watch(request) as watch, telemetry.span("trial.run") as run_span:
                 outcome = await self.worker.run(
                     request,
-                    on_fold=lambda fold, value: self._progress(request, fold, value),
+                    on_fold=lambda fold, value: self._fold(request, watch, fold, value),
                     timeout=request.spec.budget.trial_timeout,
                 )
                 telemetry.trial_outcome(run_span, outcome)

@@ -47,6 +47,7 @@ import psutil
 
 from tweakline.errors import TweaklineError
 from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.proto.tweakfile import PrunerName
 from tweakline.trial_runner.training import TrialOutcome
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,15 @@ CANCEL_GRACE_S = 1.0
 # A new child imports scikit-learn: slow on a busy machine, but bounded.
 START_TIMEOUT_S = 180.0
 
-OnFold = Callable[[int, float], Awaitable[None] | None]
-"""``on_fold(fold_index, value)`` in the parent, after each fold the child finished."""
+OnFold = Callable[[int, float], Awaitable[bool | None] | bool | None]
+"""``on_fold(fold_index, value)`` in the parent, after each fold the child finished; True stops
+the trial there (pruned) when the child waits for a verdict (see :func:`awaits_verdict`)."""
+
+
+def awaits_verdict(request: TrialRequested, fold: int) -> bool:
+    """Whether training pauses after ``fold`` for the early-stopping verdict: with a pruner, on
+    every fold but the last, so a pruned trial never trains a fold it does not need."""
+    return request.spec.search.pruner is not PrunerName.NONE and fold + 1 < request.spec.objective.cv
 
 
 class WorkerCrashedError(TweaklineError):
@@ -126,8 +134,12 @@ def _child_main(
             conn.send(("error", describe_error(exc)))
             continue
 
-        def on_fold(index: int, value: float) -> bool:
+        def on_fold(index: int, value: float, request: TrialRequested = request) -> bool:
             conn.send(("fold", index, value))
+            if awaits_verdict(request, index):
+                reply = conn.recv()  # the parent always answers, within the verdict wait
+                if reply is None or (reply[0] == "verdict" and reply[1]):
+                    return True
             return bool(cancel.is_set())  # a cancelled trial stops at the next fold boundary
 
         outcome = run_trial(
@@ -287,11 +299,17 @@ class TrialWorker:
                     continue
                 kind = message[0]
                 if kind == "fold":
-                    running.folds.append(float(message[2]))
-                    if on_fold is not None:
-                        result = on_fold(int(message[1]), float(message[2]))
-                        if isinstance(result, Awaitable):
-                            await result
+                    fold, value = int(message[1]), float(message[2])
+                    running.folds.append(value)
+                    stop: bool | None = None
+                    try:
+                        if on_fold is not None:
+                            result = on_fold(fold, value)
+                            stop = await result if isinstance(result, Awaitable) else result
+                    finally:
+                        if awaits_verdict(request, fold):  # the child is waiting: always answer
+                            with contextlib.suppress(OSError, BrokenPipeError):
+                                self._conn.send(("verdict", bool(stop)))
                 elif kind == "done":
                     values = dict(message[1])
                     outcome = TrialOutcome(**values)

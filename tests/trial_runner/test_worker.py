@@ -18,12 +18,14 @@ ALLOWED = ("sklearn.", "tests.fault.")
 SLEEPY = "tests.fault.estimators.SleepyClassifier"
 
 
-def request(params: dict[str, Any], *, estimator: str = SLEEPY, cv: int = 2, number: int = 0) -> TrialRequested:
+def request(
+    params: dict[str, Any], *, estimator: str = SLEEPY, cv: int = 2, number: int = 0, pruner: str = "none"
+) -> TrialRequested:
     spec = ExperimentSpec.model_validate(
         {
             "dataset": {"source": "sklearn:iris", "seed": 0},
             "model": {"estimator": estimator},
-            "search": {"space": {"delay": {"type": "float", "low": 0.0, "high": 60.0}}},
+            "search": {"space": {"delay": {"type": "float", "low": 0.0, "high": 60.0}}, "pruner": pruner},
             "objective": {"metric": "accuracy", "cv": cv},
         }
     )
@@ -98,3 +100,21 @@ async def test_abort_hands_the_trial_back(worker: TrialWorker) -> None:
     assert worker.abort()
     with pytest.raises(TrialAbortedError):
         await asyncio.wait_for(task, 60)
+
+
+async def test_with_a_pruner_the_child_waits_for_each_verdict_and_stops_without_a_kill(worker: TrialWorker) -> None:
+    verdicts: list[int] = []
+
+    def prune_after_second_fold(fold: int, value: float) -> bool:
+        verdicts.append(fold)
+        return fold == 1
+
+    outcome = await worker.run(
+        request({"C": 1.0}, estimator="sklearn.svm.SVC", cv=5, pruner="median"), on_fold=prune_after_second_fold
+    )
+    assert outcome.status is TrialStatus.PRUNED
+    assert verdicts == [0, 1] and len(outcome.fold_scores) == 2  # no fold trained after the verdict
+    assert worker.spawned == 1  # stopped at the fold boundary: the child (and its data cache) lives on
+    # a "continue" verdict on every fold runs the trial to the end
+    full = await worker.run(request({"C": 1.0}, estimator="sklearn.svm.SVC", cv=3, pruner="median"), on_fold=lambda i, v: False)
+    assert full.status is TrialStatus.OK and len(full.fold_scores) == 3
