@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-helm_python = pytest.importorskip("helm_python", reason="pip install -e '.[k8s]' (helm-python-sdk: the real Helm engine)")
+import helm_python  # noqa: E402 - helm-python-sdk, the real Helm engine (installed by the test extra)
 
 REPO = Path(__file__).resolve().parents[2]
 CHARTS = REPO / "helm"

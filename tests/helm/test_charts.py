@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[k8s]'")
+import kubernetes_validate  # noqa: E402 - installed by the test extra: a missing one must fail, not skip
 import jsonschema  # noqa: E402 - a dependency of kubernetes-validate
 
 from tests.helm.conftest import (
