@@ -1,6 +1,6 @@
 {{/*
-One tweakline service: its ServiceAccount, Deployment and ClusterIP Service (health and
-metrics on port "http"). Input: dict
+One tweakline service: its ServiceAccount, Deployment and ClusterIP Service (health probes on
+port "http", Prometheus metrics on port "metrics"). Input: dict
   root       the root context
   key        values key of the component (scheduler, runner, evaluator, deployer)
   replicas   false to leave .spec.replicas to an autoscaler
@@ -58,7 +58,7 @@ spec:
         {{- end }}
       {{- $annotations := deepCopy ($v.podAnnotations | default dict) }}
       {{- if $root.Values.metrics.podAnnotations }}
-      {{- $_ := merge $annotations (dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString $root.Values.health.port) "prometheus.io/path" "/metrics") }}
+      {{- $_ := merge $annotations (dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString $root.Values.metrics.port) "prometheus.io/path" "/metrics") }}
       {{- end }}
       {{- with $annotations }}
       annotations:
@@ -83,11 +83,14 @@ spec:
             - name: http
               containerPort: {{ $root.Values.health.port }}
               protocol: TCP
+            - name: metrics
+              containerPort: {{ $root.Values.metrics.port }}
+              protocol: TCP
             {{- with .ports }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
           env:
-            {{- include "tweakline.env" (dict "root" $root "identity" $component "probes" true "env" (merge (deepCopy ($v.env | default dict)) (.env | default dict))) | trim | nindent 12 }}
+            {{- include "tweakline.env" (dict "root" $root "identity" $component "probes" true "env" (merge (deepCopy ($v.env | default dict)) (.env | default dict) (dict "TWEAKLINE_METRICS_PORT" (toString $root.Values.metrics.port) "TWEAKLINE_METRICS_HOST" "0.0.0.0"))) | trim | nindent 12 }}
           {{- with $root.Values.health }}
           startupProbe:
             httpGet:
@@ -135,5 +138,9 @@ spec:
     - name: http
       port: {{ $root.Values.health.port }}
       targetPort: http
+      protocol: TCP
+    - name: metrics
+      port: {{ $root.Values.metrics.port }}
+      targetPort: metrics
       protocol: TCP
 {{- end }}
