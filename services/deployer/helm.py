@@ -43,6 +43,14 @@ class HelmSettings(BaseSettings):
         validation_alias=AliasChoices("TWEAKLINE_KUBECONFIG", "KUBECONFIG"),
         description="kubeconfig file; default: Helm's own discovery (in-cluster service account).",
     )
+    deploy_namespaces: str | None = Field(
+        default=None,
+        description="Comma-separated namespaces the deployer may install into (the chart's RBAC); unset: any.",
+    )
+
+    def allowed_namespaces(self) -> list[str]:
+        """The namespaces the deployer's RBAC covers; empty when unrestricted."""
+        return [n.strip() for n in (self.deploy_namespaces or "").split(",") if n.strip()]
 
     def chart(self) -> Path:
         """The model-server chart to install when the tweak file names none."""
@@ -184,8 +192,19 @@ class HelmTarget(DeployTarget):
                 f"kubeconfig {HelmSettings().kubeconfig or 'default'}): {exc}"
             ) from None
 
+    def check_namespace(self, spec: DeploySpec) -> None:
+        """Refuse a namespace outside the deployer's RBAC at once, rather than as a Kubernetes 403."""
+        allowed = HelmSettings().allowed_namespaces()
+        namespace = self.namespace(spec)
+        if allowed and namespace not in allowed:
+            raise HelmDeployError(
+                f"deploy.namespace: the deployer may install into {', '.join(allowed)} "
+                f"(the chart's deployer.targetNamespaces), got '{namespace}'"
+            )
+
     async def deploy(self, spec: DeploySpec, history: ReleaseHistory, revision: ReleaseRevision) -> int | None:
         """``upgrade --install``; returns Helm's revision number. Helm undoes a failed upgrade itself."""
+        self.check_namespace(spec)
         engine = self.engine(spec)
         await self._reachable(engine, spec)
         values = chart_values(spec, revision)

@@ -155,6 +155,17 @@ async def test_upgrade_install_and_rollback_flags() -> None:
         await target.rollback(spec(), None, revision(1))
 
 
+async def test_a_namespace_outside_the_deployers_rbac_is_refused_before_helm_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWEAKLINE_DEPLOY_NAMESPACES", "models, staging")
+    target = RecordingTarget()
+    target.recorder = Recorder()
+    with pytest.raises(HelmDeployError, match=r"deploy.namespace: the deployer may install into models, staging .* got 'ml'"):
+        await target.deploy(spec(), None, revision(1))
+    assert target.recorder.calls == []  # nothing reached the cluster
+    monkeypatch.setenv("TWEAKLINE_DEPLOY_NAMESPACES", "ml")
+    assert await target.deploy(spec(), None, revision(1)) == 1
+
+
 @pytest.mark.timeout(60)
 async def test_no_cluster_fails_fast_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kubeconfig = tmp_path / "kubeconfig"

@@ -308,36 +308,22 @@ def test_optional_parts_switched_off_render_nothing() -> None:
     assert not [m for m in manifests if m.kind == "Pod"]  # no helm test
 
 
-# TWEAKLINE_* variables the chart sets for features other work items are building; each must
-# become a Settings field (or leave the chart) when that work lands.
-PENDING_SETTINGS = {
-    # issue 7: read by the webhook service's own settings (WebhookSettings)
-    "TWEAKLINE_WEBHOOK_HOST",
-    "TWEAKLINE_WEBHOOK_PORT",
-    "TWEAKLINE_WEBHOOK_PATH",
-    "TWEAKLINE_WEBHOOK_SECRET_FILE",
-    "TWEAKLINE_WEBHOOK_BRANCHES",
-    "TWEAKLINE_WEBHOOK_TWEAK_GLOBS",
-    "TWEAKLINE_WEBHOOK_PUBLIC_URL",
-    "TWEAKLINE_BITBUCKET_API_URL",
-    "TWEAKLINE_BITBUCKET_TOKEN_FILE",
-    "TWEAKLINE_BITBUCKET_USERNAME",
-    # issue 5: read by the helm deploy target's settings (HelmSettings)
-    "TWEAKLINE_MODEL_SERVER_CHART",
-    # where the deployer's RBAC allows installs; informational until the deployer checks it
-    "TWEAKLINE_DEPLOY_NAMESPACES",
-}
-
-
 def test_every_setting_the_chart_passes_is_one_the_services_read() -> None:
+    from tweakline.deployer.helm import HelmSettings
+    from tweakline.model_server.settings import ServeSettings
+    from tweakline.scheduler.webhook import WebhookSettings
     from tweakline.settings import Settings
 
-    known = {f"TWEAKLINE_{name.upper()}" for name in Settings.model_fields}
+    known = {
+        f"TWEAKLINE_{name.upper()}"
+        for model in (Settings, HelmSettings, ServeSettings, WebhookSettings)
+        for name in model.model_fields
+    }
     for values_file in (None, "ci/full-values.yaml"):
         manifests = render("tweakline", values_file)
         for manifest in find(manifests, "Deployment") + find(manifests, "Job"):
             env = _env(manifest.doc["spec"]["template"]["spec"]["containers"][0])
-            unknown = {name for name in env if name.startswith("TWEAKLINE_")} - known - PENDING_SETTINGS
+            unknown = {name for name in env if name.startswith("TWEAKLINE_")} - known
             assert not unknown, f"{manifest!r} sets {sorted(unknown)}, which no Settings field reads"
     deployments = find(render("tweakline"), "Deployment")
     for manifest in deployments:
