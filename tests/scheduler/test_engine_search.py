@@ -184,7 +184,7 @@ def test_every_pruner_prunes_a_clearly_bad_trial(pruner: str) -> None:
         run.record(result(run, number, params, [0.9 + 0.01 * f for f in range(5)]))
     [(number, params)] = run.next_trials()
     verdicts = [run.report(number, fold, 0.2) for fold in range(4)]
-    assert True in verdicts, verdicts
+    assert any(v is True for v in verdicts), verdicts  # the bad trial is pruned at some fold
 
 
 def test_no_pruner_never_prunes() -> None:
