@@ -370,7 +370,7 @@ def print_tables(summary: dict[str, Any]) -> None:
         target = s["target"]
         shown = "no random arm run" if target is None else f"median final best of random search: {target:.4f}"
         print(f"\n## {name}  (target = {shown})")
-        print(f"| arm | best after N (mean ± sd) | trials to target (per seed) | CPU s (mean) | wall s (mean) | pruned |")
+        print("| arm | best after N (mean ± sd) | trials to target (per seed) | CPU s (mean) | wall s (mean) | pruned |")
         print("| --- | --- | --- | --- | --- | --- |")
         for arm, row in s["arms"].items():
             print(

@@ -166,7 +166,7 @@ def run(
 
 async def _run_experiment(stack, tweak, file: Path, as_json: bool, timeout: float | None, report_dir: Path | None = None, report: Path | None = None) -> int:  # noqa: ANN001
     from tweakline.bus import connect
-    from tweakline.console import ProgressView, decision_panel, err, leaderboard_table, out, print_json, summary
+    from tweakline.console import ProgressView, decision_panel, leaderboard_table, out, print_json, summary
     from tweakline.follow import Outcome, experiment_span, follow, new_experiment_id, submit
     from tweakline.report import write_report
     from tweakline.telemetry import setup_telemetry

@@ -59,6 +59,11 @@ def nats(pki_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     """A real JetStream nats-server with mTLS and the topology created, shared by a session."""
     store = tmp_path_factory.mktemp("jetstream")
     server = EmbeddedNatsServer(ServerConfig(store_dir=store, tls=TlsFiles(pki_root / Identity.NATS_SERVER)), store / "run")
+    yield from serving(server, pki_root)
+
+
+def serving(server: EmbeddedNatsServer, pki_root: Path) -> Iterator[NatsFixture]:
+    """Start ``server``, create the topology as admin, yield the fixture, stop the server."""
     url = server.start()
     fixture = NatsFixture(url=url, pki=pki_root, server=server)
 
@@ -67,9 +72,11 @@ def nats(pki_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         await ensure_topology(nc.jetstream(), fixture.settings())
         await nc.close()
 
-    asyncio.run(_topology())
-    yield fixture
-    server.stop()
+    try:
+        asyncio.run(_topology())
+        yield fixture
+    finally:
+        server.stop()
 
 
 @dataclass

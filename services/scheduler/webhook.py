@@ -40,7 +40,6 @@ from typing import Any
 import uvicorn
 from faststream import AckPolicy, FastStream
 from faststream.nats import NatsBroker, NatsMessage
-from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import Field, SecretStr
@@ -74,8 +73,6 @@ from tweakline.reporting import (
 )
 from tweakline.scheduler.bitbucket import (
     EVENTS,
-    PR_CREATED,
-    PR_UPDATED,
     PUSH,
     BitbucketClient,
     BitbucketError,

@@ -22,7 +22,7 @@ from tweakline.objects import blocking_dataset_fetcher, put_dataset
 from tweakline.proto.loading import parse_tweak_file
 from tweakline.proto.permissions import Identity
 from tweakline.proto.tweakfile import DatasetSpec
-from tweakline.trial_runner.datasets import BlobCache, DatasetCache, ObjectLoader, use_object_store
+from tweakline.trial_runner.datasets import DatasetCache, ObjectLoader, use_object_store
 
 CSV = b"a,b,y\n" + b"".join(f"{i},{i % 7},{i % 2}\n".encode() for i in range(60))
 DIGEST = hashlib.sha256(CSV).hexdigest()

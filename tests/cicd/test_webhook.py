@@ -38,7 +38,7 @@ from tweakline.proto.messages import (
     msg_id,
 )
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import Bucket, Stream, Subject, all_of, subject_for
+from tweakline.proto.subjects import Stream, Subject, all_of, subject_for
 from tweakline.proto.tweakfile import DeploySpec
 from tweakline.scheduler.webhook import Webhook, WebhookSettings, build, signature_ok
 

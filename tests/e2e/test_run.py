@@ -6,7 +6,6 @@ service as its own process, exactly as the README's demo does.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import psutil

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 import helm_python  # noqa: E402 - helm-python-sdk, the real Helm engine (installed by the test extra)

@@ -9,7 +9,6 @@ checked against their upstream CRD schemas vendored in ``crd-schemas/`` (see ind
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -10,7 +10,6 @@ unchanged against it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
@@ -20,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NatsFixture
+from tests.conftest import NatsFixture, serving
 from tests.core import test_bus_security as bus_security
 from tests.helm.conftest import REPO, RELEASE, find, render
-from tweakline.bus import connect, ensure_topology
 from tweakline.natsserver import EmbeddedNatsServer, ServerConfig
 from tweakline.pki import TlsFiles
 from tweakline.proto import generate
@@ -178,17 +176,7 @@ def chart_nats(pki_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     # EmbeddedNatsServer writes its config into run_dir: run it from the config directory so
     # the relative include resolves exactly as in the pod.
     server = EmbeddedNatsServer(_RenderedConfig(local), etc / "nats-config")  # type: ignore[arg-type]
-    url = server.start()
-    fixture = NatsFixture(url=url, pki=pki_root, server=server)
-
-    async def _topology() -> None:
-        nc = await connect(fixture.settings(Identity.ADMIN), "test-setup")
-        await ensure_topology(nc.jetstream(), fixture.settings())
-        await nc.close()
-
-    asyncio.run(_topology())
-    yield fixture
-    server.stop()
+    yield from serving(server, pki_root)
 
 
 # The local stack's bus-security checks, reused unchanged against the chart's server.
