@@ -85,6 +85,14 @@ def leaderboard_table(outcome: Outcome, top: int = 10) -> Table:
         score = "-" if trial.score is None else f"{trial.score:.4f}"
         status = trial.status.value if trial.status is TrialStatus.OK else f"[red]{trial.status.value}[/red]"
         table.add_row(str(rank), str(trial.number), score, status, params, f"{trial.duration_s:.1f}s")
+    warm = outcome.completed.warm_start if outcome.completed else None
+    if warm is not None and warm.available:
+        text = f"warm start from {warm.lineage}: {warm.reused} of {warm.available} earlier trials reused"
+        if warm.rerun:
+            text += f", the best {warm.rerun} tried again first"
+        if warm.incompatible:
+            text += f"; {warm.incompatible} incompatible (" + "; ".join(f"{why}: {n}" for why, n in warm.reasons.items()) + ")"
+        table.caption = escape(text)
     return table
 
 

@@ -109,7 +109,11 @@ def rebuild_study(outcome: Outcome) -> Any:
         dists = distributions_of(trial.params, spec.search.space)
         if dists is None:
             continue
-        intermediate = {i: v for i, v in enumerate(trial.fold_scores) if v is not None and math.isfinite(v)}
+        if spec.search.resource is not None:  # a CV score per rung, at the rung's step as the pruner saw it
+            steps = [rung.step for rung in spec.search.resource.rungs()]
+            intermediate = {steps[i]: v for i, v in enumerate(trial.rung_scores[: len(steps)]) if math.isfinite(v)}
+        else:
+            intermediate = {i: v for i, v in enumerate(trial.fold_scores) if v is not None and math.isfinite(v)}
         if trial.status is TrialStatus.OK and trial.score is not None and math.isfinite(trial.score):
             state, value = TrialState.COMPLETE, trial.score
         elif trial.status is TrialStatus.PRUNED:

@@ -412,13 +412,17 @@ def mark_error(current_span: Span, message: str) -> None:
 
 
 def trial_outcome(current_span: Span, outcome: Any) -> None:
-    """Put a trial's folds (as events), pruning decision, score and status on its run span."""
+    """Put a trial's folds and rungs (as events), pruning decision, score and status on its run span."""
     for index, value in enumerate(getattr(outcome, "fold_scores", None) or []):
         current_span.add_event("fold", {"tweakline.fold": index, "tweakline.fold.score": float(value)})
+    rungs = getattr(outcome, "rung_scores", None) or []
+    for index, value in enumerate(rungs):
+        current_span.add_event("rung", {"tweakline.rung": index, "tweakline.rung.score": float(value)})
     status = str(getattr(outcome, "status", ""))
     current_span.set_attribute("tweakline.trial.status", status)
     if status == "pruned":
-        current_span.add_event("pruned", {"tweakline.fold": len(getattr(outcome, "fold_scores", None) or []) - 1})
+        where = {"tweakline.rung": len(rungs) - 1} if rungs else {"tweakline.fold": len(getattr(outcome, "fold_scores", None) or []) - 1}
+        current_span.add_event("pruned", where)
     score = getattr(outcome, "score", None)
     if score is not None:
         current_span.set_attribute("tweakline.trial.score", float(score))

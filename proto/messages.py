@@ -77,8 +77,8 @@ class TrialProgress(Message):
     experiment_id: str
     trial_id: str
     number: int
-    step: int = Field(description="0-based index of the CV fold (or rung) just finished.")
-    value: float = Field(description="The objective on that fold (or rung).")
+    step: int = Field(description="0-based index of the CV fold (or, with search.resource, the rung) just finished.")
+    value: float = Field(description="The objective on that fold (or the rung's CV score).")
     awaits_verdict: bool = Field(
         default=False, description="The runner waits (briefly) for a TrialControl about this step before going on."
     )
@@ -112,6 +112,9 @@ class TrialCompleted(Message):
     score: float | None = Field(default=None, description="Mean CV value of the objective metric.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Mean CV value of every metric computed.")
     fold_scores: list[float] = Field(default_factory=list)
+    rung_scores: list[float] = Field(
+        default_factory=list, description="With search.resource: the CV score of each rung completed."
+    )
     duration_s: float = 0.0
     cpu_s: float = 0.0
     runner: str = ""
@@ -133,6 +136,9 @@ class TrialRecord(Message):
     runner: str = ""
     error: str | None = None
     fold_scores: list[float] = Field(default_factory=list, description="Objective per completed fold (for pruners).")
+    rung_scores: list[float] = Field(
+        default_factory=list, description="With search.resource: CV score per completed rung (for pruners)."
+    )
 
     @classmethod
     def from_result(cls, result: TrialCompleted) -> TrialRecord:
@@ -144,6 +150,7 @@ class TrialRecord(Message):
             score=result.score,
             metrics=result.metrics,
             fold_scores=result.fold_scores,
+            rung_scores=result.rung_scores,
             duration_s=result.duration_s,
             cpu_s=result.cpu_s,
             runner=result.runner,
@@ -167,6 +174,7 @@ class WarmStartReport(Message):
     reused: int = Field(default=0, description="Trials seeded into this search.")
     incompatible: int = 0
     reasons: dict[str, int] = Field(default_factory=dict, description="Why trials were refused -> how many.")
+    rerun: int = Field(default=0, description="Best earlier configurations tried again as this search's first trials.")
 
 
 class LineageTrial(Message):

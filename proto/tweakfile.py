@@ -296,6 +296,102 @@ class PrunerName(StrEnum):
     WILCOXON = "wilcoxon"
 
 
+class ResourceName(StrEnum):
+    """Training resources a trial can grow in rungs (``spec.search.resource.name``)."""
+
+    N_ESTIMATORS = "n_estimators"
+    MAX_ITER = "max_iter"
+    FRACTION = "fraction"
+
+
+# Successive halving's reduction factor, shared by the rungs and the pruners that read them:
+# each rung gets RUNG_FACTOR times the resource of the one before, and about 1/RUNG_FACTOR of
+# the trials that reach a rung go on to the next.
+RUNG_FACTOR = 3
+
+
+class Rung(BaseModel):
+    """One rung of a training resource: how much of it a trial gets, and the step pruners see.
+
+    ``step`` is the resource in units of the first rung (1, 3, 9, ...), the scale Optuna's
+    successive-halving and Hyperband pruners count their rungs in.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    amount: float
+    step: int
+
+
+class ResourceSpec(_Strict):
+    """A training resource that grows in rungs, so early stopping can judge trials cheaply first.
+
+    Each trial trains with ``max / 3**k`` of the resource (never below ``min``), then three times
+    as much, up to ``max``; after each rung it reports its CV score and the pruner decides whether
+    it goes on. ``n_estimators`` and ``max_iter`` set that estimator parameter (ensembles that
+    support ``warm_start`` keep growing the same model instead of starting again); ``fraction``
+    trains on that share of each training fold, with any estimator.
+    """
+
+    name: ResourceName = Field(description="n_estimators, max_iter (estimator parameters) or fraction (of each training fold).")
+    min: float = Field(gt=0, description="Smallest amount a trial is judged on (the first rung is at least this).")
+    max: float | None = Field(
+        default=None, gt=0, description="The full amount, given to every trial that is not stopped (fraction: default 1)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_max(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max") is None and data.get("name") == ResourceName.FRACTION.value:
+            return {**data, "max": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _range(self) -> ResourceSpec:
+        if self.max is None:
+            raise problem("max", "is required for {name} (the amount every surviving trial trains with)", name=self.name.value)
+        if self.name is ResourceName.FRACTION:
+            if self.max > 1:
+                raise problem("max", "is a fraction of the training fold: expected at most 1, got {value}", value=self.max)
+        else:
+            for field_name in ("min", "max"):
+                value = getattr(self, field_name)
+                if not float(value).is_integer():
+                    raise problem(field_name, "{name} counts whole units: expected an integer, got {value}",
+                                  name=self.name.value, value=value)
+        if self.min * RUNG_FACTOR > self.max:
+            raise problem(
+                "min",
+                "leaves no room for rungs: expected at most max / {factor} ({limit}), got {value}",
+                factor=RUNG_FACTOR, limit=round(self.max / RUNG_FACTOR, 4), value=self.min,
+            )
+        return self
+
+    @property
+    def full(self) -> float:
+        """The amount every trial that is not stopped trains with (``max``)."""
+        assert self.max is not None  # set by validation
+        return self.max
+
+    def rungs(self) -> list[Rung]:
+        """The rungs every trial climbs, smallest first; the last one is ``max``."""
+        count = 1
+        while self.full / RUNG_FACTOR**count >= self.min * (1 - 1e-9):
+            count += 1
+        rungs = []
+        for index in range(count):
+            amount = self.full / RUNG_FACTOR ** (count - 1 - index)
+            if self.name is not ResourceName.FRACTION:
+                amount = float(max(1, round(amount)))
+            rungs.append(Rung(index=index, amount=amount, step=RUNG_FACTOR**index))
+        return rungs
+
+    def value(self, amount: float) -> int | float:
+        """``amount`` as the estimator parameter takes it (an int for n_estimators and max_iter)."""
+        return amount if self.name is ResourceName.FRACTION else int(amount)
+
+
 class WarmStartSpec(_Strict):
     """Where earlier trials come from (``search.warm_start``)."""
 
@@ -305,6 +401,13 @@ class WarmStartSpec(_Strict):
         alias="from",
         pattern=r"^[A-Za-z0-9_.\-/]{1,200}$",
         description="Lineage to continue from (default: '<repository>/<experiment name>').",
+    )
+    rerun: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="How many of the best earlier configurations are tried again first, on this commit's data "
+        "(0: earlier trials only guide the sampler).",
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -323,6 +426,11 @@ class SearchSpec(_Strict):
     warm_start: WarmStartSpec = Field(
         default_factory=WarmStartSpec,
         description="true/false, or {from: LINEAGE}: continue from earlier trials of the same lineage.",
+    )
+    resource: ResourceSpec | None = Field(
+        default=None,
+        description="Early stopping on rungs of a training resource (n_estimators, max_iter or fraction) "
+        "instead of CV folds; needs pruner asha, hyperband or median.",
     )
 
     @field_validator("warm_start", mode="before")
@@ -369,6 +477,22 @@ class SearchSpec(_Strict):
                         f"space.{name}.step",
                         "grid search needs a step for float parameters (or use categorical choices), got none",
                     )
+        if self.resource is not None:
+            if self.pruner in (PrunerName.NONE, PrunerName.WILCOXON):
+                raise problem(
+                    "pruner",
+                    "search.resource grows trials in rungs for a pruner to judge: expected asha, hyperband or median, "
+                    "got '{value}'",
+                    value=self.pruner.value,
+                )
+            name = self.resource.name.value
+            if name in self.space:
+                raise problem(
+                    f"space.{name}",
+                    "is the training resource (search.resource); every surviving trial gets {amount}, "
+                    "so drop it from the space",
+                    amount=_show(self.resource.max),
+                )
         if self.algorithm == SearchAlgorithm.CMAES and all(isinstance(p, CategoricalParam) for p in self.space.values()):
             raise problem(
                 "algorithm", "cmaes needs at least one float or int parameter; this space is all categorical, use tpe"
@@ -541,7 +665,21 @@ class ExperimentSpec(_Strict):
                 "pruners compare a single metric; with objective.secondary use pruner: none, got '{value}'",
                 value=self.search.pruner.value,
             )
+        resource = self.search.resource
+        if resource is not None and resource.name.value in self.model.fixed:
+            raise problem(
+                f"model.fixed.{resource.name.value}",
+                "is the training resource (search.resource), which sets it to {amount} for every surviving trial; "
+                "drop it from fixed",
+                amount=_show(resource.full),
+            )
         return self
+
+    @property
+    def stages(self) -> int:
+        """How many intermediate scores a trial reports: its rungs with ``search.resource``, else its CV folds."""
+        resource = self.search.resource
+        return len(resource.rungs()) if resource is not None else self.objective.cv
 
     @model_validator(mode="after")
     def _metric_families_agree(self) -> ExperimentSpec:

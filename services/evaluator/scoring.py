@@ -10,6 +10,7 @@ from tweakline.proto.tweakfile import ExperimentSpec
 from tweakline.trial_runner.datasets import Split
 from tweakline.trial_runner.estimators import build_estimator
 from tweakline.trial_runner.metrics import compute_metrics, objective_metrics
+from tweakline.trial_runner.training import full_params
 
 
 @dataclass
@@ -23,9 +24,12 @@ class Refit:
 
 
 def refit_and_score(split: Split, spec: ExperimentSpec, params: dict[str, Any], allowed: list[str], task: str) -> Refit:
-    """Fit the best params and the defaults on the whole training split; score both on the test split."""
+    """Fit the best params and the defaults on the whole training split; score both on the test split.
+
+    The best is built with the whole training resource (``search.resource``'s max) its last rung used.
+    """
     metrics = objective_metrics(spec)
-    best = build_estimator(spec.model, params, allowed, seed=spec.search.seed)
+    best = build_estimator(spec.model, full_params(spec, params), allowed, seed=spec.search.seed)
     best.fit(split.X_train, split.y_train)
     default = build_estimator(spec.model, {}, allowed, seed=spec.search.seed)
     default.fit(split.X_train, split.y_train)

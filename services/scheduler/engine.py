@@ -43,6 +43,8 @@ class ExperimentRun:
         self.strategy = strategy_for(spec.search)
         self.limit = self.strategy.trial_limit(spec.search, spec.budget.max_trials)
         self.pruning = pruning_for(spec)
+        # With search.resource, trials report a CV score per rung; Optuna sees it at the rung's step.
+        self.rungs = spec.search.resource.rungs() if spec.search.resource is not None else None
         # (metric, maximize) of every objective, primary first; several make a multi-objective study.
         self.objectives = [(spec.objective.metric, spec.objective.maximize)] + [
             (o.metric, o.maximize) for o in spec.objective.secondary
@@ -64,6 +66,12 @@ class ExperimentRun:
     def _replay(self) -> None:
         """Feed warm-start trials and recorded results to the study; re-open issued trials still in flight."""
         self.study.add_trials(self._warm)
+        if not self.state.issued:  # a new experiment: its first trials re-check the best earlier configurations
+            first = self.rerun_first()
+            for params in first:
+                self.study.enqueue_trial(params, skip_if_exists=False)
+            if self.state.warm_start is not None:
+                self.state.warm_start.rerun = len(first)
         for number in sorted(self.state.results):
             self._add_finished(self.state.results[number])
         for number in sorted(self.in_flight()):
@@ -72,6 +80,27 @@ class ExperimentRun:
             trial = self.study.ask()
             suggest(trial, self.spec.search.space)  # the enqueued values: the sampler sees a running trial's params
             self._pending[number] = trial
+
+    def rerun_first(self) -> list[dict[str, Any]]:
+        """The best distinct earlier configurations (``warm_start.rerun`` of them) to try first on this data.
+
+        The lineage's winner is re-scored on this commit's data before the sampler explores, so a
+        warm-started search is never worse than last time's best configuration; the sampler
+        still learns from every earlier trial.
+        """
+        count = self.spec.search.warm_start.rerun
+        if not count or not self.state.warm_trials:
+            return []
+        sign = -1.0 if self.spec.objective.maximize else 1.0
+        done = [r for r in self.state.warm_trials if r.status is TrialStatus.OK and r.score is not None and math.isfinite(r.score)]
+        ranked = sorted(done, key=lambda r: (not self.feasible(r), sign * (r.score or 0.0)))
+        chosen: list[dict[str, Any]] = []
+        for record in ranked:
+            if record.params not in chosen:
+                chosen.append(dict(record.params))
+            if len(chosen) >= min(count, self.limit):
+                break
+        return chosen
 
     def _frozen(self, record: TrialRecord) -> optuna.trial.FrozenTrial | None:
         """A finished Optuna trial from a record (with per-fold intermediate values), if it fits the space."""
@@ -82,15 +111,25 @@ class ExperimentRun:
         values = self._values(record) if state is TrialState.COMPLETE else None
         if state is TrialState.COMPLETE and values is None:
             state = TrialState.FAIL
-        folds = {i: v for i, v in enumerate(record.fold_scores) if math.isfinite(v)}
         return optuna.trial.create_trial(
             params=record.params,
             distributions=dists,
             values=values,
             state=state,
-            intermediate_values=self.pruning.intermediate(folds),
+            intermediate_values=self._intermediate(self._stages(record)),
             constraints=self.constraints(record) if state is not TrialState.FAIL else None,
         )
+
+    def _stages(self, record: TrialRecord) -> dict[int, float]:
+        """A finished trial's intermediate scores by stage: its rungs with search.resource, else its folds."""
+        scores = record.rung_scores if self.rungs is not None else record.fold_scores
+        return {i: v for i, v in enumerate(scores) if math.isfinite(v)}
+
+    def _intermediate(self, stages: dict[int, float]) -> dict[int, float]:
+        """Optuna's intermediate values (step -> value) from stage scores (stage index -> score)."""
+        if self.rungs is not None:
+            return {self.rungs[i].step: v for i, v in sorted(stages.items()) if 0 <= i < len(self.rungs)}
+        return self.pruning.intermediate(stages)
 
     # -- objectives and constraints ----------------------------------------------------------
 
@@ -166,7 +205,8 @@ class ExperimentRun:
         return issued
 
     def report(self, number: int, fold: int, value: float) -> bool | None:
-        """A fold's score of an in-flight trial: whether the pruner stops it (``None``: not in flight here)."""
+        """A stage's score of an in-flight trial (a fold, or a rung with search.resource): whether the
+        pruner stops it (``None``: not in flight here)."""
         trial = self._pending.get(number)
         if trial is None or number in self.state.results or not math.isfinite(value):
             return None
@@ -180,7 +220,7 @@ class ExperimentRun:
 
     def _report(self, number: int, trial: optuna.Trial, folds: dict[int, float]) -> None:
         reported = self._reported.setdefault(number, set())
-        for step, value in self.pruning.intermediate(folds).items():
+        for step, value in self._intermediate(folds).items():
             if step not in reported:
                 trial.report(value, step)
                 reported.add(step)
@@ -205,7 +245,7 @@ class ExperimentRun:
             state = TrialState.FAIL
         if state is not TrialState.FAIL:  # the pruners compare trials on every fold the runner finished
             if len(self.objectives) == 1:
-                self._report(result.number, trial, {i: v for i, v in enumerate(record.fold_scores) if math.isfinite(v)})
+                self._report(result.number, trial, self._stages(record))
             for metric, violation in (self.constraints(record) or {}).items():
                 trial.set_constraint(metric, violation)
         self._reported.pop(result.number, None)

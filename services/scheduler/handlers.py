@@ -210,7 +210,8 @@ class Scheduler:
             return
         action = TrialControlAction.PRUNE if verdict else TrialControlAction.CONTINUE
         if verdict:
-            log.info("trial %s pruned after fold %d (%.4f)", progress.trial_id, progress.step + 1, progress.value)
+            stage = "rung" if entry and entry[0].rungs is not None else "fold"
+            log.info("trial %s pruned after %s %d (%.4f)", progress.trial_id, stage, progress.step + 1, progress.value)
         await self.ctx.broker.publish(
             TrialControl(
                 experiment_id=exp_id,

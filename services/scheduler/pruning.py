@@ -5,6 +5,10 @@ scheduler turns those fold scores into the intermediate values its pruner expect
 ``should_prune``. Adding a pruner is one subclass of :class:`PruningStrategy` plus one line in
 :data:`PRUNERS` (and its name in ``tweakline.proto.tweakfile.PrunerName``).
 
+With ``search.resource`` trials report a CV score per rung instead, and every pruner but
+Wilcoxon (which validation refuses there) sees it at the rung's step (1, 3, 9, ...: the resource
+in units of the first rung), so ASHA and Hyperband promote on the resource itself.
+
 Two ways to read fold scores:
 
 - *learning-curve* pruners (median, ASHA, Hyperband) get the running mean of the folds done so
@@ -22,7 +26,7 @@ from typing import ClassVar
 
 import optuna
 
-from tweakline.proto.tweakfile import ExperimentSpec
+from tweakline.proto.tweakfile import RUNG_FACTOR, ExperimentSpec
 
 
 class PruningStrategy(ABC):
@@ -78,22 +82,28 @@ class MedianPruning(PruningStrategy):
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
 
 
+def _max_step(spec: ExperimentSpec) -> int:
+    """The step of a trial's last intermediate value: its last rung's, else its fold count."""
+    resource = spec.search.resource
+    return resource.rungs()[-1].step if resource is not None else spec.objective.cv
+
+
 class AshaPruning(PruningStrategy):
-    """Asynchronous successive halving: only the top third at each rung (1, 3, 9 folds) goes on."""
+    """Asynchronous successive halving: only the top third at each rung (1, 3, 9 folds, or the resource's rungs) goes on."""
 
     name = "asha"
 
     def pruner(self, spec: ExperimentSpec) -> optuna.pruners.BasePruner:
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=RUNG_FACTOR)
 
 
 class HyperbandPruning(PruningStrategy):
-    """Hyperband: several successive-halving brackets of different aggressiveness, folds as the resource."""
+    """Hyperband: several successive-halving brackets of different aggressiveness, on folds or the resource's rungs."""
 
     name = "hyperband"
 
     def pruner(self, spec: ExperimentSpec) -> optuna.pruners.BasePruner:
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.objective.cv, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=_max_step(spec), reduction_factor=RUNG_FACTOR)
 
 
 class WilcoxonPruning(PruningStrategy):

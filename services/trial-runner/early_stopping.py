@@ -49,7 +49,7 @@ class TrialWatch:
         """Publish a fold's score; True when the trial must stop (pruned). Called from the training thread."""
         if self.cancelled:
             return True
-        last = fold + 1 >= self.request.spec.objective.cv
+        last = fold + 1 >= self.request.spec.stages
         wait = self.awaits_verdict and not last
         progress = TrialProgress(
             experiment_id=self.request.experiment_id,

@@ -33,6 +33,7 @@ from tweakline.proto.tweakfile import (
     ExperimentSpec,
     FloatParam,
     ModelSpec,
+    ResourceName,
 )
 from tweakline.trial_runner.datasets import Task, check_dataset, location_of
 
@@ -316,6 +317,20 @@ def _check_params(cls: type, estimator: BaseEstimator, spec: ExperimentSpec) -> 
         else:
             valid_fixed[key] = value
     estimator.set_params(**valid_fixed)
+
+    resource = spec.search.resource
+    if resource is not None and resource.name is not ResourceName.FRACTION:
+        key = resource.name.value
+        if key not in _top_level(estimator):
+            space_problems.append(
+                Problem(
+                    "spec.search.resource.name",
+                    f"{name} has no parameter '{key}' to grow in rungs; use fraction (any estimator), or an "
+                    f"estimator with {key}",
+                )
+            )
+        elif error := _value_error(cls, valid_fixed, key, resource.value(resource.rungs()[0].amount)):
+            space_problems.append(Problem("spec.search.resource.min", error))
 
     for key, param in spec.search.space.items():
         if key not in known:

@@ -146,6 +146,7 @@ class TrialRunner:
             score=outcome.score,
             metrics=outcome.metrics,
             fold_scores=outcome.fold_scores,
+            rung_scores=outcome.rung_scores,
             duration_s=outcome.duration_s,
             cpu_s=outcome.cpu_s,
             runner=self.name,

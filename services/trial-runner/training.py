@@ -5,6 +5,12 @@ The test split is never touched here. Folds are ``StratifiedKFold`` (classificat
 and the same parameters give the same scores. After each fold the caller's ``on_fold`` hook gets
 the fold's objective value and may stop the trial (early stopping): it is then ``pruned``.
 
+With ``search.resource`` the trial climbs rungs instead: at each rung every fold trains with that
+amount of the resource (``n_estimators``, ``max_iter``, or a share of the training fold), the
+hook gets the rung's CV score, and a pruned trial never trains the bigger rungs. Ensembles that
+support ``warm_start`` keep growing each fold's model from rung to rung (the same trees a single
+fit at that size would give), so a trial that reaches the last rung costs no more than without rungs.
+
 Errors from the estimator (an invalid parameter combination, a solver that cannot run) do not
 propagate: the trial is ``failed`` with a one-line error text. Warnings (convergence, deprecation)
 are recorded on the outcome instead of flooding the runner's log.
@@ -23,19 +29,21 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.pipeline import Pipeline
 
 from tweakline.errors import TweaklineError
 from tweakline.proto.messages import TrialStatus
-from tweakline.proto.tweakfile import ExperimentSpec
+from tweakline.proto.tweakfile import ExperimentSpec, ResourceName, ResourceSpec, Rung
 from tweakline.trial_runner.datasets import Split
-from tweakline.trial_runner.estimators import build_estimator, task_of
+from tweakline.trial_runner.estimators import build_estimator, final_estimator, task_of
 from tweakline.trial_runner.metrics import compute_metrics, objective_metrics
 
 MAX_ERROR_CHARS = 600
 MAX_WARNINGS = 5
 
 OnFold = Callable[[int, float], "bool | None"]
-"""``on_fold(fold_index, objective_value)``; returning True stops the trial (pruned)."""
+"""``on_fold(stage, objective_value)`` after each fold (or, with ``search.resource``, each rung);
+returning True stops the trial (pruned)."""
 
 
 @dataclass
@@ -46,7 +54,9 @@ class TrialOutcome:
         status: ``ok``, ``pruned`` (stopped by ``on_fold``) or ``failed``.
         score: Mean objective over the completed folds (None when failed or no fold completed).
         metrics: Mean of every metric over the folds where it was defined.
-        fold_scores: The objective value of each completed fold, in order.
+        fold_scores: The objective value of each completed fold, in order (with ``search.resource``:
+            the folds of the last rung trained).
+        rung_scores: With ``search.resource``, the CV score of each completed rung, in order.
         duration_s: Wall-clock seconds.
         cpu_s: CPU seconds of this process during the trial (``time.process_time``; it includes
             the estimator's worker threads, and would include concurrent trials of the same process).
@@ -58,6 +68,7 @@ class TrialOutcome:
     score: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     fold_scores: list[float] = field(default_factory=list)
+    rung_scores: list[float] = field(default_factory=list)
     duration_s: float = 0.0
     cpu_s: float = 0.0
     error: str | None = None
@@ -100,6 +111,47 @@ def describe_error(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def full_params(spec: ExperimentSpec, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's parameters as its final model is built: with the whole resource when it is an estimator parameter.
+
+    The evaluator's refit uses this, so the promoted model has what the last rung trained with.
+    """
+    resource = spec.search.resource
+    if resource is None or resource.name is ResourceName.FRACTION:
+        return dict(params)
+    return {**params, resource.name.value: resource.value(resource.full)}
+
+
+def _grows(estimator: BaseEstimator, resource: ResourceSpec) -> bool:
+    """Whether ``estimator`` can continue training to a bigger ``resource`` (``warm_start``) instead of starting over."""
+    final = final_estimator(estimator)
+    own = final.get_params(deep=False)
+    if "warm_start" not in own:
+        return False
+    if resource.name is ResourceName.N_ESTIMATORS:
+        return "n_estimators" in own  # forests, extra trees, gradient boosting, bagging
+    # max_iter only counts boosting iterations in histogram gradient boosting; elsewhere
+    # (MLP, SGD, linear models) warm_start reruns max_iter epochs from the last solution.
+    return resource.name is ResourceName.MAX_ITER and type(final).__name__.startswith("HistGradientBoosting")
+
+
+def _growth_order(y: np.ndarray, seed: int, stratified: bool) -> np.ndarray:
+    """Row positions in an order whose every prefix is a random sample (stratified for classification).
+
+    Rungs of ``fraction`` train on prefixes of it, so each rung's rows include the previous rung's.
+    """
+    rng = np.random.default_rng(seed)
+    if not stratified:
+        return rng.permutation(len(y))
+    # Each row gets its class-relative position (0..1) plus jitter: sorting interleaves the classes
+    # in proportion, so any prefix holds about the same class shares as the whole fold.
+    keys = np.empty(len(y))
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        keys[rows] = (rng.permutation(len(rows)) + rng.random(len(rows))) / len(rows)
+    return np.argsort(keys, kind="stable")
+
+
 def _means(per_fold: list[dict[str, float]]) -> dict[str, float]:
     names = dict.fromkeys(name for fold in per_fold for name in fold)
     return {name: float(np.mean([fold[name] for fold in per_fold if name in fold])) for name in names}
@@ -108,6 +160,46 @@ def _means(per_fold: list[dict[str, float]]) -> dict[str, float]:
 def _warning_texts(caught: list[warnings.WarningMessage]) -> list[str]:
     texts = dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())[:200]}" for w in caught)
     return list(texts)[:MAX_WARNINGS]
+
+
+def _scored(estimator: BaseEstimator, X: Any, y: Any, names: Sequence[str], task: str, objective: str) -> dict[str, float]:
+    values = compute_metrics(estimator, X, y, names, task)
+    if objective not in values:
+        raise UndefinedObjectiveError(
+            f"the objective '{objective}' is undefined on this fold "
+            f"({type(final_estimator(estimator)).__name__} gives no usable scores for it)"
+        )
+    return values
+
+
+def _rows_at(rung: Rung, rows: int) -> int:
+    return max(2, min(rows, int(np.ceil(rung.amount * rows))))
+
+
+def _amount(resource: ResourceSpec, rung: Rung) -> str:
+    if resource.name is ResourceName.FRACTION:
+        return f"fraction {rung.amount:.3g}"
+    return f"{resource.name.value}={resource.value(rung.amount)}"
+
+
+def _at_rung(
+    models: list[BaseEstimator | None], fold: int, rung: Rung, resource: ResourceSpec, spec: ExperimentSpec,
+    params: Mapping[str, Any], allowed_prefixes: Sequence[str], n_jobs: int | None, seed: int | None,
+) -> BaseEstimator:
+    """The estimator to fit for ``fold`` at ``rung``: the fold's model grown further when it can be, else a new one."""
+    if resource.name is ResourceName.FRACTION:
+        return build_estimator(spec.model, params, allowed_prefixes, n_jobs, seed=seed)
+    name, amount = resource.name.value, resource.value(rung.amount)
+    grown = models[fold]
+    if grown is not None:
+        target = grown.steps[-1][1] if isinstance(grown, Pipeline) else grown
+        target.set_params(**{name: amount})
+        return grown
+    estimator = build_estimator(spec.model, {**params, name: amount}, allowed_prefixes, n_jobs, seed=seed)
+    if _grows(estimator, resource):
+        final_estimator(estimator).set_params(warm_start=True)
+        models[fold] = estimator
+    return estimator
 
 
 def run_trial(
@@ -141,6 +233,7 @@ def run_trial(
     names = objective_metrics(spec)
     per_fold: list[dict[str, float]] = []
     fold_scores: list[float] = []
+    rung_scores: list[float] = []
     status = TrialStatus.OK
     error: str | None = None
 
@@ -153,24 +246,50 @@ def run_trial(
         except Exception as exc:  # noqa: BLE001 - reported as a failed trial
             status, error, folds = TrialStatus.FAILED, describe_error(exc), []
 
-        for index, (train, valid) in enumerate(folds):
-            try:
-                estimator: BaseEstimator = build_estimator(spec.model, params, allowed_prefixes, n_jobs, seed=seed)
-                estimator.fit(X[train], y[train])
-                values = compute_metrics(estimator, X[valid], y[valid], names, task)
-                if objective not in values:
-                    raise UndefinedObjectiveError(
-                        f"the objective '{objective}' is undefined on this fold "
-                        f"({type(estimator).__name__} gives no usable scores for it)"
-                    )
-            except Exception as exc:  # noqa: BLE001 - reported as a failed trial
-                status, error = TrialStatus.FAILED, f"fold {index + 1}/{len(folds)}: {describe_error(exc)}"
-                break
-            per_fold.append(values)
-            fold_scores.append(values[objective])
-            if on_fold is not None and on_fold(index, values[objective]) is True and index + 1 < len(folds):
-                status = TrialStatus.PRUNED
-                break
+        resource = spec.search.resource
+        if resource is None:
+            for index, (train, valid) in enumerate(folds):
+                try:
+                    estimator: BaseEstimator = build_estimator(spec.model, params, allowed_prefixes, n_jobs, seed=seed)
+                    estimator.fit(X[train], y[train])
+                    values = _scored(estimator, X[valid], y[valid], names, task, objective)
+                except Exception as exc:  # noqa: BLE001 - reported as a failed trial
+                    status, error = TrialStatus.FAILED, f"fold {index + 1}/{len(folds)}: {describe_error(exc)}"
+                    break
+                per_fold.append(values)
+                fold_scores.append(values[objective])
+                if on_fold is not None and on_fold(index, values[objective]) is True and index + 1 < len(folds):
+                    status = TrialStatus.PRUNED
+                    break
+        elif folds:
+            rungs = resource.rungs()
+            models: list[BaseEstimator | None] = [None] * len(folds)
+            orders = [
+                _growth_order(y[train], spec.dataset.seed + index, task == "classification")
+                for index, (train, _) in enumerate(folds)
+            ] if resource.name is ResourceName.FRACTION else []
+            for rung in rungs:
+                per_fold, fold_scores = [], []
+                for index, (train, valid) in enumerate(folds):
+                    try:
+                        # The whole fold in its own order at fraction 1: the last rung is exactly a trial without rungs.
+                        rows = train if not orders or rung.amount >= 1 else train[orders[index][: _rows_at(rung, len(train))]]
+                        estimator = _at_rung(models, index, rung, resource, spec, params, allowed_prefixes, n_jobs, seed)
+                        estimator.fit(X[rows], y[rows])
+                        values = _scored(estimator, X[valid], y[valid], names, task, objective)
+                    except Exception as exc:  # noqa: BLE001 - reported as a failed trial
+                        status = TrialStatus.FAILED
+                        error = f"rung {rung.index + 1}/{len(rungs)} ({_amount(resource, rung)}), fold {index + 1}/{len(folds)}: {describe_error(exc)}"
+                        break
+                    per_fold.append(values)
+                    fold_scores.append(values[objective])
+                if status is TrialStatus.FAILED:
+                    break
+                rung_scores.append(float(np.mean(fold_scores)))
+                last = rung.index + 1 >= len(rungs)
+                if on_fold is not None and on_fold(rung.index, rung_scores[-1]) is True and not last:
+                    status = TrialStatus.PRUNED
+                    break
 
     failed = status == TrialStatus.FAILED
     return TrialOutcome(
@@ -178,6 +297,7 @@ def run_trial(
         score=None if failed or not fold_scores else float(np.mean(fold_scores)),
         metrics={} if failed else _means(per_fold),
         fold_scores=fold_scores,
+        rung_scores=rung_scores,
         duration_s=time.perf_counter() - started,
         cpu_s=time.process_time() - cpu_started,
         error=error,

@@ -64,10 +64,11 @@ OnFold = Callable[[int, float], Awaitable[bool | None] | bool | None]
 the trial there (pruned) when the child waits for a verdict (see :func:`awaits_verdict`)."""
 
 
-def awaits_verdict(request: TrialRequested, fold: int) -> bool:
-    """Whether training pauses after ``fold`` for the early-stopping verdict: with a pruner, on
-    every fold but the last, so a pruned trial never trains a fold it does not need."""
-    return request.spec.search.pruner is not PrunerName.NONE and fold + 1 < request.spec.objective.cv
+def awaits_verdict(request: TrialRequested, stage: int) -> bool:
+    """Whether training pauses after ``stage`` (a fold, or a rung of ``search.resource``) for the
+    early-stopping verdict: with a pruner, after every stage but the last, so a pruned trial never
+    trains a fold or rung it does not need."""
+    return request.spec.search.pruner is not PrunerName.NONE and stage + 1 < request.spec.stages
 
 
 class WorkerCrashedError(TweaklineError):
@@ -160,7 +161,8 @@ def _child_main(
 @dataclass
 class _Running:
     trial_id: str
-    folds: list[float] = field(default_factory=list)
+    rungs: bool = False  # stages are rungs of search.resource, not CV folds
+    folds: list[float] = field(default_factory=list)  # each stage's score so far
     cancel_reason: str | None = None
     cancel_deadline: float | None = None
     aborted: bool = False
@@ -281,7 +283,7 @@ class TrialWorker:
         """Train ``request`` in the child within ``timeout`` seconds and the memory limit."""
         await self.start()
         assert self._conn is not None
-        running = _Running(request.trial_id)
+        running = _Running(request.trial_id, rungs=request.spec.search.resource is not None)
         self._running = running
         self._cancel.clear()
         self._wake.clear()
@@ -337,14 +339,12 @@ class TrialWorker:
             self._discard()
             raise TrialAbortedError(f"trial {running.trial_id} abandoned: the runner is stopping")
         if running.cancel_reason is not None and running.cancel_deadline is not None and now >= running.cancel_deadline:
-            score = sum(running.folds) / len(running.folds) if running.folds else None
             return TrialOutcome(
-                status=TrialStatus.PRUNED, score=score, fold_scores=list(running.folds),
-                duration_s=elapsed, error=running.cancel_reason,
+                status=TrialStatus.PRUNED, duration_s=elapsed, error=running.cancel_reason, **self._so_far(running)
             )
         if deadline is not None and now >= deadline:
             return TrialOutcome(
-                status=TrialStatus.FAILED, fold_scores=list(running.folds), duration_s=elapsed,
+                status=TrialStatus.FAILED, duration_s=elapsed, **{**self._so_far(running), "score": None},
                 error=f"trial exceeded its time limit of {deadline - started:g}s (budget.trial_timeout); stopped after {elapsed:.1f}s",
             )
         limit = self.config.memory_limit_mb
@@ -355,11 +355,18 @@ class TrialWorker:
                 return None  # the child is gone: the pipe's EOF reports it
             if rss_mb > limit:
                 return TrialOutcome(
-                    status=TrialStatus.FAILED, fold_scores=list(running.folds), duration_s=elapsed,
+                    status=TrialStatus.FAILED, duration_s=elapsed, **{**self._so_far(running), "score": None},
                     error=f"trial used {rss_mb:.0f} MiB of memory, over the runner's limit of {limit} MiB "
                     "(TWEAKLINE_TRIAL_MEMORY_MB)",
                 )
         return None
+
+    def _so_far(self, running: _Running) -> dict[str, Any]:
+        """Score and intermediate scores of a trial stopped from outside (its stage scores so far)."""
+        if running.rungs:  # each stage is a rung's CV score: the last one is the trial's
+            return {"score": running.folds[-1] if running.folds else None, "rung_scores": list(running.folds)}
+        score = sum(running.folds) / len(running.folds) if running.folds else None
+        return {"score": score, "fold_scores": list(running.folds)}
 
     def _exitcode(self) -> str:
         if self._process is None:

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import pytest
+import yaml
 
 from tweakline.proto.messages import (
     ExperimentState,
@@ -237,9 +238,33 @@ def test_warm_start_reuses_compatible_trials_and_reports_the_others() -> None:
     }
     state = ExperimentState(experiment_id="e2", tweak=new, warm_trials=reused, warm_start=report)
     run = ExperimentRun(state)
-    assert len(run.study.trials) == 2  # seeded, and never counted as this experiment's trials
+    seeded = [t for t in run.study.trials if t.state.name == "COMPLETE"]
+    assert len(seeded) == 2  # seeded, and never counted as this experiment's trials
     assert run.state.results == {} and run.best() is None
     assert run.complete().warm_start == report
+
+
+def test_a_warm_started_search_first_tries_the_best_earlier_configurations_again() -> None:
+    old = tweak(CONDITIONAL_SPACE, algorithm="tpe")
+    configs = [
+        {"C": 0.05, "kernel": "rbf"},
+        {"C": 10.0, "kernel": "poly", "degree": 3, "coef0": 0.5},  # the best (score_of's optimum)
+        {"C": 3.0, "kernel": "rbf"},  # second best
+        {"C": 10.0, "kernel": "poly", "degree": 3, "coef0": 0.5},  # the best again (an earlier push): tried once
+    ]
+    reused, report = select(history([(p, old) for p in configs]), "acme/svc", old.spec)
+    for rerun, expected in ((1, [configs[1]]), (2, [configs[1], configs[2]]), (0, [])):
+        new = tweak(CONDITIONAL_SPACE, algorithm="tpe", seed=11, warm_start={"rerun": rerun},
+                    budget={"max_trials": 6, "parallelism": 3})
+        state = ExperimentState(experiment_id=f"e{rerun}", tweak=new, warm_trials=reused, warm_start=report.model_copy())
+        run = ExperimentRun(state)
+        first = [params for _, params in run.next_trials()]
+        assert first[: len(expected)] == expected, (rerun, first)
+        assert all(p not in configs for p in first[len(expected):])  # then the sampler proposes new points
+        assert run.complete().warm_start.rerun == len(expected)
+        # A scheduler restart rebuilds the study from state: nothing is queued a second time.
+        rebuilt = ExperimentRun(ExperimentState.model_validate(state.model_dump()))
+        assert [t for t in rebuilt.study.trials if t.state.name == "WAITING"] == []
 
 
 def test_warm_start_lineage_and_switch() -> None:
@@ -440,3 +465,95 @@ def test_cmaes_takes_its_prior_from_warm_trials() -> None:
         return sum(proposals) / len(proposals)
 
     assert first_generation(warm) > first_generation(plain)
+
+
+# -- rungs of a training resource ------------------------------------------------------------------
+
+RESOURCE = {"name": "n_estimators", "min": 10, "max": 90}  # rungs 10, 30, 90 at steps 1, 3, 9
+
+
+def rung_tweak(pruner: str, **search: Any) -> TweakFile:
+    return TweakFile.model_validate(
+        {
+            "apiVersion": "tweakline/v1",
+            "kind": "Experiment",
+            "metadata": {"name": "gbc"},
+            "spec": {
+                "dataset": {"source": "sklearn:breast_cancer"},
+                "model": {"estimator": "sklearn.ensemble.GradientBoostingClassifier"},
+                "search": {
+                    "algorithm": "random", "seed": 1, "pruner": pruner, "resource": RESOURCE,
+                    "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True}}, **search,
+                },
+                "objective": {"metric": "accuracy", "cv": 3},
+                "budget": {"max_trials": 30, "parallelism": 1},
+            },
+        }
+    )
+
+
+def rung_result(run: ExperimentRun, number: int, params: dict[str, Any], rungs: list[float],
+                status: TrialStatus = TrialStatus.OK) -> TrialCompleted:
+    return TrialCompleted(
+        experiment_id=run.state.experiment_id, trial_id=trial_id(run.state.experiment_id, number), number=number,
+        status=status, params=params, score=rungs[-1], rung_scores=rungs, fold_scores=[rungs[-1]] * 3,
+    )
+
+
+@pytest.mark.parametrize("pruner", ["asha", "hyperband", "median"])
+def test_with_a_resource_pruners_judge_rungs_at_their_resource_steps(pruner: str) -> None:
+    run = ExperimentRun(ExperimentState(experiment_id="e1", tweak=rung_tweak(pruner)))
+    assert [r.step for r in run.rungs] == [1, 3, 9]
+    for _ in range(8):
+        [(number, params)] = run.next_trials()
+        for rung, value in enumerate([0.90, 0.93, 0.95]):
+            assert run.report(number, rung, value) is False
+        run.record(rung_result(run, number, params, [0.90, 0.93, 0.95]))
+    [(number, params)] = run.next_trials()
+    verdicts = []
+    for rung in range(2):  # as the runner does: the next rung only after a "continue"
+        verdicts.append(run.report(number, rung, 0.5))
+        if verdicts[-1]:
+            break
+    assert verdicts[-1] is True, verdicts  # clearly worse on a cheap rung: stopped before the full resource
+    run.record(rung_result(run, number, params, [0.5] * len(verdicts), status=TrialStatus.PRUNED))
+    pruned = [t for t in run.study.trials if t.state.name == "PRUNED"]
+    assert len(pruned) == 1
+    assert pruned[0].intermediate_values == {run.rungs[i].step: 0.5 for i in range(len(verdicts))}
+    finished = [t for t in run.study.trials if t.state.name == "COMPLETE"]
+    assert all(t.intermediate_values == {1: 0.90, 3: 0.93, 9: 0.95} for t in finished)
+    # Rebuilt from its state (a scheduler restart), the study has the same rung values.
+    rebuilt = ExperimentRun(run.state)
+    assert [t.intermediate_values for t in rebuilt.study.trials] == [t.intermediate_values for t in run.study.trials]
+
+
+@pytest.mark.parametrize(
+    ("search", "model", "field", "text"),
+    [
+        ({"pruner": "none"}, {}, ("spec", "search", "pruner"), "expected asha, hyperband or median"),
+        ({"pruner": "wilcoxon"}, {}, ("spec", "search", "pruner"), "got 'wilcoxon'"),
+        ({"space": {"n_estimators": {"type": "int", "low": 10, "high": 90}}}, {}, ("spec", "search", "space", "n_estimators"),
+         "drop it from the space"),
+        ({}, {"fixed": {"n_estimators": 50}}, ("spec", "model", "fixed", "n_estimators"), "drop it from fixed"),
+        ({"resource": {"name": "n_estimators", "min": 40, "max": 90}}, {}, ("spec", "search", "resource", "min"),
+         "expected at most max / 3 (30), got 40"),
+        ({"resource": {"name": "max_iter", "min": 2.5, "max": 90}}, {}, ("spec", "search", "resource", "min"),
+         "expected an integer, got 2.5"),
+        ({"resource": {"name": "max_iter", "min": 10}}, {}, ("spec", "search", "resource", "max"), "is required"),
+        ({"resource": {"name": "fraction", "min": 0.1, "max": 1.5}}, {}, ("spec", "search", "resource", "max"),
+         "expected at most 1, got 1.5"),
+        ({"resource": {"name": "epochs", "min": 1, "max": 9}}, {}, ("spec", "search", "resource", "name"), "n_estimators"),
+    ],
+)
+def test_invalid_resources_fail_validation_with_field_precise_errors(search, model, field, text) -> None:  # noqa: ANN001
+    from tweakline.errors import InvalidTweakFileError
+    from tweakline.proto.loading import parse_tweak_file
+
+    raw = rung_tweak("asha").model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["spec"]["search"].update(search)
+    raw["spec"]["model"].update(model)
+    with pytest.raises(InvalidTweakFileError) as bad:
+        parse_tweak_file(yaml.safe_dump(raw), "gbc.tweak.yaml")
+    paths = {p.path: p.message for p in bad.value.problems}
+    assert ".".join(field) in paths, paths
+    assert text in paths[".".join(field)], paths

@@ -152,6 +152,28 @@ async def test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats
     assert len(finished) + len(pruned) == 16
 
 
+async def test_rungs_of_a_training_resource_stop_weak_trials_on_small_models(nats, stack) -> None:  # noqa: ANN001
+    # Gradient boosting on breast cancer, n_estimators grown 5 -> 15 -> 45: learning rates near
+    # 1e-4 barely move from the prior after 5 trees, and ASHA stops them there.
+    raw = tweak_file(
+        "gbc-rungs",
+        {"algorithm": "random", "pruner": "asha", "resource": {"name": "n_estimators", "min": 5, "max": 45},
+         "space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}},
+        {"max_trials": 12, "parallelism": 2},
+        dataset="breast_cancer",
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["spec"]["model"] = {"estimator": "sklearn.ensemble.GradientBoostingClassifier", "fixed": {"max_depth": 2}}
+    completed = await run_experiment(nats, TweakFile.model_validate(raw))
+    pruned = [t for t in completed.trials if t.status is TrialStatus.PRUNED]
+    finished = [t for t in completed.trials if t.status is TrialStatus.OK]
+    assert pruned, [(t.params, t.rung_scores) for t in completed.trials]
+    assert all(1 <= len(t.rung_scores) < 3 for t in pruned)  # stopped on a small model, on its runner
+    assert all(len(t.rung_scores) == 3 and t.score == t.rung_scores[-1] for t in finished)
+    assert len(pruned) + len(finished) == 12
+    assert completed.best is not None and completed.best.status is TrialStatus.OK
+    assert max(t.rung_scores[0] for t in pruned) <= max(t.rung_scores[0] for t in finished)
+
+
 async def test_a_second_push_of_the_same_lineage_is_warm_started(nats, stack) -> None:  # noqa: ANN001
     source = Source(repository=f"acme/models-{uuid.uuid4().hex[:6]}", commit="c1")
     first = await run_experiment(

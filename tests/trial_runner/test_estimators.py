@@ -185,6 +185,17 @@ def test_valid_spec_has_no_problems() -> None:
     assert check_spec(spec, ALLOWED) == []
 
 
+def test_a_resource_must_be_a_parameter_of_the_estimator() -> None:
+    search = {"space": {"C": {"type": "float", "low": 1e-3, "high": 1e3, "log": True}}, "pruner": "asha"}
+    svc = make_spec(search={**search, "resource": {"name": "n_estimators", "min": 10, "max": 90}})
+    assert by_path(check_spec(svc, ALLOWED)) == {
+        "spec.search.resource.name": "SVC has no parameter 'n_estimators' to grow in rungs; use fraction "
+        "(any estimator), or an estimator with n_estimators"
+    }
+    assert check_spec(make_spec(search={**search, "resource": {"name": "fraction", "min": 0.1}}), ALLOWED) == []
+    assert check_spec(make_spec(search={**search, "resource": {"name": "max_iter", "min": 10, "max": 90}}), ALLOWED) == []
+
+
 def test_disallowed_estimator_and_step() -> None:
     spec = make_spec(model={"estimator": "os.system", "pipeline": ["sklearn.preprocessing.StandardScaler", "subprocess.Popen"]})
     problems = by_path(check_spec(spec, ALLOWED))

@@ -273,3 +273,95 @@ def test_csv_dataset_end_to_end(tmp_path: Any) -> None:
     assert outcome.status is TrialStatus.OK
     assert outcome.score is not None and outcome.score > 0.95
     assert {"roc_auc", "log_loss", "accuracy"} <= set(outcome.metrics)
+
+
+# -- rungs of a training resource ------------------------------------------------------------------
+
+
+def gbc_spec(resource: dict[str, Any], estimator: str = "sklearn.ensemble.GradientBoostingClassifier") -> ExperimentSpec:
+    return make_spec(
+        dataset={"source": "sklearn:breast_cancer", "seed": 0},
+        model={"estimator": estimator},
+        search={
+            "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True}},
+            "pruner": "asha",
+            "resource": resource,
+        },
+        objective={"metric": "accuracy", "cv": 3},
+    )
+
+
+def test_a_resource_grows_each_folds_model_and_ends_where_one_full_fit_would() -> None:
+    spec = gbc_spec({"name": "n_estimators", "min": 10, "max": 90})
+    seen: list[tuple[int, float]] = []
+    outcome = run_trial(split_of(spec), spec, {"learning_rate": 0.1}, ALLOWED, seed=0,
+                        on_fold=lambda rung, value: seen.append((rung, value)) and False)
+    assert outcome.status is TrialStatus.OK
+    assert [rung for rung, _ in seen] == [0, 1, 2]  # one report per rung (10, 30, 90 trees), not per fold
+    assert outcome.rung_scores == [value for _, value in seen]
+    assert outcome.score == outcome.rung_scores[-1] and len(outcome.fold_scores) == 3
+    # Growing 10 -> 30 -> 90 trees (warm_start) gives exactly the CV score of fitting 90 trees at once.
+    plain = make_spec(**{**spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                         "search": {"space": spec.search.model_dump(mode="json")["space"]}})
+    direct = run_trial(split_of(plain), plain, {"learning_rate": 0.1, "n_estimators": 90}, ALLOWED, seed=0)
+    assert direct.fold_scores == pytest.approx(outcome.fold_scores)
+
+
+def test_a_trial_pruned_on_its_first_rung_never_trains_a_bigger_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tweakline.trial_runner import training
+
+    built: list[Any] = []
+    real_build = training.build_estimator
+
+    def recording_build(*args: Any, **kwargs: Any) -> Any:
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(training, "build_estimator", recording_build)
+    spec = gbc_spec({"name": "n_estimators", "min": 10, "max": 90})
+    outcome = run_trial(split_of(spec), spec, {"learning_rate": 0.1}, ALLOWED, seed=0, on_fold=lambda rung, value: True)
+    assert outcome.status is TrialStatus.PRUNED and len(outcome.rung_scores) == 1
+    assert len(built) == 3 and all(model.n_estimators_ == 10 for model in built)  # one 10-tree model per fold
+
+
+def test_an_estimator_without_warm_start_is_refitted_at_each_rung() -> None:
+    spec = gbc_spec({"name": "max_iter", "min": 5, "max": 45}, estimator="sklearn.linear_model.LogisticRegression")
+    spec = spec.model_copy(update={"search": spec.search.model_copy(update={"space": {
+        "C": spec.search.space["learning_rate"]}})})
+    outcome = run_trial(split_of(spec), spec, {"C": 0.5}, ALLOWED, seed=0)
+    assert outcome.status is TrialStatus.OK and len(outcome.rung_scores) == 3
+    assert any("ConvergenceWarning" in w for w in outcome.warnings)  # 5 iterations do not converge: a real small rung
+
+
+def test_fraction_rungs_train_on_growing_nested_stratified_samples() -> None:
+    from tweakline.trial_runner.training import _growth_order
+
+    y = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    order = _growth_order(y, seed=3, stratified=True)
+    assert sorted(order) == list(range(100))  # a permutation: every prefix nests in the longer ones
+    for size in (10, 30, 100):
+        counts = np.bincount(y[order[:size]], minlength=3)
+        assert np.abs(counts - np.array([0.6, 0.3, 0.1]) * size).max() <= 1, (size, counts)
+
+    spec = gbc_spec({"name": "fraction", "min": 0.1}, estimator="sklearn.ensemble.RandomForestClassifier")
+    spec = spec.model_copy(update={"search": spec.search.model_copy(update={"space": {
+        "max_depth": {"type": "int", "low": 1, "high": 5}}})})
+    spec = ExperimentSpec.model_validate(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+    outcome = run_trial(split_of(spec), spec, {"max_depth": 3}, ALLOWED, seed=0)
+    assert outcome.status is TrialStatus.OK and len(outcome.rung_scores) == 3
+    # The last rung is the whole training fold: the same scores as a trial without rungs.
+    plain = ExperimentSpec.model_validate({**spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                                           "search": {"space": {"max_depth": {"type": "int", "low": 1, "high": 5}}}})
+    assert run_trial(split_of(plain), plain, {"max_depth": 3}, ALLOWED, seed=0).fold_scores == outcome.fold_scores
+
+
+def test_the_final_model_gets_the_whole_resource() -> None:
+    from tweakline.evaluator.scoring import refit_and_score
+    from tweakline.trial_runner.training import full_params
+
+    spec = gbc_spec({"name": "n_estimators", "min": 10, "max": 90})
+    assert full_params(spec, {"learning_rate": 0.1}) == {"learning_rate": 0.1, "n_estimators": 90}
+    refit = refit_and_score(split_of(spec), spec, {"learning_rate": 0.1}, ALLOWED, "classification")
+    assert refit.model.n_estimators == 90 and refit.model.n_estimators_ == 90
+    fraction = gbc_spec({"name": "fraction", "min": 0.1})
+    assert full_params(fraction, {"learning_rate": 0.1}) == {"learning_rate": 0.1}

@@ -19,13 +19,15 @@ SLEEPY = "tests.fault.estimators.SleepyClassifier"
 
 
 def request(
-    params: dict[str, Any], *, estimator: str = SLEEPY, cv: int = 2, number: int = 0, pruner: str = "none"
+    params: dict[str, Any], *, estimator: str = SLEEPY, cv: int = 2, number: int = 0, pruner: str = "none",
+    resource: dict[str, Any] | None = None,
 ) -> TrialRequested:
     spec = ExperimentSpec.model_validate(
         {
             "dataset": {"source": "sklearn:iris", "seed": 0},
             "model": {"estimator": estimator},
-            "search": {"space": {"delay": {"type": "float", "low": 0.0, "high": 60.0}}, "pruner": pruner},
+            "search": {"space": {"delay": {"type": "float", "low": 0.0, "high": 60.0}}, "pruner": pruner,
+                       **({"resource": resource} if resource else {})},
             "objective": {"metric": "accuracy", "cv": cv},
         }
     )
@@ -118,3 +120,22 @@ async def test_with_a_pruner_the_child_waits_for_each_verdict_and_stops_without_
     # a "continue" verdict on every fold runs the trial to the end
     full = await worker.run(request({"C": 1.0}, estimator="sklearn.svm.SVC", cv=3, pruner="median"), on_fold=lambda i, v: False)
     assert full.status is TrialStatus.OK and len(full.fold_scores) == 3
+
+
+async def test_with_a_resource_the_child_waits_for_each_rungs_verdict(worker: TrialWorker) -> None:
+    verdicts: list[int] = []
+
+    def prune_after_second_rung(rung: int, value: float) -> bool:
+        verdicts.append(rung)
+        return rung == 1
+
+    forest = "sklearn.ensemble.RandomForestClassifier"
+    rungs = {"name": "n_estimators", "min": 3, "max": 27}  # 3, 9, 27 trees
+    outcome = await worker.run(
+        request({}, estimator=forest, cv=3, pruner="asha", resource=rungs), on_fold=prune_after_second_rung
+    )
+    assert outcome.status is TrialStatus.PRUNED
+    assert verdicts == [0, 1] and len(outcome.rung_scores) == 2  # no rung trained after the verdict
+    assert outcome.score == outcome.rung_scores[-1] and len(outcome.fold_scores) == 3
+    full = await worker.run(request({}, estimator=forest, cv=3, pruner="asha", resource=rungs), on_fold=lambda i, v: False)
+    assert full.status is TrialStatus.OK and len(full.rung_scores) == 3
