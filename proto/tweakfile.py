@@ -392,6 +392,16 @@ class ResourceSpec(_Strict):
         return amount if self.name is ResourceName.FRACTION else int(amount)
 
 
+class EarlyStoppingSpec(_Strict):
+    """Early stopping as the shared design writes it: ``search.early_stopping: {algorithm: asha}``.
+
+    The same as ``search.pruner`` (and ``search.resource``); either spelling may be used.
+    """
+
+    algorithm: PrunerName = Field(default=PrunerName.ASHA, description="none, median, asha, hyperband or wilcoxon.")
+    resource: ResourceSpec | None = Field(default=None, description="As search.resource.")
+
+
 class WarmStartSpec(_Strict):
     """Where earlier trials come from (``search.warm_start``)."""
 
@@ -432,6 +442,44 @@ class SearchSpec(_Strict):
         description="Early stopping on rungs of a training resource (n_estimators, max_iter or fraction) "
         "instead of CV folds; needs pruner asha, hyperband or median.",
     )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None, description="{algorithm: asha, resource: ...}: the same as pruner and resource, in the design's words."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _early_stopping_spelling(cls, data: Any) -> Any:
+        """``early_stopping: {algorithm, resource}`` fills ``pruner`` and ``resource`` (which the services read)."""
+        if not isinstance(data, dict) or not isinstance(data.get("early_stopping"), dict):
+            return data
+        given = data["early_stopping"]
+        data = dict(data)
+        algorithm = given.get("algorithm", PrunerName.ASHA.value)
+        wanted: dict[str, Any] = {}
+        if algorithm in {p.value for p in PrunerName}:  # otherwise early_stopping.algorithm reports it
+            wanted["pruner"] = str(algorithm)
+        if given.get("resource") is not None:
+            try:
+                wanted["resource"] = ResourceSpec.model_validate(given["resource"]).model_dump(mode="json")
+            except ValueError:  # early_stopping.resource reports it, at its own path
+                pass
+        for key, value in wanted.items():
+            current = data.get(key)
+            if key == "resource" and isinstance(current, dict):
+                try:
+                    current = ResourceSpec.model_validate(current).model_dump(mode="json")
+                except ValueError:
+                    pass
+            if current is not None and current != value:
+                raise problem(
+                    key,
+                    "says {current} but early_stopping says {value}: write early stopping once "
+                    "(early_stopping, or pruner and resource)",
+                    current=current,
+                    value=value,
+                )
+            data[key] = value
+        return data
 
     @field_validator("warm_start", mode="before")
     @classmethod

@@ -169,3 +169,53 @@ def test_error_metric_defaults_to_minimize() -> None:
     doc["spec"]["objective"] = {"metric": "rmse"}
     doc["spec"]["gate"] = {}
     assert TweakFile.model_validate(doc).spec.objective.maximize is False
+
+
+DESIGN_SPELLING = """
+apiVersion: tweakline/v1
+kind: Experiment
+metadata: {name: digits-svc}
+spec:
+  dataset: {source: "sklearn:digits", test_size: 0.2}
+  model: {estimator: sklearn.svm.SVC, pipeline: [sklearn.preprocessing.StandardScaler], fixed: {}}
+  search:
+    algorithm: tpe
+    space:
+      C:      {type: float, low: 1.0e-3, high: 1.0e3, log: true}
+      kernel: {type: categorical, choices: [rbf, poly, sigmoid]}
+    early_stopping: %s
+  objective: {metric: accuracy, direction: maximize, cv: 3}
+  budget: {max_trials: 40, parallelism: 4, timeout: 15m}
+"""
+
+
+def test_the_design_docs_early_stopping_spelling_sets_the_pruner_and_resource() -> None:
+    from tweakline.proto.tweakfile import PrunerName, ResourceName
+
+    plain = parse_tweak_file(DESIGN_SPELLING % "{algorithm: asha}")
+    assert plain.spec.search.pruner is PrunerName.ASHA and plain.spec.search.resource is None
+    rungs = parse_tweak_file(DESIGN_SPELLING % "{algorithm: hyperband, resource: {name: fraction, min: 0.1}}")
+    assert rungs.spec.search.pruner is PrunerName.HYPERBAND
+    assert rungs.spec.search.resource is not None and rungs.spec.search.resource.name is ResourceName.FRACTION
+    # what the services send each other (a dump) reads back the same
+    assert TweakFile.model_validate_json(rungs.model_dump_json()) == rungs
+
+
+@pytest.mark.parametrize(
+    ("early_stopping", "extra", "path", "words"),
+    [
+        ("{algorithm: sometimes}", "", "spec.search.early_stopping.algorithm", ["sometimes", "asha"]),
+        ("{algorithm: asha, resource: {name: fraction, min: 0.9}}", "", "spec.search.early_stopping.resource.min",
+         ["at most max / 3", "0.9"]),
+        ("{algorithm: asha, when: later}", "", "spec.search.early_stopping.when", ["unknown field"]),
+        ("{algorithm: asha}", "    pruner: median\n", "spec.search.pruner", ["median", "asha", "write early stopping once"]),
+    ],
+)
+def test_a_bad_early_stopping_names_its_field(early_stopping: str, extra: str, path: str, words: list[str]) -> None:
+    text = DESIGN_SPELLING % early_stopping
+    text = text.replace("    early_stopping:", extra + "    early_stopping:")
+    with pytest.raises(InvalidTweakFileError) as bad:
+        parse_tweak_file(text)
+    messages = {p.path: p.message for p in bad.value.problems}
+    assert path in messages, messages
+    assert all(w in messages[path] for w in words), messages
