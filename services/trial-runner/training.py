@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import KFold, StratifiedKFold
-from sklearn.pipeline import Pipeline
 
 from tweakline.errors import TweaklineError
 from tweakline.proto.messages import TrialStatus
@@ -192,8 +191,7 @@ def _at_rung(
     name, amount = resource.name.value, resource.value(rung.amount)
     grown = models[fold]
     if grown is not None:
-        target = grown.steps[-1][1] if isinstance(grown, Pipeline) else grown
-        target.set_params(**{name: amount})
+        final_estimator(grown).set_params(**{name: amount})  # fit() then adds to what it has
         return grown
     estimator = build_estimator(spec.model, {**params, name: amount}, allowed_prefixes, n_jobs, seed=seed)
     if _grows(estimator, resource):

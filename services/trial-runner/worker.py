@@ -162,7 +162,7 @@ def _child_main(
 class _Running:
     trial_id: str
     rungs: bool = False  # stages are rungs of search.resource, not CV folds
-    folds: list[float] = field(default_factory=list)  # each stage's score so far
+    stages: list[float] = field(default_factory=list)  # each fold's (or rung's) score so far
     cancel_reason: str | None = None
     cancel_deadline: float | None = None
     aborted: bool = False
@@ -302,7 +302,7 @@ class TrialWorker:
                 kind = message[0]
                 if kind == "fold":
                     fold, value = int(message[1]), float(message[2])
-                    running.folds.append(value)
+                    running.stages.append(value)
                     stop: bool | None = None
                     try:
                         if on_fold is not None:
@@ -364,9 +364,9 @@ class TrialWorker:
     def _so_far(self, running: _Running) -> dict[str, Any]:
         """Score and intermediate scores of a trial stopped from outside (its stage scores so far)."""
         if running.rungs:  # each stage is a rung's CV score: the last one is the trial's
-            return {"score": running.folds[-1] if running.folds else None, "rung_scores": list(running.folds)}
-        score = sum(running.folds) / len(running.folds) if running.folds else None
-        return {"score": score, "fold_scores": list(running.folds)}
+            return {"score": running.stages[-1] if running.stages else None, "rung_scores": list(running.stages)}
+        score = sum(running.stages) / len(running.stages) if running.stages else None
+        return {"score": score, "fold_scores": list(running.stages)}
 
     def _exitcode(self) -> str:
         if self._process is None:
