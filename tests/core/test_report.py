@@ -92,6 +92,19 @@ def test_study_rebuilt_from_trial_records(data: ReportData) -> None:
     assert study.best_value == pytest.approx(max(t.score for t in data.outcome.trials.values() if t.score and t.status is TrialStatus.OK))
 
 
+def test_a_study_with_rungs_shows_each_rungs_score_at_its_resource_step() -> None:
+    text = TWEAK.replace("algorithm: random", "algorithm: random\n    pruner: asha\n    resource: {name: fraction, min: 0.1}")
+    tweak = parse_tweak_file(text)
+    outcome = Outcome(experiment_id="report-rungs", tweak=tweak)
+    for number, (status, rungs) in enumerate([(TrialStatus.OK, [0.7, 0.8, 0.9]), (TrialStatus.PRUNED, [0.4])]):
+        outcome.trials[number] = TrialCompleted(
+            experiment_id="report-rungs", trial_id=f"report-rungs.{number}", number=number, status=status,
+            params=PARAMS[number], score=rungs[-1], rung_scores=rungs, fold_scores=[rungs[-1]] * 3,
+        )
+    study = rebuild_study(outcome)
+    assert [t.intermediate_values for t in study.trials] == [{1: 0.7, 3: 0.8, 9: 0.9}, {1: 0.4}]
+
+
 def test_html_is_self_contained(data: ReportData) -> None:
     document = render_html(data)
     assert not re.search(r"<script[^>]+src=", document)  # plotly.js inlined, nothing fetched
