@@ -117,7 +117,12 @@ class DatasetSpec(_Strict):
     )
     target: str | None = Field(default=None, description="Target column (required for csv:, https: and object: sources).")
     test_size: float = Field(default=0.2, gt=0, lt=1, description="Fraction held out for the final evaluation.")
-    seed: int = Field(default=0, ge=0, description="Seed of the train/test split and the CV folds.")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="Seed of the train/test split, the CV folds and the estimators' random_state "
+        "(unless model.fixed or the space sets random_state).",
+    )
 
     @field_validator("source")
     @classmethod

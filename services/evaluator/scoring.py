@@ -10,7 +10,7 @@ from tweakline.proto.tweakfile import ExperimentSpec
 from tweakline.trial_runner.datasets import Split
 from tweakline.trial_runner.estimators import build_estimator
 from tweakline.trial_runner.metrics import compute_metrics, objective_metrics
-from tweakline.trial_runner.training import full_params
+from tweakline.trial_runner.training import estimator_seed, full_params
 
 
 @dataclass
@@ -29,9 +29,10 @@ def refit_and_score(split: Split, spec: ExperimentSpec, params: dict[str, Any], 
     The best is built with the whole training resource (``search.resource``'s max) its last rung used.
     """
     metrics = objective_metrics(spec)
-    best = build_estimator(spec.model, full_params(spec, params), allowed, seed=spec.search.seed)
+    seed = estimator_seed(spec)  # what the trials' CV used
+    best = build_estimator(spec.model, full_params(spec, params), allowed, seed=seed)
     best.fit(split.X_train, split.y_train)
-    default = build_estimator(spec.model, {}, allowed, seed=spec.search.seed)
+    default = build_estimator(spec.model, {}, allowed, seed=seed)
     default.fit(split.X_train, split.y_train)
     return Refit(
         model=best,

@@ -84,12 +84,15 @@ _NO_LOCATION = frozenset({"InvalidParameterError"})  # scikit-learn's parameter 
 
 
 def estimator_seed(spec: ExperimentSpec) -> int:
-    """A reproducible ``random_state`` for the estimators of ``spec``: the search seed, else the dataset seed.
+    """The ``random_state`` of the estimators of ``spec`` (unless the tweak file sets one): ``dataset.seed``.
 
-    Pass the same value to :func:`run_trial` and to the evaluator's refit
-    (:func:`~tweakline.trial_runner.estimators.build_estimator`) so that CV and refit agree.
+    The dataset seed already fixes the split and the folds; fixing the estimators' randomness with
+    it makes a configuration's score a property of the configuration: the same in every trial,
+    in the evaluator's refit, and in the next push of the lineage even when ``search.seed``
+    changes (warm start compares scores across pushes). The runner's training child and the
+    evaluator both use this.
     """
-    return spec.search.seed if spec.search.seed is not None else spec.dataset.seed
+    return spec.dataset.seed
 
 
 def cv_splitter(spec: ExperimentSpec, task: str) -> KFold | StratifiedKFold:

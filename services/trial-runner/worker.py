@@ -110,7 +110,7 @@ def _child_main(
     from pathlib import Path
 
     from tweakline.trial_runner.datasets import DatasetCache, DatasetError, use_object_store
-    from tweakline.trial_runner.training import describe_error, run_trial
+    from tweakline.trial_runner.training import describe_error, estimator_seed, run_trial
 
     if dataset_cache_dir is not None:
 
@@ -148,7 +148,7 @@ def _child_main(
             request.spec,
             request.params,
             allowed,
-            seed=request.spec.search.seed,
+            seed=estimator_seed(request.spec),
             on_fold=on_fold,
             n_jobs=n_jobs,
         )

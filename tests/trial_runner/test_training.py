@@ -238,10 +238,11 @@ def test_seed_and_n_jobs_reach_every_fold_estimator(monkeypatch: pytest.MonkeyPa
     assert all((e.random_state, e.n_jobs, e.max_depth) == (7, 1, 2) for e in built)
 
 
-def test_estimator_seed() -> None:
+def test_estimators_are_seeded_by_the_dataset_seed_not_the_samplers() -> None:
     assert estimator_seed(make_spec(dataset={"source": "sklearn:iris", "seed": 4})) == 4
+    # Another sampler seed (the next push of a lineage may change it) leaves scores comparable.
     seeded = make_spec(search={"space": {"C": {"type": "float", "low": 1, "high": 2}}, "seed": 9})
-    assert estimator_seed(seeded) == 9
+    assert estimator_seed(seeded) == 0
 
 
 def test_describe_error_is_one_bounded_line() -> None:

@@ -139,3 +139,16 @@ async def test_with_a_resource_the_child_waits_for_each_rungs_verdict(worker: Tr
     assert outcome.score == outcome.rung_scores[-1] and len(outcome.fold_scores) == 3
     full = await worker.run(request({}, estimator=forest, cv=3, pruner="asha", resource=rungs), on_fold=lambda i, v: False)
     assert full.status is TrialStatus.OK and len(full.rung_scores) == 3
+
+
+async def test_a_random_estimator_scores_the_same_every_time_without_a_search_seed(worker: TrialWorker) -> None:
+    # The child seeds estimators from dataset.seed: a configuration's score does not depend on
+    # luck (or on search.seed, which the tweak file here does not even set).
+    forest = request({}, estimator="sklearn.ensemble.RandomForestClassifier", cv=3)
+    small = {"n_estimators": 2, "max_features": 1, "max_depth": 2}  # very random: scores vary run to run unseeded
+    forest = forest.model_copy(update={"spec": forest.spec.model_copy(update={
+        "model": forest.spec.model.model_copy(update={"fixed": small})})})
+    assert forest.spec.search.seed is None
+    first = await worker.run(forest)
+    again = await worker.run(forest)
+    assert first.status is TrialStatus.OK and first.fold_scores == again.fold_scores
