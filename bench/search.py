@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.search                 # 3 seeds, every problem, every arm (~10-20 CPU minutes)
+    python -m bench.search                 # 5 seeds, every problem, every arm (~25-35 CPU minutes)
     python -m bench.search --quick         # 2 seeds, 16 trials, the cheap problems (a smoke run)
 
 Arms, for each problem and seed (same budget, same seed, same CV folds):
@@ -13,15 +13,23 @@ Arms, for each problem and seed (same budget, same seed, same CV folds):
   results come back oldest first. Only the bus is left out.
 - ``optuna-tpe``: plain Optuna as its docs show it: ``TPESampler(seed=...)``, ``study.optimize``
   (sequential), an objective calling scikit-learn's ``cross_val_score`` on the same folds.
+- ``optuna-tpe@4``: plain Optuna with 4 trials in flight, as parallel workers use it (default
+  ``TPESampler(seed)``; Optuna 5's constant liar is on by default), played with ask/tell like the
+  tweakline arms.
 - ``random``: tweakline with ``algorithm: random``.
 - ``tweakline-tpe+asha`` / ``+median`` / ``+hyperband`` / ``+wilcoxon``: as ``tweakline-tpe``
   with the pruner deciding after each fold (the runner stops a pruned trial before its next fold).
-- ``warm``: the same lineage pushed again: a new seed, seeded with the ``tweakline-tpe`` run's trials
-  through the lineage code (:func:`tweakline.scheduler.lineage.select`).
+- ``tweakline-tpe+asha-rungs``: ASHA on rungs of a training resource (``search.resource``): the
+  problem's own (``n_estimators`` for gradient boosting) or ``fraction`` of each training fold.
+- ``warm``: the same lineage pushed again: a new seed, seeded with the ``tweakline-tpe`` run's
+  trials through the lineage code (:func:`tweakline.scheduler.lineage.select`), re-running its
+  best configuration first (the default); ``warm-prior``: the same without that re-run
+  (``search.warm_start.rerun: 0``), the earlier trials only guide the sampler.
 
 Reported: best CV score after N trials, trials to reach a target (the median final best of
 random search at N trials: what random gets with the whole budget), the sum of trial CPU
-seconds, wall time; for ``warm``, the trials it needs to reach the cold run's final best. Also a
+seconds, wall time, and for every arm its difference from ``tweakline-tpe`` with Welch's t-test
+over the seeds; for the warm arms, the trials they need to reach the cold run's final best. Also a
 parallelism sweep (tweakline-tpe at 1, 4 and 16 trials in flight). Prints tables, writes JSON.
 """
 
@@ -82,6 +90,14 @@ class Problem:
     trials: int
     cheap: bool = True
     note: str = ""
+    resource: dict[str, Any] = field(default_factory=lambda: {"name": "fraction", "min": 0.1})
+    grown_source: str | None = None  # the dataset of the next push, grown in place (same lineage)
+
+    def grown(self) -> Problem:
+        """This problem on the next push's (grown) data: the same lineage, new rows."""
+        tweak = json.loads(json.dumps(self.tweak))
+        tweak["spec"]["dataset"]["source"] = self.grown_source
+        return Problem(f"{self.name}-grown", tweak, self.trials, self.cheap, f"{self.note}, next push with grown data")
 
 
 def _tweak(name: str, dataset: dict[str, Any], estimator: str, space: dict[str, Any], metric: str,
@@ -100,14 +116,18 @@ def _tweak(name: str, dataset: dict[str, Any], estimator: str, space: dict[str, 
     }
 
 
-def generated_csv(directory: Path) -> Path:
-    """A 10-class-hard generated classification problem written as a csv (read by the csv: loader)."""
+def generated_csv(directory: Path, rows: int = 700) -> Path:
+    """A hard generated binary classification problem written as a csv (read by the csv: loader).
+
+    The first ``rows`` of the same 1000 generated rows (shuffled): 1000 rows is the same data grown.
+    """
     from sklearn.datasets import make_classification
 
     X, y = make_classification(
-        n_samples=700, n_features=20, n_informative=8, n_redundant=4, flip_y=0.03, class_sep=0.8, random_state=0
+        n_samples=1000, n_features=20, n_informative=8, n_redundant=4, flip_y=0.03, class_sep=0.8, random_state=0
     )
-    path = directory / "generated.csv"
+    X, y = X[:rows], y[:rows]
+    path = directory / f"generated-{rows}.csv"
     header = ",".join(f"x{i}" for i in range(X.shape[1])) + ",label"
     rows = [",".join(f"{v:.6g}" for v in x) + f",c{t}" for x, t in zip(X, y)]
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
@@ -163,15 +183,18 @@ def problems(data_dir: Path) -> list[Problem]:
                 "sklearn.ensemble.GradientBoostingClassifier",
                 {
                     "learning_rate": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
-                    "n_estimators": {"type": "int", "low": 10, "high": 150, "log": True},
-                    "max_depth": {"type": "int", "low": 1, "high": 6},
+                    "max_depth": {"type": "int", "low": 1, "high": 5},
                     "subsample": {"type": "float", "low": 0.4, "high": 1.0},
                 },
                 "accuracy",
+                fixed={"n_estimators": 100},
             ),
             30,
             cheap=False,
-            note="gradient boosting on a generated csv (700 x 20, 8 informative)",
+            note="gradient boosting (100 trees) on a generated csv (700 x 20, 8 informative)",
+            # the rung arm grows the 100 trees in rungs of 11, 33, 100 instead of fixing them
+            resource={"name": "n_estimators", "min": 11, "max": 100},
+            grown_source=f"csv:{generated_csv(data_dir, rows=1000)}",
         ),
     ]
 
@@ -199,10 +222,14 @@ class RunResult:
 
 
 def spec_of(problem: Problem, seed: int, *, algorithm: str = "tpe", pruner: str = "none",
-            parallelism: int = 4) -> TweakFile:
+            parallelism: int = 4, rungs: bool = False, rerun: int = 1) -> TweakFile:
     raw = json.loads(json.dumps(problem.tweak))
     raw["spec"]["search"].update({"algorithm": algorithm, "seed": seed, "pruner": pruner})
+    raw["spec"]["search"]["warm_start"] = {"enabled": False, "rerun": rerun}
     raw["spec"]["budget"].update({"max_trials": problem.trials, "parallelism": parallelism})
+    if rungs:
+        raw["spec"]["search"]["resource"] = problem.resource
+        raw["spec"]["model"]["fixed"].pop(problem.resource["name"], None)
     return TweakFile.model_validate(raw)
 
 
@@ -216,9 +243,10 @@ def _curve(scores: list[float | None], maximize: bool) -> list[float]:
 
 
 def run_tweakline(problem: Problem, split: Split, arm: str, seed: int, *, algorithm: str = "tpe",
-                  pruner: str = "none", parallelism: int = 4, warm_from: RunResult | None = None) -> RunResult:
+                  pruner: str = "none", parallelism: int = 4, warm_from: RunResult | None = None,
+                  rungs: bool = False, rerun: int = 1) -> RunResult:
     """Drive the scheduler's engine with the runner's trial code, ``parallelism`` trials in flight."""
-    tweak = spec_of(problem, seed, algorithm=algorithm, pruner=pruner, parallelism=parallelism)
+    tweak = spec_of(problem, seed, algorithm=algorithm, pruner=pruner, parallelism=parallelism, rungs=rungs, rerun=rerun)
     state = ExperimentState(experiment_id=f"{problem.name}-{arm}-{seed}", tweak=tweak)
     if warm_from is not None:
         context = context_of(tweak.spec)
@@ -249,7 +277,8 @@ def run_tweakline(problem: Problem, split: Split, arm: str, seed: int, *, algori
             TrialCompleted(
                 experiment_id=state.experiment_id, trial_id=trial_id(state.experiment_id, number), number=number,
                 status=outcome.status, params=params, score=outcome.score, metrics=outcome.metrics,
-                fold_scores=outcome.fold_scores, cpu_s=outcome.cpu_s, duration_s=outcome.duration_s,
+                fold_scores=outcome.fold_scores, rung_scores=outcome.rung_scores, cpu_s=outcome.cpu_s,
+                duration_s=outcome.duration_s,
             )
         )
         record = run.state.results[number]
@@ -266,8 +295,15 @@ def run_tweakline(problem: Problem, split: Split, arm: str, seed: int, *, algori
     )
 
 
-def run_plain_optuna(problem: Problem, split: Split, seed: int) -> RunResult:
-    """Plain Optuna: default TPE sampler, sequential ``optimize``, scikit-learn's cross_val_score."""
+def run_plain_optuna(problem: Problem, split: Split, seed: int, parallelism: int = 1) -> RunResult:
+    """Plain Optuna: its TPE sampler and scikit-learn's cross_val_score on the same folds.
+
+    ``parallelism`` 1 is ``study.optimize`` with the default ``TPESampler(seed)``; above 1 it is
+    how parallel workers use Optuna (each worker asks as it frees up; the constant liar, on by
+    default in Optuna 5, keeps them apart), played deterministically with ask/tell:
+    ``parallelism`` trials in flight, sampled when asked, the oldest finishing first, as in the
+    tweakline arms.
+    """
     tweak = spec_of(problem, seed)
     spec = tweak.spec
     maximize = spec.objective.maximize
@@ -279,7 +315,7 @@ def run_plain_optuna(problem: Problem, split: Split, seed: int) -> RunResult:
 
     def objective(trial: optuna.Trial) -> float:
         nonlocal cpu_total
-        params = suggest(trial, spec.search.space)
+        params = suggest(trial, spec.search.space)  # with ask-ahead, already sampled at ask time
         estimator = build_estimator(spec.model, params, ALLOWED, 1, seed=trial_seed)
         cpu = time.process_time()
         try:
@@ -289,14 +325,30 @@ def run_plain_optuna(problem: Problem, split: Split, seed: int) -> RunResult:
         scores.append(value if np.isfinite(value) else None)
         return value
 
-    study = optuna.create_study(
-        direction="maximize" if maximize else "minimize", sampler=optuna.samplers.TPESampler(seed=seed)
-    )
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    study = optuna.create_study(direction="maximize" if maximize else "minimize", sampler=sampler)
     started = time.perf_counter()
-    study.optimize(objective, n_trials=problem.trials, catch=(Exception,))
+    if parallelism == 1:
+        study.optimize(objective, n_trials=problem.trials, catch=(Exception,))
+    else:
+        pending: list[optuna.Trial] = []
+        asked = 0
+        while pending or asked < problem.trials:
+            while len(pending) < parallelism and asked < problem.trials:
+                trial = study.ask()
+                suggest(trial, spec.search.space)  # sample now, as a worker would, not when it is told
+                pending.append(trial)
+                asked += 1
+            trial = pending.pop(0)
+            try:
+                study.tell(trial, objective(trial))
+            except Exception:  # noqa: BLE001 - as optimize(catch=...) does
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                scores.append(None)
     curve = _curve(scores, maximize)
+    arm = "optuna-tpe" if parallelism == 1 else f"optuna-tpe@{parallelism}"
     return RunResult(
-        problem=problem.name, arm="optuna-tpe", seed=seed, parallelism=1, trials=len(study.trials), best=curve[-1],
+        problem=problem.name, arm=arm, seed=seed, parallelism=parallelism, trials=len(study.trials), best=curve[-1],
         curve=curve, cpu_s=cpu_total, wall_s=time.perf_counter() - started,
         failed=sum(t.state is optuna.trial.TrialState.FAIL for t in study.trials),
     )
@@ -348,7 +400,7 @@ def summarise(runs: list[RunResult], probs: dict[str, Problem]) -> dict[str, Any
                 "pruned": statistics.mean(r.pruned for r in group),
                 "trials": problem.trials,
             }
-            if arm == "warm":
+            if arm.startswith("warm"):
                 colds = {r.seed: r for r in mine if r.arm == "tweakline-tpe"}
                 row["trials_to_cold_best"] = [
                     trials_to(r.curve, colds[r.seed - 1000].best, maximize) if r.seed - 1000 in colds else None
@@ -360,9 +412,33 @@ def summarise(runs: list[RunResult], probs: dict[str, Problem]) -> dict[str, Any
         for r in mine:
             if r.arm.startswith("tweakline-tpe@"):
                 sweep.setdefault(r.parallelism, []).append(r.best)
+        reference = rows.get("tweakline-tpe")
+        if reference is not None:
+            for arm, row in rows.items():
+                if arm != "tweakline-tpe" and not arm.startswith("warm") and len(row["best"]) > 1:
+                    row["vs_tweakline_tpe"] = compare(reference["best"], row["best"], maximize)
+                    if reference["cpu_s"] > 0:
+                        row["vs_tweakline_tpe"]["cpu_cut"] = 1 - row["cpu_s"] / reference["cpu_s"]
         summary[name] = {"target": target, "maximize": maximize, "arms": rows,
                          "parallelism": {str(p): v for p, v in sorted(sweep.items())}}
     return summary
+
+
+def compare(ours: list[float], theirs: list[float], maximize: bool) -> dict[str, float]:
+    """How ``theirs`` differs from ``ours`` (best after N over seeds): mean difference and Welch's t-test.
+
+    ``gain`` > 0 means ``theirs`` is better. "Within noise" in the tables means p >= 0.05: with
+    this many seeds, the difference is not distinguishable from seed-to-seed variation.
+    """
+    from scipy import stats
+
+    sign = 1.0 if maximize else -1.0
+    gain = sign * (statistics.mean(theirs) - statistics.mean(ours))
+    if statistics.pstdev(ours) == 0 and statistics.pstdev(theirs) == 0:
+        p = 1.0 if gain == 0 else 0.0
+    else:
+        p = float(stats.ttest_ind(theirs, ours, equal_var=False).pvalue)
+    return {"gain": gain, "p": p}
 
 
 def print_tables(summary: dict[str, Any]) -> None:
@@ -378,18 +454,21 @@ def print_tables(summary: dict[str, Any]) -> None:
                 f"{row['cpu_s']:.1f} | {row['wall_s']:.1f} | {row['pruned']:.1f} |"
             )
         arms = s["arms"]
-        if "tweakline-tpe" in arms:
-            base = arms["tweakline-tpe"]["cpu_s"]
-            for arm in ("tweakline-tpe+asha", "tweakline-tpe+median", "tweakline-tpe+hyperband", "tweakline-tpe+wilcoxon"):
-                if arm in arms and base > 0:
-                    cut = 100 * (1 - arms[arm]["cpu_s"] / base)
-                    delta = arms[arm]["best_mean"] - arms["tweakline-tpe"]["best_mean"]
-                    change = f"{cut:.0f}% less" if cut >= 0 else f"{-cut:.0f}% more"
-                    print(f"- {arm}: {change} trial CPU than without pruning; best after N {delta:+.4f}")
-        if "warm" in arms:
-            row = arms["warm"]
-            print(f"- warm: reused {row['reused']} earlier trials; trials to reach the cold run's final best: "
-                  f"{_counts(row['trials_to_cold_best'], row['trials'])}")
+        for arm, row in arms.items():
+            versus = row.get("vs_tweakline_tpe")
+            if versus is None:
+                continue
+            verdict = "within noise" if versus["p"] >= 0.05 else ("better" if versus["gain"] > 0 else "worse")
+            text = f"- {arm} vs tweakline-tpe: best after N {versus['gain']:+.4f} (Welch p = {versus['p']:.2f}, {verdict})"
+            if "+" in arm and "cpu_cut" in versus:
+                cut = 100 * versus["cpu_cut"]
+                text += f"; {cut:.0f}% less trial CPU" if cut >= 0 else f"; {-cut:.0f}% more trial CPU"
+            print(text)
+        for arm in ("warm", "warm-prior"):
+            if arm in arms:
+                row = arms[arm]
+                print(f"- {arm}: reused {row['reused']} earlier trials; trials to reach the cold run's final best: "
+                      f"{_counts(row['trials_to_cold_best'], row['trials'])}")
         if s["parallelism"]:
             print("- tweakline-tpe by parallelism (best after N, mean ± sd): "
                   + "; ".join(f"p={p}: {_mean_sd(v)}" for p, v in s["parallelism"].items()))
@@ -409,7 +488,7 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="Seeds per arm (default 3).")
+    parser.add_argument("--seeds", type=int, default=5, help="Seeds per arm (default 5).")
     parser.add_argument("--trials", type=int, default=None, help="Override every problem's trial budget.")
     parser.add_argument("--problems", nargs="*", default=None, help="Problem names (default: all).")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 16 trials, cheap problems only.")
@@ -433,14 +512,22 @@ def main(argv: list[str] | None = None) -> int:
                 p.trials = args.trials or 16
         runs: list[RunResult] = []
         started = time.perf_counter()
-        for problem in probs.values():
+        for problem in list(probs.values()):
             spec = TweakFile.model_validate(problem.tweak).spec
             split = split_dataset(load_dataset(spec.dataset), spec.dataset)
+            grown = problem.grown() if problem.grown_source and not args.no_warm else None
+            if grown is not None:
+                probs[grown.name] = grown
+                grown_spec = TweakFile.model_validate(grown.tweak).spec
+                grown_split = split_dataset(load_dataset(grown_spec.dataset), grown_spec.dataset)
             arms: list[tuple[str, Callable[[int], RunResult]]] = [
                 ("tweakline-tpe", lambda s: run_tweakline(problem, split, "tweakline-tpe", s)),
                 ("optuna-tpe", lambda s: run_plain_optuna(problem, split, s)),
+                ("optuna-tpe@4", lambda s: run_plain_optuna(problem, split, s, parallelism=4)),
                 ("random", lambda s: run_tweakline(problem, split, "random", s, algorithm="random")),
                 ("tweakline-tpe+asha", lambda s: run_tweakline(problem, split, "tweakline-tpe+asha", s, pruner="asha")),
+                ("tweakline-tpe+asha-rungs",
+                 lambda s: run_tweakline(problem, split, "tweakline-tpe+asha-rungs", s, pruner="asha", rungs=True)),
                 ("tweakline-tpe+median", lambda s: run_tweakline(problem, split, "tweakline-tpe+median", s, pruner="median")),
                 ("tweakline-tpe+hyperband",
                  lambda s: run_tweakline(problem, split, "tweakline-tpe+hyperband", s, pruner="hyperband")),
@@ -458,11 +545,24 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("%-18s %-22s seed %d: best %.4f cpu %.1fs pruned %d", problem.name, arm, seed,
                              result.best, result.cpu_s, result.pruned)
                 # The next push of the same lineage: another seed, seeded with the cold run's trials.
+                # "warm" re-runs the cold run's best configuration first (the default); "warm-prior" only
+                # seeds the sampler with the earlier trials (search.warm_start.rerun: 0).
                 if not args.no_warm:
-                    warm = run_tweakline(problem, split, "warm", seed + 1000, warm_from=cold)
-                    runs.append(warm)
-                    log.info("%-18s %-22s seed %d: best %.4f (reused %d)", problem.name, "warm", seed, warm.best,
-                             warm.warm_reused)
+                    for arm, rerun in (("warm", 1), ("warm-prior", 0)):
+                        warm = run_tweakline(problem, split, arm, seed + 1000, warm_from=cold, rerun=rerun)
+                        runs.append(warm)
+                        log.info("%-18s %-22s seed %d: best %.4f (reused %d)", problem.name, arm, seed, warm.best,
+                                 warm.warm_reused)
+                # The next push brings more rows of the same csv (same lineage): cold on the new data,
+                # and warm from the trials the first push made on the old data.
+                if grown is not None:
+                    cold_grown = run_tweakline(grown, grown_split, "tweakline-tpe", seed)
+                    runs.append(cold_grown)
+                    for arm, rerun in (("warm", 1), ("warm-prior", 0)):
+                        warm = run_tweakline(grown, grown_split, arm, seed + 1000, warm_from=cold, rerun=rerun)
+                        runs.append(warm)
+                        log.info("%-18s %-22s seed %d: best %.4f vs cold %.4f", grown.name, arm, seed, warm.best,
+                                 cold_grown.best)
                 if not args.no_sweep and problem.cheap:
                     for p in (1, 16):
                         r = run_tweakline(problem, split, f"tweakline-tpe@{p}", seed, parallelism=p)
