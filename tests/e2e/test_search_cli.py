@@ -1,7 +1,8 @@
-"""Warm start through 'tweakline run': the second push of a lineage continues from the first.
+"""Search through 'tweakline run': warm start across pushes, and early stopping on rungs.
 
 Two runs of the real command share a state directory (the JetStream store holds the lineage);
-the second narrows the space, so its summary reports both reused and incompatible trials.
+the second narrows the space, so its summary reports both reused and incompatible trials. The
+rung example grows boosted trees in rungs and stops weak trials on small models.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import EXAMPLES, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -50,3 +51,15 @@ def test_second_run_of_a_lineage_reuses_compatible_trials_and_reports_the_rest(t
     if report["incompatible"]:
         assert report["reasons"] == {"parameter 'C' outside its new range or choices": report["incompatible"]}
     assert second.json()["trials"]["total"] == 8
+
+
+def test_the_rung_example_stops_weak_trials_on_small_models_and_decides(tmp_path: Path) -> None:
+    done = run_cli("run", str(EXAMPLES / "breast-cancer-gbc-rungs.tweak.yaml"), "--json", "--ephemeral", "--runners", "2")
+    assert done.code in (0, 1), done.stderr
+    result = done.json()
+    trials = result["trials"]
+    assert trials["total"] == 24 and trials["failed"] == 0
+    assert trials["pruned"] >= 1, trials  # stopped at 11 or 33 trees
+    assert trials["ok"] + trials["pruned"] == 24
+    assert "n_estimators" not in result["best_params"]  # the resource is not a searched parameter
+    assert result["test_metrics"]["accuracy"] >= 0.9  # the refit model has the whole 100 trees' quality
