@@ -326,9 +326,10 @@ def test_a_trial_pruned_on_its_first_rung_never_trains_a_bigger_model(monkeypatc
 
 
 def test_an_estimator_without_warm_start_is_refitted_at_each_rung() -> None:
-    spec = gbc_spec({"name": "max_iter", "min": 5, "max": 45}, estimator="sklearn.linear_model.LogisticRegression")
-    spec = spec.model_copy(update={"search": spec.search.model_copy(update={"space": {
-        "C": spec.search.space["learning_rate"]}})})
+    raw = gbc_spec({"name": "max_iter", "min": 5, "max": 45}, estimator="sklearn.linear_model.LogisticRegression").model_dump(
+        mode="json", by_alias=True, exclude_none=True)
+    raw["search"]["space"] = {"C": {"type": "float", "low": 0.01, "high": 10.0, "log": True}}
+    spec = ExperimentSpec.model_validate(raw)
     outcome = run_trial(split_of(spec), spec, {"C": 0.5}, ALLOWED, seed=0)
     assert outcome.status is TrialStatus.OK and len(outcome.rung_scores) == 3
     assert any("ConvergenceWarning" in w for w in outcome.warnings)  # 5 iterations do not converge: a real small rung
@@ -344,10 +345,10 @@ def test_fraction_rungs_train_on_growing_nested_stratified_samples() -> None:
         counts = np.bincount(y[order[:size]], minlength=3)
         assert np.abs(counts - np.array([0.6, 0.3, 0.1]) * size).max() <= 1, (size, counts)
 
-    spec = gbc_spec({"name": "fraction", "min": 0.1}, estimator="sklearn.ensemble.RandomForestClassifier")
-    spec = spec.model_copy(update={"search": spec.search.model_copy(update={"space": {
-        "max_depth": {"type": "int", "low": 1, "high": 5}}})})
-    spec = ExperimentSpec.model_validate(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+    raw = gbc_spec({"name": "fraction", "min": 0.1}, estimator="sklearn.ensemble.RandomForestClassifier").model_dump(
+        mode="json", by_alias=True, exclude_none=True)
+    raw["search"]["space"] = {"max_depth": {"type": "int", "low": 1, "high": 5}}
+    spec = ExperimentSpec.model_validate(raw)
     outcome = run_trial(split_of(spec), spec, {"max_depth": 3}, ALLOWED, seed=0)
     assert outcome.status is TrialStatus.OK and len(outcome.rung_scores) == 3
     # The last rung is the whole training fold: the same scores as a trial without rungs.
