@@ -52,6 +52,9 @@ class ExperimentRun:
         self._warm = [t for t in (self._frozen(r) for r in state.warm_trials) if t is not None]
         sampler = self.strategy.warm_sampler(spec.search, self._warm) if self._warm else self.strategy.sampler(spec.search)
         self.study = optuna.create_study(
+            # Named after the experiment, not at random: Hyperband assigns brackets by a hash of
+            # the study name and trial number, which must not change when a restart rebuilds it.
+            study_name=state.experiment_id,
             directions=["maximize" if up else "minimize" for _, up in self.objectives],
             sampler=sampler,
             pruner=self.pruning.pruner(spec),

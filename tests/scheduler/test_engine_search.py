@@ -509,21 +509,31 @@ def test_with_a_resource_pruners_judge_rungs_at_their_resource_steps(pruner: str
         for rung, value in enumerate([0.90, 0.93, 0.95]):
             assert run.report(number, rung, value) is False
         run.record(rung_result(run, number, params, [0.90, 0.93, 0.95]))
-    [(number, params)] = run.next_trials()
-    verdicts = []
-    for rung in range(2):  # as the runner does: the next rung only after a "continue"
-        verdicts.append(run.report(number, rung, 0.5))
+    # Clearly worse trials are stopped on a cheap rung, before the full resource. (Hyperband runs
+    # one of its brackets' trials to the end whatever they score: hence several bad trials.)
+    stopped: dict[int, int] = {}
+    for _ in range(4):
+        [(number, params)] = run.next_trials()
+        verdicts = []
+        for rung in range(2):  # as the runner does: the next rung only after a "continue"
+            verdicts.append(run.report(number, rung, 0.5))
+            if verdicts[-1]:
+                break
+        status = TrialStatus.PRUNED if verdicts[-1] else TrialStatus.OK
+        run.record(rung_result(run, number, params, [0.5] * (len(verdicts) if verdicts[-1] else 3), status=status))
         if verdicts[-1]:
-            break
-    assert verdicts[-1] is True, verdicts  # clearly worse on a cheap rung: stopped before the full resource
-    run.record(rung_result(run, number, params, [0.5] * len(verdicts), status=TrialStatus.PRUNED))
-    pruned = [t for t in run.study.trials if t.state.name == "PRUNED"]
-    assert len(pruned) == 1
-    assert pruned[0].intermediate_values == {run.rungs[i].step: 0.5 for i in range(len(verdicts))}
+            stopped[number] = len(verdicts)
+    assert stopped, "no bad trial was stopped on a cheap rung"
+    pruned = {t.number: t for t in run.study.trials if t.state.name == "PRUNED"}
+    assert set(pruned) == set(stopped)
+    for number, rungs in stopped.items():
+        assert pruned[number].intermediate_values == {run.rungs[i].step: 0.5 for i in range(rungs)}
     finished = [t for t in run.study.trials if t.state.name == "COMPLETE"]
     assert all(t.intermediate_values == {1: 0.90, 3: 0.93, 9: 0.95} for t in finished)
-    # Rebuilt from its state (a scheduler restart), the study has the same rung values.
+    # Rebuilt from its state (a scheduler restart), the study has the same rung values, and the
+    # same name: Hyperband's brackets (a hash of study name and trial number) stay the same.
     rebuilt = ExperimentRun(run.state)
+    assert rebuilt.study.study_name == run.study.study_name == "e1"
     assert [t.intermediate_values for t in rebuilt.study.trials] == [t.intermediate_values for t in run.study.trials]
 
 
