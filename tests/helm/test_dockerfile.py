@@ -152,6 +152,7 @@ def test_build_context_holds_every_package_the_wheel_builds() -> None:
         modules = {p for p in tracked if p.startswith(directory + "/") and p.endswith(".py")}
         assert modules and modules <= copied, f"{package}: {sorted(modules - copied)} not in the image"
     assert {"pyproject.toml", "constraints.txt", "helm/model-server/Chart.yaml"} <= copied
+    assert pyproject["project"]["readme"] in copied  # the wheel's long description (setuptools warns without it)
 
 
 def _resolve(args: list[str]):  # noqa: ANN202 - typer's (vendored click) command objects
