@@ -31,6 +31,9 @@ from tweakline.settings import Settings
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
+# Deliveries of a message to the other services' consumers before nats-server gives up on it;
+# a handler that fails on the last one dead-letters the message instead of letting it vanish.
+SERVICE_MAX_DELIVER = 5
 
 
 def tls_context(files: TlsFiles) -> ssl.SSLContext:
@@ -113,7 +116,7 @@ def consumer_config(consumer: Consumer, settings: Settings) -> api.ConsumerConfi
         filter_subject=subject,
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=60.0,
-        max_deliver=5,
+        max_deliver=SERVICE_MAX_DELIVER,
         max_ack_pending=256,
         deliver_policy=api.DeliverPolicy.ALL,
     )

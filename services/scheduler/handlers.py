@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from faststream.nats import NatsMessage
 
 from tweakline import telemetry
+from tweakline.bus import SERVICE_MAX_DELIVER
 from tweakline.proto.messages import (
     ExperimentState,
     ExperimentStatus,
@@ -138,13 +139,24 @@ class Scheduler:
         exp_id = result.experiment_id
         try:
             await self._on_result(msg, result)
-        except Exception:
+        except Exception as exc:
             # The cached run may be ahead of KV now: forget it, rebuild from KV on the retry.
-            log.exception("result %s of %s not applied; retrying", result.trial_id, exp_id)
             self.runs.pop(exp_id, None)
             self._recorded.pop(exp_id, None)  # counters of the dropped cache mean nothing now
             self._committed.pop(exp_id, None)
-            await msg.nack(delay=2.0)
+            attempt = msg.raw_message.metadata.num_delivered or 1
+            if attempt < SERVICE_MAX_DELIVER:
+                log.exception("result %s of %s not applied; retrying", result.trial_id, exp_id)
+                await msg.nack(delay=2.0)
+                return
+            # The server will not deliver it again: keep it, with why, where an operator looks.
+            log.exception("result %s of %s not applied after %d deliveries", result.trial_id, exp_id, attempt)
+            await self.ctx.dead_letter(
+                msg.raw_message.subject, msg.body,
+                f"result of trial {result.number} not applied after {attempt} deliveries: {type(exc).__name__}: {exc}",
+                dict(msg.headers or {}),
+            )
+            await msg.reject()
 
     async def _on_result(self, msg: NatsMessage, result: TrialCompleted) -> None:
         exp_id = result.experiment_id

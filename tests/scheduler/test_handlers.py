@@ -11,9 +11,12 @@ import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from tweakline.proto.messages import ExperimentSubmitted, TrialCompleted, TrialStatus, trial_id
+from nats.js.api import DeliverPolicy
+
+from tweakline.bus import SERVICE_MAX_DELIVER, connect
+from tweakline.proto.messages import DeadLetter, ExperimentSubmitted, TrialCompleted, TrialStatus, trial_id
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import Bucket, Subject, subject_for
+from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.scheduler.handlers import Scheduler
 from tweakline.service import ServiceContext, make_broker
@@ -179,5 +182,51 @@ async def test_a_failed_batch_save_acks_no_result_that_is_not_stored(nats) -> No
         stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
         assert sorted(stored.results) == [0, 1, 2]
     finally:
+        await scheduler.stop()
+        await broker.stop()
+
+
+@dataclass
+class LastDelivery(Redeliverable):
+    """The consumer's last delivery of a message: nats-server will not send it again."""
+
+    @property
+    def raw_message(self) -> SimpleNamespace:
+        return SimpleNamespace(subject=self.subject, metadata=SimpleNamespace(num_delivered=SERVICE_MAX_DELIVER))
+
+
+async def test_a_result_that_cannot_be_applied_on_its_last_delivery_is_dead_lettered(nats) -> None:
+    settings = nats.settings(Identity.SCHEDULER)
+    broker = make_broker(settings, "scheduler")
+    await broker.connect()
+    scheduler = Scheduler(ServiceContext(settings, broker, "scheduler"))
+    await scheduler.start()
+    admin = await connect(nats.settings(Identity.ADMIN), "test-dead-letters")
+    try:
+        letters = await admin.jetstream().subscribe(
+            f"{Subject.DEAD_LETTER.value}.scheduler", stream=Stream.DEAD_LETTERS.value,
+            ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
+        )
+        exp_id = f"last-{uuid.uuid4().hex[:8]}"
+        submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=_tweak(parallelism=1))
+        await scheduler.on_submitted(
+            Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
+        )
+        state = scheduler.runs[exp_id][0].state
+        kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
+        await kv.put(exp_id, (await kv.get(exp_id)).value)  # another writer: the next save fails
+        result = TrialCompleted(
+            experiment_id=exp_id, trial_id=trial_id(exp_id, 0), number=0, status=TrialStatus.OK,
+            params=state.issued[0], score=0.5,
+        )
+        last = LastDelivery(result.model_dump_json().encode(), subject_for(Subject.TRIAL_COMPLETED, exp_id))
+        await scheduler.on_trial_completed(last)
+        assert last.rejected and not last.nacked and not last.acked
+        letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
+        assert letter.subject == subject_for(Subject.TRIAL_COMPLETED, exp_id)
+        assert f"not applied after {SERVICE_MAX_DELIVER} deliveries" in letter.reason
+        assert TrialCompleted.model_validate_json(letter.payload).number == 0  # the result itself is kept
+    finally:
+        await admin.close()
         await scheduler.stop()
         await broker.stop()
