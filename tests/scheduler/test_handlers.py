@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from nats.js.api import DeliverPolicy
 
@@ -60,73 +64,82 @@ def _tweak(parallelism: int) -> TweakFile:
     )
 
 
-async def test_a_batch_of_results_is_saved_once_and_refills_every_slot(nats) -> None:
+@pytest.fixture
+async def idle_scheduler(nats) -> AsyncIterator[Scheduler]:  # noqa: ANN001 - the session's NatsFixture
+    """A scheduler connected to the real bus, not yet started (the test starts it, or the fixture below)."""
     settings = nats.settings(Identity.SCHEDULER)
     broker = make_broker(settings, "scheduler")
     await broker.connect()
     scheduler = Scheduler(ServiceContext(settings, broker, "scheduler"))
-    await scheduler.start()
     try:
-        exp_id = f"group-commit-{uuid.uuid4().hex[:8]}"
-        submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=_tweak(parallelism=6))
-        intake = Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
-        await scheduler.on_submitted(intake)
-        assert intake.acked
-        kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
-        before = await kv.get(exp_id)
-        state = scheduler.runs[exp_id][0].state
-        assert sorted(state.issued) == [0, 1, 2, 3, 4, 5]
-
-        results = [
-            Delivered(
-                TrialCompleted(
-                    experiment_id=exp_id, trial_id=trial_id(exp_id, n), number=n, status=TrialStatus.OK,
-                    params=state.issued[n], score=0.5 + n / 100,
-                ).model_dump_json().encode(),
-                subject_for(Subject.TRIAL_COMPLETED, exp_id),
-            )
-            for n in range(6)
-        ]
-        # As FastStream delivers one fetched batch: every handler at once.
-        await asyncio.gather(*(scheduler.on_trial_completed(r) for r in results))
-
-        assert all(r.acked for r in results)
-        after = await kv.get(exp_id)
-        assert after.revision - before.revision == 1, "one save for the whole batch, not one per result"
-        record = scheduler.store.model.model_validate_json(after.value)
-        assert sorted(record.results) == [0, 1, 2, 3, 4, 5]
-        assert sorted(record.issued) == list(range(12)), "every freed slot refilled in the same commit"
-
-        # A redelivered result changes nothing and is still acknowledged.
-        again = Delivered(results[0].body, results[0].subject)
-        await scheduler.on_trial_completed(again)
-        assert again.acked
-        assert (await kv.get(exp_id)).revision == after.revision
+        yield scheduler
     finally:
         await scheduler.stop()
         await broker.stop()
 
 
-async def test_a_submission_arriving_before_start_waits_for_it(nats) -> None:
+@pytest.fixture
+async def scheduler(idle_scheduler: Scheduler) -> Scheduler:
+    """A started scheduler on the real bus."""
+    await idle_scheduler.start()
+    return idle_scheduler
+
+
+def submission(prefix: str, parallelism: int) -> tuple[str, Delivered]:
+    """A new experiment's id and its experiments.submitted delivery."""
+    exp_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=_tweak(parallelism=parallelism))
+    return exp_id, Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
+
+
+def result_body(exp_id: str, number: int, params: dict, score: float) -> bytes:
+    """A successful trial's trials.completed payload."""
+    return TrialCompleted(
+        experiment_id=exp_id, trial_id=trial_id(exp_id, number), number=number, status=TrialStatus.OK,
+        params=params, score=score,
+    ).model_dump_json().encode()
+
+
+async def test_a_batch_of_results_is_saved_once_and_refills_every_slot(scheduler: Scheduler) -> None:
+    exp_id, intake = submission("group-commit", parallelism=6)
+    await scheduler.on_submitted(intake)
+    assert intake.acked
+    kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
+    before = await kv.get(exp_id)
+    state = scheduler.runs[exp_id][0].state
+    assert sorted(state.issued) == [0, 1, 2, 3, 4, 5]
+
+    results = [
+        Delivered(result_body(exp_id, n, state.issued[n], 0.5 + n / 100), subject_for(Subject.TRIAL_COMPLETED, exp_id))
+        for n in range(6)
+    ]
+    # As FastStream delivers one fetched batch: every handler at once.
+    await asyncio.gather(*(scheduler.on_trial_completed(r) for r in results))
+
+    assert all(r.acked for r in results)
+    after = await kv.get(exp_id)
+    assert after.revision - before.revision == 1, "one save for the whole batch, not one per result"
+    record = scheduler.store.model.model_validate_json(after.value)
+    assert sorted(record.results) == [0, 1, 2, 3, 4, 5]
+    assert sorted(record.issued) == list(range(12)), "every freed slot refilled in the same commit"
+
+    # A redelivered result changes nothing and is still acknowledged.
+    again = Delivered(results[0].body, results[0].subject)
+    await scheduler.on_trial_completed(again)
+    assert again.acked
+    assert (await kv.get(exp_id)).revision == after.revision
+
+
+async def test_a_submission_arriving_before_start_waits_for_it(idle_scheduler: Scheduler) -> None:
     # FastStream starts subscribers before the after_startup hook that runs Scheduler.start().
-    settings = nats.settings(Identity.SCHEDULER)
-    broker = make_broker(settings, "scheduler")
-    await broker.connect()
-    scheduler = Scheduler(ServiceContext(settings, broker, "scheduler"))
-    try:
-        exp_id = f"early-{uuid.uuid4().hex[:8]}"
-        submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=_tweak(parallelism=2))
-        intake = Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
-        handled = asyncio.create_task(scheduler.on_submitted(intake))
-        await asyncio.sleep(0.2)
-        assert not handled.done() and not intake.acked
-        await scheduler.start()
-        await asyncio.wait_for(handled, 10)
-        assert intake.acked
-        assert sorted(scheduler.runs[exp_id][0].state.issued) == [0, 1]
-    finally:
-        await scheduler.stop()
-        await broker.stop()
+    exp_id, intake = submission("early", parallelism=2)
+    handled = asyncio.create_task(idle_scheduler.on_submitted(intake))
+    await asyncio.sleep(0.2)
+    assert not handled.done() and not intake.acked
+    await idle_scheduler.start()
+    await asyncio.wait_for(handled, 10)
+    assert intake.acked
+    assert sorted(idle_scheduler.runs[exp_id][0].state.issued) == [0, 1]
 
 
 @dataclass
@@ -139,51 +152,40 @@ class Redeliverable(Delivered):
         self.nacked = True
 
 
-async def test_a_failed_batch_save_acks_no_result_that_is_not_stored(nats) -> None:
-    settings = nats.settings(Identity.SCHEDULER)
-    broker = make_broker(settings, "scheduler")
-    await broker.connect()
-    scheduler = Scheduler(ServiceContext(settings, broker, "scheduler"))
-    await scheduler.start()
-    try:
-        exp_id = f"stale-{uuid.uuid4().hex[:8]}"
-        submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=_tweak(parallelism=3))
-        await scheduler.on_submitted(
-            Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
-        )
-        state = scheduler.runs[exp_id][0].state
-        # Another writer bumps the record: the scheduler's next compare-and-set save fails.
-        kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
-        await kv.put(exp_id, (await kv.get(exp_id)).value)
+async def stale_experiment(scheduler: Scheduler, prefix: str, parallelism: int) -> tuple[str, Any, Any]:
+    """A running experiment whose KV record another writer has just bumped: the next save fails.
 
-        def batch() -> list[Redeliverable]:
-            return [
-                Redeliverable(
-                    TrialCompleted(
-                        experiment_id=exp_id, trial_id=trial_id(exp_id, n), number=n, status=TrialStatus.OK,
-                        params=state.issued[n], score=0.5 + n / 100,
-                    ).model_dump_json().encode(),
-                    subject_for(Subject.TRIAL_COMPLETED, exp_id),
-                )
-                for n in range(3)
-            ]
+    Returns its id, its in-memory state and the experiments KV bucket.
+    """
+    exp_id, intake = submission(prefix, parallelism)
+    await scheduler.on_submitted(intake)
+    kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
+    await kv.put(exp_id, (await kv.get(exp_id)).value)
+    return exp_id, scheduler.runs[exp_id][0].state, kv
 
-        first = batch()
-        await asyncio.gather(*(scheduler.on_trial_completed(r) for r in first))
-        stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
-        for message in first:  # acked only if a saved state holds it; otherwise handed back
-            number = TrialCompleted.model_validate_json(message.body).number
-            assert message.acked == (number in stored.results)
-            assert message.acked != message.nacked
-        # The redeliveries apply every result once, from the state rebuilt out of KV.
-        second = [r for r, m in zip(batch(), first) if m.nacked]
-        await asyncio.gather(*(scheduler.on_trial_completed(r) for r in second))
-        assert all(r.acked for r in second)
-        stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
-        assert sorted(stored.results) == [0, 1, 2]
-    finally:
-        await scheduler.stop()
-        await broker.stop()
+
+async def test_a_failed_batch_save_acks_no_result_that_is_not_stored(scheduler: Scheduler) -> None:
+    exp_id, state, kv = await stale_experiment(scheduler, "stale", parallelism=3)
+
+    def batch() -> list[Redeliverable]:
+        return [
+            Redeliverable(result_body(exp_id, n, state.issued[n], 0.5 + n / 100), subject_for(Subject.TRIAL_COMPLETED, exp_id))
+            for n in range(3)
+        ]
+
+    first = batch()
+    await asyncio.gather(*(scheduler.on_trial_completed(r) for r in first))
+    stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
+    for message in first:  # acked only if a saved state holds it; otherwise handed back
+        number = TrialCompleted.model_validate_json(message.body).number
+        assert message.acked == (number in stored.results)
+        assert message.acked != message.nacked
+    # The redeliveries apply every result once, from the state rebuilt out of KV.
+    second = [r for r, m in zip(batch(), first) if m.nacked]
+    await asyncio.gather(*(scheduler.on_trial_completed(r) for r in second))
+    assert all(r.acked for r in second)
+    stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
+    assert sorted(stored.results) == [0, 1, 2]
 
 
 @dataclass
@@ -195,31 +197,15 @@ class LastDelivery(Redeliverable):
         return SimpleNamespace(subject=self.subject, metadata=SimpleNamespace(num_delivered=SERVICE_MAX_DELIVER))
 
 
-async def test_a_result_that_cannot_be_applied_on_its_last_delivery_is_dead_lettered(nats) -> None:
-    settings = nats.settings(Identity.SCHEDULER)
-    broker = make_broker(settings, "scheduler")
-    await broker.connect()
-    scheduler = Scheduler(ServiceContext(settings, broker, "scheduler"))
-    await scheduler.start()
+async def test_a_result_that_cannot_be_applied_on_its_last_delivery_is_dead_lettered(nats, scheduler: Scheduler) -> None:  # noqa: ANN001
     admin = await connect(nats.settings(Identity.ADMIN), "test-dead-letters")
     try:
         letters = await admin.jetstream().subscribe(
             f"{Subject.DEAD_LETTER.value}.scheduler", stream=Stream.DEAD_LETTERS.value,
             ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
         )
-        exp_id = f"last-{uuid.uuid4().hex[:8]}"
-        submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=_tweak(parallelism=1))
-        await scheduler.on_submitted(
-            Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
-        )
-        state = scheduler.runs[exp_id][0].state
-        kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
-        await kv.put(exp_id, (await kv.get(exp_id)).value)  # another writer: the next save fails
-        result = TrialCompleted(
-            experiment_id=exp_id, trial_id=trial_id(exp_id, 0), number=0, status=TrialStatus.OK,
-            params=state.issued[0], score=0.5,
-        )
-        last = LastDelivery(result.model_dump_json().encode(), subject_for(Subject.TRIAL_COMPLETED, exp_id))
+        exp_id, state, _ = await stale_experiment(scheduler, "last", parallelism=1)
+        last = LastDelivery(result_body(exp_id, 0, state.issued[0], 0.5), subject_for(Subject.TRIAL_COMPLETED, exp_id))
         await scheduler.on_trial_completed(last)
         assert last.rejected and not last.nacked and not last.acked
         letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
@@ -228,5 +214,3 @@ async def test_a_result_that_cannot_be_applied_on_its_last_delivery_is_dead_lett
         assert TrialCompleted.model_validate_json(letter.payload).number == 0  # the result itself is kept
     finally:
         await admin.close()
-        await scheduler.stop()
-        await broker.stop()
