@@ -49,14 +49,16 @@ def tweak(space: dict[str, Any], **search: Any) -> TweakFile:
     cv = search.pop("cv", 3)
     objective = search.pop("objective", {"metric": "accuracy", "cv": cv})
     gate = search.pop("gate", {})
+    dataset = search.pop("dataset", {"source": "sklearn:iris"})
+    model = search.pop("model", {"estimator": "sklearn.svm.SVC"})
     return TweakFile.model_validate(
         {
             "apiVersion": "tweakline/v1",
             "kind": "Experiment",
             "metadata": {"name": "svc"},
             "spec": {
-                "dataset": {"source": "sklearn:iris"},
-                "model": {"estimator": "sklearn.svm.SVC"},
+                "dataset": dataset,
+                "model": model,
                 "search": {"space": space, "seed": search.pop("seed", 3), **search},
                 "objective": objective,
                 "budget": budget,
@@ -472,23 +474,13 @@ def test_cmaes_takes_its_prior_from_warm_trials() -> None:
 RESOURCE = {"name": "n_estimators", "min": 10, "max": 90}  # rungs 10, 30, 90 at steps 1, 3, 9
 
 
-def rung_tweak(pruner: str, **search: Any) -> TweakFile:
-    return TweakFile.model_validate(
-        {
-            "apiVersion": "tweakline/v1",
-            "kind": "Experiment",
-            "metadata": {"name": "gbc"},
-            "spec": {
-                "dataset": {"source": "sklearn:breast_cancer"},
-                "model": {"estimator": "sklearn.ensemble.GradientBoostingClassifier"},
-                "search": {
-                    "algorithm": "random", "seed": 1, "pruner": pruner, "resource": RESOURCE,
-                    "space": {"learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True}}, **search,
-                },
-                "objective": {"metric": "accuracy", "cv": 3},
-                "budget": {"max_trials": 30, "parallelism": 1},
-            },
-        }
+def rung_tweak(pruner: str) -> TweakFile:
+    return tweak(
+        {"learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True}},
+        algorithm="random", seed=1, pruner=pruner, resource=RESOURCE, cv=3,
+        dataset={"source": "sklearn:breast_cancer"},
+        model={"estimator": "sklearn.ensemble.GradientBoostingClassifier"},
+        budget={"max_trials": 30, "parallelism": 1},
     )
 
 
