@@ -74,6 +74,29 @@ def test_traceparent_helpers() -> None:
 # -- ids on spans and logs, through FastStream's middleware ----------------------------------------
 
 
+def test_a_trial_span_carries_its_folds_or_its_rungs_and_where_it_was_pruned() -> None:
+    from tweakline.proto.messages import TrialStatus
+    from tweakline.trial_runner.training import TrialOutcome
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    outcomes = {
+        "folds": TrialOutcome(status=TrialStatus.PRUNED, score=0.6, fold_scores=[0.6, 0.6]),
+        "rungs": TrialOutcome(status=TrialStatus.PRUNED, score=0.7, fold_scores=[0.7] * 3, rung_scores=[0.5, 0.7]),
+    }
+    for name, outcome in outcomes.items():
+        with tracer.start_as_current_span(name) as current:
+            telemetry.trial_outcome(current, outcome)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    events = {name: [(e.name, dict(e.attributes)) for e in span.events] for name, span in spans.items()}
+    assert ("pruned", {"tweakline.fold": 1}) in events["folds"]
+    assert [a["tweakline.rung.score"] for n, a in events["rungs"] if n == "rung"] == [0.5, 0.7]
+    assert ("pruned", {"tweakline.rung": 1}) in events["rungs"]  # stopped after its second rung
+    assert spans["rungs"].attributes["tweakline.trial.status"] == "pruned"
+
+
 async def test_handled_message_carries_ids_on_its_span_and_log_lines() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
