@@ -86,23 +86,19 @@ class ServerConfig:
 
     def render(self) -> str:
         """nats-server configuration text."""
-        if self.insecure_plaintext_for_benchmarks:
-            return (
-                f"server_name: tweakline-local\n"
-                f"host: {json.dumps(self.host)}\n"
-                f"port: {self.port}\n"
-                f"max_payload: {self.max_payload}\n"
-                f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))}, "
-                f"max_memory_store: {self.max_memory_store}, max_file_store: {self.max_file_store} }}\n"
-            )
-        return (
+        common = (
             f"server_name: tweakline-local\n"
             f"host: {json.dumps(self.host)}\n"
             f"port: {self.port}\n"
             f"max_payload: {self.max_payload}\n"
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))}, "
             f"max_memory_store: {self.max_memory_store}, max_file_store: {self.max_file_store} }}\n"
-            "tls {\n"
+        )
+        if self.insecure_plaintext_for_benchmarks:
+            return common
+        return (
+            common
+            + "tls {\n"
             f"  cert_file: {json.dumps(str(self.tls.cert))}\n"
             f"  key_file: {json.dumps(str(self.tls.key))}\n"
             f"  ca_file: {json.dumps(str(self.tls.ca))}\n"
