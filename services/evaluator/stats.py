@@ -167,18 +167,16 @@ def compare(
     """
     gain = oriented(metric, candidate_value, production_value)
     n = int(np.asarray(y).shape[0])
+    common = {
+        "metric": metric, "candidate": candidate_value, "production": production_value, "difference": gain,
+        "required_gain": required_gain, "alpha": alpha, "n": n,
+    }
     if metric == "accuracy":
         b, c, mid_p, exact_p = mcnemar(y, candidate.pred, production.pred)
         significant = mid_p < alpha
         return Comparison(
-            metric=metric,
-            candidate=candidate_value,
-            production=production_value,
-            difference=gain,
-            required_gain=required_gain,
+            **common,
             test=MCNEMAR,
-            alpha=alpha,
-            n=n,
             p_value=mid_p,
             exact_p_value=exact_p,
             discordant={"candidate_only": b, "production_only": c},
@@ -194,14 +192,8 @@ def compare(
     )
     significant = bool(np.isfinite(low) and low > 0)
     return Comparison(
-        metric=metric,
-        candidate=candidate_value,
-        production=production_value,
-        difference=gain,
-        required_gain=required_gain,
+        **common,
         test=BOOTSTRAP,
-        alpha=alpha,
-        n=n,
         ci_low=None if not np.isfinite(low) else low,
         ci_high=None if not np.isfinite(high) else high,
         confidence=1.0 - 2.0 * alpha,
