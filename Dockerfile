@@ -25,7 +25,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
-COPY core/ core/
+COPY tweakline/ tweakline/
 COPY proto/ proto/
 COPY services/ services/
 COPY helm/model-server/ helm/model-server/

@@ -24,13 +24,13 @@ class InstantClassifier(ClassifierMixin, BaseEstimator):
         self.x = x
         self.seconds = seconds
 
-    def fit(self, X, y):  # noqa: ANN001, N803 - scikit-learn signature
+    def fit(self, X, y):
         """Remember the classes; sleep ``seconds`` (a fixed-duration trial without CPU use)."""
         if self.seconds > 0:
             time.sleep(self.seconds)
         self.classes_ = np.unique(y)
         return self
 
-    def predict(self, X):  # noqa: ANN001, N803
+    def predict(self, X):
         """The first class for every row."""
         return np.full(len(X), self.classes_[0])

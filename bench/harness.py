@@ -23,14 +23,14 @@ from typing import Any
 from nats.aio.client import Client
 
 from bench.estimators import ALLOW_PREFIX
-from tweakline.bus import connect
-from tweakline.follow import submit
+from tweakline.client.follow import submit
 from tweakline.proto.messages import Source
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Consumer, Stream, Subject, all_of
 from tweakline.proto.tweakfile import TweakFile
-from tweakline.settings import Settings
-from tweakline.stack import LocalStack
+from tweakline.runtime.bus import connect
+from tweakline.runtime.settings import Settings
+from tweakline.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parents[1]
 ALLOWED = ["sklearn.", ALLOW_PREFIX]
@@ -116,7 +116,7 @@ async def wait_ready(nc: Client, runners: int, timeout: float = 60.0) -> float:
                 continue
             try:
                 info = await js.consumer_info(streams[consumer].value, consumer.value)
-            except Exception:  # noqa: BLE001 - not created yet
+            except Exception:
                 continue
             if (info.num_waiting or 0) + (info.num_ack_pending or 0) >= count:
                 seen[consumer] = time.perf_counter()
@@ -175,9 +175,7 @@ class Probe:
 
     async def wait(self, exp_ids: list[str], timeout: float) -> None:
         """Wait for every experiment's ``experiments.completed``."""
-        await asyncio.wait_for(
-            asyncio.gather(*(self.waiters.setdefault(e, asyncio.Event()).wait() for e in exp_ids)), timeout
-        )
+        await asyncio.wait_for(asyncio.gather(*(self.waiters.setdefault(e, asyncio.Event()).wait() for e in exp_ids)), timeout)
 
     def trials_of(self, exp_id: str) -> list[str]:
         """Trial ids of one experiment whose result was seen."""
@@ -185,11 +183,7 @@ class Probe:
 
     def latencies(self, exp_id: str) -> list[float]:
         """Seconds from each trial's request to its result, for one experiment."""
-        return [
-            self.completed[tid][0] - self.requested[tid]
-            for tid in self.trials_of(exp_id)
-            if tid in self.requested
-        ]
+        return [self.completed[tid][0] - self.requested[tid] for tid in self.trials_of(exp_id) if tid in self.requested]
 
     def durations(self, exp_id: str) -> list[float]:
         """The runner-measured training time of each trial (``duration_s``)."""

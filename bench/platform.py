@@ -52,11 +52,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import REPO, Probe, bench_stack, loadavg, percentile, prepare_environment, trivial_tweak, wait_ready
-from tweakline.follow import Outcome, follow
-from tweakline.natsserver import nats_server_binary
-from tweakline.proto.loading import load_tweak_file
+from tweakline.client.follow import Outcome, follow
 from tweakline.proto.permissions import Identity
-from tweakline.settings import Settings
+from tweakline.runtime.natsserver import nats_server_binary
+from tweakline.runtime.settings import Settings
+from tweakline.validation.loading import load_tweak_file
 
 RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -82,8 +82,14 @@ class Sizes:
 
 
 QUICK = Sizes(
-    trivial_trials=300, tpe_trials=100, optuna_trials=1000, ray_trials=10, scale_levels=(1, 5),
-    scale_trials=4, scale_trial_s=0.5, realistic_repeats=1,
+    trivial_trials=300,
+    tpe_trials=100,
+    optuna_trials=1000,
+    ray_trials=10,
+    scale_levels=(1, 5),
+    scale_trials=4,
+    scale_trial_s=0.5,
+    realistic_repeats=1,
 )
 
 
@@ -153,9 +159,11 @@ def orchestration(sizes: Sizes) -> dict[str, Any]:
                     await wait_ready(probe.nc, sizes.runners)
                     await _trivial_run(probe, "bench-warmup", 40, 8, "random")  # imports, dataset cache
                     procs = stack_processes(stack)
-                    out = {"random": await _trivial_run(
-                        probe, "bench-trivial", sizes.trivial_trials, sizes.trivial_parallelism, "random", procs
-                    )}
+                    out = {
+                        "random": await _trivial_run(
+                            probe, "bench-trivial", sizes.trivial_trials, sizes.trivial_parallelism, "random", procs
+                        )
+                    }
                     if not plaintext:
                         out["tpe"] = await _trivial_run(
                             probe, "bench-trivial-tpe", sizes.tpe_trials, sizes.trivial_parallelism, "tpe", procs
@@ -237,9 +245,7 @@ def ray_tune(trials: int) -> dict[str, Any]:
         return {"skipped": "ray is not installed (pip install 'ray[tune]')"}
     load_before = loadavg()
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", RAY_SCRIPT, str(trials)], capture_output=True, text=True, timeout=600
-        )
+        done = subprocess.run([sys.executable, "-c", RAY_SCRIPT, str(trials)], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         return {"skipped": "Ray Tune did not finish within 600 s"}
     for line in done.stdout.splitlines():
@@ -271,8 +277,12 @@ def scaling(sizes: Sizes) -> dict[str, Any]:
                 await probe.close()
             return rows
 
-        return {"runners": runners, "trial_s": sizes.scale_trial_s, "trials_per_experiment": sizes.scale_trials,
-                "levels": asyncio.run(_main())}
+        return {
+            "runners": runners,
+            "trial_s": sizes.scale_trial_s,
+            "trials_per_experiment": sizes.scale_trials,
+            "levels": asyncio.run(_main()),
+        }
 
 
 async def _scale_level(probe: Probe, k: int, sizes: Sizes, runners: int, per_fold: float) -> dict[str, Any]:
@@ -446,8 +456,8 @@ def _startup_once(sizes: Sizes, tweak_path: Path) -> dict[str, Any]:
             settings = Settings(nats_url=url, identity=Identity.ADMIN, state_dir=root / "state")
 
             async def _watch() -> None:
-                from tweakline.bus import connect
                 from tweakline.proto.subjects import Subject, all_of
+                from tweakline.runtime.bus import connect
 
                 nc = await connect(settings, "bench-startup")
                 first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -492,7 +502,12 @@ def machine() -> dict[str, Any]:
     model = ""
     try:
         model = next(
-            (l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), ""
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
         )
     except OSError:
         pass
@@ -523,68 +538,169 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     o = results.get("orchestration")
     if o:
         r, t = o["random"], o["tpe"]
-        out.append(("1 orchestration", f"tweakline, random, {r['trials']} trivial trials, mTLS, {o['runners']} runners, {r['parallelism']} in flight",
-                    f"{r['trials_per_s']} trials/s (steady {r['steady_trials_per_s']})", ">= 1000 trials/s", _status(r["trials_per_s"] >= 1000)))
-        out.append(("1 orchestration", "dispatch-to-result latency p50 / p99", f"{r['latency_p50_ms']} / {r['latency_p99_ms']} ms", "", ""))
+        out.append(
+            (
+                "1 orchestration",
+                f"tweakline, random, {r['trials']} trivial trials, mTLS, {o['runners']} runners, {r['parallelism']} in flight",
+                f"{r['trials_per_s']} trials/s (steady {r['steady_trials_per_s']})",
+                ">= 1000 trials/s",
+                _status(r["trials_per_s"] >= 1000),
+            )
+        )
+        out.append(
+            (
+                "1 orchestration",
+                "dispatch-to-result latency p50 / p99",
+                f"{r['latency_p50_ms']} / {r['latency_p99_ms']} ms",
+                "",
+                "",
+            )
+        )
         if r.get("cpu_ms_per_trial"):
             parts = ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_trial"].items())
-            out.append(("1 orchestration", "CPU ms per trivial trial, by process (load-independent)",
-                        f"{r['cpu_ms_per_trial_total']} ({parts})", f"<= {2000 / 1000:.1f} on 2 cores for 1000/s", _status(r["cpu_ms_per_trial_total"] <= 2.0)))
+            out.append(
+                (
+                    "1 orchestration",
+                    "CPU ms per trivial trial, by process (load-independent)",
+                    f"{r['cpu_ms_per_trial_total']} ({parts})",
+                    f"<= {2000 / 1000:.1f} on 2 cores for 1000/s",
+                    _status(r["cpu_ms_per_trial_total"] <= 2.0),
+                )
+            )
         pl = o.get("random_plaintext")
         if pl:
             cpu_cost = ""
             if pl.get("cpu_ms_per_trial_total") and r.get("cpu_ms_per_trial_total"):
-                cpu_cost = f"mTLS costs {100 * (r['cpu_ms_per_trial_total'] / pl['cpu_ms_per_trial_total'] - 1):+.1f}% CPU per trial; "
-            out.append(("1 orchestration", "same trivial run on the benchmark-only plaintext transport (same run)",
-                        f"{pl['trials_per_s']} trials/s, p50 {pl['latency_p50_ms']} ms, CPU {pl.get('cpu_ms_per_trial_total')} ms/trial; "
-                        f"{cpu_cost}throughput {-o['mtls_throughput_cost_pct']:+.1f}% with mTLS (load noise)", "", ""))
-        out.append(("1 orchestration", f"tweakline, TPE, {t['trials']} trivial trials",
-                    f"{t['trials_per_s']} trials/s, p50 {t['latency_p50_ms']} ms, p99 {t['latency_p99_ms']} ms", "sampler must not stall dispatch", ""))
+                cpu_cost = (
+                    f"mTLS costs {100 * (r['cpu_ms_per_trial_total'] / pl['cpu_ms_per_trial_total'] - 1):+.1f}% CPU per trial; "
+                )
+            out.append(
+                (
+                    "1 orchestration",
+                    "same trivial run on the benchmark-only plaintext transport (same run)",
+                    f"{pl['trials_per_s']} trials/s, p50 {pl['latency_p50_ms']} ms, CPU {pl.get('cpu_ms_per_trial_total')} ms/trial; "
+                    f"{cpu_cost}throughput {-o['mtls_throughput_cost_pct']:+.1f}% with mTLS (load noise)",
+                    "",
+                    "",
+                )
+            )
+        out.append(
+            (
+                "1 orchestration",
+                f"tweakline, TPE, {t['trials']} trivial trials",
+                f"{t['trials_per_s']} trials/s, p50 {t['latency_p50_ms']} ms, p99 {t['latency_p99_ms']} ms",
+                "sampler must not stall dispatch",
+                "",
+            )
+        )
     q = results.get("optuna")
     if q:
-        out.append(("1 orchestration", f"Optuna in-process, random, {q['trials']} trials", f"{q['trials_per_s']} trials/s", "(issue: ~4800)", ""))
-        out.append(("1 orchestration", "Optuna TPE (tweakline's settings) ask+tell at 100 / 500 trials",
-                    f"{q.get('tpe_ms_at_100')} / {q.get('tpe_ms_at_500')} ms", "", ""))
+        out.append(
+            (
+                "1 orchestration",
+                f"Optuna in-process, random, {q['trials']} trials",
+                f"{q['trials_per_s']} trials/s",
+                "(issue: ~4800)",
+                "",
+            )
+        )
+        out.append(
+            (
+                "1 orchestration",
+                "Optuna TPE (tweakline's settings) ask+tell at 100 / 500 trials",
+                f"{q.get('tpe_ms_at_100')} / {q.get('tpe_ms_at_500')} ms",
+                "",
+                "",
+            )
+        )
     ray = results.get("ray")
     if ray:
-        value = ray["skipped"] if "skipped" in ray else f"{ray['trials_per_s']} trials/s ({ray['trials']} trials, Ray {ray['ray']})"
+        value = (
+            ray["skipped"] if "skipped" in ray else f"{ray['trials_per_s']} trials/s ({ray['trials']} trials, Ray {ray['ray']})"
+        )
         out.append(("1 orchestration", "Ray Tune, trivial function trainable, num_cpus=2", value, "", ""))
     s = results.get("scaling")
     if s:
         for lvl in s["levels"]:
-            out.append(("2 scaling", f"{lvl['experiments']} experiment(s) x {s['trials_per_experiment']} trials of {s['trial_s']} s, {s['runners']} runners",
-                        f"wall {lvl['wall_s']} s vs ideal {lvl['ideal_s']} s (+{lvl['over_ideal_pct']}%), utilisation {lvl['utilisation_pct']}%",
-                        "<= +5%, >= 97%", _status(lvl["over_ideal_pct"] <= 5 and lvl["utilisation_pct"] >= 97)))
+            out.append(
+                (
+                    "2 scaling",
+                    f"{lvl['experiments']} experiment(s) x {s['trials_per_experiment']} trials of {s['trial_s']} s, {s['runners']} runners",
+                    f"wall {lvl['wall_s']} s vs ideal {lvl['ideal_s']} s (+{lvl['over_ideal_pct']}%), utilisation {lvl['utilisation_pct']}%",
+                    "<= +5%, >= 97%",
+                    _status(lvl["over_ideal_pct"] <= 5 and lvl["utilisation_pct"] >= 97),
+                )
+            )
     m = results.get("mtls")
     if m:
         runs = ", ".join(f"{r['transport']} {r['total_s']} s" for r in m["runs"])
+
         def _spread(field: str) -> float:
             per_mode = [[r[field] for r in m["runs"] if r["transport"] == mode] for mode in ("mtls", "plaintext")]
             return max(100 * (max(v) - min(v)) / (sum(v) / len(v)) for v in per_mode if v)
 
         wall_spread = _spread("total_s")
-        wall_status = _status(m["overhead_total_pct"] <= 2) if wall_spread < abs(m["overhead_total_pct"]) else "inconclusive (load noise)"
-        out.append(("3 mTLS", f"digits SVC 40 trials, submit to decision, means of {len(m['runs']) // 2} pairs ({runs})",
-                    f"{m['overhead_total_pct']:+}% wall (tuning only: {m['overhead_tuning_pct']:+}%); same-transport runs spread {wall_spread:.0f}%",
-                    "<= 2%", wall_status))
+        wall_status = (
+            _status(m["overhead_total_pct"] <= 2) if wall_spread < abs(m["overhead_total_pct"]) else "inconclusive (load noise)"
+        )
+        out.append(
+            (
+                "3 mTLS",
+                f"digits SVC 40 trials, submit to decision, means of {len(m['runs']) // 2} pairs ({runs})",
+                f"{m['overhead_total_pct']:+}% wall (tuning only: {m['overhead_tuning_pct']:+}%); same-transport runs spread {wall_spread:.0f}%",
+                "<= 2%",
+                wall_status,
+            )
+        )
         if "overhead_cpu_pct" in m:
             cpu_spread = _spread("cpu_s")
             ov = m["overhead_cpu_pct"]
             cpu_status = _status(True) if ov <= 2 else ("within noise" if cpu_spread >= ov else _status(False))
-            out.append(("3 mTLS", "same runs, CPU seconds of all stack processes (less load-sensitive)",
-                        f"{ov:+}% CPU; same-transport runs spread {cpu_spread:.0f}%", "<= 2%", cpu_status))
+            out.append(
+                (
+                    "3 mTLS",
+                    "same runs, CPU seconds of all stack processes (less load-sensitive)",
+                    f"{ov:+}% CPU; same-transport runs spread {cpu_spread:.0f}%",
+                    "<= 2%",
+                    cpu_status,
+                )
+            )
     st = results.get("startup")
     if st and "first_trial_s" in st:
         n = len(st.get("runs", [])) or 1
-        out.append(("4 start-up", f"tweakline run -> services spawned / stack ready (median of {n})", f"{st['services_spawned_s']} s / {st['stack_ready_s']} s", "", ""))
-        out.append(("4 start-up", f"tweakline run -> first trial dispatched (median of {n})", f"{st['first_trial_s']} s", "<= 2 s", _status(st["first_trial_s"] <= 2)))
+        out.append(
+            (
+                "4 start-up",
+                f"tweakline run -> services spawned / stack ready (median of {n})",
+                f"{st['services_spawned_s']} s / {st['stack_ready_s']} s",
+                "",
+                "",
+            )
+        )
+        out.append(
+            (
+                "4 start-up",
+                f"tweakline run -> first trial dispatched (median of {n})",
+                f"{st['first_trial_s']} s",
+                "<= 2 s",
+                _status(st["first_trial_s"] <= 2),
+            )
+        )
     elif st:
         out.append(("4 start-up", "tweakline run", st.get("error", "failed"), "<= 2 s", _status(None)))
     if m and m.get("memory"):
         mem = m["memory"]
         runners = {k: v for k, v in mem.items() if k.startswith("trial-runner")}
         others = ", ".join(f"{k} {v}" for k, v in mem.items() if not k.startswith("trial-runner"))
-        out.append(("5 memory", "peak RSS (MB) during the mTLS realistic run", f"{others}; runners {', '.join(map(str, runners.values()))}", "", ""))
+        out.append(
+            (
+                "5 memory",
+                "peak RSS (MB) during the mTLS realistic run",
+                f"{others}; runners {', '.join(map(str, runners.values()))}",
+                "",
+                "",
+            )
+        )
     return out
 
 
@@ -641,8 +757,13 @@ def write_docs(results: dict[str, Any], path: Path = DOCS) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.platform", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Smaller counts (a smoke run, not for the docs).")
-    parser.add_argument("--only", nargs="*", default=None,
-                        choices=["orchestration", "optuna", "ray", "scaling", "mtls", "startup"], help="Run some scenarios only.")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        choices=["orchestration", "optuna", "ray", "scaling", "mtls", "startup"],
+        help="Run some scenarios only.",
+    )
     parser.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/benchmarks.md (--quick and --only never do).")
     parser.add_argument("--from-json", type=Path, help="Print (and write to the docs) a saved result instead of running.")
     args = parser.parse_args(argv)
@@ -657,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     tweak_path = REPO / "examples" / "digits-svc.tweak.yaml"
     wanted = args.only or ["orchestration", "optuna", "ray", "scaling", "mtls", "startup"]
     results: dict[str, Any] = {
-        "command": "python -m bench.platform" + (" --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else ""),
+        "command": "python -m bench.platform"
+        + (" --quick" if args.quick else "")
+        + (f" --only {' '.join(args.only)}" if args.only else ""),
         "machine": machine(),
         "sizes": sizes.__dict__,
     }
@@ -674,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             results[name] = scenarios[name]()
-        except Exception as exc:  # noqa: BLE001 - one failed scenario must not lose the others
+        except Exception as exc:
             console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/red]")
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         console.print(f"  done in {time.perf_counter() - t0:.0f} s: {json.dumps(results[name])[:300]}")

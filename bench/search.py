@@ -9,7 +9,7 @@ Arms, for each problem and seed (same budget, same seed, same CV folds):
 
 - ``tweakline-tpe``: the scheduler's engine (:class:`tweakline.scheduler.engine.ExperimentRun`,
   multivariate TPE with the constant liar) asking ``parallelism`` trials ahead, exactly as the
-  scheduler does, with the runner's trial code (:func:`tweakline.trial_runner.training.run_trial`);
+  scheduler does, with the runner's trial code (:func:`tweakline.ml.training.run_trial`);
   results come back oldest first. Only the bus is left out.
 - ``optuna-tpe``: plain Optuna as its docs show it: ``TPESampler(seed=...)``, ``study.optimize``
   (sequential), an objective calling scikit-learn's ``cross_val_score`` on the same folds.
@@ -54,6 +54,9 @@ import numpy as np
 import optuna
 from sklearn.model_selection import cross_val_score
 
+from tweakline.ml.datasets import Split, load_dataset, split_dataset
+from tweakline.ml.estimators import build_estimator
+from tweakline.ml.training import cv_splitter, estimator_seed, run_trial
 from tweakline.proto.messages import (
     ExperimentState,
     LineageHistory,
@@ -66,10 +69,7 @@ from tweakline.proto.messages import (
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.lineage import context_of, select
-from tweakline.scheduler.space import suggest
-from tweakline.trial_runner.datasets import Split, load_dataset, split_dataset
-from tweakline.trial_runner.estimators import build_estimator
-from tweakline.trial_runner.training import cv_splitter, estimator_seed, run_trial
+from tweakline.search.space import suggest
 
 ALLOWED = ["sklearn."]
 SKLEARN_SCORING = {"accuracy": "accuracy", "r2": "r2", "f1_macro": "f1_macro", "roc_auc": "roc_auc"}
@@ -100,8 +100,9 @@ class Problem:
         return Problem(f"{self.name}-grown", tweak, self.trials, self.cheap, f"{self.note}, next push with grown data")
 
 
-def _tweak(name: str, dataset: dict[str, Any], estimator: str, space: dict[str, Any], metric: str,
-           fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+def _tweak(
+    name: str, dataset: dict[str, Any], estimator: str, space: dict[str, Any], metric: str, fixed: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "tweakline/v1",
         "kind": "Experiment",
@@ -221,8 +222,16 @@ class RunResult:
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
-def spec_of(problem: Problem, seed: int, *, algorithm: str = "tpe", pruner: str = "none",
-            parallelism: int = 4, rungs: bool = False, rerun: int = 1) -> TweakFile:
+def spec_of(
+    problem: Problem,
+    seed: int,
+    *,
+    algorithm: str = "tpe",
+    pruner: str = "none",
+    parallelism: int = 4,
+    rungs: bool = False,
+    rerun: int = 1,
+) -> TweakFile:
     raw = json.loads(json.dumps(problem.tweak))
     raw["spec"]["search"].update({"algorithm": algorithm, "seed": seed, "pruner": pruner})
     raw["spec"]["search"]["warm_start"] = {"enabled": False, "rerun": rerun}
@@ -242,9 +251,19 @@ def _curve(scores: list[float | None], maximize: bool) -> list[float]:
     return out
 
 
-def run_tweakline(problem: Problem, split: Split, arm: str, seed: int, *, algorithm: str = "tpe",
-                  pruner: str = "none", parallelism: int = 4, warm_from: RunResult | None = None,
-                  rungs: bool = False, rerun: int = 1) -> RunResult:
+def run_tweakline(
+    problem: Problem,
+    split: Split,
+    arm: str,
+    seed: int,
+    *,
+    algorithm: str = "tpe",
+    pruner: str = "none",
+    parallelism: int = 4,
+    warm_from: RunResult | None = None,
+    rungs: bool = False,
+    rerun: int = 1,
+) -> RunResult:
     """Drive the scheduler's engine with the runner's trial code, ``parallelism`` trials in flight."""
     tweak = spec_of(problem, seed, algorithm=algorithm, pruner=pruner, parallelism=parallelism, rungs=rungs, rerun=rerun)
     state = ExperimentState(experiment_id=f"{problem.name}-{arm}-{seed}", tweak=tweak)
@@ -269,15 +288,27 @@ def run_tweakline(problem: Problem, split: Split, arm: str, seed: int, *, algori
         in_flight += run.next_trials()
         number, params = in_flight.pop(0)
         outcome = run_trial(
-            split, tweak.spec, params, ALLOWED, seed=trial_seed, n_jobs=1,
+            split,
+            tweak.spec,
+            params,
+            ALLOWED,
+            seed=trial_seed,
+            n_jobs=1,
             on_fold=lambda fold, value, n=number: run.report(n, fold, value),
         )
         cpu += outcome.cpu_s
         run.record(
             TrialCompleted(
-                experiment_id=state.experiment_id, trial_id=trial_id(state.experiment_id, number), number=number,
-                status=outcome.status, params=params, score=outcome.score, metrics=outcome.metrics,
-                fold_scores=outcome.fold_scores, rung_scores=outcome.rung_scores, cpu_s=outcome.cpu_s,
+                experiment_id=state.experiment_id,
+                trial_id=trial_id(state.experiment_id, number),
+                number=number,
+                status=outcome.status,
+                params=params,
+                score=outcome.score,
+                metrics=outcome.metrics,
+                fold_scores=outcome.fold_scores,
+                rung_scores=outcome.rung_scores,
+                cpu_s=outcome.cpu_s,
                 duration_s=outcome.duration_s,
             )
         )
@@ -286,8 +317,15 @@ def run_tweakline(problem: Problem, split: Split, arm: str, seed: int, *, algori
     results = list(run.state.results.values())
     curve = _curve(scores, maximize)
     return RunResult(
-        problem=problem.name, arm=arm, seed=seed, parallelism=parallelism, trials=len(results), best=curve[-1],
-        curve=curve, cpu_s=cpu, wall_s=time.perf_counter() - started,
+        problem=problem.name,
+        arm=arm,
+        seed=seed,
+        parallelism=parallelism,
+        trials=len(results),
+        best=curve[-1],
+        curve=curve,
+        cpu_s=cpu,
+        wall_s=time.perf_counter() - started,
         pruned=sum(r.status is TrialStatus.PRUNED for r in results),
         failed=sum(r.status is TrialStatus.FAILED for r in results),
         warm_reused=len(state.warm_trials),
@@ -342,14 +380,21 @@ def run_plain_optuna(problem: Problem, split: Split, seed: int, parallelism: int
             trial = pending.pop(0)
             try:
                 study.tell(trial, objective(trial))
-            except Exception:  # noqa: BLE001 - as optimize(catch=...) does
+            except Exception:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 scores.append(None)
     curve = _curve(scores, maximize)
     arm = "optuna-tpe" if parallelism == 1 else f"optuna-tpe@{parallelism}"
     return RunResult(
-        problem=problem.name, arm=arm, seed=seed, parallelism=parallelism, trials=len(study.trials), best=curve[-1],
-        curve=curve, cpu_s=cpu_total, wall_s=time.perf_counter() - started,
+        problem=problem.name,
+        arm=arm,
+        seed=seed,
+        parallelism=parallelism,
+        trials=len(study.trials),
+        best=curve[-1],
+        curve=curve,
+        cpu_s=cpu_total,
+        wall_s=time.perf_counter() - started,
         failed=sum(t.state is optuna.trial.TrialState.FAIL for t in study.trials),
     )
 
@@ -403,8 +448,7 @@ def summarise(runs: list[RunResult], probs: dict[str, Problem]) -> dict[str, Any
             if arm.startswith("warm"):
                 colds = {r.seed: r for r in mine if r.arm == "tweakline-tpe"}
                 row["trials_to_cold_best"] = [
-                    trials_to(r.curve, colds[r.seed - 1000].best, maximize) if r.seed - 1000 in colds else None
-                    for r in group
+                    trials_to(r.curve, colds[r.seed - 1000].best, maximize) if r.seed - 1000 in colds else None for r in group
                 ]
                 row["reused"] = [r.warm_reused for r in group]
             rows[arm] = row
@@ -419,8 +463,12 @@ def summarise(runs: list[RunResult], probs: dict[str, Problem]) -> dict[str, Any
                     row["vs_tweakline_tpe"] = compare(reference["best"], row["best"], maximize)
                     if reference["cpu_s"] > 0:
                         row["vs_tweakline_tpe"]["cpu_cut"] = 1 - row["cpu_s"] / reference["cpu_s"]
-        summary[name] = {"target": target, "maximize": maximize, "arms": rows,
-                         "parallelism": {str(p): v for p, v in sorted(sweep.items())}}
+        summary[name] = {
+            "target": target,
+            "maximize": maximize,
+            "arms": rows,
+            "parallelism": {str(p): v for p, v in sorted(sweep.items())},
+        }
     return summary
 
 
@@ -467,11 +515,15 @@ def print_tables(summary: dict[str, Any]) -> None:
         for arm in ("warm", "warm-prior"):
             if arm in arms:
                 row = arms[arm]
-                print(f"- {arm}: reused {row['reused']} earlier trials; trials to reach the cold run's final best: "
-                      f"{_counts(row['trials_to_cold_best'], row['trials'])}")
+                print(
+                    f"- {arm}: reused {row['reused']} earlier trials; trials to reach the cold run's final best: "
+                    f"{_counts(row['trials_to_cold_best'], row['trials'])}"
+                )
         if s["parallelism"]:
-            print("- tweakline-tpe by parallelism (best after N, mean ± sd): "
-                  + "; ".join(f"p={p}: {_mean_sd(v)}" for p, v in s["parallelism"].items()))
+            print(
+                "- tweakline-tpe by parallelism (best after N, mean ± sd): "
+                + "; ".join(f"p={p}: {_mean_sd(v)}" for p, v in s["parallelism"].items())
+            )
 
 
 def machine() -> dict[str, Any]:
@@ -494,8 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 seeds, 16 trials, cheap problems only.")
     parser.add_argument("--no-sweep", action="store_true", help="Skip the parallelism sweep.")
     parser.add_argument("--no-warm", action="store_true", help="Skip the warm-start arm.")
-    parser.add_argument("--arms", nargs="*", default=None,
-                        help="Only these arms (tweakline-tpe always runs: the others are compared with it).")
+    parser.add_argument(
+        "--arms", nargs="*", default=None, help="Only these arms (tweakline-tpe always runs: the others are compared with it)."
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"Where to write results (default {DEFAULT_JSON}).")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -526,13 +579,19 @@ def main(argv: list[str] | None = None) -> int:
                 ("optuna-tpe@4", lambda s: run_plain_optuna(problem, split, s, parallelism=4)),
                 ("random", lambda s: run_tweakline(problem, split, "random", s, algorithm="random")),
                 ("tweakline-tpe+asha", lambda s: run_tweakline(problem, split, "tweakline-tpe+asha", s, pruner="asha")),
-                ("tweakline-tpe+asha-rungs",
-                 lambda s: run_tweakline(problem, split, "tweakline-tpe+asha-rungs", s, pruner="asha", rungs=True)),
+                (
+                    "tweakline-tpe+asha-rungs",
+                    lambda s: run_tweakline(problem, split, "tweakline-tpe+asha-rungs", s, pruner="asha", rungs=True),
+                ),
                 ("tweakline-tpe+median", lambda s: run_tweakline(problem, split, "tweakline-tpe+median", s, pruner="median")),
-                ("tweakline-tpe+hyperband",
-                 lambda s: run_tweakline(problem, split, "tweakline-tpe+hyperband", s, pruner="hyperband")),
-                ("tweakline-tpe+wilcoxon",
-                 lambda s: run_tweakline(problem, split, "tweakline-tpe+wilcoxon", s, pruner="wilcoxon")),
+                (
+                    "tweakline-tpe+hyperband",
+                    lambda s: run_tweakline(problem, split, "tweakline-tpe+hyperband", s, pruner="hyperband"),
+                ),
+                (
+                    "tweakline-tpe+wilcoxon",
+                    lambda s: run_tweakline(problem, split, "tweakline-tpe+wilcoxon", s, pruner="wilcoxon"),
+                ),
             ]
             if args.arms:
                 arms = [(name, go) for name, go in arms if name in args.arms or name == "tweakline-tpe"]
@@ -542,8 +601,15 @@ def main(argv: list[str] | None = None) -> int:
                     result = go(seed)
                     runs.append(result)
                     cold = result if arm == "tweakline-tpe" else cold
-                    log.info("%-18s %-22s seed %d: best %.4f cpu %.1fs pruned %d", problem.name, arm, seed,
-                             result.best, result.cpu_s, result.pruned)
+                    log.info(
+                        "%-18s %-22s seed %d: best %.4f cpu %.1fs pruned %d",
+                        problem.name,
+                        arm,
+                        seed,
+                        result.best,
+                        result.cpu_s,
+                        result.pruned,
+                    )
                 # The next push of the same lineage: another seed, seeded with the cold run's trials.
                 # "warm" re-runs the cold run's best configuration first (the default); "warm-prior" only
                 # seeds the sampler with the earlier trials (search.warm_start.rerun: 0).
@@ -551,8 +617,9 @@ def main(argv: list[str] | None = None) -> int:
                     for arm, rerun in (("warm", 1), ("warm-prior", 0)):
                         warm = run_tweakline(problem, split, arm, seed + 1000, warm_from=cold, rerun=rerun)
                         runs.append(warm)
-                        log.info("%-18s %-22s seed %d: best %.4f (reused %d)", problem.name, arm, seed, warm.best,
-                                 warm.warm_reused)
+                        log.info(
+                            "%-18s %-22s seed %d: best %.4f (reused %d)", problem.name, arm, seed, warm.best, warm.warm_reused
+                        )
                 # The next push brings more rows of the same csv (same lineage): cold on the new data,
                 # and warm from the trials the first push made on the old data.
                 if grown is not None:
@@ -561,8 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                     for arm, rerun in (("warm", 1), ("warm-prior", 0)):
                         warm = run_tweakline(grown, grown_split, arm, seed + 1000, warm_from=cold, rerun=rerun)
                         runs.append(warm)
-                        log.info("%-18s %-22s seed %d: best %.4f vs cold %.4f", grown.name, arm, seed, warm.best,
-                                 cold_grown.best)
+                        log.info("%-18s %-22s seed %d: best %.4f vs cold %.4f", grown.name, arm, seed, warm.best, cold_grown.best)
                 if not args.no_sweep and problem.cheap:
                     for p in (1, 16):
                         r = run_tweakline(problem, split, f"tweakline-tpe@{p}", seed, parallelism=p)

@@ -3,7 +3,6 @@
 Services import names from here; no subject or bucket name is spelled anywhere else.
 """
 
-from tweakline.proto.loading import load_tweak_file, parse_tweak_file
 from tweakline.proto.messages import (
     ArtifactRef,
     DeadLetter,
@@ -58,9 +57,7 @@ __all__ = [
     "TrialRequested",
     "TrialStatus",
     "TweakFile",
-    "load_tweak_file",
     "msg_id",
-    "parse_tweak_file",
     "subject_for",
     "trial_id",
 ]

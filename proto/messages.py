@@ -231,9 +231,7 @@ class ExperimentCompleted(Message):
     pareto_front: list[int] = Field(
         default_factory=list, description="With secondary objectives: numbers of the non-dominated trials."
     )
-    feasible: int | None = Field(
-        default=None, description="With gate thresholds: trials whose CV metrics met every threshold."
-    )
+    feasible: int | None = Field(default=None, description="With gate thresholds: trials whose CV metrics met every threshold.")
 
 
 class Decision(StrEnum):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from tweakline.proto.subjects import CONSUMER_FILTERS, Bucket, Consumer, Stream, Subject, all_of
 
@@ -185,4 +186,31 @@ def permission_map() -> dict[Identity, Permissions]:
         .add(dead_letters()),
         # The operator's identity: creates the topology, reads everything, manual rollbacks.
         Identity.ADMIN: Permissions(publish=[">"], subscribe=[">"]),
+    }
+
+
+def nats_user(identity: str) -> str:
+    """The NATS user ``verify_and_map`` maps a certificate to: its subject, ``CN=<identity>``.
+
+    Must equal ``tweakline.runtime.natsserver.user_for`` (the local stack's server); a test checks it.
+    """
+    return f"CN={identity}"
+
+
+def nats_authorization(perms: dict[Identity, Permissions] | None = None) -> dict[str, Any]:
+    """The NATS ``authorization`` block as a JSON document (NATS config syntax accepts JSON)."""
+    perms = perms if perms is not None else permission_map()
+    return {
+        "authorization": {
+            "users": [
+                {
+                    "user": nats_user(identity.value),
+                    "permissions": {
+                        "publish": {"allow": list(p.publish)},
+                        "subscribe": {"allow": list(p.subscribe)},
+                    },
+                }
+                for identity, p in perms.items()
+            ]
+        }
     }

@@ -2,7 +2,7 @@
 
 The models validate structure and every rule that needs no import of scikit-learn; rules that
 need the estimator (does ``SVC`` have a parameter ``C``?) run in
-:mod:`tweakline.trial_runner.estimators` before anything is started.
+:mod:`tweakline.ml.estimators` before anything is started.
 
 Errors raised from ``model_validator`` use :func:`problem` so that the reported path names the
 exact field (``spec.search.space.C.low``), not only the object that holds it.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -145,14 +145,11 @@ class DatasetSpec(_Strict):
                 )
         elif scheme == "https":
             if not rest.startswith("//") or len(rest) <= 2 or not rest.split("?")[0].split("#")[0].endswith(".csv"):
-                raise PydanticCustomError(
-                    "tweakline", "'{value}' is not an https:// URL of a .csv file", {"value": value}
-                )
+                raise PydanticCustomError("tweakline", "'{value}' is not an https:// URL of a .csv file", {"value": value})
         else:
             raise PydanticCustomError(
                 "tweakline",
-                "unknown dataset source '{value}', expected sklearn:<name>, csv:<path>, https://<url>.csv "
-                "or object:csv:<sha256>",
+                "unknown dataset source '{value}', expected sklearn:<name>, csv:<path>, https://<url>.csv or object:csv:<sha256>",
                 {"value": value},
             )
         return value
@@ -276,7 +273,7 @@ class CategoricalParam(_Param):
         return self
 
 
-ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
 class SearchAlgorithm(StrEnum):
@@ -363,13 +360,19 @@ class ResourceSpec(_Strict):
             for field_name in ("min", "max"):
                 value = getattr(self, field_name)
                 if not float(value).is_integer():
-                    raise problem(field_name, "{name} counts whole units: expected an integer, got {value}",
-                                  name=self.name.value, value=value)
+                    raise problem(
+                        field_name,
+                        "{name} counts whole units: expected an integer, got {value}",
+                        name=self.name.value,
+                        value=value,
+                    )
         if self.min * RUNG_FACTOR > self.max:
             raise problem(
                 "min",
                 "leaves no room for rungs: expected at most max / {factor} ({limit}), got {value}",
-                factor=RUNG_FACTOR, limit=round(self.max / RUNG_FACTOR, 4), value=self.min,
+                factor=RUNG_FACTOR,
+                limit=round(self.max / RUNG_FACTOR, 4),
+                value=self.min,
             )
         return self
 
@@ -542,14 +545,11 @@ class SearchSpec(_Strict):
             if name in self.space:
                 raise problem(
                     f"space.{name}",
-                    "is the training resource (search.resource); every surviving trial gets {amount}, "
-                    "so drop it from the space",
+                    "is the training resource (search.resource); every surviving trial gets {amount}, so drop it from the space",
                     amount=_show(self.resource.max),
                 )
         if self.algorithm == SearchAlgorithm.CMAES and all(isinstance(p, CategoricalParam) for p in self.space.values()):
-            raise problem(
-                "algorithm", "cmaes needs at least one float or int parameter; this space is all categorical, use tpe"
-            )
+            raise problem("algorithm", "cmaes needs at least one float or int parameter; this space is all categorical, use tpe")
         return self
 
 
@@ -566,7 +566,9 @@ class _Metric(_Strict):
     def _known_metric(cls, value: str) -> str:
         if value not in METRICS:
             raise PydanticCustomError(
-                "tweakline", "unknown metric '{value}', expected one of {expected}", {"value": value, "expected": ", ".join(METRICS)}
+                "tweakline",
+                "unknown metric '{value}', expected one of {expected}",
+                {"value": value, "expected": ", ".join(METRICS)},
             )
         return value
 

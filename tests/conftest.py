@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tweakline.bus import connect, ensure_topology
-from tweakline.natsserver import EmbeddedNatsServer, ServerConfig
-from tweakline.pki import TlsFiles, ensure_pki
 from tweakline.proto.permissions import Identity
-from tweakline.settings import Settings
+from tweakline.runtime.bus import connect, ensure_topology
+from tweakline.runtime.natsserver import EmbeddedNatsServer, ServerConfig
+from tweakline.runtime.pki import TlsFiles, ensure_pki
+from tweakline.runtime.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -25,7 +25,7 @@ class ReceivedSpan:
     events: list[str] = field(default_factory=list)
 
 
-def _value(any_value) -> object:  # noqa: ANN001 - an AnyValue message
+def _value(any_value) -> object:
     kind = any_value.WhichOneof("value")
     return getattr(any_value, kind) if kind else None
 
@@ -41,7 +41,7 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver._accept(self.path, body)
                 reply = ExportTraceServiceResponse().SerializeToString()

@@ -7,8 +7,8 @@ from faststream.nats import NatsMessage
 
 from tweakline.deployer.handlers import Deployer
 from tweakline.proto.subjects import Consumer
-from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker
-from tweakline.settings import Settings
+from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.runtime.settings import Settings
 
 NAME = "deployer"
 

@@ -11,8 +11,8 @@ from tweakline.deployer.releases import read_history, record_rollback, rollback_
 from tweakline.proto.messages import ReleaseHistory, ReleaseRevision
 from tweakline.proto.subjects import Bucket
 from tweakline.proto.tweakfile import DeploySpec
-from tweakline.records import RecordStore
-from tweakline.settings import Settings
+from tweakline.runtime.records import RecordStore
+from tweakline.runtime.settings import Settings
 
 
 @dataclass

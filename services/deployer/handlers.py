@@ -8,11 +8,10 @@ import logging
 from faststream.nats import NatsMessage
 
 from tweakline.deployer.control import rollback
-from tweakline import telemetry
 from tweakline.deployer.registry import target_for
 from tweakline.deployer.releases import ReleaseError, record_event, record_promotion, set_target_revision
 from tweakline.deployer.verify import load_probe, verify_live
-from tweakline.objects import get_artifact
+from tweakline.observability import telemetry
 from tweakline.proto.messages import (
     Decision,
     DeploymentCompleted,
@@ -25,8 +24,9 @@ from tweakline.proto.messages import (
     msg_id,
 )
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
-from tweakline.records import RecordStore
-from tweakline.service import ServiceContext, keep_alive
+from tweakline.runtime.objects import get_artifact
+from tweakline.runtime.records import RecordStore
+from tweakline.runtime.service import ServiceContext, keep_alive
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ class Deployer:
         target = target_for(evaluation.target or "local", self.ctx.settings)
         existing = await self.store.get(evaluation.release)
         seen = existing is not None and any(r.experiment_id == evaluation.experiment_id for r in existing[0].revisions)
-        history, revision = await record_promotion(
-            self.store, evaluation.release, target.name, evaluation, evaluation.estimator
-        )
+        history, revision = await record_promotion(self.store, evaluation.release, target.name, evaluation, evaluation.estimator)
         if seen and history.current != revision.revision:
             # A redelivery of a promotion that was already undone: do not deploy it again.
             return DeploymentStatus.ROLLED_BACK, history.current, f"revision {revision.revision} was already rolled back"
@@ -127,8 +125,14 @@ class Deployer:
         assert evaluation.release is not None
         try:
             done = await rollback(
-                self.ctx.js, self.ctx.settings, evaluation.release, to=None, reason=reason, by="deployer",
-                automatic=True, expect_current=revision.revision,
+                self.ctx.js,
+                self.ctx.settings,
+                evaluation.release,
+                to=None,
+                reason=reason,
+                by="deployer",
+                automatic=True,
+                expect_current=revision.revision,
             )
         except ReleaseError as exc:  # nothing earlier to go back to, or a newer promotion won
             return DeploymentStatus.FAILED, revision.revision, f"{reason}; not rolled back: {exc}"

@@ -57,6 +57,8 @@ class HelmSettings(BaseSettings):
         if self.model_server_chart is not None:
             return self.model_server_chart
         return REPO_CHART if REPO_CHART.is_dir() else IMAGE_CHART
+
+
 REACHABILITY_TIMEOUT_S = 15.0
 WAIT_STRATEGY = "watcher"  # Helm v4: wait on the resources' status (kstatus), not the legacy poller
 MAX_HISTORY = 20

@@ -6,7 +6,7 @@ from tweakline.deployer.helm import HelmTarget
 from tweakline.deployer.local import LocalTarget
 from tweakline.deployer.target import DeployTarget
 from tweakline.errors import ConfigurationError
-from tweakline.settings import Settings
+from tweakline.runtime.settings import Settings
 
 TARGETS: dict[str, type[DeployTarget]] = {
     LocalTarget.name: LocalTarget,

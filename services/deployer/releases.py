@@ -15,7 +15,7 @@ from tweakline.proto.messages import (
     ReleaseRevision,
     Source,
 )
-from tweakline.records import RecordStore
+from tweakline.runtime.records import RecordStore
 
 
 class ReleaseError(TweaklineError):
@@ -95,9 +95,7 @@ async def read_history(store: RecordStore[ReleaseHistory], release: str) -> Rele
     found = await store.get(release)
     if found is None:
         known = sorted(await store.keys())
-        raise ReleaseError(
-            f"no release named {release!r}; known releases: {', '.join(known) if known else 'none yet'}"
-        )
+        raise ReleaseError(f"no release named {release!r}; known releases: {', '.join(known) if known else 'none yet'}")
     return found[0]
 
 
@@ -105,14 +103,11 @@ def rollback_target(history: ReleaseHistory, to: int | None, expect_current: int
     """The revision a rollback of ``history`` makes live; :class:`ReleaseError` when there is none."""
     release = history.release
     if expect_current is not None and history.current != expect_current:
-        raise ReleaseError(
-            f"release {release}: revision {history.current} is live now, not {expect_current}; not rolling back"
-        )
+        raise ReleaseError(f"release {release}: revision {history.current} is live now, not {expect_current}; not rolling back")
     target = to if to is not None else previous_live(history)
     if target is None:
         raise ReleaseError(
-            f"release {release} has no earlier revision to roll back to (live: {history.current}); "
-            "use --to REV to choose one"
+            f"release {release} has no earlier revision to roll back to (live: {history.current}); use --to REV to choose one"
         )
     revision = history.revision(target)
     if revision is None:
@@ -178,8 +173,7 @@ async def set_target_revision(store: RecordStore[ReleaseHistory], release: str, 
     def change(current: ReleaseHistory | None) -> ReleaseHistory:
         assert current is not None
         revisions = [
-            r.model_copy(update={"target_revision": target_revision}) if r.revision == revision else r
-            for r in current.revisions
+            r.model_copy(update={"target_revision": target_revision}) if r.revision == revision else r for r in current.revisions
         ]
         return current.model_copy(update={"revisions": revisions})
 

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from tweakline.proto.messages import ReleaseHistory, ReleaseRevision
 from tweakline.proto.tweakfile import DeploySpec
-from tweakline.settings import Settings
+from tweakline.runtime.settings import Settings
 
 
 class DeployTarget(ABC):

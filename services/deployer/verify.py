@@ -4,7 +4,7 @@ Why the deployer and not the evaluator: the deployer owns the release and its ro
 knows the target's endpoint, so the check runs inside the deployment step and a failure is
 rolled back before ``DeploymentCompleted`` is published: the CLI and the history see one final
 outcome, with no extra round trip or consumer on the bus. The check reuses the evaluator's
-gate code (:func:`tweakline.evaluator.gate.threshold_checks`) on the predictions the live
+gate code (:func:`tweakline.promotion.gate.threshold_checks`) on the predictions the live
 server returns, so "below the gate" means the same thing in both places.
 
 The check fails when the new revision does not become live in time, a request fails (beyond
@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tweakline.evaluator.gate import threshold_checks
-from tweakline.evaluator.stats import Outputs, Replay
+from tweakline.ml.metrics import compute_metrics
+from tweakline.promotion.gate import threshold_checks
+from tweakline.promotion.stats import Outputs, Replay
 from tweakline.proto.tweakfile import GateSpec, VerifySpec
-from tweakline.trial_runner.metrics import compute_metrics
 
 # Metrics computable from predicted labels or values alone (the server returns no probabilities).
 PREDICTION_METRICS = frozenset(

@@ -6,9 +6,10 @@ from faststream import AckPolicy, FastStream
 from faststream.nats import NatsMessage
 
 from tweakline.evaluator.handlers import Evaluator
+from tweakline.ml.uploads import use_uploaded_datasets
 from tweakline.proto.subjects import Consumer
-from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker, use_uploaded_datasets
-from tweakline.settings import Settings
+from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.runtime.settings import Settings
 
 NAME = "evaluator"
 

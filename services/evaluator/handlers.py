@@ -7,9 +7,14 @@ import logging
 
 from faststream.nats import NatsMessage
 
-from tweakline import telemetry
 from tweakline.errors import TweaklineError
-from tweakline.objects import get_artifact, put_artifact
+from tweakline.evaluator.scoring import probe_set, refit_and_score, score_model
+from tweakline.ml.artifacts import dump_model, load_model
+from tweakline.ml.datasets import DatasetCache
+from tweakline.ml.estimators import task_of
+from tweakline.observability import telemetry
+from tweakline.promotion.gate import decide
+from tweakline.promotion.stats import Outputs, compare
 from tweakline.proto.messages import (
     Decision,
     EvaluationCompleted,
@@ -20,14 +25,9 @@ from tweakline.proto.messages import (
     msg_id,
 )
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
-from tweakline.records import RecordStore
-from tweakline.evaluator.gate import decide
-from tweakline.evaluator.scoring import probe_set, refit_and_score, score_model
-from tweakline.evaluator.stats import Outputs, compare
-from tweakline.service import ServiceContext, keep_alive
-from tweakline.trial_runner.artifacts import dump_model, load_model
-from tweakline.trial_runner.datasets import DatasetCache
-from tweakline.trial_runner.estimators import task_of
+from tweakline.runtime.objects import get_artifact, put_artifact
+from tweakline.runtime.records import RecordStore
+from tweakline.runtime.service import ServiceContext, keep_alive
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Evaluator:
         return load_model(data, live.artifact.sha256), live.revision
 
     @staticmethod
-    def _compare(spec, split, task, refit, model):  # noqa: ANN001, ANN205 - runs in a worker thread
+    def _compare(spec, split, task, refit, model):
         """Production's metrics on the same test rows, and the paired comparison on the objective."""
         metrics = score_model(model, split, spec, task)
         metric = spec.objective.metric
@@ -129,9 +129,7 @@ class Evaluator:
             if production is not None:
                 model, production_revision = production
                 try:
-                    production_metrics, comparison = await asyncio.to_thread(
-                        self._compare, spec, split, task, refit, model
-                    )
+                    production_metrics, comparison = await asyncio.to_thread(self._compare, spec, split, task, refit, model)
                 except Exception as exc:  # e.g. the features changed: the old model cannot be compared
                     raise TweaklineError(
                         f"the model in production (revision {production_revision}) cannot be scored on this "

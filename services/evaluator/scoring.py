@@ -6,11 +6,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tweakline.ml.datasets import Split
+from tweakline.ml.estimators import build_estimator
+from tweakline.ml.metrics import compute_metrics, objective_metrics
+from tweakline.ml.training import estimator_seed, full_params
 from tweakline.proto.tweakfile import ExperimentSpec
-from tweakline.trial_runner.datasets import Split
-from tweakline.trial_runner.estimators import build_estimator
-from tweakline.trial_runner.metrics import compute_metrics, objective_metrics
-from tweakline.trial_runner.training import estimator_seed, full_params
 
 
 @dataclass

@@ -26,18 +26,23 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "tweakline_model_requests", "HTTP requests by endpoint and status code.", ["endpoint", "code"],
+            "tweakline_model_requests",
+            "HTTP requests by endpoint and status code.",
+            ["endpoint", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "tweakline_model_request_seconds", "Time to answer /predict.", registry=self.registry,
+            "tweakline_model_request_seconds",
+            "Time to answer /predict.",
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.rows = Counter("tweakline_model_predicted_rows", "Rows predicted.", registry=self.registry)
         self.revision = Gauge("tweakline_model_revision", "Release revision being served.", registry=self.registry)
         self.swaps = Counter("tweakline_model_swaps", "Times a new revision was swapped in.", registry=self.registry)
         self.load_failures = Counter(
-            "tweakline_model_load_failures", "Revisions that could not be loaded (kept the old one).",
+            "tweakline_model_load_failures",
+            "Revisions that could not be loaded (kept the old one).",
             registry=self.registry,
         )
 
@@ -76,9 +81,7 @@ def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str) -> St
             return _error(422, exc.field, str(exc))
         predictions = await run_in_threadpool(loaded.model.predict, X)
         metrics.rows.inc(len(X))
-        return JSONResponse(
-            {"release": loaded.release, "revision": loaded.revision, "predictions": jsonable(predictions)}
-        )
+        return JSONResponse({"release": loaded.release, "revision": loaded.revision, "predictions": jsonable(predictions)})
 
     async def healthz(_: Request) -> Response:
         metrics.requests.labels("healthz", "200").inc()

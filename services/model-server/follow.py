@@ -82,7 +82,9 @@ class ReleaseFollower:
         if old is not None:
             self.metrics.swaps.inc()
         log.info(
-            "release %s: now serving revision %s (was %s)", self.release, loaded.revision,
+            "release %s: now serving revision %s (was %s)",
+            self.release,
+            loaded.revision,
             None if old is None else old.revision,
         )
 
@@ -102,7 +104,7 @@ class ReleaseFollower:
                 entry = await kv.get(self.release)
                 if entry.value:
                     await self.apply(ReleaseHistory.model_validate_json(entry.value))
-            except Exception as exc:  # noqa: BLE001 - not there yet, or the bus is down: try again later
+            except Exception as exc:
                 log.debug("re-reading release %s: %s", self.release, exc)
 
     async def _watch(self) -> None:
@@ -125,6 +127,6 @@ class ReleaseFollower:
                 if watcher is not None:
                     try:
                         await watcher.stop()
-                    except Exception:  # noqa: BLE001 - already closed
+                    except Exception:
                         pass
             await asyncio.sleep(1.0)

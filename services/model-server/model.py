@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tweakline.errors import ArtifactError
-from tweakline.objects import get_artifact
+from tweakline.ml.artifacts import load_model
 from tweakline.proto.messages import ArtifactRef, ReleaseRevision
-from tweakline.trial_runner.artifacts import load_model
+from tweakline.runtime.objects import get_artifact
 
 log = logging.getLogger(__name__)
 

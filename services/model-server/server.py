@@ -12,15 +12,15 @@ from pathlib import Path
 
 import uvicorn
 
-from tweakline.bus import connect
-from tweakline.deployer.local import registration_path
 from tweakline.errors import ConfigurationError
 from tweakline.model_server.api import ServerMetrics, create_http_app
 from tweakline.model_server.follow import ReleaseFollower
 from tweakline.model_server.model import ModelSlot
 from tweakline.model_server.settings import ServeSettings
 from tweakline.proto.permissions import Identity
-from tweakline.settings import Settings
+from tweakline.runtime.bus import connect
+from tweakline.runtime.endpoints import registration_path
+from tweakline.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,10 @@ async def serve(release: str, settings: Settings, serve_settings: ServeSettings)
     nc = await connect(bus, f"model-server-{release}")
     slot, metrics = ModelSlot(), ServerMetrics()
     follower = ReleaseFollower(
-        nc.jetstream(), release, slot, metrics,
+        nc.jetstream(),
+        release,
+        slot,
+        metrics,
         pin_revision=serve_settings.model_revision,
         artifact=serve_settings.model_artifact,
         sha256=serve_settings.model_sha256,
@@ -54,8 +57,12 @@ async def serve(release: str, settings: Settings, serve_settings: ServeSettings)
     following = asyncio.create_task(follower.run())
     app = create_http_app(slot, metrics, release)
     config = uvicorn.Config(
-        app, host=serve_settings.host(), port=serve_settings.serve_port, log_level="warning",
-        access_log=False, lifespan="off",
+        app,
+        host=serve_settings.host(),
+        port=serve_settings.serve_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -67,7 +74,7 @@ async def serve(release: str, settings: Settings, serve_settings: ServeSettings)
                 raise ConfigurationError(f"the HTTP server did not start on port {serve_settings.serve_port}")
             await asyncio.sleep(0.05)
         host, port = server.servers[0].sockets[0].getsockname()[:2]
-        url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"  # noqa: S104
+        url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
         registration = registration_path(settings.state_dir, release)
         with contextlib.suppress(OSError):
             registration.parent.mkdir(parents=True, exist_ok=True)

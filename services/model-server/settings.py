@@ -25,4 +25,4 @@ class ServeSettings(BaseSettings):
         """The listen address: loopback on a laptop, every interface in a pod (the probes need it)."""
         if self.serve_host:
             return self.serve_host
-        return "0.0.0.0" if "KUBERNETES_SERVICE_HOST" in os.environ else "127.0.0.1"  # noqa: S104
+        return "0.0.0.0" if "KUBERNETES_SERVICE_HOST" in os.environ else "127.0.0.1"

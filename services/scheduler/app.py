@@ -6,9 +6,9 @@ from faststream import AckPolicy, FastStream
 from faststream.nats import NatsMessage
 
 from tweakline.proto.subjects import Consumer, Subject, all_of
+from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.runtime.settings import Settings
 from tweakline.scheduler.handlers import Scheduler
-from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker
-from tweakline.settings import Settings
 
 NAME = "scheduler"
 

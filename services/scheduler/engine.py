@@ -23,9 +23,9 @@ from tweakline.proto.messages import (
     TrialStatus,
 )
 from tweakline.proto.tweakfile import LOWER_IS_BETTER
-from tweakline.scheduler.pruning import pruning_for
-from tweakline.scheduler.search import strategy_for
-from tweakline.scheduler.space import distributions_of, suggest
+from tweakline.search.algorithms import strategy_for
+from tweakline.search.pruning import pruning_for
+from tweakline.search.space import distributions_of, suggest
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,7 +95,9 @@ class ExperimentRun:
         if not count or not self.state.warm_trials:
             return []
         sign = -1.0 if self.spec.objective.maximize else 1.0
-        done = [r for r in self.state.warm_trials if r.status is TrialStatus.OK and r.score is not None and math.isfinite(r.score)]
+        done = [
+            r for r in self.state.warm_trials if r.status is TrialStatus.OK and r.score is not None and math.isfinite(r.score)
+        ]
         ranked = sorted(done, key=lambda r: (not self.feasible(r), sign * (r.score or 0.0)))
         chosen: list[dict[str, Any]] = []
         for record in ranked:

@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from faststream.nats import NatsMessage
 
-from tweakline import telemetry
-from tweakline.bus import SERVICE_MAX_DELIVER
+from tweakline.observability import telemetry
 from tweakline.proto.messages import (
     ExperimentState,
     ExperimentStatus,
@@ -28,10 +27,11 @@ from tweakline.proto.messages import (
     trial_id,
 )
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
-from tweakline.records import RecordStore, StaleRecordError
+from tweakline.runtime.bus import SERVICE_MAX_DELIVER
+from tweakline.runtime.records import RecordStore, StaleRecordError
+from tweakline.runtime.service import ServiceContext
 from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.lineage import LineageStore, lineage_of, select
-from tweakline.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,7 @@ class Scheduler:
         async with self._lock(exp_id):
             # The submitter's root span, else this intake's span, roots the experiment's trace.
             traceparent = submitted.traceparent or telemetry.current_traceparent()
-            state = ExperimentState(
-                experiment_id=exp_id, tweak=submitted.tweak, source=submitted.source, traceparent=traceparent
-            )
+            state = ExperimentState(experiment_id=exp_id, tweak=submitted.tweak, source=submitted.source, traceparent=traceparent)
             await self._warm_start(state)
             revision = await self.store.create(exp_id, state)
             if revision is None:  # redelivered submission: already known
@@ -152,7 +150,8 @@ class Scheduler:
             # The server will not deliver it again: keep it, with why, where an operator looks.
             log.exception("result %s of %s not applied after %d deliveries", result.trial_id, exp_id, attempt)
             await self.ctx.dead_letter(
-                msg.raw_message.subject, msg.body,
+                msg.raw_message.subject,
+                msg.body,
                 f"result of trial {result.number} not applied after {attempt} deliveries: {type(exc).__name__}: {exc}",
                 dict(msg.headers or {}),
             )
@@ -173,7 +172,11 @@ class Scheduler:
                 generation = self._recorded[exp_id] = self._recorded.get(exp_id, 0) + 1
                 log.info(
                     "trial %s %s score=%s (%d/%d)",
-                    result.trial_id, result.status.value, result.score, len(run.state.results), run.limit,
+                    result.trial_id,
+                    result.status.value,
+                    result.score,
+                    len(run.state.results),
+                    run.limit,
                 )
         if generation and not await self._commit(exp_id, generation, result.number):
             # A batch-mate's save failed and the cached run was dropped: this result is not in KV.
@@ -252,7 +255,11 @@ class Scheduler:
         if report.available:
             log.info(
                 "experiment %s: warm start from %s reuses %d of %d earlier trials (%s)",
-                state.experiment_id, lineage, report.reused, report.available, report.reasons or "all compatible",
+                state.experiment_id,
+                lineage,
+                report.reused,
+                report.available,
+                report.reasons or "all compatible",
             )
 
     async def _remember(self, run: ExperimentRun) -> None:
@@ -337,9 +344,7 @@ class Scheduler:
         async def _one(number: int) -> None:
             tid = trial_id(exp_id, number)
             await self.ctx.publish(
-                TrialRequested(
-                    experiment_id=exp_id, trial_id=tid, number=number, params=run.state.issued[number], spec=run.spec
-                ),
+                TrialRequested(experiment_id=exp_id, trial_id=tid, number=number, params=run.state.issued[number], spec=run.spec),
                 subject_for(Subject.TRIAL_REQUESTED, exp_id),
                 msg_id=msg_id("trial", tid),
                 stream=Stream.TRIALS,

@@ -22,8 +22,8 @@ from nats.js import JetStreamContext
 from tweakline.proto.messages import LineageHistory, LineageTrial, Source, TrialRecord, TrialStatus, WarmStartReport
 from tweakline.proto.subjects import Bucket
 from tweakline.proto.tweakfile import ExperimentSpec, SearchAlgorithm, TweakFile
-from tweakline.records import RecordStore
-from tweakline.scheduler.space import distribution, is_active, ordered
+from tweakline.runtime.records import RecordStore
+from tweakline.search.space import distribution, is_active, ordered
 
 # Most recent trials kept per lineage, and seeded into one study. A lineage is one KV value,
 # which must stay well under the server's max_payload (1 MiB by default).
@@ -133,7 +133,7 @@ def select(
     reused = reused[-MAX_WARM_TRIALS:]
     # They are kept in the experiment's state (one KV value, next to its own results): bound the bytes.
     while reused and sum(len(r.model_dump_json()) for r in reused) > MAX_WARM_BYTES:
-        reused = reused[max(1, len(reused) // 10):]
+        reused = reused[max(1, len(reused) // 10) :]
     report.reused = len(reused)
     report.incompatible = sum(reasons.values())
     report.reasons = dict(reasons.most_common())
@@ -156,7 +156,9 @@ class LineageStore:
         found = await self.records.get(lineage)
         return None if found is None else found[0]
 
-    async def add(self, lineage: str, experiment_id: str, source: Source, spec: ExperimentSpec, trials: list[TrialRecord]) -> None:
+    async def add(
+        self, lineage: str, experiment_id: str, source: Source, spec: ExperimentSpec, trials: list[TrialRecord]
+    ) -> None:
         """Append an experiment's finished trials (ok and pruned) to its lineage; a repeat changes nothing."""
         context = context_of(spec, source)
         kept = [
@@ -172,7 +174,7 @@ class LineageStore:
             history.trials = (history.trials + kept)[-MAX_HISTORY:]
             history.experiments = (history.experiments + [experiment_id])[-MAX_HISTORY:]
             while history.trials and len(history.model_dump_json()) > MAX_HISTORY_BYTES:
-                history.trials = history.trials[max(1, len(history.trials) // 10):]  # drop the oldest tenth
+                history.trials = history.trials[max(1, len(history.trials) // 10) :]  # drop the oldest tenth
             return history
 
         await self.records.mutate(lineage, change)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from faststream import AckPolicy, FastStream
 from faststream.nats import NatsMessage
 
+from tweakline.ml.uploads import use_uploaded_datasets
 from tweakline.proto.subjects import Consumer, Subject, all_of
-from tweakline.service import ServiceContext, durable_subscription, make_app, make_broker, use_uploaded_datasets
-from tweakline.settings import Settings
+from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.runtime.settings import Settings
 from tweakline.trial_runner.handlers import TrialRunner
 
 NAME = "trial-runner"

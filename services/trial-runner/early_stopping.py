@@ -2,7 +2,7 @@
 
 Training runs outside the event loop (a worker thread, or a worker process that forwards each
 fold's score to its parent). :meth:`EarlyStopping.watch` gives one trial an ``on_fold`` hook for
-:func:`~tweakline.trial_runner.training.run_trial`: it publishes the fold's score from the
+:func:`~tweakline.ml.training.run_trial`: it publishes the fold's score from the
 parent's event loop (``run_coroutine_threadsafe``) and, when the tweak file names a pruner,
 waits briefly for the scheduler's verdict on that fold, so a pruned trial stops before training
 its next fold. It returns the trial's cancel flag (True stops the trial, status pruned).
@@ -24,7 +24,7 @@ from faststream.nats import NatsMessage
 from tweakline.proto.messages import TrialControl, TrialControlAction, TrialProgress, TrialRequested
 from tweakline.proto.subjects import Subject, subject_for
 from tweakline.proto.tweakfile import PrunerName
-from tweakline.service import ServiceContext
+from tweakline.runtime.service import ServiceContext
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import socket
 
 from faststream.nats import NatsMessage
 
-from tweakline import telemetry
+from tweakline.ml.datasets import prefetch
+from tweakline.ml.training import TrialOutcome
+from tweakline.observability import telemetry
 from tweakline.proto.messages import TrialCompleted, TrialProgress, TrialRequested, TrialStatus, msg_id
 from tweakline.proto.subjects import Stream, Subject, subject_for
-from tweakline.service import ServiceContext, keep_alive
-from tweakline.trial_runner.datasets import prefetch
+from tweakline.runtime.service import ServiceContext, keep_alive
 from tweakline.trial_runner.early_stopping import EarlyStopping, TrialWatch
-from tweakline.trial_runner.training import TrialOutcome
 from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig, awaits_verdict
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,16 @@ class TrialRunner:
 
     async def _progress(self, request: TrialRequested, fold: int, value: float, awaits: bool = False) -> None:
         progress = TrialProgress(
-            experiment_id=request.experiment_id, trial_id=request.trial_id, number=request.number, step=fold,
-            value=value, awaits_verdict=awaits,
+            experiment_id=request.experiment_id,
+            trial_id=request.trial_id,
+            number=request.number,
+            step=fold,
+            value=value,
+            awaits_verdict=awaits,
         )
         try:  # live progress is best effort (core NATS): a lost one only delays early stopping
             await self.ctx.broker.publish(progress, subject_for(Subject.TRIAL_PROGRESS, request.experiment_id))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("could not publish progress of %s", request.trial_id, exc_info=True)
 
     async def on_trial_requested(self, msg: NatsMessage) -> None:

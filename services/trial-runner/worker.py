@@ -13,11 +13,11 @@ API (asyncio, one trial at a time)::
     worker.cancel(request.trial_id, "pruned by asha at fold 2")   # from another task
     await worker.close()
 
-``run`` returns a :class:`~tweakline.trial_runner.training.TrialOutcome`:
+``run`` returns a :class:`~tweakline.ml.training.TrialOutcome`:
 
 - ``failed`` with the reason when the trial exceeds its time or memory limit;
 - ``pruned`` (with the fold scores seen so far) after :meth:`TrialWorker.cancel`;
-- otherwise what :func:`~tweakline.trial_runner.training.run_trial` produced.
+- otherwise what :func:`~tweakline.ml.training.run_trial` produced.
 
 It raises :class:`WorkerCrashedError` when the child died on its own (a segfault, the kernel's OOM
 killer) or could not load the data: infrastructure trouble the caller may retry elsewhere, and
@@ -46,9 +46,9 @@ from typing import Any
 import psutil
 
 from tweakline.errors import TweaklineError
+from tweakline.ml.training import TrialOutcome
 from tweakline.proto.messages import TrialRequested, TrialStatus
 from tweakline.proto.tweakfile import PrunerName
-from tweakline.trial_runner.training import TrialOutcome
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def _child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when training stops
     from pathlib import Path
 
-    from tweakline.trial_runner.datasets import DatasetCache, DatasetError, use_object_store
-    from tweakline.trial_runner.training import describe_error, estimator_seed, run_trial
+    from tweakline.ml.datasets import DatasetCache, DatasetError, use_object_store
+    from tweakline.ml.training import describe_error, estimator_seed, run_trial
 
     if dataset_cache_dir is not None:
 
@@ -131,7 +131,7 @@ def _child_main(
         request = TrialRequested.model_validate_json(payload)
         try:
             split = cache.get(request.spec.dataset)
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides on retries
+        except Exception as exc:
             conn.send(("error", describe_error(exc)))
             continue
 
@@ -277,9 +277,7 @@ class TrialWorker:
 
     # -- running a trial ----------------------------------------------------------------------
 
-    async def run(
-        self, request: TrialRequested, *, on_fold: OnFold | None = None, timeout: float | None = None
-    ) -> TrialOutcome:
+    async def run(self, request: TrialRequested, *, on_fold: OnFold | None = None, timeout: float | None = None) -> TrialOutcome:
         """Train ``request`` in the child within ``timeout`` seconds and the memory limit."""
         await self.start()
         assert self._conn is not None
@@ -344,7 +342,9 @@ class TrialWorker:
             )
         if deadline is not None and now >= deadline:
             return TrialOutcome(
-                status=TrialStatus.FAILED, duration_s=elapsed, **{**self._so_far(running), "score": None},
+                status=TrialStatus.FAILED,
+                duration_s=elapsed,
+                **{**self._so_far(running), "score": None},
                 error=f"trial exceeded its time limit of {deadline - started:g}s (budget.trial_timeout); stopped after {elapsed:.1f}s",
             )
         limit = self.config.memory_limit_mb
@@ -355,7 +355,9 @@ class TrialWorker:
                 return None  # the child is gone: the pipe's EOF reports it
             if rss_mb > limit:
                 return TrialOutcome(
-                    status=TrialStatus.FAILED, duration_s=elapsed, **{**self._so_far(running), "score": None},
+                    status=TrialStatus.FAILED,
+                    duration_s=elapsed,
+                    **{**self._so_far(running), "score": None},
                     error=f"trial used {rss_mb:.0f} MiB of memory, over the runner's limit of {limit} MiB "
                     "(TWEAKLINE_TRIAL_MEMORY_MB)",
                 )
@@ -394,8 +396,9 @@ class TrialWorker:
                 wake = asyncio.create_task(self._wake.wait())
                 got = asyncio.create_task(ready.wait())
                 try:
-                    await asyncio.wait({wake, got}, timeout=max(0.0, deadline - time.monotonic()),
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {wake, got}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     wake.cancel()
                     got.cancel()

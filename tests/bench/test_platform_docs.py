@@ -10,8 +10,14 @@ RESULTS = {
     "command": "python -m bench.platform",
     "load_at_end": [1.0, 1.0, 1.0],
     "machine": {
-        "when": "2026-01-01 00:00 UTC", "commit": "abc1234", "cpu": "2 x test", "memory_gb": 1.0,
-        "os": "Linux", "python": "3.11", "versions": {"optuna": "5"}, "load_at_start": [1.0, 1.0, 1.0],
+        "when": "2026-01-01 00:00 UTC",
+        "commit": "abc1234",
+        "cpu": "2 x test",
+        "memory_gb": 1.0,
+        "os": "Linux",
+        "python": "3.11",
+        "versions": {"optuna": "5"},
+        "load_at_start": [1.0, 1.0, 1.0],
     },
     "optuna": {"trials": 10, "trials_per_s": 123.0, "tpe_ms_at_100": 1.0, "tpe_ms_at_500": 2.0},
 }

@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import EXAMPLES
-from tweakline.cli import app
+from tweakline.cli.main import app
 
 CI = EXAMPLES / "ci"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from tweakline.bus import connect
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Subject, subject_for
+from tweakline.runtime.bus import connect
 
 NO_RETRY = {"allow_reconnect": False, "max_reconnect_attempts": 0}
 

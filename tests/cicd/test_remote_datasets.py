@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tweakline.bus import connect
 from tweakline.errors import DatasetError
-from tweakline.objects import blocking_dataset_fetcher, put_dataset
-from tweakline.proto.loading import parse_tweak_file
+from tweakline.ml.datasets import DatasetCache, ObjectLoader, use_object_store
 from tweakline.proto.permissions import Identity
 from tweakline.proto.tweakfile import DatasetSpec
-from tweakline.trial_runner.datasets import DatasetCache, ObjectLoader, use_object_store
+from tweakline.runtime.bus import connect
+from tweakline.runtime.objects import blocking_dataset_fetcher, put_dataset
+from tweakline.validation.loading import parse_tweak_file
 
 CSV = b"a,b,y\n" + b"".join(f"{i},{i % 7},{i % 2}\n".encode() for i in range(60))
 DIGEST = hashlib.sha256(CSV).hexdigest()
@@ -121,7 +121,7 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     requests: list[str] = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(tmp_path), **kwargs)
 
         def log_message(self, *args: object) -> None:
@@ -139,7 +139,7 @@ def test_https_loader_downloads_and_checks_a_pinned_hash(
     http_server: tuple[str, list[str]], tmp_path: Path, restore_object_store: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The scheme is https:; the test server speaks plain HTTP on loopback, so the URL is mapped.
-    import tweakline.trial_runner.datasets as datasets
+    import tweakline.ml.datasets as datasets
 
     base, requests = http_server
     real = datasets._download

@@ -14,7 +14,7 @@ from tweakline.proto.messages import (
     EvaluationCompleted,
     Source,
 )
-from tweakline.reporting import (
+from tweakline.reporting.ci import (
     decision_status,
     file_label,
     final_state,
@@ -42,25 +42,52 @@ def evaluation(decision: Decision = Decision.PROMOTE, **kw: object) -> Evaluatio
 
 
 def deployed(revision: int = 7, status: DeploymentStatus = DeploymentStatus.DEPLOYED) -> DeploymentCompleted:
-    return DeploymentCompleted(experiment_id="digits-svc-1234abcd", release="digits", target="local", status=status,
-                               revision=revision, message="" if status is DeploymentStatus.DEPLOYED else "check failed")
+    return DeploymentCompleted(
+        experiment_id="digits-svc-1234abcd",
+        release="digits",
+        target="local",
+        status=status,
+        revision=revision,
+        message="" if status is DeploymentStatus.DEPLOYED else "check failed",
+    )
 
 
 @pytest.mark.parametrize(
     ("ev", "dep", "line", "state"),
     [
         (evaluation(), deployed(), "accuracy 0.981 (+0.012 vs production), promoted rev 7", "SUCCESSFUL"),
-        (evaluation(production_metrics=None), deployed(1),
-         "accuracy 0.981 (+0.031 vs defaults, no model in production), promoted rev 1", "SUCCESSFUL"),
-        (evaluation(), deployed(8, DeploymentStatus.ROLLED_BACK),
-         "accuracy 0.981 (+0.012 vs production), promotion rolled_back: check failed", "FAILED"),
-        (evaluation(Decision.REJECT, candidate_metrics={"accuracy": 0.96}, reasons=["beat_production: gain -0.009"]), None,
-         "accuracy 0.960 (-0.009 vs production), rejected: beat_production: gain -0.009", "FAILED"),
-        (evaluation(Decision.ERROR, candidate_metrics={}, reasons=["dataset not found"]), None,
-         "error: dataset not found", "FAILED"),
-        (evaluation(metric="rmse", candidate_metrics={"rmse": 40.0}, production_metrics={"rmse": 42.5},
-                    default_metrics={"rmse": 50.0}), None,
-         "rmse 40.000 (+2.500 vs production), promoted", "SUCCESSFUL"),  # lower is better: a gain
+        (
+            evaluation(production_metrics=None),
+            deployed(1),
+            "accuracy 0.981 (+0.031 vs defaults, no model in production), promoted rev 1",
+            "SUCCESSFUL",
+        ),
+        (
+            evaluation(),
+            deployed(8, DeploymentStatus.ROLLED_BACK),
+            "accuracy 0.981 (+0.012 vs production), promotion rolled_back: check failed",
+            "FAILED",
+        ),
+        (
+            evaluation(Decision.REJECT, candidate_metrics={"accuracy": 0.96}, reasons=["beat_production: gain -0.009"]),
+            None,
+            "accuracy 0.960 (-0.009 vs production), rejected: beat_production: gain -0.009",
+            "FAILED",
+        ),
+        (
+            evaluation(Decision.ERROR, candidate_metrics={}, reasons=["dataset not found"]),
+            None,
+            "error: dataset not found",
+            "FAILED",
+        ),
+        (
+            evaluation(
+                metric="rmse", candidate_metrics={"rmse": 40.0}, production_metrics={"rmse": 42.5}, default_metrics={"rmse": 50.0}
+            ),
+            None,
+            "rmse 40.000 (+2.500 vs production), promoted",
+            "SUCCESSFUL",
+        ),  # lower is better: a gain
     ],
 )
 def test_summary_line_and_state(ev: EvaluationCompleted, dep: DeploymentCompleted | None, line: str, state: str) -> None:
@@ -70,8 +97,12 @@ def test_summary_line_and_state(ev: EvaluationCompleted, dep: DeploymentComplete
 
 @pytest.mark.parametrize(
     ("path", "label"),
-    [("models/digits.tweak.yaml", "models-digits"), ("./digits.tweak.yml", "digits"),
-     ("/tmp/ci/x/wine.tweak.yaml", "wine"), ("a/b/c.yaml", "a-b-c")],
+    [
+        ("models/digits.tweak.yaml", "models-digits"),
+        ("./digits.tweak.yml", "digits"),
+        ("/tmp/ci/x/wine.tweak.yaml", "wine"),
+        ("a/b/c.yaml", "a-b-c"),
+    ],
 )
 def test_file_labels_are_the_repository_path(path: str, label: str) -> None:
     assert file_label(path) == label
@@ -99,6 +130,9 @@ def test_report_files_are_what_bitbucket_would_receive(tmp_path: Path) -> None:
     paths = write_report(tmp_path / "out", status, "# report\n", {"decision": "promote"})
     assert [p.name for p in paths] == ["report.md", "build-status.json", "summary.json"]
     assert json.loads((tmp_path / "out" / "build-status.json").read_text()) == {
-        "key": "tweakline-digits-svc", "state": "SUCCESSFUL", "name": "tweakline digits-svc",
-        "description": "accuracy 0.981 (+0.012 vs production), promoted rev 7", "url": "https://t.example/r",
+        "key": "tweakline-digits-svc",
+        "state": "SUCCESSFUL",
+        "name": "tweakline digits-svc",
+        "description": "accuracy 0.981 (+0.012 vs production), promoted rev 7",
+        "url": "https://t.example/r",
     }

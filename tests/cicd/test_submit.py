@@ -16,10 +16,10 @@ import pytest
 from sklearn.datasets import load_wine
 
 from tests.conftest import run_cli
-from tweakline.bus import connect
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket
-from tweakline.stack import LocalStack
+from tweakline.runtime.bus import connect
+from tweakline.stack.local import LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -68,11 +68,21 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _submit(stack: LocalStack, tweak: Path, *extra: str, env: dict[str, str] | None = None):  # noqa: ANN202
+def _submit(stack: LocalStack, tweak: Path, *extra: str, env: dict[str, str] | None = None):
     return run_cli(
-        "submit", str(tweak), "--wait", "--json", "--timeout", "240",
-        "--nats-url", stack.url or "", "--tls-dir", str(stack.layout.pki / Identity.SUBMITTER.value), *extra,
-        env=env, timeout=300,
+        "submit",
+        str(tweak),
+        "--wait",
+        "--json",
+        "--timeout",
+        "240",
+        "--nats-url",
+        stack.url or "",
+        "--tls-dir",
+        str(stack.layout.pki / Identity.SUBMITTER.value),
+        *extra,
+        env=env,
+        timeout=300,
     )
 
 
@@ -89,8 +99,13 @@ def test_submit_wait_exits_with_the_gate_code_and_uploads_a_dataset_once(stack: 
     passing = repo / "wine.tweak.yaml"
     passing.write_text(TWEAK.format(name="wine-csv", threshold="accuracy: 0.5"))
     reports = repo / "reports"
-    first = _submit(stack, passing, "--report-dir", str(reports), env={"BITBUCKET_COMMIT": "a" * 40,
-                    "BITBUCKET_REPO_FULL_NAME": "acme/models", "BITBUCKET_BRANCH": "main"})
+    first = _submit(
+        stack,
+        passing,
+        "--report-dir",
+        str(reports),
+        env={"BITBUCKET_COMMIT": "a" * 40, "BITBUCKET_REPO_FULL_NAME": "acme/models", "BITBUCKET_BRANCH": "main"},
+    )
     assert first.code == 0, first.stderr
     result = first.json()
     assert result["decision"] == "promote" and result["trials"]["ok"] == 3
@@ -127,8 +142,9 @@ def test_run_in_a_pipeline_writes_the_same_reports(repo: Path) -> None:
     tweak.parent.mkdir()
     tweak.write_text(TWEAK.format(name="wine-run", threshold="accuracy: 0.5").replace("data/wine.csv", "../data/wine.csv"))
     reports = repo / "reports"
-    result = run_cli("run", "models/wine.tweak.yaml", "--ephemeral", "--runners", "1", "--report-dir", str(reports),
-                     cwd=repo, timeout=300)
+    result = run_cli(
+        "run", "models/wine.tweak.yaml", "--ephemeral", "--runners", "1", "--report-dir", str(reports), cwd=repo, timeout=300
+    )
     assert result.code == 0, result.stderr
     status = json.loads((reports / "build-status.json").read_text())
     assert status["key"] == "tweakline-models-wine" and status["state"] == "SUCCESSFUL"

@@ -14,10 +14,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import pytest
 import yaml
 
-from tweakline.bus import connect
 from tweakline.deployer.control import releases
 from tweakline.deployer.handlers import Deployer
 from tweakline.deployer.helm import HelmDeployError, HelmTarget, SdkEngine, chart_values, fullname
@@ -25,8 +25,7 @@ from tweakline.deployer.releases import record_promotion
 from tweakline.proto.messages import ArtifactRef, Decision, DeploymentStatus, EvaluationCompleted, ReleaseRevision
 from tweakline.proto.permissions import Identity
 from tweakline.proto.tweakfile import DeploySpec
-
-import helm_python  # noqa: E402 - the test extra installs it; missing means a broken install
+from tweakline.runtime.bus import connect
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "model-server"
@@ -131,7 +130,7 @@ class Recorder:
 class RecordingTarget(HelmTarget):
     recorder = Recorder()
 
-    def engine(self, spec):  # noqa: ANN001, ANN201
+    def engine(self, spec):
         return self.recorder
 
 
@@ -144,8 +143,12 @@ async def test_upgrade_install_and_rollback_flags() -> None:
     (_, (chart, name, values), install), (_, _, upgrade) = [c for c in target.recorder.calls if c[0] != "check_reachable"]
     assert chart == str(CHART) and name == "wine" and values["model"]["revision"] == 1
     assert install == {
-        "namespace": "ml", "wait": "watcher", "timeout": 300, "rollback_on_failure": True,
-        "description": "tweakline revision 1 (experiment wine-1)", "labels": {"tweakline.io/revision": "1"},
+        "namespace": "ml",
+        "wait": "watcher",
+        "timeout": 300,
+        "rollback_on_failure": True,
+        "description": "tweakline revision 1 (experiment wine-1)",
+        "labels": {"tweakline.io/revision": "1"},
     }
     assert upgrade["rollback_on_failure"] is True and upgrade["wait"] == "watcher"
     assert upgrade["cleanup_on_fail"] is True and upgrade["max_history"] == 20
@@ -172,7 +175,9 @@ async def test_no_cluster_fails_fast_with_a_clear_error(tmp_path: Path, monkeypa
     kubeconfig.write_text(
         yaml.safe_dump(
             {
-                "apiVersion": "v1", "kind": "Config", "current-context": "c",
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
                 "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
                 "users": [{"name": "u", "user": {"token": "t"}}],
                 "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
@@ -181,7 +186,9 @@ async def test_no_cluster_fails_fast_with_a_clear_error(tmp_path: Path, monkeypa
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     assert isinstance(HelmTarget().engine(spec()), SdkEngine)
-    with pytest.raises(HelmDeployError, match=r"Kubernetes cluster not reachable \(namespace ml; kubeconfig .*kubeconfig\): .*127.0.0.1:1"):
+    with pytest.raises(
+        HelmDeployError, match=r"Kubernetes cluster not reachable \(namespace ml; kubeconfig .*kubeconfig\): .*127.0.0.1:1"
+    ):
         await HelmTarget().deploy(spec(), None, revision())
 
 
@@ -215,7 +222,11 @@ async def test_failed_upgrade_is_rolled_back_and_recorded(nats, monkeypatch: pyt
 def helm_evaluation(release: str, n: int) -> EvaluationCompleted:
     deploy = DeploySpec(target="helm", release=release, namespace="ml", verify={"enabled": False})
     return EvaluationCompleted(
-        experiment_id=f"{release}-{n}", decision=Decision.PROMOTE, release=release, target="helm", deploy=deploy,
+        experiment_id=f"{release}-{n}",
+        decision=Decision.PROMOTE,
+        release=release,
+        target="helm",
+        deploy=deploy,
         artifact=ArtifactRef(bucket="tweakline-artifacts", name=f"models/{release}-{n}.skops", sha256=SHA, size=1),
         features=["a"],
     )

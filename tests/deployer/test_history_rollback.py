@@ -8,7 +8,6 @@ import uuid
 import pytest
 
 from tests.conftest import run_cli
-from tweakline.bus import connect
 from tweakline.deployer.control import releases, rollback
 from tweakline.deployer.releases import ReleaseError, previous_live, record_promotion
 from tweakline.proto.messages import (
@@ -20,6 +19,7 @@ from tweakline.proto.messages import (
     Source,
 )
 from tweakline.proto.permissions import Identity
+from tweakline.runtime.bus import connect
 
 
 def evaluation(exp: str, release: str, accuracy: float, commit: str) -> EvaluationCompleted:
@@ -29,9 +29,20 @@ def evaluation(exp: str, release: str, accuracy: float, commit: str) -> Evaluati
         reasons=[f"accuracy {accuracy:.4f} >= 0.8000"],
         candidate_metrics={"accuracy": accuracy},
         comparison=Comparison(
-            metric="accuracy", candidate=accuracy, production=accuracy - 0.1, difference=0.1, required_gain=0.0,
-            test="mcnemar-midp", alpha=0.05, n=45, p_value=0.001, exact_p_value=0.002,
-            discordant={"candidate_only": 6, "production_only": 1}, significant=True, supported=True, rule="r",
+            metric="accuracy",
+            candidate=accuracy,
+            production=accuracy - 0.1,
+            difference=0.1,
+            required_gain=0.0,
+            test="mcnemar-midp",
+            alpha=0.05,
+            n=45,
+            p_value=0.001,
+            exact_p_value=0.002,
+            discordant={"candidate_only": 6, "production_only": 1},
+            significant=True,
+            supported=True,
+            rule="r",
         ),
         artifact=ArtifactRef(bucket="tweakline-artifacts", name=f"models/{exp}.skops", sha256="0" * 64, size=1),
         release=release,

@@ -48,10 +48,10 @@ async def test_live_metrics_below_the_gate_fail_and_good_ones_pass(nats, tmp_pat
 
 
 async def test_a_server_that_errors_fails_the_check() -> None:
-    async def version(_):  # noqa: ANN001, ANN202
+    async def version(_):
         return JSONResponse({"revision": 4})
 
-    async def predict(_):  # noqa: ANN001, ANN202
+    async def predict(_):
         return JSONResponse({"error": "model exploded"}, status_code=500)
 
     app = Starlette(routes=[Route("/version", version), Route("/predict", predict, methods=["POST"])])

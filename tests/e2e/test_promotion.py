@@ -23,12 +23,12 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.model_server.serving import hammer, rows, start_server_on
-from tweakline.bus import connect
-from tweakline.follow import Outcome, follow, submit
+from tweakline.client.follow import Outcome, follow, submit
 from tweakline.proto.messages import Decision, DeploymentStatus, Source
 from tweakline.proto.permissions import Identity
 from tweakline.proto.tweakfile import TweakFile
-from tweakline.stack import LocalStack
+from tweakline.runtime.bus import connect
+from tweakline.stack.local import LocalStack
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,9 @@ def tweak(name: str, model: dict, space: dict, verify: dict | None = None) -> Tw
 
 
 MAJORITY = tweak(
-    "majority", {"estimator": "sklearn.dummy.DummyClassifier"}, {"strategy": {"type": "categorical", "choices": ["most_frequent"]}}
+    "majority",
+    {"estimator": "sklearn.dummy.DummyClassifier"},
+    {"strategy": {"type": "categorical", "choices": ["most_frequent"]}},
 )
 MINORITY = tweak(
     "minority",

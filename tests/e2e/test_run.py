@@ -16,8 +16,17 @@ from tests.conftest import EXAMPLES, run_cli
 pytestmark = pytest.mark.e2e
 
 SUMMARY_FIELDS = {
-    "experiment_id", "decision", "best_params", "best_cv_score", "test_metrics", "default_metrics",
-    "production_metrics", "release", "revision", "trials", "exit_code",
+    "experiment_id",
+    "decision",
+    "best_params",
+    "best_cv_score",
+    "test_metrics",
+    "default_metrics",
+    "production_metrics",
+    "release",
+    "revision",
+    "trials",
+    "exit_code",
 }
 
 

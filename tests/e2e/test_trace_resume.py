@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.otlp import OtlpReceiver
-from tweakline.bus import connect
-from tweakline.follow import Outcome, apply_event, follow, submit
-from tweakline.proto.loading import parse_tweak_file
+from tweakline.client.follow import Outcome, apply_event, follow, submit
 from tweakline.proto.messages import Source
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Stream, experiment_events
-from tweakline.stack import LocalStack
+from tweakline.runtime.bus import connect
+from tweakline.stack.local import LocalStack
+from tweakline.validation.loading import parse_tweak_file
 
 pytestmark = pytest.mark.fault
 
@@ -61,13 +61,14 @@ async def scenario(stack: LocalStack) -> str:
         early = Outcome(experiment_id=exp_id, tweak=tweak)
         seen = asyncio.Event()
 
-        async def on_msg(msg) -> None:  # noqa: ANN001 - nats Msg
+        async def on_msg(msg) -> None:
             apply_event(early, msg.subject, msg.data)
             if len(early.trials) >= 3:
                 seen.set()
 
-        sub = await nc.jetstream().subscribe(experiment_events(exp_id), stream=Stream.EVENTS.value,
-                                             ordered_consumer=True, cb=on_msg)
+        sub = await nc.jetstream().subscribe(
+            experiment_events(exp_id), stream=Stream.EVENTS.value, ordered_consumer=True, cb=on_msg
+        )
         await asyncio.wait_for(seen.wait(), timeout=120)
         await sub.unsubscribe()
         await asyncio.to_thread(restart_scheduler, stack)
@@ -88,8 +89,7 @@ def test_dispatches_after_a_restart_stay_in_the_experiments_trace(tmp_path: Path
             exp_id = asyncio.run(scenario(stack))
         finally:
             stack.stop()
-    dispatches = [s for s in receiver.spans if s.name == "trial.dispatch" and s.attributes[
-        "tweakline.experiment.id"] == exp_id]
+    dispatches = [s for s in receiver.spans if s.name == "trial.dispatch" and s.attributes["tweakline.experiment.id"] == exp_id]
     schedulers = {s.instance for s in dispatches}
     assert len(schedulers) == 2, "expected dispatches from the scheduler before and after the restart"
     assert len({s.trace_id for s in dispatches}) == 1

@@ -63,7 +63,15 @@ def traced_run(tmp_path_factory: pytest.TempPathFactory):
             "TWEAKLINE_LOG_JSON": "true",
         }
         result = run_cli(
-            "run", str(tweak), "--json", "--state-dir", str(tmp / "state"), "--runners", "2", "--report", str(report),
+            "run",
+            str(tweak),
+            "--json",
+            "--state-dir",
+            str(tmp / "state"),
+            "--runners",
+            "2",
+            "--report",
+            str(report),
             env=env,
         )
         # The stack is stopped when 'run' returns: every service flushed its spans on SIGTERM.
@@ -135,8 +143,15 @@ def test_logs_carry_trace_and_experiment_ids(traced_run) -> None:
 
 def test_metrics_are_exported(traced_run) -> None:
     _result, receiver, _tmp = traced_run
-    assert {"tweakline.trials", "tweakline.trial.duration", "tweakline.decisions", "tweakline.deployments",
-            "tweakline.runner.utilization", "tweakline.queue.depth", "tweakline.promotions"} <= receiver.metric_names
+    assert {
+        "tweakline.trials",
+        "tweakline.trial.duration",
+        "tweakline.decisions",
+        "tweakline.deployments",
+        "tweakline.runner.utilization",
+        "tweakline.queue.depth",
+        "tweakline.promotions",
+    } <= receiver.metric_names
 
 
 def test_report_written_at_the_end_of_run(traced_run) -> None:

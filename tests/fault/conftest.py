@@ -21,14 +21,14 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import REPO
-from tweakline.bus import connect
-from tweakline.follow import Outcome, follow, submit
+from tweakline.client.follow import Outcome, follow, submit
 from tweakline.proto.messages import Source, TrialProgress
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Subject, all_of
 from tweakline.proto.tweakfile import TweakFile
-from tweakline.settings import Settings
-from tweakline.stack import LocalStack
+from tweakline.runtime.bus import connect
+from tweakline.runtime.settings import Settings
+from tweakline.stack.local import LocalStack
 
 SLEEPY = "tests.fault.estimators.SleepyClassifier"
 WAIT = 240.0  # generous: the machine is shared
@@ -81,7 +81,7 @@ class Watch:
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
-        async def on_progress(msg) -> None:  # noqa: ANN001
+        async def on_progress(msg) -> None:
             self.progress.append(TrialProgress.model_validate_json(msg.data))
             await self._notify()
 

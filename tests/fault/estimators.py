@@ -24,15 +24,16 @@ class SleepyClassifier(ClassifierMixin, BaseEstimator):
     (and touches) that much memory during ``fit``.
     """
 
-    def __init__(self, delay: float = 0.0, fail_if: float | None = None, crash_if: float | None = None,
-                 hog_mb: int = 0, random_state=None):
+    def __init__(
+        self, delay: float = 0.0, fail_if: float | None = None, crash_if: float | None = None, hog_mb: int = 0, random_state=None
+    ):
         self.delay = delay
         self.fail_if = fail_if
         self.crash_if = crash_if
         self.hog_mb = hog_mb
         self.random_state = random_state
 
-    def fit(self, X, y):  # noqa: ANN001, ANN201
+    def fit(self, X, y):
         if self.crash_if is not None and self.delay == self.crash_if:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.fail_if is not None and self.delay == self.fail_if:
@@ -45,10 +46,10 @@ class SleepyClassifier(ClassifierMixin, BaseEstimator):
         self.majority_ = values[int(np.argmax(counts))]
         return self
 
-    def predict(self, X):  # noqa: ANN001, ANN201
+    def predict(self, X):
         return np.full(len(X), self.majority_)
 
-    def predict_proba(self, X):  # noqa: ANN001, ANN201
+    def predict_proba(self, X):
         proba = np.zeros((len(X), len(self.classes_)))
         proba[:, int(np.searchsorted(self.classes_, self.majority_))] = 1.0
         return proba

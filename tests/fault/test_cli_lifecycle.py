@@ -17,10 +17,10 @@ import yaml
 from tests.conftest import REPO, run_cli
 from tests.e2e.test_run import leftover_processes
 from tests.fault.conftest import tweak
-from tweakline.bus import connect
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Stream, Subject, all_of, subject_for
-from tweakline.settings import Settings
+from tweakline.runtime.bus import connect
+from tweakline.runtime.settings import Settings
 
 pytestmark = pytest.mark.fault
 
@@ -48,7 +48,7 @@ async def first_progress(state: Path, url: str, timeout: float = 240) -> None:
     nc = await connect(settings, "fault-test-cli")
     got = asyncio.Event()
 
-    async def on_progress(_msg) -> None:  # noqa: ANN001
+    async def on_progress(_msg) -> None:
         got.set()
 
     await nc.subscribe(all_of(Subject.TRIAL_PROGRESS), cb=on_progress)
@@ -66,7 +66,9 @@ async def test_ctrl_c_on_run_stops_everything_it_started(tmp_path: Path) -> None
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
     cli = subprocess.Popen(
         [sys.executable, "-m", "tweakline", "run", str(tweak_file), "--state-dir", str(state), "--runners", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         info = await asyncio.to_thread(wait_for_file, state / "run" / "stack.json", cli)
@@ -87,7 +89,7 @@ async def poison_and_wait(state: Path, url: str) -> None:
     nc = await connect(Settings(nats_url=url, identity=Identity.ADMIN, state_dir=state), "fault-test-status")
     got = asyncio.Event()
 
-    async def on_letter(_msg) -> None:  # noqa: ANN001
+    async def on_letter(_msg) -> None:
         got.set()
 
     try:

@@ -10,16 +10,16 @@ import pytest
 from nats.js import api
 
 from tests.fault.conftest import kill, tweak, wait_exit, watching
-from tweakline.bus import connect
 from tweakline.proto.messages import DeadLetter, ExperimentState, TrialStatus
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
-from tweakline.records import RecordStore
+from tweakline.runtime.bus import connect
+from tweakline.runtime.records import RecordStore
 
 pytestmark = pytest.mark.fault
 
 
-async def recorded_state(stack, exp_id: str) -> ExperimentState:  # noqa: ANN001
+async def recorded_state(stack, exp_id: str) -> ExperimentState:
     nc = await connect(stack.settings_for(Identity.ADMIN), "fault-test-kv")
     try:
         store = await RecordStore.open(nc.jetstream(), Bucket.EXPERIMENTS.value, ExperimentState)
@@ -30,7 +30,7 @@ async def recorded_state(stack, exp_id: str) -> ExperimentState:  # noqa: ANN001
         await nc.close()
 
 
-async def test_sigkill_scheduler_mid_experiment_and_restart(make_stack) -> None:  # noqa: ANN001
+async def test_sigkill_scheduler_mid_experiment_and_restart(make_stack) -> None:
     stack = await make_stack(runners=2)
     async with watching(stack) as watch:
         exp = await watch.submit(tweak("kill-scheduler", [0.4, 0.6], max_trials=8, parallelism=2))
@@ -48,7 +48,7 @@ async def test_sigkill_scheduler_mid_experiment_and_restart(make_stack) -> None:
     assert sorted(state.results) == list(range(8)) and sorted(state.issued) == list(range(8))
 
 
-async def test_nats_server_restart_mid_experiment(make_stack) -> None:  # noqa: ANN001
+async def test_nats_server_restart_mid_experiment(make_stack) -> None:
     stack = await make_stack(runners=2)
     async with watching(stack) as watch:
         exp = await watch.submit(tweak("restart-nats", [1.0, 1.5], max_trials=8, parallelism=2))
@@ -81,7 +81,7 @@ POISON = {
 }
 
 
-async def test_poison_messages_on_every_subject_go_to_dead_letters(make_stack) -> None:  # noqa: ANN001
+async def test_poison_messages_on_every_subject_go_to_dead_letters(make_stack) -> None:
     stack = await make_stack(runners=1, max_payload_bytes=8192)
     nc = await connect(stack.settings_for(Identity.ADMIN), "fault-test-poison")
     js = nc.jetstream()
@@ -89,14 +89,17 @@ async def test_poison_messages_on_every_subject_go_to_dead_letters(make_stack) -
     got = asyncio.Event()
     expected = len(CONSUMED) * len(POISON)
 
-    async def on_letter(msg) -> None:  # noqa: ANN001
+    async def on_letter(msg) -> None:
         letters.append(DeadLetter.model_validate_json(msg.data))
         if len(letters) >= expected:
             got.set()
 
     sub = await js.subscribe(
-        f"{Subject.DEAD_LETTER.value}.>", stream=Stream.DEAD_LETTERS.value, ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.ALL, cb=on_letter,
+        f"{Subject.DEAD_LETTER.value}.>",
+        stream=Stream.DEAD_LETTERS.value,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.ALL,
+        cb=on_letter,
     )
     try:
         for family in CONSUMED:
@@ -126,7 +129,7 @@ async def test_poison_messages_on_every_subject_go_to_dead_letters(make_stack) -
     assert [t.status for t in outcome.completed.trials] == [TrialStatus.OK, TrialStatus.OK]
 
 
-async def test_ten_experiments_at_once_share_the_runners_fairly(make_stack) -> None:  # noqa: ANN001
+async def test_ten_experiments_at_once_share_the_runners_fairly(make_stack) -> None:
     stack = await make_stack(runners=3)
     async with watching(stack) as watch:
         ids = [await watch.submit(tweak(f"load-{i}", [0.2, 0.3], max_trials=4, parallelism=2)) for i in range(10)]
@@ -143,7 +146,7 @@ async def test_ten_experiments_at_once_share_the_runners_fairly(make_stack) -> N
     assert first < last
 
 
-async def test_evaluator_down_picks_up_the_finished_experiment_when_back(make_stack) -> None:  # noqa: ANN001
+async def test_evaluator_down_picks_up_the_finished_experiment_when_back(make_stack) -> None:
     stack = await make_stack(runners=1)
     kill(stack, "evaluator")
     assert await wait_exit(stack, "evaluator") == -signal.SIGKILL

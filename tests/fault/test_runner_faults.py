@@ -13,16 +13,16 @@ from tweakline.proto.tweakfile import TweakFile
 pytestmark = pytest.mark.fault
 
 
-def numbers_of(outcome) -> list[int]:  # noqa: ANN001
+def numbers_of(outcome) -> list[int]:
     return sorted(t.number for t in outcome.completed.trials)
 
 
-def started(watch, exp: str) -> set[int]:  # noqa: ANN001
+def started(watch, exp: str) -> set[int]:
     """Trials of ``exp`` that reported at least one fold."""
     return {p.number for p in watch.progress if p.experiment_id == exp}
 
 
-async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stack) -> None:  # noqa: ANN001
+async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stack) -> None:
     stack = await make_stack(runners=2)
     async with watching(stack) as watch:
         exp = await watch.submit(tweak("kill-runner", [1.5, 2.0], max_trials=6, parallelism=2))
@@ -39,7 +39,7 @@ async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stac
     assert max(t.attempt for t in outcome.trials.values()) >= 2  # the killed runner's trial was redelivered
 
 
-async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_stack) -> None:  # noqa: ANN001
+async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_stack) -> None:
     # max_deliver 1: the first runner dies on the only allowed delivery; the next runner records it as failed.
     stack = await make_stack(runners=1, trial_max_deliver=1)
     async with watching(stack) as watch:
@@ -54,7 +54,7 @@ async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_s
     assert "gave up after 1 deliveries" in trial.error
 
 
-async def test_sigterm_runner_finishes_its_trial_within_the_grace(make_stack) -> None:  # noqa: ANN001
+async def test_sigterm_runner_finishes_its_trial_within_the_grace(make_stack) -> None:
     stack = await make_stack(runners=1, shutdown_grace_s=60.0)
     async with watching(stack) as watch:
         exp = await watch.submit(tweak("sigterm-finish", [3.0], max_trials=1, parallelism=1))
@@ -67,7 +67,7 @@ async def test_sigterm_runner_finishes_its_trial_within_the_grace(make_stack) ->
     assert outcome.trials[0].attempt == 1  # finished by the runner that was stopping
 
 
-async def test_sigterm_runner_hands_back_a_long_trial(make_stack) -> None:  # noqa: ANN001
+async def test_sigterm_runner_hands_back_a_long_trial(make_stack) -> None:
     # Three folds of 4 s and a 3 s grace: the stopping runner cannot finish, so it naks the trial.
     stack = await make_stack(runners=1, shutdown_grace_s=3.0)
     async with watching(stack) as watch:
@@ -83,7 +83,7 @@ async def test_sigterm_runner_hands_back_a_long_trial(make_stack) -> None:  # no
     assert trial.attempt == 2
 
 
-async def test_trial_over_its_time_limit_fails_and_the_runner_takes_the_next(make_stack) -> None:  # noqa: ANN001
+async def test_trial_over_its_time_limit_fails_and_the_runner_takes_the_next(make_stack) -> None:
     stack = await make_stack(runners=1)
     tf = tweak("trial-timeout", [0.1, 30.0, 0.2], max_trials=3, parallelism=1, trial_timeout="3s")
     tf = _with_search(tf, algorithm="grid")
@@ -99,7 +99,7 @@ async def test_trial_over_its_time_limit_fails_and_the_runner_takes_the_next(mak
     assert len({t.runner for t in outcome.completed.trials}) == 1  # the same runner went on
 
 
-async def test_estimator_raising_for_some_params_fails_those_trials_only(make_stack) -> None:  # noqa: ANN001
+async def test_estimator_raising_for_some_params_fails_those_trials_only(make_stack) -> None:
     # Real scikit-learn: lbfgs refuses an L1 penalty (l1_ratio=1), saga accepts it.
     stack = await make_stack(runners=1)
     tf = TweakFile.model_validate(
@@ -141,7 +141,7 @@ async def test_estimator_raising_for_some_params_fails_those_trials_only(make_st
     assert outcome.evaluation is not None  # the experiment went on to its decision
 
 
-async def test_trial_that_always_crashes_is_failed_after_max_deliver(make_stack) -> None:  # noqa: ANN001
+async def test_trial_that_always_crashes_is_failed_after_max_deliver(make_stack) -> None:
     # delay 0.3 kills the training process every time: retried with back-off, then failed with the reason.
     stack = await make_stack(runners=1, trial_max_deliver=3)
     tf = _with_model(tweak("crashing", [0.1, 0.3], max_trials=2, parallelism=1), fixed={"crash_if": 0.3})

@@ -33,7 +33,7 @@ from tests.helm.conftest import (
 )
 from tweakline.proto.permissions import CLIENT_IDENTITIES, SERVICE_IDENTITIES, Identity
 from tweakline.proto.subjects import CONSUMER_FILTERS, Consumer
-from tweakline.service import SERVICES
+from tweakline.cli.services import SERVICES
 
 OLDEST, NEWEST = chart_kube_versions()
 
@@ -310,8 +310,8 @@ def test_optional_parts_switched_off_render_nothing() -> None:
 def test_every_setting_the_chart_passes_is_one_the_services_read() -> None:
     from tweakline.deployer.helm import HelmSettings
     from tweakline.model_server.settings import ServeSettings
-    from tweakline.scheduler.webhook import WebhookSettings
-    from tweakline.settings import Settings
+    from tweakline.webhook.app import WebhookSettings
+    from tweakline.runtime.settings import Settings
 
     known = {
         f"TWEAKLINE_{name.upper()}"

@@ -24,8 +24,8 @@ import typer
 from packaging.specifiers import SpecifierSet
 
 from tests.helm.conftest import REPO, find, render
-from tweakline.cli import app as cli_app
-from tweakline.service import SERVICES
+from tweakline.cli.main import app as cli_app
+from tweakline.cli.services import SERVICES
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -135,9 +135,9 @@ def _dockerignore_allows(relative: str) -> bool:
 
 
 def test_dockerignore_reading() -> None:
-    assert _dockerignore_allows("core/bus.py") and _dockerignore_allows("services/scheduler/app.py")
+    assert _dockerignore_allows("tweakline/runtime/bus.py") and _dockerignore_allows("services/scheduler/app.py")
     assert not _dockerignore_allows("tests/conftest.py")
-    assert not _dockerignore_allows("core/__pycache__/bus.cpython-311.pyc")
+    assert not _dockerignore_allows("tweakline/runtime/__pycache__/bus.cpython-311.pyc")
     assert not _dockerignore_allows("helm/tweakline/values.yaml")
 
 
@@ -148,7 +148,8 @@ def test_build_context_holds_every_package_the_wheel_builds() -> None:
     sources = [args.split()[:-1] for keyword, args in _instructions() if keyword == "COPY" and "--from" not in args]
     copied = {p for p in context if any(p == s.rstrip("/") or p.startswith(s.rstrip("/") + "/") for group in sources for s in group)}
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    for package, directory in pyproject["tool"]["setuptools"]["package-dir"].items():
+    folders = {"tweakline": "tweakline", **pyproject["tool"]["setuptools"]["package-dir"]}
+    for package, directory in folders.items():
         modules = {p for p in tracked if p.startswith(directory + "/") and p.endswith(".py")}
         assert modules and modules <= copied, f"{package}: {sorted(modules - copied)} not in the image"
     assert {"pyproject.toml", "constraints.txt", "helm/model-server/Chart.yaml"} <= copied

@@ -4,7 +4,7 @@ generated from ``tweakline.proto.permissions``, enforced by a real nats-server.
 The rendered ``nats.conf`` (written by the official NATS chart from our values) and the
 rendered authorisation ConfigMap are laid out on disk as the StatefulSet mounts them, with the
 dev PKI standing in for cert-manager's Secrets, and run by the real ``nats-server`` binary;
-the bus-security checks of the local stack (tests/core/test_bus_security.py) then run
+the bus-security checks of the local stack (tests/runtime/test_bus_security.py) then run
 unchanged against it.
 """
 
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NatsFixture, serving
-from tests.core import test_bus_security as bus_security
+from tests.runtime import test_bus_security as bus_security
 from tests.helm.conftest import REPO, RELEASE, find, render
-from tweakline.natsserver import EmbeddedNatsServer, ServerConfig
-from tweakline.pki import TlsFiles
-from tweakline.proto import generate
-from tweakline.proto.permissions import Identity
+from tweakline.runtime.natsserver import EmbeddedNatsServer, ServerConfig
+from tweakline.runtime.pki import TlsFiles
+from tweakline.cli import generate
+from tweakline.proto.permissions import Identity, nats_user
 
 NATS_CONFIG = f"{RELEASE}-nats-config"
 NATS_AUTH = f"{RELEASE}-nats-auth"
@@ -72,7 +72,7 @@ def test_the_rendered_map_is_the_one_proto_generates() -> None:
 
 
 def test_committed_map_is_not_stale(tmp_path: Path) -> None:
-    """`python -m tweakline.proto.generate --check` as a test, and proof that it can fail."""
+    """`python -m tweakline.cli.generate --check` as a test, and proof that it can fail."""
     assert generate.main(["--check", "--root", str(REPO)]) == 0
     copy = tmp_path / generate.NATS_AUTHORIZATION
     copy.parent.mkdir(parents=True)
@@ -103,12 +103,12 @@ def _allowed(user: str, subject: str) -> bool:
 
 
 def test_the_map_forbids_a_runner_publishing_a_deployment() -> None:
-    runner = generate.nats_user(Identity.TRIAL_RUNNER)
+    runner = nats_user(Identity.TRIAL_RUNNER)
     assert not _allowed(runner, "tweakline.deployments.completed.digits")
     assert not _allowed(runner, "tweakline.deployments.requested.digits")
     assert not _allowed(runner, "$KV.tweakline-releases.digits")
     assert _allowed(runner, "tweakline.trials.completed.t-1")
-    assert _allowed(generate.nats_user(Identity.DEPLOYER), "tweakline.deployments.completed.digits")
+    assert _allowed(nats_user(Identity.DEPLOYER), "tweakline.deployments.completed.digits")
 
 
 class _RenderedConfig:
@@ -153,7 +153,7 @@ def _lay_out_pod(conf: str, auth: dict, pki_root: Path, root: Path) -> str:
 
 def test_clustered_nats_config_is_accepted_by_nats_server(pki_root: Path, tmp_path: Path) -> None:
     """The full-features values (3 routed servers with route TLS) give a config nats-server accepts."""
-    from tweakline.natsserver import nats_server_binary
+    from tweakline.runtime.natsserver import nats_server_binary
 
     manifests = render("tweakline", "ci/full-values.yaml")
     (config,) = find(manifests, "ConfigMap", NATS_CONFIG)

@@ -19,14 +19,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from tweakline.bus import connect
 from tweakline.deployer.control import releases
-from tweakline.deployer.local import registration_path
 from tweakline.deployer.releases import record_promotion
-from tweakline.objects import put_artifact
+from tweakline.ml.artifacts import dump_model
 from tweakline.proto.messages import Decision, EvaluationCompleted
 from tweakline.proto.permissions import Identity
-from tweakline.trial_runner.artifacts import dump_model
+from tweakline.runtime.bus import connect
+from tweakline.runtime.endpoints import registration_path
+from tweakline.runtime.objects import put_artifact
 
 WINE = load_wine()
 FEATURES = [str(n) for n in WINE.feature_names]
@@ -64,8 +64,14 @@ async def promote(
             store = await js.object_store(ref.bucket)
             await store.put(ref.name, dump_model(tamper_with)[0])
         evaluation = EvaluationCompleted(
-            experiment_id=experiment_id, decision=Decision.PROMOTE, reasons=["test"], artifact=ref,
-            release=release, target="local", features=FEATURES, candidate_metrics={"accuracy": 0.9},
+            experiment_id=experiment_id,
+            decision=Decision.PROMOTE,
+            reasons=["test"],
+            artifact=ref,
+            release=release,
+            target="local",
+            features=FEATURES,
+            candidate_metrics={"accuracy": 0.9},
         )
         _, revision = await record_promotion(await releases(js), release, "local", evaluation, type(model).__name__)
         return revision.revision
@@ -124,7 +130,7 @@ def start_server_on(
     env = dict(os.environ)
     env.update({"TWEAKLINE_NATS_URL": url, "TWEAKLINE_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"})
     env.update(extra_env or {})
-    handle = open(log, "wb")  # noqa: SIM115 - owned by the process
+    handle = open(log, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "tweakline", "serve", release, "--port", "0"], stdout=handle, stderr=subprocess.STDOUT, env=env
     )

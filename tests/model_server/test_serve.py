@@ -7,9 +7,9 @@ import uuid
 from pathlib import Path
 
 from tests.model_server.serving import FEATURES, hammer, predictions_of, promote, rows, start_server, wine_models
-from tweakline.bus import connect
 from tweakline.deployer.control import rollback
 from tweakline.proto.permissions import Identity
+from tweakline.runtime.bus import connect
 
 
 async def test_serves_validates_and_hot_swaps_without_a_failed_request(nats, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tweakline.proto import generate
+from tweakline.cli import generate
 from tweakline.proto.messages import PAYLOADS
 from tweakline.proto.subjects import Subject
 
@@ -19,7 +19,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.tweak.yaml"))
 
 def test_committed_artefacts_match_a_fresh_generation() -> None:
     stale = generate.stale_artefacts(ROOT)
-    assert stale == [], f"regenerate with: python -m tweakline.proto.generate ({stale})"
+    assert stale == [], f"regenerate with: python -m tweakline.cli.generate ({stale})"
 
 
 def test_check_mode_reports_a_stale_artefact(tmp_path: Path) -> None:

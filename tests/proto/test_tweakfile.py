@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tweakline.errors import InvalidTweakFileError
-from tweakline.proto.loading import load_tweak_file, parse_tweak_file
 from tweakline.proto.tweakfile import TweakFile, parse_duration
+from tweakline.validation.loading import load_tweak_file, parse_tweak_file
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -130,8 +130,9 @@ def test_grid_needs_steps_for_floats_and_no_conditions() -> None:
     doc = with_change("spec.search.algorithm", "grid")
     with pytest.raises(InvalidTweakFileError) as info:
         parse_tweak_file(yaml.safe_dump(doc))
-    assert any(p.path.startswith("spec.search.space.degree.when") or p.path == "spec.search.space.C.step"
-               for p in info.value.problems)
+    assert any(
+        p.path.startswith("spec.search.space.degree.when") or p.path == "spec.search.space.C.step" for p in info.value.problems
+    )
 
 
 def test_cmaes_refuses_all_categorical_space() -> None:
@@ -205,8 +206,12 @@ def test_the_design_docs_early_stopping_spelling_sets_the_pruner_and_resource() 
     ("early_stopping", "extra", "path", "words"),
     [
         ("{algorithm: sometimes}", "", "spec.search.early_stopping.algorithm", ["sometimes", "asha"]),
-        ("{algorithm: asha, resource: {name: fraction, min: 0.9}}", "", "spec.search.early_stopping.resource.min",
-         ["at most max / 3", "0.9"]),
+        (
+            "{algorithm: asha, resource: {name: fraction, min: 0.9}}",
+            "",
+            "spec.search.early_stopping.resource.min",
+            ["at most max / 3", "0.9"],
+        ),
         ("{algorithm: asha, when: later}", "", "spec.search.early_stopping.when", ["unknown field"]),
         ("{algorithm: asha}", "    pruner: median\n", "spec.search.pruner", ["median", "asha", "write early stopping once"]),
     ],

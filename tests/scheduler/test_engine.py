@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tweakline.proto.loading import parse_tweak_file
 from tweakline.proto.messages import ExperimentState, TrialCompleted, TrialStatus
 from tweakline.scheduler.engine import ExperimentRun
+from tweakline.validation.loading import parse_tweak_file
 
 GRID = """
 apiVersion: tweakline/v1
@@ -25,8 +25,17 @@ spec:
 
 def _result(exp_id: str, number: int, params: dict, score: float) -> TrialCompleted:
     return TrialCompleted(
-        experiment_id=exp_id, trial_id=f"{exp_id}.{number}", number=number, status=TrialStatus.OK,
-        params=params, score=score, metrics={"accuracy": score}, duration_s=0.1, cpu_s=0.1, runner="r", attempt=1,
+        experiment_id=exp_id,
+        trial_id=f"{exp_id}.{number}",
+        number=number,
+        status=TrialStatus.OK,
+        params=params,
+        score=score,
+        metrics={"accuracy": score},
+        duration_s=0.1,
+        cpu_s=0.1,
+        runner="r",
+        attempt=1,
     )
 
 

@@ -24,7 +24,7 @@ from tweakline.proto.messages import (
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.lineage import context_of, lineage_of, select
-from tweakline.scheduler.search import STRATEGIES
+from tweakline.search.algorithms import STRATEGIES
 
 CONDITIONAL_SPACE = {
     "C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
@@ -76,12 +76,22 @@ def score_of(params: dict[str, Any]) -> float:
     return value
 
 
-def result(run: ExperimentRun, number: int, params: dict[str, Any], folds: list[float] | None = None,
-           status: TrialStatus = TrialStatus.OK) -> TrialCompleted:
+def result(
+    run: ExperimentRun,
+    number: int,
+    params: dict[str, Any],
+    folds: list[float] | None = None,
+    status: TrialStatus = TrialStatus.OK,
+) -> TrialCompleted:
     folds = folds if folds is not None else [score_of(params)] * run.spec.objective.cv
     return TrialCompleted(
-        experiment_id=run.state.experiment_id, trial_id=trial_id(run.state.experiment_id, number), number=number,
-        status=status, params=params, score=sum(folds) / len(folds), fold_scores=folds,
+        experiment_id=run.state.experiment_id,
+        trial_id=trial_id(run.state.experiment_id, number),
+        number=number,
+        status=status,
+        params=params,
+        score=sum(folds) / len(folds),
+        fold_scores=folds,
     )
 
 
@@ -114,9 +124,7 @@ def test_grid_visits_every_point_once() -> None:
     run = ExperimentRun(ExperimentState(experiment_id="e1", tweak=tweak(GRID_SPACE, algorithm="grid")))
     trials = drive(run)
     assert run.limit == 6
-    assert sorted((p["C"], p["kernel"]) for p in trials) == sorted(
-        (c, k) for c in (1.0, 2.0, 3.0) for k in ("rbf", "poly")
-    )
+    assert sorted((p["C"], p["kernel"]) for p in trials) == sorted((c, k) for c in (1.0, 2.0, 3.0) for k in ("rbf", "poly"))
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "gp", "cmaes", "random", "qmc"])
@@ -142,8 +150,7 @@ def test_parallel_asks_never_duplicate_a_pending_trial(algorithm: str) -> None:
             in_flight[number] = params
         number = min(in_flight)
         params = in_flight.pop(number)
-        run.record(result(run, number, params,
-                          [1.0 - 0.05 * abs(math.log10(params["C"]) - 1)] * 3))
+        run.record(result(run, number, params, [1.0 - 0.05 * abs(math.log10(params["C"]) - 1)] * 3))
     assert len(run.state.results) == 40
 
 
@@ -216,8 +223,10 @@ def test_warm_start_reuses_compatible_trials_and_reports_the_others() -> None:
     new_space = {**CONDITIONAL_SPACE, "C": {"type": "float", "low": 0.1, "high": 100.0, "log": True}}
     new = tweak(new_space, algorithm="tpe")
     other_metric = TweakFile.model_validate(
-        {**old.model_dump(mode="json", by_alias=True), "spec": {**old.spec.model_dump(mode="json", by_alias=True),
-                                                               "objective": {"metric": "f1_macro", "cv": 3}}}
+        {
+            **old.model_dump(mode="json", by_alias=True),
+            "spec": {**old.spec.model_dump(mode="json", by_alias=True), "objective": {"metric": "f1_macro", "cv": 3}},
+        }
     )
     earlier = history(
         [
@@ -256,13 +265,14 @@ def test_a_warm_started_search_first_tries_the_best_earlier_configurations_again
     ]
     reused, report = select(history([(p, old) for p in configs]), "acme/svc", old.spec)
     for rerun, expected in ((1, [configs[1]]), (2, [configs[1], configs[2]]), (0, [])):
-        new = tweak(CONDITIONAL_SPACE, algorithm="tpe", seed=11, warm_start={"rerun": rerun},
-                    budget={"max_trials": 6, "parallelism": 3})
+        new = tweak(
+            CONDITIONAL_SPACE, algorithm="tpe", seed=11, warm_start={"rerun": rerun}, budget={"max_trials": 6, "parallelism": 3}
+        )
         state = ExperimentState(experiment_id=f"e{rerun}", tweak=new, warm_trials=reused, warm_start=report.model_copy())
         run = ExperimentRun(state)
         first = [params for _, params in run.next_trials()]
         assert first[: len(expected)] == expected, (rerun, first)
-        assert all(p not in configs for p in first[len(expected):])  # then the sampler proposes new points
+        assert all(p not in configs for p in first[len(expected) :])  # then the sampler proposes new points
         assert run.complete().warm_start.rerun == len(expected)
         # A scheduler restart rebuilds the study from state: nothing is queued a second time.
         rebuilt = ExperimentRun(ExperimentState.model_validate(state.model_dump()))
@@ -280,7 +290,9 @@ def test_warm_start_lineage_and_switch() -> None:
 
 def test_warm_start_makes_tpe_start_near_the_earlier_optimum() -> None:
     """Seeded with a cold run's trials, the same lineage's next run beats the cold run's early trials."""
-    cold = ExperimentRun(ExperimentState(experiment_id="cold", tweak=tweak(CONDITIONAL_SPACE, budget={"max_trials": 30, "parallelism": 1})))
+    cold = ExperimentRun(
+        ExperimentState(experiment_id="cold", tweak=tweak(CONDITIONAL_SPACE, budget={"max_trials": 30, "parallelism": 1}))
+    )
     drive(cold)
     earlier = LineageHistory(
         lineage="local/svc",
@@ -307,7 +319,7 @@ def test_search_options_fail_validation_with_field_precise_errors() -> None:
 
 
 def test_an_algorithm_missing_its_library_is_reported_before_anything_runs() -> None:
-    from tweakline.scheduler.search import check_search
+    from tweakline.search.algorithms import check_search
 
     problems = check_search(tweak(CONDITIONAL_SPACE, algorithm="gp").spec.search)
     if STRATEGIES["gp"]().unavailable() is None:
@@ -318,21 +330,27 @@ def test_an_algorithm_missing_its_library_is_reported_before_anything_runs() -> 
     assert check_search(tweak(CONDITIONAL_SPACE, algorithm="tpe").spec.search) == []
 
 
-def tweak_with(space: dict[str, Any], *, objective: dict[str, Any], gate: dict[str, Any] | None = None,
-               **search: Any) -> TweakFile:
+def tweak_with(
+    space: dict[str, Any], *, objective: dict[str, Any], gate: dict[str, Any] | None = None, **search: Any
+) -> TweakFile:
     return tweak(space, objective=objective, gate=gate or {}, **search)
 
 
-def with_metrics(run: ExperimentRun, number: int, params: dict[str, Any], score: float,
-                 metrics: dict[str, float]) -> TrialCompleted:
+def with_metrics(
+    run: ExperimentRun, number: int, params: dict[str, Any], score: float, metrics: dict[str, float]
+) -> TrialCompleted:
     return result(run, number, params, [score] * 3).model_copy(update={"metrics": {"accuracy": score, **metrics}})
 
 
 def test_nsga2_gives_a_pareto_front_and_the_gate_picks_by_the_primary_metric() -> None:
     objective = {"metric": "accuracy", "cv": 3, "secondary": [{"metric": "recall_macro"}]}
     run = ExperimentRun(
-        ExperimentState(experiment_id="mo", tweak=tweak_with(CONDITIONAL_SPACE, objective=objective, algorithm="nsga2",
-                                                              budget={"max_trials": 20, "parallelism": 4}))
+        ExperimentState(
+            experiment_id="mo",
+            tweak=tweak_with(
+                CONDITIONAL_SPACE, objective=objective, algorithm="nsga2", budget={"max_trials": 20, "parallelism": 4}
+            ),
+        )
     )
     assert [d.name for d in run.study.directions] == ["MAXIMIZE", "MAXIMIZE"]
     in_flight: list[tuple[int, dict[str, Any]]] = []
@@ -358,8 +376,10 @@ def test_gate_thresholds_become_optuna_constraints_and_best_prefers_feasible_tri
     objective = {"metric": "accuracy", "cv": 3}
     gate = {"thresholds": {"recall_macro": 0.9}}
     run = ExperimentRun(
-        ExperimentState(experiment_id="c", tweak=tweak_with(CONDITIONAL_SPACE, objective=objective, gate=gate,
-                                                             budget={"max_trials": 4, "parallelism": 4}))
+        ExperimentState(
+            experiment_id="c",
+            tweak=tweak_with(CONDITIONAL_SPACE, objective=objective, gate=gate, budget={"max_trials": 4, "parallelism": 4}),
+        )
     )
     trials = run.next_trials()
     (n0, p0), (n1, p1), (n2, p2), (n3, p3) = trials
@@ -383,19 +403,36 @@ def test_gate_thresholds_become_optuna_constraints_and_best_prefers_feasible_tri
     ("search", "objective", "field", "text"),
     [
         ({"algorithm": "nsga2"}, {"metric": "accuracy"}, "search.algorithm", "nsga2 optimises several metrics"),
-        ({"algorithm": "cmaes"}, {"metric": "accuracy", "secondary": [{"metric": "f1_macro"}]}, "search.algorithm",
-         "cmaes optimises a single metric"),
-        ({"pruner": "asha"}, {"metric": "accuracy", "secondary": [{"metric": "f1_macro"}]}, "search.pruner",
-         "pruners compare a single metric"),
-        ({}, {"metric": "accuracy", "secondary": [{"metric": "r2"}]}, "objective.secondary.0.metric",
-         "'r2' is not a metric of the same task as accuracy"),
-        ({}, {"metric": "accuracy", "secondary": [{"metric": "accuracy"}]}, "objective.secondary.0.metric",
-         "'accuracy' is already an objective"),
+        (
+            {"algorithm": "cmaes"},
+            {"metric": "accuracy", "secondary": [{"metric": "f1_macro"}]},
+            "search.algorithm",
+            "cmaes optimises a single metric",
+        ),
+        (
+            {"pruner": "asha"},
+            {"metric": "accuracy", "secondary": [{"metric": "f1_macro"}]},
+            "search.pruner",
+            "pruners compare a single metric",
+        ),
+        (
+            {},
+            {"metric": "accuracy", "secondary": [{"metric": "r2"}]},
+            "objective.secondary.0.metric",
+            "'r2' is not a metric of the same task as accuracy",
+        ),
+        (
+            {},
+            {"metric": "accuracy", "secondary": [{"metric": "accuracy"}]},
+            "objective.secondary.0.metric",
+            "'accuracy' is already an objective",
+        ),
     ],
 )
-def test_invalid_multi_objective_combinations_fail_validation(search, objective, field, text) -> None:  # noqa: ANN001
-    from tweakline.proto.loading import load_tweak_file  # noqa: F401 - the CLI's path to the same models
+def test_invalid_multi_objective_combinations_fail_validation(search, objective, field, text) -> None:
     from pydantic import ValidationError
+
+    from tweakline.validation.loading import load_tweak_file  # noqa: F401 - the CLI's path to the same models
 
     with pytest.raises(ValidationError) as caught:
         tweak_with(CONDITIONAL_SPACE, objective=objective, **search)
@@ -407,7 +444,9 @@ def test_invalid_multi_objective_combinations_fail_validation(search, objective,
 
 def test_a_study_rebuilt_from_state_keeps_warm_trials_results_and_trials_in_flight() -> None:
     """What a restarted scheduler does: rebuild from KV state, then carry on without repeats."""
-    first = ExperimentRun(ExperimentState(experiment_id="r", tweak=tweak(CONDITIONAL_SPACE, budget={"max_trials": 12, "parallelism": 3})))
+    first = ExperimentRun(
+        ExperimentState(experiment_id="r", tweak=tweak(CONDITIONAL_SPACE, budget={"max_trials": 12, "parallelism": 3}))
+    )
     issued = first.next_trials()
     number, params = issued[0]
     first.record(result(first, number, params))
@@ -441,18 +480,24 @@ def test_a_csv_dataset_is_the_same_dataset_wherever_the_commit_is_checked_out() 
 
 def test_cmaes_takes_its_prior_from_warm_trials() -> None:
     """CMA-ES ignores trials it did not generate, so earlier trials become its starting distribution."""
-    space = {"C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
-             "gamma": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}
+    space = {
+        "C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
+        "gamma": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+    }
 
     def score(p: dict[str, Any]) -> float:  # optimum in a corner (C=80, gamma=0.8), far from CMA-ES's default start
         return 1.0 - 0.1 * abs(math.log10(p["C"]) - 1.9) - 0.1 * abs(math.log10(p["gamma"]) + 0.1)
 
-    cold = ExperimentRun(ExperimentState(experiment_id="cold", tweak=tweak(space, algorithm="random", budget={"max_trials": 30, "parallelism": 1})))
+    cold = ExperimentRun(
+        ExperimentState(experiment_id="cold", tweak=tweak(space, algorithm="random", budget={"max_trials": 30, "parallelism": 1}))
+    )
     while not cold.finished():
         [(n, p)] = cold.next_trials()
         cold.record(result(cold, n, p, [score(p)] * 3))
-    history = LineageHistory(lineage="l", trials=[LineageTrial(experiment_id="cold", context=context_of(cold.spec), record=r)
-                                                  for r in cold.state.results.values()])
+    history = LineageHistory(
+        lineage="l",
+        trials=[LineageTrial(experiment_id="cold", context=context_of(cold.spec), record=r) for r in cold.state.results.values()],
+    )
     new = tweak(space, algorithm="cmaes", seed=5, budget={"max_trials": 8, "parallelism": 4})
     reused, report = select(history, "l", new.spec)
     warm = ExperimentRun(ExperimentState(experiment_id="warm", tweak=new, warm_trials=reused, warm_start=report))
@@ -477,18 +522,29 @@ RESOURCE = {"name": "n_estimators", "min": 10, "max": 90}  # rungs 10, 30, 90 at
 def rung_tweak(pruner: str) -> TweakFile:
     return tweak(
         {"learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True}},
-        algorithm="random", seed=1, pruner=pruner, resource=RESOURCE, cv=3,
+        algorithm="random",
+        seed=1,
+        pruner=pruner,
+        resource=RESOURCE,
+        cv=3,
         dataset={"source": "sklearn:breast_cancer"},
         model={"estimator": "sklearn.ensemble.GradientBoostingClassifier"},
         budget={"max_trials": 30, "parallelism": 1},
     )
 
 
-def rung_result(run: ExperimentRun, number: int, params: dict[str, Any], rungs: list[float],
-                status: TrialStatus = TrialStatus.OK) -> TrialCompleted:
+def rung_result(
+    run: ExperimentRun, number: int, params: dict[str, Any], rungs: list[float], status: TrialStatus = TrialStatus.OK
+) -> TrialCompleted:
     return TrialCompleted(
-        experiment_id=run.state.experiment_id, trial_id=trial_id(run.state.experiment_id, number), number=number,
-        status=status, params=params, score=rungs[-1], rung_scores=rungs, fold_scores=[rungs[-1]] * 3,
+        experiment_id=run.state.experiment_id,
+        trial_id=trial_id(run.state.experiment_id, number),
+        number=number,
+        status=status,
+        params=params,
+        score=rungs[-1],
+        rung_scores=rungs,
+        fold_scores=[rungs[-1]] * 3,
     )
 
 
@@ -534,22 +590,38 @@ def test_with_a_resource_pruners_judge_rungs_at_their_resource_steps(pruner: str
     [
         ({"pruner": "none"}, {}, ("spec", "search", "pruner"), "expected asha, hyperband or median"),
         ({"pruner": "wilcoxon"}, {}, ("spec", "search", "pruner"), "got 'wilcoxon'"),
-        ({"space": {"n_estimators": {"type": "int", "low": 10, "high": 90}}}, {}, ("spec", "search", "space", "n_estimators"),
-         "drop it from the space"),
+        (
+            {"space": {"n_estimators": {"type": "int", "low": 10, "high": 90}}},
+            {},
+            ("spec", "search", "space", "n_estimators"),
+            "drop it from the space",
+        ),
         ({}, {"fixed": {"n_estimators": 50}}, ("spec", "model", "fixed", "n_estimators"), "drop it from fixed"),
-        ({"resource": {"name": "n_estimators", "min": 40, "max": 90}}, {}, ("spec", "search", "resource", "min"),
-         "expected at most max / 3 (30), got 40"),
-        ({"resource": {"name": "max_iter", "min": 2.5, "max": 90}}, {}, ("spec", "search", "resource", "min"),
-         "expected an integer, got 2.5"),
+        (
+            {"resource": {"name": "n_estimators", "min": 40, "max": 90}},
+            {},
+            ("spec", "search", "resource", "min"),
+            "expected at most max / 3 (30), got 40",
+        ),
+        (
+            {"resource": {"name": "max_iter", "min": 2.5, "max": 90}},
+            {},
+            ("spec", "search", "resource", "min"),
+            "expected an integer, got 2.5",
+        ),
         ({"resource": {"name": "max_iter", "min": 10}}, {}, ("spec", "search", "resource", "max"), "is required"),
-        ({"resource": {"name": "fraction", "min": 0.1, "max": 1.5}}, {}, ("spec", "search", "resource", "max"),
-         "expected at most 1, got 1.5"),
+        (
+            {"resource": {"name": "fraction", "min": 0.1, "max": 1.5}},
+            {},
+            ("spec", "search", "resource", "max"),
+            "expected at most 1, got 1.5",
+        ),
         ({"resource": {"name": "epochs", "min": 1, "max": 9}}, {}, ("spec", "search", "resource", "name"), "n_estimators"),
     ],
 )
-def test_invalid_resources_fail_validation_with_field_precise_errors(search, model, field, text) -> None:  # noqa: ANN001
+def test_invalid_resources_fail_validation_with_field_precise_errors(search, model, field, text) -> None:
     from tweakline.errors import InvalidTweakFileError
-    from tweakline.proto.loading import parse_tweak_file
+    from tweakline.validation.loading import parse_tweak_file
 
     raw = rung_tweak("asha").model_dump(mode="json", by_alias=True, exclude_none=True)
     raw["spec"]["search"].update(search)

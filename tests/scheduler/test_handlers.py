@@ -14,16 +14,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from nats.js.api import DeliverPolicy
 
-from tweakline.bus import SERVICE_MAX_DELIVER, connect
 from tweakline.proto.messages import DeadLetter, ExperimentSubmitted, TrialCompleted, TrialStatus, trial_id
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
+from tweakline.runtime.bus import SERVICE_MAX_DELIVER, connect
+from tweakline.runtime.service import ServiceContext, make_broker
 from tweakline.scheduler.handlers import Scheduler
-from tweakline.service import ServiceContext, make_broker
 
 
 @dataclass
@@ -65,7 +64,7 @@ def _tweak(parallelism: int) -> TweakFile:
 
 
 @pytest.fixture
-async def idle_scheduler(nats) -> AsyncIterator[Scheduler]:  # noqa: ANN001 - the session's NatsFixture
+async def idle_scheduler(nats) -> AsyncIterator[Scheduler]:
     """A scheduler connected to the real bus, not yet started (the test starts it, or the fixture below)."""
     settings = nats.settings(Identity.SCHEDULER)
     broker = make_broker(settings, "scheduler")
@@ -94,10 +93,18 @@ def submission(prefix: str, parallelism: int) -> tuple[str, Delivered]:
 
 def result_body(exp_id: str, number: int, params: dict, score: float) -> bytes:
     """A successful trial's trials.completed payload."""
-    return TrialCompleted(
-        experiment_id=exp_id, trial_id=trial_id(exp_id, number), number=number, status=TrialStatus.OK,
-        params=params, score=score,
-    ).model_dump_json().encode()
+    return (
+        TrialCompleted(
+            experiment_id=exp_id,
+            trial_id=trial_id(exp_id, number),
+            number=number,
+            status=TrialStatus.OK,
+            params=params,
+            score=score,
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 async def test_a_batch_of_results_is_saved_once_and_refills_every_slot(scheduler: Scheduler) -> None:
@@ -197,12 +204,14 @@ class LastDelivery(Redeliverable):
         return SimpleNamespace(subject=self.subject, metadata=SimpleNamespace(num_delivered=SERVICE_MAX_DELIVER))
 
 
-async def test_a_result_that_cannot_be_applied_on_its_last_delivery_is_dead_lettered(nats, scheduler: Scheduler) -> None:  # noqa: ANN001
+async def test_a_result_that_cannot_be_applied_on_its_last_delivery_is_dead_lettered(nats, scheduler: Scheduler) -> None:
     admin = await connect(nats.settings(Identity.ADMIN), "test-dead-letters")
     try:
         letters = await admin.jetstream().subscribe(
-            f"{Subject.DEAD_LETTER.value}.scheduler", stream=Stream.DEAD_LETTERS.value,
-            ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
+            f"{Subject.DEAD_LETTER.value}.scheduler",
+            stream=Stream.DEAD_LETTERS.value,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
         )
         exp_id, state, _ = await stale_experiment(scheduler, "last", parallelism=1)
         last = LastDelivery(result_body(exp_id, 0, state.issued[0], 0.5), subject_for(Subject.TRIAL_COMPLETED, exp_id))

@@ -30,8 +30,12 @@ def _feed(run: ExperimentRun, outcomes: dict[int, tuple[TrialStatus, float | Non
     for number, (status, score) in outcomes.items():
         run.record(
             TrialCompleted(
-                experiment_id="board", trial_id=f"board.{number}", number=number,
-                status=status, params=issued[number], score=score,
+                experiment_id="board",
+                trial_id=f"board.{number}",
+                number=number,
+                status=status,
+                params=issued[number],
+                score=score,
             )
         )
 

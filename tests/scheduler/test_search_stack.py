@@ -14,16 +14,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
-from tweakline.bus import connect
 from nats.js.api import DeliverPolicy
 
 from tweakline.proto.messages import DeadLetter, ExperimentCompleted, ExperimentSubmitted, Source, TrialStatus
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
+from tweakline.runtime.bus import connect
 from tweakline.scheduler.app import create_app as scheduler_app
-from tweakline.scheduler.search import STRATEGIES
+from tweakline.search.algorithms import STRATEGIES
 from tweakline.trial_runner.app import create_app as runner_app
 
 # Not marked e2e: the services run in this process and the whole file takes ~20 s.
@@ -37,7 +36,12 @@ SVC_SPACE = {
 
 
 def tweak_file(
-    name: str, search: dict[str, Any], budget: dict[str, Any], cv: int = 3, dataset: str = "iris", fixed: dict | None = None,
+    name: str,
+    search: dict[str, Any],
+    budget: dict[str, Any],
+    cv: int = 3,
+    dataset: str = "iris",
+    fixed: dict | None = None,
     secondary: list[dict[str, Any]] | None = None,
 ) -> TweakFile:
     return TweakFile.model_validate(
@@ -57,7 +61,7 @@ def tweak_file(
 
 
 @pytest.fixture
-async def stack(nats) -> AsyncIterator[None]:  # noqa: ANN001 - the session's NatsFixture
+async def stack(nats) -> AsyncIterator[None]:
     """A scheduler and two trial-runners, started as their apps (what `tweakline service` runs)."""
     apps = [
         scheduler_app(nats.settings(Identity.SCHEDULER)),
@@ -73,14 +77,14 @@ async def stack(nats) -> AsyncIterator[None]:  # noqa: ANN001 - the session's Na
             await app.stop()
 
 
-async def run_experiment(nats, tweak: TweakFile, source: Source | None = None) -> ExperimentCompleted:  # noqa: ANN001
+async def run_experiment(nats, tweak: TweakFile, source: Source | None = None) -> ExperimentCompleted:
     """Submit as a pipeline would, and wait for the scheduler's completion event."""
     exp_id = f"{tweak.metadata.name}-{uuid.uuid4().hex[:8]}"
     nc = await connect(nats.settings(Identity.ADMIN), "test-submitter")
     try:
         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
-        async def on_completed(msg) -> None:  # noqa: ANN001
+        async def on_completed(msg) -> None:
             if not done.done():
                 done.set_result(msg.data)
 
@@ -97,10 +101,13 @@ async def run_experiment(nats, tweak: TweakFile, source: Source | None = None) -
 
 
 @pytest.mark.parametrize("algorithm", sorted(STRATEGIES))
-async def test_every_algorithm_runs_end_to_end(nats, stack, algorithm: str) -> None:  # noqa: ANN001
+async def test_every_algorithm_runs_end_to_end(nats, stack, algorithm: str) -> None:
     why = STRATEGIES[algorithm]().unavailable()
     space = (
-        {"C": {"type": "float", "low": 1.0, "high": 3.0, "step": 1.0}, "kernel": {"type": "categorical", "choices": ["rbf", "poly"]}}
+        {
+            "C": {"type": "float", "low": 1.0, "high": 3.0, "step": 1.0},
+            "kernel": {"type": "categorical", "choices": ["rbf", "poly"]},
+        }
         if algorithm == "grid"
         else SVC_SPACE
     )
@@ -108,8 +115,12 @@ async def test_every_algorithm_runs_end_to_end(nats, stack, algorithm: str) -> N
     secondary = [{"metric": "recall_macro"}] if algorithm == "nsga2" else None
     completed = await run_experiment(
         nats,
-        tweak_file(f"iris-{algorithm}", {"algorithm": algorithm, "space": space}, {"max_trials": 6, "parallelism": 2},
-                   secondary=secondary),
+        tweak_file(
+            f"iris-{algorithm}",
+            {"algorithm": algorithm, "space": space},
+            {"max_trials": 6, "parallelism": 2},
+            secondary=secondary,
+        ),
     )
     if why:  # e.g. gp without PyTorch: the experiment fails with the reason, nothing is trained
         assert completed.status.value == "failed" and completed.trials == []
@@ -130,7 +141,7 @@ async def test_every_algorithm_runs_end_to_end(nats, stack, algorithm: str) -> N
         assert completed.pareto_front == []
 
 
-async def test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats, stack) -> None:  # noqa: ANN001
+async def test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats, stack) -> None:
     # An RBF SVC on the unscaled wine data: gamma >= 0.1 scores ~0.4, gamma ~1e-4 ~0.77. The
     # median pruner stops the hopeless trials after a fold, once five trials have finished.
     tweak = tweak_file(
@@ -152,13 +163,17 @@ async def test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats
     assert len(finished) + len(pruned) == 16
 
 
-async def test_rungs_of_a_training_resource_stop_weak_trials_on_small_models(nats, stack) -> None:  # noqa: ANN001
+async def test_rungs_of_a_training_resource_stop_weak_trials_on_small_models(nats, stack) -> None:
     # Gradient boosting on breast cancer, n_estimators grown 5 -> 15 -> 45: learning rates near
     # 1e-4 barely move from the prior after 5 trees, and ASHA stops them there.
     raw = tweak_file(
         "gbc-rungs",
-        {"algorithm": "random", "pruner": "asha", "resource": {"name": "n_estimators", "min": 5, "max": 45},
-         "space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}},
+        {
+            "algorithm": "random",
+            "pruner": "asha",
+            "resource": {"name": "n_estimators", "min": 5, "max": 45},
+            "space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
+        },
         {"max_trials": 12, "parallelism": 2},
         dataset="breast_cancer",
     ).model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -174,7 +189,7 @@ async def test_rungs_of_a_training_resource_stop_weak_trials_on_small_models(nat
     assert max(t.rung_scores[0] for t in pruned) <= max(t.rung_scores[0] for t in finished)
 
 
-async def test_a_second_push_of_the_same_lineage_is_warm_started(nats, stack) -> None:  # noqa: ANN001
+async def test_a_second_push_of_the_same_lineage_is_warm_started(nats, stack) -> None:
     source = Source(repository=f"acme/models-{uuid.uuid4().hex[:6]}", commit="c1")
     first = await run_experiment(
         nats, tweak_file("iris-lineage", {"algorithm": "tpe", "space": SVC_SPACE}, {"max_trials": 6, "parallelism": 2}), source
@@ -200,18 +215,24 @@ async def test_a_second_push_of_the_same_lineage_is_warm_started(nats, stack) ->
 
     off = await run_experiment(
         nats,
-        tweak_file("iris-lineage", {"algorithm": "tpe", "space": narrowed, "warm_start": False}, {"max_trials": 2, "parallelism": 2}),
+        tweak_file(
+            "iris-lineage", {"algorithm": "tpe", "space": narrowed, "warm_start": False}, {"max_trials": 2, "parallelism": 2}
+        ),
         source,
     )
     assert off.warm_start is None
 
 
-async def test_a_malformed_progress_message_is_dead_lettered_and_pruning_goes_on(nats, stack) -> None:  # noqa: ANN001
+async def test_a_malformed_progress_message_is_dead_lettered_and_pruning_goes_on(nats, stack) -> None:
     nc = await connect(nats.settings(Identity.ADMIN), "test-garbage")
     try:
         js = nc.jetstream()
-        letters = await js.subscribe(f"{Subject.DEAD_LETTER.value}.scheduler", stream=Stream.DEAD_LETTERS.value,
-                                     ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+        letters = await js.subscribe(
+            f"{Subject.DEAD_LETTER.value}.scheduler",
+            stream=Stream.DEAD_LETTERS.value,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
         await nc.publish(subject_for(Subject.TRIAL_PROGRESS, "garbage-1"), b'{"experiment_id": 1}')
         letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
         assert letter.subject == subject_for(Subject.TRIAL_PROGRESS, "garbage-1")
@@ -222,7 +243,7 @@ async def test_a_malformed_progress_message_is_dead_lettered_and_pruning_goes_on
     await test_a_pruned_trial_stops_on_its_runner_and_is_recorded_as_pruned(nats, stack)
 
 
-async def test_a_lineage_keeps_its_most_recent_trials_within_one_kv_value(nats) -> None:  # noqa: ANN001
+async def test_a_lineage_keeps_its_most_recent_trials_within_one_kv_value(nats) -> None:
     from tweakline.proto.messages import TrialRecord
     from tweakline.scheduler.lineage import MAX_HISTORY, MAX_HISTORY_BYTES, LineageStore
 
@@ -234,9 +255,14 @@ async def test_a_lineage_keeps_its_most_recent_trials_within_one_kv_value(nats) 
         params = {"C": 1.0, "kernel": "poly", "degree": 3, **{f"p{i}": "x" * 40 for i in range(8)}}
         for push in range(4):
             trials = [
-                TrialRecord(number=n, params=params, status=TrialStatus.OK, score=0.9,
-                            metrics={m: 0.9 for m in ("accuracy", "f1_macro", "recall_macro", "precision_macro")},
-                            fold_scores=[0.9] * 5)
+                TrialRecord(
+                    number=n,
+                    params=params,
+                    status=TrialStatus.OK,
+                    score=0.9,
+                    metrics=dict.fromkeys(("accuracy", "f1_macro", "recall_macro", "precision_macro"), 0.9),
+                    fold_scores=[0.9] * 5,
+                )
                 for n in range(400)
             ]
             await store.add(lineage, f"exp-{push}", Source(commit=str(push)), spec, trials)

@@ -11,12 +11,12 @@ import asyncio
 
 from faststream.nats import NatsMessage
 
-from tweakline.bus import connect
 from tweakline.proto.messages import TrialControl, TrialControlAction, TrialProgress, TrialRequested
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Subject, all_of, subject_for
 from tweakline.proto.tweakfile import ExperimentSpec
-from tweakline.service import ServiceContext, make_broker
+from tweakline.runtime.bus import connect
+from tweakline.runtime.service import ServiceContext, make_broker
 from tweakline.trial_runner.early_stopping import EarlyStopping
 
 SPEC = ExperimentSpec.model_validate(
@@ -33,7 +33,7 @@ def request(exp_id: str, number: int) -> TrialRequested:
     return TrialRequested(experiment_id=exp_id, trial_id=f"{exp_id}.{number}", number=number, params={"C": 1.0}, spec=SPEC)
 
 
-async def test_verdicts_reach_the_training_thread_and_prune_stops_the_trial(nats) -> None:  # noqa: ANN001
+async def test_verdicts_reach_the_training_thread_and_prune_stops_the_trial(nats) -> None:
     settings = nats.settings(Identity.TRIAL_RUNNER, prune_verdict_wait_s=10.0)
     broker = make_broker(settings, "trial-runner")
     cancelled: list[tuple[str, str]] = []
@@ -47,15 +47,17 @@ async def test_verdicts_reach_the_training_thread_and_prune_stops_the_trial(nats
     scheduler = await connect(nats.settings(Identity.ADMIN), "test-scheduler")
     seen: list[TrialProgress] = []
 
-    async def on_progress(msg) -> None:  # noqa: ANN001
+    async def on_progress(msg) -> None:
         progress = TrialProgress.model_validate_json(msg.data)
         seen.append(progress)
         action = TrialControlAction.PRUNE if progress.step == 1 else TrialControlAction.CONTINUE
         for trial in (progress.trial_id, "someone-else.0"):
-            verdict = TrialControl(experiment_id=progress.experiment_id, trial_id=trial, action=action,
-                                   step=progress.step, reason="median pruner")
-            await scheduler.publish(subject_for(Subject.TRIAL_CONTROL, progress.experiment_id),
-                                    verdict.model_dump_json().encode())
+            verdict = TrialControl(
+                experiment_id=progress.experiment_id, trial_id=trial, action=action, step=progress.step, reason="median pruner"
+            )
+            await scheduler.publish(
+                subject_for(Subject.TRIAL_CONTROL, progress.experiment_id), verdict.model_dump_json().encode()
+            )
 
     await scheduler.subscribe(all_of(Subject.TRIAL_PROGRESS), cb=on_progress)
     await scheduler.flush()
@@ -72,7 +74,7 @@ async def test_verdicts_reach_the_training_thread_and_prune_stops_the_trial(nats
     await scheduler.close()
 
 
-async def test_without_an_answer_the_trial_goes_on_after_the_wait(nats) -> None:  # noqa: ANN001
+async def test_without_an_answer_the_trial_goes_on_after_the_wait(nats) -> None:
     settings = nats.settings(Identity.TRIAL_RUNNER, prune_verdict_wait_s=0.2)
     broker = make_broker(settings, "trial-runner")
     early = EarlyStopping(ServiceContext(settings, broker, "trial-runner"))

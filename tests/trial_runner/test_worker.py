@@ -19,15 +19,23 @@ SLEEPY = "tests.fault.estimators.SleepyClassifier"
 
 
 def request(
-    params: dict[str, Any], *, estimator: str = SLEEPY, cv: int = 2, number: int = 0, pruner: str = "none",
+    params: dict[str, Any],
+    *,
+    estimator: str = SLEEPY,
+    cv: int = 2,
+    number: int = 0,
+    pruner: str = "none",
     resource: dict[str, Any] | None = None,
 ) -> TrialRequested:
     spec = ExperimentSpec.model_validate(
         {
             "dataset": {"source": "sklearn:iris", "seed": 0},
             "model": {"estimator": estimator},
-            "search": {"space": {"delay": {"type": "float", "low": 0.0, "high": 60.0}}, "pruner": pruner,
-                       **({"resource": resource} if resource else {})},
+            "search": {
+                "space": {"delay": {"type": "float", "low": 0.0, "high": 60.0}},
+                "pruner": pruner,
+                **({"resource": resource} if resource else {}),
+            },
             "objective": {"metric": "accuracy", "cv": cv},
         }
     )
@@ -146,8 +154,9 @@ async def test_a_random_estimator_scores_the_same_every_time_without_a_search_se
     # luck (or on search.seed, which the tweak file here does not even set).
     forest = request({}, estimator="sklearn.ensemble.RandomForestClassifier", cv=3)
     small = {"n_estimators": 2, "max_features": 1, "max_depth": 2}  # very random: scores vary run to run unseeded
-    forest = forest.model_copy(update={"spec": forest.spec.model_copy(update={
-        "model": forest.spec.model.model_copy(update={"fixed": small})})})
+    forest = forest.model_copy(
+        update={"spec": forest.spec.model_copy(update={"model": forest.spec.model.model_copy(update={"fixed": small})})}
+    )
     assert forest.spec.search.seed is None
     first = await worker.run(forest)
     again = await worker.run(forest)

@@ -82,7 +82,7 @@ Output: a JSON list of identity names.
 {{- define "tweakline.identities" -}}
 {{- $auth := .Files.Get "files/nats-authorization.json" | fromJson }}
 {{- if not (and $auth $auth.authorization) }}
-{{- fail "files/nats-authorization.json is missing or invalid: run `python -m tweakline.proto.generate`" }}
+{{- fail "files/nats-authorization.json is missing or invalid: run `python -m tweakline.cli.generate`" }}
 {{- end }}
 {{- $ids := list }}
 {{- range $auth.authorization.users }}

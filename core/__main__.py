@@ -1,5 +1,0 @@
-"""``python -m tweakline``: the same as the ``tweakline`` command."""
-
-from tweakline.cli import main
-
-main()

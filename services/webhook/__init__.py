@@ -1,0 +1,1 @@
+"""The Bitbucket webhook service: signed deliveries in, experiments submitted, build statuses out."""

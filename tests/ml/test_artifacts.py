@@ -1,0 +1,124 @@
+"""skops artifacts: round trips, integrity check, trusted types."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.datasets import load_iris
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.gaussian_process import GaussianProcessClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from tweakline.errors import ArtifactError
+from tweakline.ml import artifacts
+from tweakline.ml.artifacts import TRUSTED_TYPES, dump_model, load_model
+
+X, Y = load_iris(return_X_y=True)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        make_pipeline(StandardScaler(), SVC(C=3.0)),
+        RandomForestClassifier(n_estimators=5, random_state=0),
+        HistGradientBoostingClassifier(max_iter=5, random_state=0),
+    ],
+    ids=["pipeline-svc", "random-forest", "hist-gradient-boosting"],
+)
+def test_round_trip_gives_identical_predictions(model: object) -> None:
+    model.fit(X, Y)  # type: ignore[attr-defined]
+    data, digest = dump_model(model)
+    assert digest == hashlib.sha256(data).hexdigest()
+    loaded = load_model(data, digest)
+    assert type(loaded) is type(model)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))  # type: ignore[attr-defined]
+    if hasattr(model, "predict_proba"):
+        np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+
+
+def test_hash_is_checked_case_insensitively_but_exactly() -> None:
+    data, digest = dump_model(SVC().fit(X, Y))
+    assert load_model(data, digest.upper()).predict(X[:3]).tolist() == SVC().fit(X, Y).predict(X[:3]).tolist()
+    with pytest.raises(ArtifactError, match="artifact hash mismatch"):
+        load_model(data, "0" * 64)
+
+
+def test_tampered_bytes_are_refused() -> None:
+    data, digest = dump_model(SVC().fit(X, Y))
+    tampered = bytearray(data)
+    tampered[len(tampered) // 2] ^= 0x01
+    with pytest.raises(ArtifactError, match=f"expected sha256 {digest}.*tampered or truncated"):
+        load_model(bytes(tampered), digest)
+    with pytest.raises(ArtifactError, match="hash mismatch"):
+        load_model(data[:-10], digest)
+
+
+def _with_class(data: bytes, module: str, name: str) -> bytes:
+    """A copy of a skops file whose top-level object claims another class."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for item in source.namelist():
+            content = source.read(item)
+            if item == "schema.json":
+                schema = json.loads(content)
+                schema["__module__"], schema["__class__"] = module, name
+                content = json.dumps(schema).encode()
+            target.writestr(item, content)
+    return out.getvalue()
+
+
+def test_untrusted_type_is_refused_even_with_a_matching_hash() -> None:
+    data, _ = dump_model(StandardScaler().fit(X))
+    evil = _with_class(data, "subprocess", "Popen")
+    with pytest.raises(ArtifactError, match="untrusted types: subprocess.Popen; refusing to load"):
+        load_model(evil, hashlib.sha256(evil).hexdigest())
+    with pytest.raises(ArtifactError, match="untrusted types: subprocess.Popen"):
+        load_model(evil, hashlib.sha256(evil).hexdigest(), trusted=["builtins.eval"])
+
+
+def test_sklearn_types_outside_the_allow_list_need_naming() -> None:
+    model = GaussianProcessClassifier(random_state=0).fit(X[:60], Y[:60])
+    with pytest.raises(ArtifactError, match="not trusted for loading: .*sklearn.gaussian_process"):
+        dump_model(model)
+    data = sio.dumps(model)
+    digest = hashlib.sha256(data).hexdigest()
+    with pytest.raises(ArtifactError, match="untrusted types: .*sklearn.gaussian_process.kernels.RBF"):
+        load_model(data, digest)
+    extra = sio.get_untrusted_types(data=data)
+    assert not set(extra) & TRUSTED_TYPES
+    loaded = load_model(data, digest, trusted=extra)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    again, again_digest = dump_model(model, trusted=extra)
+    assert again_digest == hashlib.sha256(again).hexdigest()
+
+
+@pytest.mark.parametrize("trusted", [True, "sklearn.tree._tree.Tree"])
+def test_trusted_must_be_a_list_of_names(trusted: object) -> None:
+    data, digest = dump_model(SVC().fit(X, Y))
+    with pytest.raises(ArtifactError, match="trusted must be a list of type names"):
+        load_model(data, digest, trusted=trusted)  # type: ignore[arg-type]
+
+
+def test_bytes_that_are_not_skops_are_refused() -> None:
+    junk = b"definitely not a zip file"
+    with pytest.raises(ArtifactError, match="not a readable skops artifact"):
+        load_model(junk, hashlib.sha256(junk).hexdigest())
+
+
+def test_the_module_never_imports_pickle() -> None:
+    tree = ast.parse(Path(artifacts.__file__).read_text(encoding="utf-8"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported & {"pickle", "cloudpickle", "joblib", "dill"} == set()
+    assert "skops" in imported

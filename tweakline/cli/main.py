@@ -1,0 +1,265 @@
+"""The ``tweakline`` command line.
+
+Exit codes: 0 the gate passed, 1 the model was rejected, 2 an error (bad input, unreachable
+server, failed service). Errors are printed as one clear message, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from tweakline import __version__
+from tweakline.cli.bus import bus_app
+from tweakline.cli.report import report as report_command
+from tweakline.errors import InvalidTweakFileError, TweaklineError
+from tweakline.runtime.settings import DEFAULT_STATE_DIR, Settings
+from tweakline.stack import control as stackctl
+
+app = typer.Typer(
+    name="tweakline",
+    help="Tune scikit-learn models as part of CI/CD.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+pki_app = typer.Typer(help="The local development certificate authority.", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
+app.add_typer(bus_app, name="bus")  # tweakline bus init (the chart's setup Job)
+from tweakline.cli.releases import register as _register_release_commands  # noqa: E402
+from tweakline.cli.serve import register as _register_serve  # noqa: E402
+
+_register_release_commands(app)
+_register_serve(app)
+stackctl.register(app)  # up, down, status
+
+EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
+
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="TWEAKLINE_STATE_DIR",
+        help="Where the local stack keeps its JetStream store and dev PKI (default: ./.tweakline).",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    from tweakline.reporting.console import err
+
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _invalid(exc: InvalidTweakFileError) -> NoReturn:
+    from tweakline.reporting.console import err
+
+    err.print(f"[bold red]invalid tweak file[/bold red] {exc.source}: {len(exc.problems)} problem(s)", highlight=False)
+    for problem in exc.problems:
+        err.print(f"  - {problem}", highlight=False, markup=False)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _settings(**overrides: object) -> Settings:
+    settings = Settings()
+    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="The tweak file.")]) -> None:
+    """Check a tweak file and report every problem with its field path; starts nothing."""
+    from tweakline.reporting.console import err
+    from tweakline.validation import validate_tweak_file
+
+    try:
+        tweak = validate_tweak_file(file, _settings().allowed_estimators)
+    except InvalidTweakFileError as exc:
+        _invalid(exc)
+    spec = tweak.spec
+    from tweakline.proto.tweakfile import PrunerName
+
+    stopping = ""
+    if spec.search.pruner is not PrunerName.NONE:
+        stopping = f", early stopping {spec.search.pruner.value}"
+        resource = spec.search.resource
+        if resource is not None:
+            amounts = ", ".join(f"{resource.value(r.amount):.3g}" for r in resource.rungs())
+            stopping += f" on rungs of {resource.name.value} ({amounts})"
+    err.print(
+        f"[green]ok[/green] {file}: {tweak.metadata.name}: {spec.model.estimator} on {spec.dataset.source}, "
+        f"{spec.search.algorithm.value} search over {len(spec.search.space)} parameter(s), "
+        f"{spec.budget.max_trials} trials, objective {spec.objective.metric}{stopping}",
+        highlight=False,
+    )
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="The tweak file.")],
+    state_dir: StateDirOption = None,
+    ephemeral: Annotated[
+        bool, typer.Option("--ephemeral", help="Run on a throwaway state directory (no history is kept).")
+    ] = False,
+    runners: Annotated[
+        int | None, typer.Option("--runners", min=1, help="Trial-runner processes (default: number of cores).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; progress goes to stderr.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Give up (exit 2) if no decision after this many seconds.")
+    ] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Write report.md, build-status.json and summary.json here.")
+    ] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the HTML report here at the end.")] = None,
+) -> None:
+    """Run an experiment end to end on the embedded local stack (NATS with mTLS and every service)."""
+    from tweakline.reporting.console import err
+    from tweakline.stack.local import LocalStack
+    from tweakline.validation import validate_tweak_file
+
+    settings = _settings()
+    try:
+        tweak = validate_tweak_file(file, settings.allowed_estimators)
+    except InvalidTweakFileError as exc:
+        _invalid(exc)
+    # Closing TLS connections makes asyncio log a harmless line that users should not see.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if ephemeral:
+        tmp = tempfile.TemporaryDirectory(prefix="tweakline-")
+        root = Path(tmp.name)
+    else:
+        root = state_dir or DEFAULT_STATE_DIR
+    stack = LocalStack(root, runners=runners, settings=settings)
+    # SIGTERM (a CI job cancelled) must clean up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    code = EXIT_ERROR
+    try:
+        with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):
+            stack.start()
+        code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout, report_dir, report))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: stopping the local stack[/yellow]")
+        code = 130
+    except TweaklineError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        code = EXIT_ERROR
+    finally:
+        with err.status("stopping the local stack"):
+            stack.stop()
+        if tmp is not None:
+            tmp.cleanup()
+    raise typer.Exit(code)
+
+
+async def _run_experiment(
+    stack, tweak, file: Path, as_json: bool, timeout: float | None, report_dir: Path | None = None, report: Path | None = None
+) -> int:
+    from tweakline.client.follow import Outcome, experiment_span, follow, new_experiment_id, submit
+    from tweakline.observability.telemetry import setup_telemetry
+    from tweakline.observability.telemetry import shutdown as telemetry_shutdown
+    from tweakline.proto.messages import Source
+    from tweakline.proto.permissions import Identity
+    from tweakline.reporting.console import ProgressView, decision_panel, leaderboard_table, out, print_json, summary
+    from tweakline.reporting.html import write_report
+    from tweakline.runtime.bus import connect
+
+    nc = await connect(stack.settings_for(Identity.ADMIN), "tweakline-cli")
+    setup_telemetry("cli", stack.base_settings.model_copy(update={"metrics_port": 0}))
+    try:
+        exp_id = new_experiment_id(tweak)
+        outcome = Outcome(experiment_id=exp_id, tweak=tweak)
+        with experiment_span(exp_id, tweak) as span:  # the root of the experiment's trace
+            outcome.trace_id = format(span.get_span_context().trace_id, "032x")
+            await submit(nc, tweak, Source(path=str(file.resolve()), trigger="cli"), exp_id)
+            with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
+                await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
+        if report is not None:
+            await write_report(nc, exp_id, report, trace_url_template=stack.base_settings.trace_url)
+    except TimeoutError as exc:
+        raise TweaklineError(str(exc)) from None
+    finally:
+        await nc.close()
+        telemetry_shutdown()
+    if report_dir is not None:
+        from tweakline.cli.submit import write_outcome_report
+
+        write_outcome_report(outcome, file, report_dir, summary(outcome))
+    if as_json:
+        print_json(summary(outcome))
+    else:
+        if outcome.completed is not None:
+            out.print(leaderboard_table(outcome))
+        out.print(decision_panel(outcome))
+    return outcome.exit_code()
+
+
+@app.command()
+def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, evaluator, deployer or webhook.")]) -> None:
+    """Run one service until SIGTERM (the container entry point; the local stack uses it too)."""
+    from tweakline.cli.services import SERVICES, app_factory
+    from tweakline.observability.telemetry import setup_logging
+    from tweakline.runtime.service import run_service
+
+    if name not in SERVICES:
+        _fail(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
+    settings = _settings()
+    setup_logging(name, settings)
+    try:
+        run_service(name, settings, app_factory(name))
+    except TweaklineError as exc:
+        logging.getLogger("tweakline").error("%s", exc)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+from tweakline.cli.submit import submit as _submit_command  # noqa: E402
+
+app.command("submit")(_submit_command)
+app.command("report")(report_command)
+
+
+@pki_app.command("init")
+def pki_init(state_dir: StateDirOption = None) -> None:
+    """Create the dev CA and a certificate per identity under <state-dir>/pki (idempotent)."""
+    from tweakline.reporting.console import err
+    from tweakline.runtime.pki import ensure_pki
+
+    root = (state_dir or DEFAULT_STATE_DIR) / "pki"
+    ensure_pki(root)
+    err.print(f"dev PKI ready in {root} (ca.crt, and tls.crt/tls.key/ca.crt per identity)")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning any tweakline error into a clean message."""
+    try:
+        app()
+    except TweaklineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,211 @@
+"""Submit an experiment and follow it to its decision through the stored event log.
+
+Following reads the experiment's events from JetStream (an ordered consumer on
+``tweakline.*.*.<experiment_id>``), so a follower that starts late, or reconnects, misses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.js import api
+from opentelemetry import trace
+
+from tweakline.errors import BusError
+from tweakline.observability import telemetry
+from tweakline.proto.messages import (
+    Decision,
+    DeploymentCompleted,
+    EvaluationCompleted,
+    ExperimentCompleted,
+    ExperimentSubmitted,
+    Source,
+    TrialCompleted,
+    TrialStatus,
+    msg_id,
+)
+from tweakline.proto.subjects import Stream, Subject, experiment_events, subject_for
+from tweakline.proto.tweakfile import TweakFile
+
+
+def new_experiment_id(tweak: TweakFile) -> str:
+    """A unique, subject-safe id: the experiment's name and a random suffix."""
+    return f"{tweak.metadata.name}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Outcome:
+    """Everything learned about one experiment while following it."""
+
+    experiment_id: str
+    tweak: TweakFile
+    trials: dict[int, TrialCompleted] = field(default_factory=dict)
+    completed: ExperimentCompleted | None = None
+    evaluation: EvaluationCompleted | None = None
+    deployment: DeploymentCompleted | None = None
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    trace_id: str | None = None
+
+    @property
+    def maximize(self) -> bool:
+        return self.tweak.spec.objective.maximize
+
+    def best_score(self) -> float | None:
+        """Best objective value among the results so far."""
+        scores = [t.score for t in self.trials.values() if t.status is TrialStatus.OK and t.score is not None]
+        if not scores:
+            return None
+        return max(scores) if self.maximize else min(scores)
+
+    @property
+    def done(self) -> bool:
+        """Whether the experiment reached its last event."""
+        if self.evaluation is None:
+            return False
+        if self.evaluation.decision is Decision.PROMOTE and self.evaluation.deploy is not None:
+            return self.deployment is not None
+        return True
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def exit_code(self) -> int:
+        """0 when the gate passed (and the deployment worked), 1 when rejected, 2 on error."""
+        if self.evaluation is None:
+            return 2
+        if self.evaluation.decision is Decision.REJECT:
+            return 1
+        if self.evaluation.decision is Decision.ERROR:
+            return 2
+        if self.deployment is not None and self.deployment.status.value != "deployed":
+            return 2
+        return 0
+
+
+_DECODERS: dict[str, type] = {
+    Subject.TRIAL_COMPLETED.value: TrialCompleted,
+    Subject.EXPERIMENT_COMPLETED.value: ExperimentCompleted,
+    Subject.EVALUATION_COMPLETED.value: EvaluationCompleted,
+    Subject.DEPLOYMENT_COMPLETED.value: DeploymentCompleted,
+}
+
+
+def apply_event(outcome: Outcome, subject: str, data: bytes) -> bool:
+    """Fold one stored event into ``outcome``; ``True`` if it changed anything."""
+    family = subject.rsplit(".", 1)[0]
+    model = _DECODERS.get(family)
+    if model is None:
+        return False
+    event = model.model_validate_json(data)
+    if isinstance(event, TrialCompleted):
+        if event.number in outcome.trials:
+            return False
+        outcome.trials[event.number] = event
+    elif isinstance(event, ExperimentCompleted):
+        outcome.completed = event
+    elif isinstance(event, EvaluationCompleted):
+        outcome.evaluation = event
+    elif isinstance(event, DeploymentCompleted):
+        outcome.deployment = event
+    if outcome.done and outcome.finished is None:
+        outcome.finished = time.monotonic()
+    return True
+
+
+async def submit(nc: Client, tweak: TweakFile, source: Source, experiment_id: str | None = None) -> str:
+    """Publish an ``ExperimentSubmitted``; returns the experiment id."""
+    exp_id = experiment_id or new_experiment_id(tweak)
+    # Inside experiment_span() the experiment's root span is current; otherwise this submit roots it.
+    with contextlib.ExitStack() as stack:
+        if telemetry.current_traceparent() is None:
+            stack.enter_context(experiment_span(exp_id, tweak))
+        message = ExperimentSubmitted(
+            experiment_id=exp_id, tweak=tweak, source=source, traceparent=telemetry.current_traceparent()
+        )
+        subject = subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id)
+        js = nc.jetstream()
+        with telemetry.span(
+            f"{Subject.EXPERIMENT_SUBMITTED.value} publish",
+            kind=trace.SpanKind.PRODUCER,
+            experiment_id=exp_id,
+            attributes={"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation": "publish"},
+        ):
+            try:
+                await js.publish(
+                    subject,
+                    message.model_dump_json().encode(),
+                    headers=telemetry.inject_headers({"Nats-Msg-Id": msg_id("submit", exp_id)}),
+                    stream=Stream.EVENTS.value,
+                    timeout=10,
+                )
+            except Exception as exc:
+                raise BusError(f"could not submit the experiment: {exc}") from exc
+    return exp_id
+
+
+def experiment_span(experiment_id: str, tweak: TweakFile) -> contextlib.AbstractContextManager[trace.Span]:
+    """The root span of one experiment's trace (the CLI holds it open while following the experiment)."""
+    deploy = tweak.spec.deploy
+    return telemetry.span(
+        "experiment",
+        experiment_id=experiment_id,
+        release=deploy.release if deploy else None,
+        attributes={
+            "tweakline.experiment.name": tweak.metadata.name,
+            "tweakline.estimator": tweak.spec.model.estimator,
+            "tweakline.search.algorithm": tweak.spec.search.algorithm.value,
+        },
+    )
+
+
+async def follow(
+    nc: Client,
+    outcome: Outcome,
+    on_change: Callable[[Outcome], None] | None = None,
+    *,
+    timeout: float | None = None,
+    alive: Callable[[], None] | None = None,
+) -> Outcome:
+    """Read the experiment's events until its decision (and deployment) arrive, or ``timeout`` passes.
+
+    ``alive`` is called about once a second and may raise to abort (e.g. a local service died).
+    """
+    js = nc.jetstream()
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def _on_msg(msg) -> None:
+        await queue.put((msg.subject, msg.data))
+
+    sub = await js.subscribe(
+        experiment_events(outcome.experiment_id),
+        stream=Stream.EVENTS.value,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.ALL,
+        cb=_on_msg,
+    )
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not outcome.done:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"experiment {outcome.experiment_id} did not finish within {timeout:.0f}s")
+            try:
+                subject, data = await asyncio.wait_for(queue.get(), timeout=1.0)
+            except TimeoutError:
+                if alive is not None:
+                    alive()
+                if on_change is not None:
+                    on_change(outcome)  # keeps the elapsed time ticking
+                continue
+            if apply_event(outcome, subject, data) and on_change is not None:
+                on_change(outcome)
+    finally:
+        await sub.unsubscribe()
+    return outcome

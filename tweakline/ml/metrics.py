@@ -1,0 +1,162 @@
+"""Metrics by name, in natural units: what trials report and what the gate compares.
+
+Names are those of :mod:`tweakline.proto.tweakfile` (``CLASSIFICATION_METRICS``,
+``REGRESSION_METRICS``). Values are never negated: ``rmse``, ``mae`` and ``log_loss`` are
+positive and lower is better (``LOWER_IS_BETTER``); everything else is higher-is-better.
+
+A metric that is undefined for the data at hand (``roc_auc`` when the fold holds one class, or the
+estimator gives no scores; ``log_loss`` without ``predict_proba``; any non-finite value) is left
+out of the result rather than reported as NaN, which JSON cannot carry.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
+
+from tweakline.ml.datasets import Task
+from tweakline.proto.tweakfile import CLASSIFICATION_METRICS, REGRESSION_METRICS, ExperimentSpec
+
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1_macro", "recall_macro", "precision_macro"),
+    "regression": ("r2", "rmse", "mae"),
+}
+"""Always computed for a task, besides the objective and the gate's metrics."""
+
+
+def task_of_metric(metric: str) -> Task:
+    """The task a metric belongs to; ``ValueError`` for an unknown name."""
+    if metric in CLASSIFICATION_METRICS:
+        return "classification"
+    if metric in REGRESSION_METRICS:
+        return "regression"
+    raise ValueError(f"unknown metric '{metric}', expected one of {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
+
+
+def objective_metrics(spec: ExperimentSpec) -> list[str]:
+    """The metrics a trial computes: the objective first, then secondary objectives, the gate's, the task's defaults."""
+    task = task_of_metric(spec.objective.metric)
+    secondary = [o.metric for o in spec.objective.secondary]
+    names = [spec.objective.metric, *secondary, *spec.gate.thresholds, *DEFAULT_METRICS[task]]
+    return list(dict.fromkeys(names))
+
+
+def predictions(estimator: Any, X: np.ndarray) -> np.ndarray:
+    """Predicted labels (classification) or values (regression) of a fitted estimator, as an array."""
+    return np.asarray(estimator.predict(X))
+
+
+class _Scores:
+    """Predictions and scores of one estimator on one ``X``, each computed at most once."""
+
+    def __init__(self, estimator: Any, X: np.ndarray):
+        self.estimator = estimator
+        self.X = X
+        self._pred: np.ndarray | None = None
+        self._proba: np.ndarray | None = None
+        self._decision: np.ndarray | None = None
+        self._prf: tuple[float, float, float] | None = None
+
+    def prf_macro(self, y: np.ndarray) -> tuple[float, float, float]:
+        """Macro precision, recall and F1 from one scikit-learn call (each separately costs the same again)."""
+        if self._prf is None:
+            p, r, f, _ = skm.precision_recall_fscore_support(y, self.pred, average="macro", zero_division=0)
+            self._prf = (float(p), float(r), float(f))
+        return self._prf
+
+    @property
+    def pred(self) -> np.ndarray:
+        if self._pred is None:
+            self._pred = predictions(self.estimator, self.X)
+        return self._pred
+
+    def proba(self) -> np.ndarray | None:
+        if self._proba is None and hasattr(self.estimator, "predict_proba"):
+            self._proba = np.asarray(self.estimator.predict_proba(self.X))
+        return self._proba
+
+    def decision(self) -> np.ndarray | None:
+        if self._decision is None and hasattr(self.estimator, "decision_function"):
+            self._decision = np.asarray(self.estimator.decision_function(self.X))
+        return self._decision
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        classes = getattr(self.estimator, "classes_", None)
+        return None if classes is None else np.asarray(classes)
+
+
+def _roc_auc(s: _Scores, y: np.ndarray) -> float | None:
+    classes = s.classes
+    if classes is None or np.unique(y).size < 2:
+        return None
+    if classes.size == 2:
+        proba = s.proba()
+        if proba is not None:
+            return float(skm.roc_auc_score(y, proba[:, 1]))
+        decision = s.decision()
+        if decision is not None:
+            return float(skm.roc_auc_score(y, decision))
+        return None
+    proba = s.proba()
+    if proba is None:
+        return None
+    try:
+        return float(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes))
+    except ValueError:  # a class missing from this fold: one-vs-rest AUC undefined for it
+        return None
+
+
+def _log_loss(s: _Scores, y: np.ndarray) -> float | None:
+    proba = s.proba()
+    if proba is None or s.classes is None:
+        return None
+    return float(skm.log_loss(y, proba, labels=s.classes))
+
+
+_METRICS: dict[str, Callable[[_Scores, np.ndarray], float | None]] = {
+    "accuracy": lambda s, y: skm.accuracy_score(y, s.pred),
+    "balanced_accuracy": lambda s, y: skm.balanced_accuracy_score(y, s.pred),
+    "precision_macro": lambda s, y: s.prf_macro(y)[0],
+    "recall_macro": lambda s, y: s.prf_macro(y)[1],
+    "f1_macro": lambda s, y: s.prf_macro(y)[2],
+    "roc_auc": _roc_auc,
+    "log_loss": _log_loss,
+    "r2": lambda s, y: skm.r2_score(y, s.pred),
+    "rmse": lambda s, y: skm.root_mean_squared_error(y, s.pred),
+    "mae": lambda s, y: skm.mean_absolute_error(y, s.pred),
+}
+
+
+def compute_metrics(estimator: Any, X: np.ndarray, y: np.ndarray, metrics: Sequence[str], task: Task) -> dict[str, float]:
+    """Each requested metric of a fitted ``estimator`` on ``(X, y)``; undefined ones are left out.
+
+    Args:
+        estimator: A fitted estimator or pipeline.
+        X: Features.
+        y: True targets.
+        metrics: Metric names, all of ``task``'s family.
+        task: ``"classification"`` or ``"regression"``.
+
+    Raises:
+        ValueError: A name is unknown or belongs to the other task (the spec was not checked).
+    """
+    family = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    for name in metrics:
+        if task_of_metric(name) != task:
+            raise ValueError(f"'{name}' is not a {task} metric; expected one of {', '.join(family)}")
+    scores = _Scores(estimator, X)
+    result: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for name in dict.fromkeys(metrics):
+            value = _METRICS[name](scores, y)
+            if value is not None and math.isfinite(value):
+                result[name] = float(value)
+    return result

@@ -1,0 +1,1 @@
+"""Observability: one trace per experiment, metrics and logs (OpenTelemetry, Prometheus)."""

@@ -1,0 +1,1 @@
+"""The promotion gate and its statistics: thresholds, paired comparisons with production."""

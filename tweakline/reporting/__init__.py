@@ -1,0 +1,1 @@
+"""What people read: terminal output, the HTML report, and CI reports (build status, Markdown)."""

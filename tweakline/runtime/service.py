@@ -1,0 +1,209 @@
+"""What every service shares: its broker over mTLS, safe decoding with dead letters, de-duplicated publishing.
+
+A service is a FastStream app built by ``tweakline.<name>.app.create_app(settings)`` and run
+by ``tweakline service NAME`` (:mod:`tweakline.cli.services` maps names to apps) — the same entry point on a laptop and in a pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats.schemas import JStream, PullSub
+from faststream.nats.security import NatsSecurity
+from faststream.specification import AsyncAPI
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ValidationError
+
+import tweakline
+from tweakline.errors import ConfigurationError
+from tweakline.observability import telemetry
+from tweakline.proto.messages import DeadLetter, Message
+from tweakline.proto.subjects import CONSUMER_FILTERS, Consumer, Stream, Subject
+from tweakline.runtime.bus import connect_options
+from tweakline.runtime.health import start_health_server
+from tweakline.runtime.pki import TlsFiles
+from tweakline.runtime.settings import Settings
+from tweakline.runtime.tlsreload import CertificateReloader
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+DEAD_LETTER_PAYLOAD_BYTES = 2048
+
+# (stream, durable) of the consumers this process binds to, for the queue-depth gauges.
+_consumed: list[tuple[str, str]] = []
+
+
+def make_broker(settings: Settings, name: str) -> NatsBroker:
+    """A FastStream NATS broker connecting as this process's identity over mutual TLS."""
+    options = connect_options(settings, name)
+    return NatsBroker(
+        # Traces: W3C context in NATS headers, a span per message, experiment ids on spans and logs.
+        middlewares=telemetry.broker_middlewares(),
+        servers=options["servers"],
+        security=None
+        if options["tls"] is None
+        else NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
+        name=name,
+        max_reconnect_attempts=options["max_reconnect_attempts"],
+        reconnect_time_wait=options["reconnect_time_wait"],
+        connect_timeout=options["connect_timeout"],
+        log_level=logging.DEBUG,  # FastStream's per-message lines are debug noise for operators
+    )
+
+
+def make_app(broker: NatsBroker, title: str) -> FastStream:
+    """The FastStream application of one service, with its AsyncAPI description."""
+    app = FastStream(
+        broker,
+        specification=AsyncAPI(title=f"tweakline {title}", version=tweakline.__version__),
+        logger=logging.getLogger(f"tweakline.{title}"),
+    )
+    watcher: list[asyncio.Task[None]] = []
+
+    async def _watch_queues() -> None:
+        if _consumed:
+            watcher.append(asyncio.create_task(telemetry.watch_queues(broker.connection.jetstream(), list(_consumed))))
+
+    async def _stop_watching() -> None:
+        for task in watcher:
+            task.cancel()
+
+    app.after_startup(_watch_queues)
+    app.on_shutdown(_stop_watching)
+    return app
+
+
+def durable_subscription(consumer: Consumer, *, batch_size: int = 1, timeout: float = 1.0) -> dict[str, Any]:
+    """Arguments binding a FastStream subscriber to a durable consumer made by ``ensure_topology``."""
+    stream, subject = CONSUMER_FILTERS[consumer]
+    if (stream.value, consumer.value) not in _consumed:
+        _consumed.append((stream.value, consumer.value))
+    return {
+        "subject": subject,
+        "stream": JStream(name=stream.value, declare=False),
+        "durable": consumer.value,
+        "pull_sub": PullSub(batch_size=batch_size, timeout=timeout),
+    }
+
+
+class ServiceContext:
+    """Per-process helpers handed to a service's handlers."""
+
+    def __init__(self, settings: Settings, broker: NatsBroker, service: str):
+        self.settings = settings
+        self.broker = broker
+        self.service = service
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the broker's connection (valid once the broker started)."""
+        return self.broker.connection.jetstream()
+
+    async def publish(
+        self, message: Message, subject: str, *, msg_id: str, stream: Stream, trace_parent: str | None = None
+    ) -> None:
+        """Publish to a stored subject with a ``Nats-Msg-Id``, so a retry is stored once.
+
+        ``trace_parent`` (the experiment's ``traceparent``) hangs the publish under the experiment's
+        span, in a span of its own (e.g. ``trial.dispatch``), whatever message is being handled.
+        """
+        with telemetry.publish_span(message, trace_parent):
+            await self.broker.publish(message, subject, headers={"Nats-Msg-Id": msg_id}, stream=stream.value)
+        telemetry.observe_published(message)
+
+    async def decode(self, msg: NatsMessage, model: type[M]) -> M | None:
+        """The message body as ``model``, or ``None`` after sending it to the dead-letter subject.
+
+        A payload that is too large, not JSON or of the wrong shape can never succeed, so it is
+        terminated (never redelivered) rather than retried; the service keeps running.
+        """
+        raw: bytes = msg.body
+        reason: str | None = None
+        if len(raw) > self.settings.max_payload_bytes:
+            reason = f"payload of {len(raw)} bytes exceeds the limit of {self.settings.max_payload_bytes}"
+        else:
+            try:
+                return model.model_validate_json(raw)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[:3]
+                reason = f"not a valid {model.__name__}: " + "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in first
+                )
+        await self.dead_letter(msg.raw_message.subject, raw, reason, dict(msg.headers or {}))
+        await msg.reject()
+        return None
+
+    async def dead_letter(self, subject: str, raw: bytes, reason: str, headers: dict[str, Any] | None = None) -> None:
+        """Record a refused message with its reason on ``tweakline.deadletter.<service>``."""
+        log.warning("dead letter from %s: %s", subject, reason)
+        letter = DeadLetter(
+            service=self.service,
+            subject=subject,
+            reason=reason,
+            payload=raw[:DEAD_LETTER_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
+            headers={str(k): str(v) for k, v in (headers or {}).items()},
+        )
+        try:
+            await self.broker.publish(letter, f"{Subject.DEAD_LETTER.value}.{self.service}", stream=Stream.DEAD_LETTERS.value)
+        except Exception:  # a dead letter must never take the service down
+            log.exception("could not record a dead letter")
+
+
+async def keep_alive(msg: NatsMessage, interval: float) -> None:
+    """Tell JetStream a long-running message is still being worked on (until cancelled)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await msg.in_progress()
+        except Exception:  # connection flapping: the next beat or a redelivery covers it
+            log.debug("in_progress heartbeat failed", exc_info=True)
+
+
+def _watch_certificates(app: FastStream, settings: Settings) -> Callable[[], Awaitable[None]]:
+    """A start-up hook reloading a renewed certificate into the live connection (no restart)."""
+
+    async def start() -> None:
+        nc = app.broker.connection
+        reloader = CertificateReloader(TlsFiles(settings.tls_path()), nc.ssl_context)
+        task = asyncio.create_task(reloader.watch(settings.tls_reload_interval_s, nc.force_reconnect))
+
+        async def stop() -> None:
+            task.cancel()
+
+        app.on_shutdown(stop)
+
+    return start
+
+
+def run_service(name: str, settings: Settings, create_app: Callable[[Settings], FastStream]) -> None:
+    """Run service ``name``, built by ``create_app``, until SIGTERM/SIGINT (container and local process)."""
+    telemetry.setup_telemetry(name, settings)
+    app = create_app(settings)
+
+    async def _main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, app.exit)
+        if settings.health_port is not None:
+            await start_health_server(settings.health_port, lambda: app.broker.connection.is_connected)
+        app.after_startup(_watch_certificates(app, settings))
+        await app.run(log_level=logging.INFO)
+
+    try:
+        asyncio.run(_main())
+    except NotFoundError as exc:  # a durable consumer's stream is missing: nothing to bind to
+        raise ConfigurationError(
+            f"the JetStream topology is missing ({exc.description}); create it with 'tweakline bus init' "
+            "as the admin identity (the chart's bus-init Job does)"
+        ) from None
+    finally:
+        telemetry.shutdown()  # flush the spans still buffered

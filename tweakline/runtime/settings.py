@@ -1,0 +1,81 @@
+"""Typed platform settings, read once at start-up from ``TWEAKLINE_*`` environment variables.
+
+Defaults work for the local embedded stack; in Kubernetes the chart sets the variables.
+Business logic receives these values as arguments and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tweakline.proto.permissions import Identity
+
+DEFAULT_STATE_DIR = Path(".tweakline")
+
+
+class Settings(BaseSettings):
+    """Settings shared by every tweakline process."""
+
+    model_config = SettingsConfigDict(env_prefix="TWEAKLINE_", extra="ignore")
+
+    nats_url: str = Field(default="tls://127.0.0.1:4222", description="NATS server URL (TLS is always used).")
+    identity: Identity = Field(default=Identity.ADMIN, description="Certificate identity this process connects as.")
+    state_dir: Path = Field(default=DEFAULT_STATE_DIR, description="Local state: JetStream store, dev PKI, caches.")
+    tls_dir: Path | None = Field(
+        default=None,
+        description="Directory holding tls.crt, tls.key and ca.crt (a mounted cert-manager Secret). "
+        "Default: <state_dir>/pki/<identity>.",
+    )
+    allowed_estimators: list[str] = Field(
+        default=["sklearn."],
+        description="Import-path prefixes that tweak files may name as estimators and pipeline steps.",
+    )
+    trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
+    trial_max_deliver: int = Field(
+        default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners)."
+    )
+    runner_threads: int = Field(default=1, gt=0, description="Threads each trial's estimator may use (n_jobs).")
+    prune_verdict_wait_s: float = Field(
+        default=2.0, ge=0, description="With a pruner, how long a runner waits after a fold for the scheduler's verdict."
+    )
+    trial_memory_mb: int | None = Field(
+        default=4096, gt=0, description="Resident memory a trial's training process may use before it is failed."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="On SIGTERM, how long a runner may finish its trial before handing it back."
+    )
+    log_level: str = "INFO"
+    log_json: bool = False
+    trace_console: bool = Field(default=False, description="Also print finished spans on stderr (besides OTEL_* exporters).")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: no endpoint).")
+    trace_url: str | None = Field(
+        default=None, description="Link template into the trace UI for reports, e.g. http://jaeger:16686/trace/{trace_id}."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the metrics endpoint (0.0.0.0 in a pod, for the scraper)."
+    )
+    max_payload_bytes: int = Field(default=1_048_576, gt=0, description="Largest message a service accepts.")
+    tls_reload_interval_s: float = Field(
+        default=10.0, gt=0, description="How often services look for a renewed certificate (reloaded without restart)."
+    )
+    health_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve /healthz and /readyz on this port (the chart's probes); off when unset."
+    )
+    insecure_plaintext_for_benchmarks: bool = Field(
+        default=False,
+        description="DEV/BENCHMARK ONLY: run the embedded server and every client without TLS or "
+        "per-identity permissions, to measure what mTLS costs (bench/platform.py). Never set in a deployment.",
+    )
+
+    def tls_path(self) -> Path:
+        """Directory of this identity's certificate files."""
+        return self.tls_dir if self.tls_dir is not None else self.state_dir / "pki" / self.identity.value
+
+
+def state_dir_from_env(default: Path = DEFAULT_STATE_DIR) -> Path:
+    """The state directory named by ``TWEAKLINE_STATE_DIR``, else ``default`` (used by the CLI's flags)."""
+    return Path(os.environ.get("TWEAKLINE_STATE_DIR", str(default)))

@@ -1,0 +1,95 @@
+"""The tweak file's search space as Optuna distributions, with conditional parameters.
+
+A parameter with ``when`` is suggested only when the parameters it depends on took one of the
+listed values, so the sampler never learns from (and the estimator never receives) inactive ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from tweakline.proto.tweakfile import CategoricalParam, FloatParam, IntParam, ParamSpec
+
+
+def distribution(param: ParamSpec) -> BaseDistribution:
+    """The Optuna distribution of one parameter."""
+    if isinstance(param, FloatParam):
+        return FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, IntParam):
+        return IntDistribution(param.low, param.high, log=param.log, step=param.step)
+    return CategoricalDistribution(param.choices)
+
+
+def ordered(space: dict[str, ParamSpec]) -> list[str]:
+    """Parameter names with every parameter after those its ``when`` refers to."""
+    done: list[str] = []
+    pending = dict(space)
+    while pending:
+        progressed = False
+        for name, param in list(pending.items()):
+            if all(dep in done for dep in (param.when or {})):
+                done.append(name)
+                del pending[name]
+                progressed = True
+        if not progressed:  # a cycle: validation should have refused it; keep declaration order
+            done.extend(pending)
+            break
+    return done
+
+
+def is_active(param: ParamSpec, chosen: dict[str, Any]) -> bool:
+    """Whether a (possibly conditional) parameter applies, given the values chosen so far."""
+    return all(name in chosen and chosen[name] in values for name, values in (param.when or {}).items())
+
+
+def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Ask ``trial`` for a value of every active parameter."""
+    chosen: dict[str, Any] = {}
+    for name in ordered(space):
+        param = space[name]
+        if not is_active(param, chosen):
+            continue
+        if isinstance(param, FloatParam):
+            chosen[name] = trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
+        elif isinstance(param, IntParam):
+            chosen[name] = trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step)
+        elif isinstance(param, CategoricalParam):
+            chosen[name] = trial.suggest_categorical(name, param.choices)
+    return chosen
+
+
+def distributions_of(params: dict[str, Any], space: dict[str, ParamSpec]) -> dict[str, BaseDistribution] | None:
+    """Distributions for recorded ``params`` if they still fit ``space``, else ``None`` (for replaying history)."""
+    result: dict[str, BaseDistribution] = {}
+    for name, value in params.items():
+        param = space.get(name)
+        if param is None:
+            return None
+        dist = distribution(param)
+        try:
+            if not dist._contains(dist.to_internal_repr(value)):
+                return None
+        except (ValueError, TypeError):
+            return None
+        result[name] = dist
+    return result
+
+
+def grid_values(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
+    """Every value of every parameter, for grid search (floats need a step)."""
+    grid: dict[str, list[Any]] = {}
+    for name, param in space.items():
+        if isinstance(param, CategoricalParam):
+            grid[name] = list(param.choices)
+        elif isinstance(param, IntParam):
+            grid[name] = list(range(param.low, param.high + 1, param.step))
+        else:
+            assert param.step is not None  # enforced by SearchSpec validation
+            count = int(round((param.high - param.low) / param.step)) + 1
+            grid[name] = [
+                round(param.low + i * param.step, 12) for i in range(count) if param.low + i * param.step <= param.high + 1e-12
+            ]
+    return grid

@@ -1,0 +1,319 @@
+"""``tweakline up`` / ``down`` / ``status``: a long-running local stack, and what it is doing.
+
+``up`` starts a small supervisor process in the background (its own session, so closing the
+terminal does not stop it). The supervisor owns the :class:`~tweakline.stack.LocalStack`: it
+restarts a service that dies (as Kubernetes would restart a pod) and stops everything on
+SIGTERM. ``down`` sends it SIGTERM and waits. ``status`` reads the bus: running experiments,
+the runners' work queue, the stack's processes and the latest dead letters with their reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import psutil
+import typer
+
+from tweakline.errors import StackError
+from tweakline.runtime.settings import DEFAULT_STATE_DIR, Settings
+
+log = logging.getLogger(__name__)
+
+UP_TIMEOUT_S = 180.0
+DOWN_TIMEOUT_S = 60.0
+RESTART_BACKOFF_S = 2.0
+CONNECT_TIMEOUT_S = 10.0
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="TWEAKLINE_STATE_DIR",
+        help="The stack's state directory (default: ./.tweakline).",
+        show_default=False,
+    ),
+]
+
+
+def _root(state_dir: Path | None) -> Path:
+    return (state_dir or DEFAULT_STATE_DIR).resolve()
+
+
+def _info(root: Path) -> dict[str, Any] | None:
+    """The running stack's ``run/stack.json``, or ``None`` when no supervisor owns ``root``."""
+    from tweakline.stack.local import StackLayout
+
+    try:
+        info = json.loads(StackLayout(root).info.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        alive = psutil.Process(int(info["pid"])).is_running()
+    except (psutil.Error, KeyError, ValueError):
+        alive = False
+    return info if alive else None
+
+
+# ------------------------------------------------------------------------------ the supervisor
+
+
+def supervise(root: Path, runners: int | None) -> int:
+    """Run the stack in the foreground until SIGTERM/SIGINT, restarting services that die."""
+    from tweakline.stack.local import LocalStack
+
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stack = LocalStack(root, runners=runners, settings=Settings())
+    try:
+        stack.start()
+        log.info("stack up at %s", stack.url)
+        restarts: dict[str, float] = {}
+        while not stopping:
+            time.sleep(0.5)
+            for service in list(stack.services):
+                if service.alive() or stopping:
+                    continue
+                if time.monotonic() - restarts.get(service.name, 0.0) < RESTART_BACKOFF_S:
+                    continue
+                log.warning("service %s exited with code %s; restarting it", service.name, service.process.returncode)
+                restarts[service.name] = time.monotonic()
+                stack.respawn(service.name)
+    finally:
+        stack.stop()
+    return 0
+
+
+# --------------------------------------------------------------------------------- commands
+
+
+def up(
+    state_dir: StateDir = None,
+    runners: Annotated[int | None, typer.Option("--runners", min=1, help="Trial-runner processes (default: cores).")] = None,
+    foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops the stack.")] = False,
+) -> None:
+    """Start a long-running local stack (nats-server with mTLS and every service) in the background."""
+    from tweakline.reporting.console import err
+    from tweakline.stack.local import StackLayout
+
+    root = _root(state_dir)
+    if foreground:
+        raise typer.Exit(supervise(root, runners))
+    existing = _info(root)
+    if existing is not None:
+        err.print(f"already up: {existing['url']} (supervisor pid {existing['pid']}, state {root})", highlight=False)
+        return
+    layout = StackLayout(root)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "tweakline.stack.control", str(root), str(runners or 0)]
+    with open(layout.logs / "supervisor.log", "ab") as handle:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    with err.status(f"starting the local stack in {root}"):
+        while (info := _info(root)) is None or info.get("pid") != process.pid:
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = (layout.logs / "supervisor.log").read_text(errors="replace").splitlines()[-15:]
+                if process.poll() is None:
+                    process.terminate()
+                raise StackError("the local stack did not start:\n" + "\n".join(tail))
+            time.sleep(0.2)
+    err.print(f"[green]up[/green] {info['url']} (supervisor pid {process.pid}); stop it with 'tweakline down'", highlight=False)
+    typer.echo(f"TWEAKLINE_NATS_URL={info['url']}")
+    typer.echo(f"TWEAKLINE_STATE_DIR={root}")
+
+
+def down(state_dir: StateDir = None) -> None:
+    """Stop the local stack started by ``tweakline up`` (its trials are handed back first)."""
+    from tweakline.reporting.console import err
+
+    root = _root(state_dir)
+    info = _info(root)
+    if info is None:
+        err.print(f"no local stack is running in {root}", highlight=False)
+        return
+    supervisor = psutil.Process(int(info["pid"]))
+    if "tweakline" not in " ".join(supervisor.cmdline()):
+        raise StackError(f"pid {supervisor.pid} in {root}/run/stack.json is not a tweakline supervisor; not stopping it")
+    supervisor.send_signal(signal.SIGTERM)
+    with err.status("stopping the local stack"):
+        try:
+            supervisor.wait(DOWN_TIMEOUT_S)
+        except psutil.TimeoutExpired:
+            supervisor.kill()
+            raise StackError(f"the stack did not stop within {DOWN_TIMEOUT_S:.0f}s; killed pid {supervisor.pid}") from None
+    err.print("[green]down[/green]", highlight=False)
+
+
+def status(
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    letters: Annotated[int, typer.Option("--dead-letters", min=0, help="How many recent dead letters to show.")] = 10,
+) -> None:
+    """Show running experiments, the runners' queue, the stack's processes and recent dead letters."""
+    from tweakline.reporting.console import out, print_json
+
+    root = _root(state_dir)
+    info = _info(root)
+    settings = Settings()
+    if info is not None:
+        settings = settings.model_copy(update={"nats_url": info["url"], "state_dir": root, "tls_dir": None})
+    elif state_dir is not None:
+        settings = settings.model_copy(update={"state_dir": root})
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    report = asyncio.run(collect_status(settings, letters))
+    report["stack"] = _processes(info)
+    if as_json:
+        print_json(report)
+    else:
+        out.print(*render_status(report))
+
+
+def _processes(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    services = {}
+    for name, pid in sorted(info.get("services", {}).items()):
+        try:
+            alive = psutil.Process(pid).is_running() and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        services[name] = {"pid": pid, "alive": alive}
+    return {"url": info.get("url"), "supervisor": info.get("pid"), "services": services}
+
+
+async def collect_status(settings: Settings, letters: int = 10) -> dict[str, Any]:
+    """What the bus knows: running experiments (KV), the runners' consumer, recent dead letters."""
+    from nats.js.errors import BadRequestError, NotFoundError
+
+    from tweakline.proto.messages import DeadLetter, ExperimentState, ExperimentStatus
+    from tweakline.proto.permissions import Identity
+    from tweakline.proto.subjects import Bucket, Consumer, Stream
+    from tweakline.runtime.bus import connect
+    from tweakline.runtime.records import RecordStore
+
+    try:  # nats-py may retry a refused first connection for ever: bound it
+        nc = await asyncio.wait_for(
+            connect(
+                settings.model_copy(update={"identity": Identity.ADMIN}),
+                "tweakline-status",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+            ),
+            CONNECT_TIMEOUT_S,
+        )
+    except TimeoutError:
+        raise StackError(
+            f"cannot reach NATS at {settings.nats_url} within {CONNECT_TIMEOUT_S:.0f}s; "
+            "start a local stack with 'tweakline up' or set TWEAKLINE_NATS_URL"
+        ) from None
+    try:
+        js = nc.jetstream()
+        store = await RecordStore.open(js, Bucket.EXPERIMENTS.value, ExperimentState)
+        experiments = []
+        for key in await store.keys():
+            found = await store.get(key)
+            if found is None or found[0].status is not ExperimentStatus.RUNNING:
+                continue
+            state = found[0]
+            experiments.append(
+                {
+                    "experiment_id": state.experiment_id,
+                    "name": state.tweak.metadata.name,
+                    "started_at": state.started_at.isoformat(),
+                    "results": len(state.results),
+                    "max_trials": state.tweak.spec.budget.max_trials,
+                    "in_flight": len(set(state.issued) - set(state.results)),
+                }
+            )
+        queue = await js.consumer_info(Stream.TRIALS.value, Consumer.TRIAL_RUNNERS.value)
+        runners = {
+            "queued": queue.num_pending,
+            "training": queue.num_ack_pending,
+            "idle_pulls": queue.num_waiting,
+            "redelivered": queue.num_redelivered,
+        }
+        recent: list[dict[str, Any]] = []
+        try:
+            stream = await js.stream_info(Stream.DEAD_LETTERS.value)
+            total = stream.state.messages
+            last = stream.state.last_seq
+            first = max(stream.state.first_seq, last - letters + 1, 1)
+            for seq in range(first, last + 1) if letters and total else []:
+                try:
+                    raw = await js.get_msg(Stream.DEAD_LETTERS.value, seq)
+                except (NotFoundError, BadRequestError):  # purged meanwhile
+                    continue
+                letter = DeadLetter.model_validate_json(raw.data or b"{}")
+                recent.append({"seq": seq, "service": letter.service, "subject": letter.subject, "reason": letter.reason})
+        except NotFoundError:
+            total = 0
+        return {"experiments": experiments, "runners": runners, "dead_letters": {"total": total, "recent": recent}}
+    finally:
+        await nc.close()
+
+
+def render_status(report: dict[str, Any]) -> list[Any]:
+    """Rich tables of a :func:`collect_status` report."""
+    from rich.table import Table
+
+    parts: list[Any] = []
+    stack = report.get("stack")
+    if stack is not None:
+        table = Table(title=f"Local stack {stack['url']} (supervisor {stack['supervisor']})")
+        table.add_column("service")
+        table.add_column("pid", justify="right")
+        table.add_column("state")
+        for name, proc in stack["services"].items():
+            table.add_row(name, str(proc["pid"]), "[green]running[/green]" if proc["alive"] else "[red]down[/red]")
+        parts.append(table)
+    experiments = Table(title="Running experiments")
+    for column in ("experiment", "name", "results", "in flight", "started"):
+        experiments.add_column(column)
+    for exp in report["experiments"]:
+        experiments.add_row(
+            exp["experiment_id"], exp["name"], f"{exp['results']}/{exp['max_trials']}", str(exp["in_flight"]), exp["started_at"]
+        )
+    parts.append(experiments)
+    runners = report["runners"]
+    parts.append(
+        f"Runners: {runners['training']} trial(s) training, {runners['queued']} queued, "
+        f"{runners['idle_pulls']} idle pull(s), {runners['redelivered']} redelivered"
+    )
+    dead = Table(title=f"Dead letters ({report['dead_letters']['total']} in total, latest first)")
+    for column in ("seq", "service", "subject", "reason"):
+        dead.add_column(column, overflow="fold")
+    for letter in reversed(report["dead_letters"]["recent"]):
+        dead.add_row(str(letter["seq"]), letter["service"], letter["subject"], letter["reason"])
+    parts.append(dead)
+    return parts
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``up``, ``down`` and ``status`` to the CLI."""
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+
+
+if __name__ == "__main__":  # the background supervisor started by 'tweakline up'
+    from tweakline.observability.telemetry import setup_logging
+
+    setup_logging("supervisor", Settings())
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]) or None))

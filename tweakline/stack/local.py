@@ -1,0 +1,324 @@
+"""The embedded local stack: nats-server with mTLS, and every service as its own process.
+
+Services are started through ``tweakline service NAME`` exactly as a container would run
+them. The state directory keeps the JetStream store and the dev PKI between runs, so release
+history, the model in production and trial history carry over. A lock file guarantees one
+stack per state directory; children die with their parent (no orphans).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+from tweakline.errors import StackError
+from tweakline.proto.permissions import Identity
+from tweakline.runtime.bus import connect, ensure_topology
+from tweakline.runtime.natsserver import EmbeddedNatsServer, ServerConfig
+from tweakline.runtime.pki import TlsFiles, ensure_pki
+from tweakline.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this child when the process that started it dies (even by SIGKILL)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+    os.setsid()  # the terminal's Ctrl-C reaches the CLI only; the CLI stops the children in order
+
+
+@dataclass
+class ServiceProcess:
+    """One started service process and its log."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_handle: IO[bytes] = field(repr=False)
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.process.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of its log, for error messages."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """Where the local stack keeps its files under the state directory."""
+
+    root: Path
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def jetstream(self) -> Path:
+        return self.root / "jetstream"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "stack.lock"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "run" / "stack.json"
+
+
+class LocalStack:
+    """Start and stop nats-server and the four services on this machine."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        runners: int | None = None,
+        port: int = -1,
+        settings: Settings | None = None,
+        monitor_port: int | None = None,
+    ):
+        self.layout = StackLayout(state_dir.resolve())
+        self.runners = runners if runners is not None else max(1, os.cpu_count() or 1)
+        self.port = port
+        self.monitor_port = monitor_port  # NATS HTTP monitoring (what KEDA reads in a cluster); off by default
+        self.base_settings = settings or Settings()
+        self.server: EmbeddedNatsServer | None = None
+        self.services: list[ServiceProcess] = []
+        self.url: str | None = None
+        self._lock_fd: int | None = None
+
+    # -- settings for this stack's clients ---------------------------------------------------
+
+    def settings_for(self, identity: Identity) -> Settings:
+        """Settings of a client of this stack connecting as ``identity``."""
+        assert self.url is not None, "stack not started"
+        return self.base_settings.model_copy(
+            update={"nats_url": self.url, "identity": identity, "state_dir": self.layout.root, "tls_dir": None}
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = ""
+            try:
+                owner = f" (pid {json.loads(self.layout.info.read_text())['pid']})"
+            except (OSError, ValueError, KeyError):
+                pass
+            raise StackError(
+                f"another tweakline stack is using {self.layout.root}{owner}; "
+                "stop it ('tweakline down') or choose another --state-dir"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def start(self) -> str:
+        """Start everything; return the NATS URL. On any failure, stop what was started."""
+        self._acquire_lock()
+        try:
+            ensure_pki(self.layout.pki)
+            self.server = EmbeddedNatsServer(
+                ServerConfig(
+                    store_dir=self.layout.jetstream,
+                    tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER),
+                    port=self.port,
+                    monitor_port=self.monitor_port,
+                    insecure_plaintext_for_benchmarks=self.base_settings.insecure_plaintext_for_benchmarks,
+                ),
+                self.layout.run,
+            )
+            self.url = self.server.start()
+            asyncio.run(self._topology())
+            self.layout.logs.mkdir(parents=True, exist_ok=True)
+            for name in ("scheduler", "evaluator", "deployer"):
+                self._spawn(name)
+            for index in range(self.runners):
+                self._spawn("trial-runner", index)
+            self._write_info()
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    async def _topology(self) -> None:
+        nc = await connect(self.settings_for(Identity.ADMIN), "tweakline-setup")
+        try:
+            await ensure_topology(nc.jetstream(), self.base_settings)
+        finally:
+            await nc.close()
+
+    def _spawn(self, service: str, index: int = 0) -> None:
+        identity = Identity(service)
+        label = service if service != "trial-runner" else f"trial-runner-{index}"
+        settings = self.settings_for(identity)
+        env = dict(os.environ)
+        env.update(
+            {
+                "TWEAKLINE_NATS_URL": settings.nats_url,
+                "TWEAKLINE_IDENTITY": identity.value,
+                "TWEAKLINE_STATE_DIR": str(self.layout.root),
+                "PYTHONUNBUFFERED": "1",
+                # Children follow this stack's (benchmark-only) transport, not the ambient environment.
+                "TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS": str(settings.insecure_plaintext_for_benchmarks).lower(),
+                # One trial per runner process: BLAS threads would fight over the cores.
+                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+                "OPENBLAS_NUM_THREADS": env.get("OPENBLAS_NUM_THREADS", "1"),
+                "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1"),
+            }
+        )
+        env.update(self._settings_env())
+        env.pop("TWEAKLINE_TLS_DIR", None)
+        if settings.metrics_port:  # one Prometheus port per local process: base, base+1, ...
+            env["TWEAKLINE_METRICS_PORT"] = str(settings.metrics_port + len(self.services))
+        log_path = self.layout.logs / f"{label}.log"
+        handle = open(log_path, "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tweakline", "service", service],
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+        self.services.append(ServiceProcess(label, process, log_path, handle))
+
+    def _settings_env(self) -> dict[str, str]:
+        """The stack's non-default settings as ``TWEAKLINE_*`` variables, so every service sees them."""
+        skip = {"nats_url", "identity", "state_dir", "tls_dir"}
+        values = self.base_settings.model_dump(mode="json", exclude_defaults=True, exclude=skip)
+        return {
+            f"TWEAKLINE_{name.upper()}": value if isinstance(value, str) else json.dumps(value) for name, value in values.items()
+        }
+
+    def service(self, label: str) -> ServiceProcess:
+        """The started service called ``label`` (``scheduler``, ``trial-runner-0``...)."""
+        for candidate in self.services:
+            if candidate.name == label:
+                return candidate
+        raise StackError(f"no service {label!r} in this stack; have {', '.join(s.name for s in self.services)}")
+
+    def respawn(self, label: str) -> ServiceProcess:
+        """Start service ``label`` again after it exited (the supervisor's and the fault tests' restart)."""
+        old = self.service(label)
+        if old.alive():
+            raise StackError(f"service {label} is still running (pid {old.process.pid})")
+        old.log_handle.close()
+        self.services.remove(old)
+        service, _, index = label.partition("-runner-")
+        self._spawn("trial-runner" if index else service, int(index or 0))
+        self._write_info()
+        return self.services[-1]
+
+    def restart_server(self) -> None:
+        """Restart nats-server on the same port and store (services reconnect on their own)."""
+        assert self.server is not None and self.url is not None
+        port = urlparse(self.url).port
+        self.server.stop()
+        self.server.config = replace(self.server.config, port=port or self.port)
+        self.server.start()
+        self._write_info()
+
+    def _write_info(self) -> None:
+        self.layout.info.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "url": self.url,
+                    "server": self.server.pid if self.server else None,
+                    "services": {s.name: s.process.pid for s in self.services},
+                }
+            )
+        )
+
+    def check(self) -> None:
+        """Raise :class:`StackError` with its log tail if a service process died."""
+        for service in self.services:
+            if not service.alive():
+                raise StackError(
+                    f"service {service.name} exited with code {service.process.returncode}; "
+                    f"log {service.log_path}:\n{service.tail()}"
+                )
+        if self.server is not None and self.server.process is not None and self.server.process.poll() is not None:
+            raise StackError(f"nats-server exited; see {self.server.log_file}")
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop the services (SIGTERM, then SIGKILL after ``grace``), then the server; idempotent.
+
+        The default grace lets a runner use its own ``shutdown_grace_s`` to finish or hand back its trial.
+        """
+        if grace is None:
+            grace = self.base_settings.shutdown_grace_s + 5.0
+        for service in self.services:
+            if service.alive():
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for service in self.services:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                service.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait(5)
+            service.log_handle.close()
+        self.services.clear()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        try:
+            self.layout.info.unlink()
+        except OSError:
+            pass
+        self._release_lock()
+
+    def pids(self) -> list[int]:
+        """Process ids of everything this stack started (server first)."""
+        pids = [self.server.pid] if self.server and self.server.pid else []
+        return pids + [s.process.pid for s in self.services]
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
