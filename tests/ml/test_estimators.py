@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -12,6 +11,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from tests.factories import make_spec
 from tweakline.errors import EstimatorNotAllowedError, Problem
 from tweakline.ml.estimators import (
     InvalidEstimatorError,
@@ -23,21 +23,10 @@ from tweakline.ml.estimators import (
     resolve,
     task_of,
 )
-from tweakline.proto.tweakfile import ExperimentSpec, ModelSpec
+from tweakline.proto.tweakfile import ModelSpec
 
 ALLOWED = ["sklearn."]
 SVC_PARAMS = "C, break_ties, cache_size, class_weight, coef0, decision_function_shape, degree, gamma, kernel"
-
-
-def make_spec(**overrides: Any) -> ExperimentSpec:
-    data: dict[str, Any] = {
-        "dataset": {"source": "sklearn:iris"},
-        "model": {"estimator": "sklearn.svm.SVC"},
-        "search": {"space": {"C": {"type": "float", "low": 1e-3, "high": 1e3, "log": True}}},
-        "objective": {"metric": "accuracy", "cv": 3},
-    }
-    data.update(overrides)
-    return ExperimentSpec.model_validate(data)
 
 
 def by_path(problems: list[Problem]) -> dict[str, str]:

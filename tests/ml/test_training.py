@@ -10,6 +10,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from tests import factories
 from tweakline.ml.datasets import DatasetCache, Split
 from tweakline.ml.training import cv_splitter, describe_error, estimator_seed, run_trial
 from tweakline.proto.messages import TrialStatus
@@ -19,15 +20,10 @@ ALLOWED = ["sklearn."]
 CACHE = DatasetCache()
 
 
-def make_spec(**overrides: Any) -> ExperimentSpec:
-    data: dict[str, Any] = {
-        "dataset": {"source": "sklearn:iris", "seed": 0},
-        "model": {"estimator": "sklearn.svm.SVC", "pipeline": ["sklearn.preprocessing.StandardScaler"]},
-        "search": {"space": {"C": {"type": "float", "low": 1e-3, "high": 1e3, "log": True}}},
-        "objective": {"metric": "accuracy", "cv": 3},
-    }
-    data.update(overrides)
-    return ExperimentSpec.model_validate(data)
+def make_spec(**sections: Any) -> ExperimentSpec:
+    """The shared base, with a scaler in front of the SVC (as most tests here train one)."""
+    sections.setdefault("model", {"estimator": "sklearn.svm.SVC", "pipeline": ["sklearn.preprocessing.StandardScaler"]})
+    return factories.make_spec(**sections)
 
 
 def split_of(spec: ExperimentSpec) -> Split:

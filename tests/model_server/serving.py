@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from tests.waiting import until
 from tweakline.deployer.control import releases
 from tweakline.deployer.releases import record_promotion
 from tweakline.ml.artifacts import dump_model
@@ -96,13 +97,12 @@ class RunningServer:
 
     async def wait_for_revision(self, revision: int, timeout: float = 30) -> dict:
         """Poll /version until ``revision`` is served (fails with the server's log after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        async def served() -> dict | None:
             body = (await self.client.get("/version")).json()
-            if body.get("revision") == revision:
-                return body
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"revision {revision} not served within {timeout}s: {body}\n{self.log.read_text()}")
+            return body if body.get("revision") == revision else None
+
+        return await until(served, f"revision {revision} to be served (log: {self.log})", timeout, interval=0.1)
 
     async def close(self) -> None:
         await self.client.aclose()
