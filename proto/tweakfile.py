@@ -276,26 +276,12 @@ class CategoricalParam(_Param):
 ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
-class SearchAlgorithm(StrEnum):
-    """Names accepted in ``spec.search.algorithm``."""
-
-    GRID = "grid"
-    RANDOM = "random"
-    TPE = "tpe"
-    GP = "gp"
-    CMAES = "cmaes"
-    QMC = "qmc"
-    NSGA2 = "nsga2"
-
-
-class PrunerName(StrEnum):
-    """Names accepted in ``spec.search.pruner`` (early stopping of unpromising trials)."""
-
-    NONE = "none"
-    MEDIAN = "median"
-    ASHA = "asha"
-    HYPERBAND = "hyperband"
-    WILCOXON = "wilcoxon"
+# Search algorithms and pruners are plug-ins (tweakline.search): the tweak file names them by
+# string, and the plug-in layer checks the name against its registry and applies the plug-in's
+# own rules, so adding one never edits this contract.
+DEFAULT_ALGORITHM = "tpe"
+DEFAULT_PRUNER = "none"
+DEFAULT_EARLY_STOPPING = "asha"
 
 
 class ResourceName(StrEnum):
@@ -406,7 +392,9 @@ class EarlyStoppingSpec(_Strict):
     The same as ``search.pruner`` (and ``search.resource``); either spelling may be used.
     """
 
-    algorithm: PrunerName = Field(default=PrunerName.ASHA, description="none, median, asha, hyperband or wilcoxon.")
+    algorithm: str = Field(
+        default=DEFAULT_EARLY_STOPPING, description="A registered pruner, e.g. none, median, asha, hyperband or wilcoxon."
+    )
     resource: ResourceSpec | None = Field(default=None, description="As search.resource.")
 
 
@@ -434,11 +422,14 @@ class WarmStartSpec(_Strict):
 class SearchSpec(_Strict):
     """The search space and the algorithm exploring it."""
 
-    algorithm: SearchAlgorithm = SearchAlgorithm.TPE
+    algorithm: str = Field(
+        default=DEFAULT_ALGORITHM,
+        description="A registered search algorithm, e.g. tpe, random, grid, cmaes or nsga2.",
+    )
     space: dict[str, ParamSpec] = Field(min_length=1, description="Parameter name -> its range or choices.")
     seed: int | None = Field(default=None, ge=0, description="Seed of the sampler, for reproducible searches.")
-    pruner: PrunerName = Field(
-        default=PrunerName.NONE,
+    pruner: str = Field(
+        default=DEFAULT_PRUNER,
         description="Early stopping on per-fold scores: none, median, asha, hyperband or wilcoxon.",
     )
     warm_start: WarmStartSpec = Field(
@@ -462,10 +453,10 @@ class SearchSpec(_Strict):
             return data
         given = data["early_stopping"]
         data = dict(data)
-        algorithm = given.get("algorithm", PrunerName.ASHA.value)
+        algorithm = given.get("algorithm", DEFAULT_EARLY_STOPPING)
         wanted: dict[str, Any] = {}
-        if algorithm in {p.value for p in PrunerName}:  # otherwise early_stopping.algorithm reports it
-            wanted["pruner"] = str(algorithm)
+        if isinstance(algorithm, str):  # otherwise early_stopping.algorithm reports it
+            wanted["pruner"] = algorithm
         if given.get("resource") is not None:
             try:
                 wanted["resource"] = ResourceSpec.model_validate(given["resource"]).model_dump(mode="json")
@@ -521,26 +512,7 @@ class SearchSpec(_Strict):
                         other=other,
                         choices=target.choices,
                     )
-        if self.algorithm == SearchAlgorithm.GRID:
-            for name, param in self.space.items():
-                if param.when:
-                    raise problem(
-                        f"space.{name}.when",
-                        "grid search does not support conditional parameters; use random or tpe, or drop 'when'",
-                    )
-                if isinstance(param, FloatParam) and param.step is None:
-                    raise problem(
-                        f"space.{name}.step",
-                        "grid search needs a step for float parameters (or use categorical choices), got none",
-                    )
         if self.resource is not None:
-            if self.pruner in (PrunerName.NONE, PrunerName.WILCOXON):
-                raise problem(
-                    "pruner",
-                    "search.resource grows trials in rungs for a pruner to judge: expected asha, hyperband or median, "
-                    "got '{value}'",
-                    value=self.pruner.value,
-                )
             name = self.resource.name.value
             if name in self.space:
                 raise problem(
@@ -548,8 +520,6 @@ class SearchSpec(_Strict):
                     "is the training resource (search.resource); every surviving trial gets {amount}, so drop it from the space",
                     amount=_show(self.resource.max),
                 )
-        if self.algorithm == SearchAlgorithm.CMAES and all(isinstance(p, CategoricalParam) for p in self.space.values()):
-            raise problem("algorithm", "cmaes needs at least one float or int parameter; this space is all categorical, use tpe")
         return self
 
 
@@ -704,22 +674,7 @@ class ExperimentSpec(_Strict):
     deploy: DeploySpec | None = None
 
     @model_validator(mode="after")
-    def _multi_objective_fits_the_search(self) -> ExperimentSpec:
-        several = bool(self.objective.secondary)
-        algorithm = self.search.algorithm
-        if algorithm == SearchAlgorithm.NSGA2 and not several:
-            raise problem(
-                "search.algorithm",
-                "nsga2 optimises several metrics; list them in objective.secondary (e.g. recall_macro), or use tpe",
-            )
-        if several and algorithm == SearchAlgorithm.CMAES:
-            raise problem("search.algorithm", "cmaes optimises a single metric; with objective.secondary use nsga2 or tpe")
-        if several and self.search.pruner != PrunerName.NONE:
-            raise problem(
-                "search.pruner",
-                "pruners compare a single metric; with objective.secondary use pruner: none, got '{value}'",
-                value=self.search.pruner.value,
-            )
+    def _resource_is_not_fixed(self) -> ExperimentSpec:
         resource = self.search.resource
         if resource is not None and resource.name.value in self.model.fixed:
             raise problem(

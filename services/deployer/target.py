@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from tweakline.errors import Problem
 from tweakline.proto.messages import ReleaseHistory, ReleaseRevision
 from tweakline.proto.tweakfile import DeploySpec
 from tweakline.runtime.settings import Settings
@@ -32,6 +33,13 @@ class DeployTarget(ABC):
     @abstractmethod
     async def rollback(self, spec: DeploySpec, history: ReleaseHistory, revision: ReleaseRevision) -> None:
         """Make the earlier ``revision`` live again."""
+
+    def check(self, spec: DeploySpec) -> list[Problem]:
+        """Problems with the ``spec.deploy`` settings only this target reads (paths from the tweak file's root).
+
+        Default: none; rules that hold for every target stay in ``tweakline.proto.tweakfile.DeploySpec``.
+        """
+        return []
 
     def endpoint(self, spec: DeploySpec) -> str | None:
         """Base URL of the live model server for the post-deploy check; ``None`` if none is known."""

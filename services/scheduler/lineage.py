@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 
 from tweakline.proto.messages import LineageHistory, LineageTrial, Source, TrialRecord, TrialStatus, WarmStartReport
 from tweakline.proto.subjects import Bucket
-from tweakline.proto.tweakfile import ExperimentSpec, SearchAlgorithm, TweakFile
+from tweakline.proto.tweakfile import ExperimentSpec, TweakFile
 from tweakline.runtime.records import RecordStore
 from tweakline.search.space import distribution, is_active, ordered
 
@@ -115,7 +115,7 @@ def select(
         return [], report
     candidates = [t for t in history.trials if t.record.status in (TrialStatus.OK, TrialStatus.PRUNED)]
     report.available = len(candidates)
-    if spec.search.algorithm is SearchAlgorithm.GRID:
+    if spec.search.algorithm == "grid":
         # An exhaustive grid would skip the points seen before instead of learning from them.
         report.incompatible = len(candidates)
         if candidates:

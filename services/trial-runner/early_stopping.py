@@ -23,8 +23,8 @@ from faststream.nats import NatsMessage
 
 from tweakline.proto.messages import TrialControl, TrialControlAction, TrialProgress, TrialRequested
 from tweakline.proto.subjects import Subject, subject_for
-from tweakline.proto.tweakfile import PrunerName
 from tweakline.runtime.service import ServiceContext
+from tweakline.search.pruning import pruning_for
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class TrialWatch:
     def __init__(self, owner: EarlyStopping, request: TrialRequested):
         self.owner = owner
         self.request = request
-        self.awaits_verdict = request.spec.search.pruner is not PrunerName.NONE
+        self.awaits_verdict = pruning_for(request.spec).enabled
         self.cancelled = False
         self.reason = ""
         self._answered: set[int] = set()

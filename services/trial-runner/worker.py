@@ -48,7 +48,7 @@ import psutil
 from tweakline.errors import TweaklineError
 from tweakline.ml.training import TrialOutcome
 from tweakline.proto.messages import TrialRequested, TrialStatus
-from tweakline.proto.tweakfile import PrunerName
+from tweakline.search.pruning import pruning_for
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def awaits_verdict(request: TrialRequested, stage: int) -> bool:
     """Whether training pauses after ``stage`` (a fold, or a rung of ``search.resource``) for the
     early-stopping verdict: with a pruner, after every stage but the last, so a pruned trial never
     trains a fold or rung it does not need."""
-    return request.spec.search.pruner is not PrunerName.NONE and stage + 1 < request.spec.stages
+    return pruning_for(request.spec).enabled and stage + 1 < request.spec.stages
 
 
 class WorkerCrashedError(TweaklineError):

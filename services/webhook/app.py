@@ -488,7 +488,7 @@ class Webhook:
                 BuildState.INPROGRESS,
                 f"tweakline {name}",
                 f"tuning {spec.model.estimator.rsplit('.', 1)[-1]}: {spec.budget.max_trials} trials, "
-                f"{spec.search.algorithm.value} search on {spec.objective.metric}",
+                f"{spec.search.algorithm} search on {spec.objective.metric}",
                 self._report_url(exp_id, target),
             ),
         )
@@ -506,6 +506,7 @@ class Webhook:
     async def _prepare(self, raw: bytes, path: str, target: Target, where: str) -> TweakFile:
         """Parse, upload the dataset from the repository, and check: every problem, before anything starts."""
         from tweakline.ml.estimators import check_spec  # scikit-learn: imported on first use
+        from tweakline.search.algorithms import check_search_rules
 
         try:
             text = raw.decode("utf-8")
@@ -534,6 +535,7 @@ class Webhook:
         except DatasetError as exc:
             raise InvalidTweakFileError(where, [Problem("spec.dataset.source", str(exc))]) from None
         problems = await asyncio.to_thread(check_spec, tweak.spec, self.settings.allowed_estimators, None)
+        problems += check_search_rules(tweak.spec)  # the algorithm's and pruner's own rules
         if problems:
             raise InvalidTweakFileError(where, problems)
         return tweak

@@ -30,6 +30,8 @@ from tweakline.proto.messages import PAYLOADS
 from tweakline.proto.permissions import Identity, Permissions, nats_authorization, permission_map
 from tweakline.proto.subjects import CONSUMER_FILTERS, STREAM_SUBJECTS, Subject, all_of
 from tweakline.proto.tweakfile import TweakFile
+from tweakline.search.algorithms import STRATEGIES
+from tweakline.search.pruning import PRUNERS
 
 NATS_AUTHORIZATION = Path("helm/tweakline/files/nats-authorization.json")
 TWEAKFILE_SCHEMA = Path("proto/tweakfile.schema.json")
@@ -46,9 +48,32 @@ def write_nats_authorization(root: Path) -> Path:
     return _write(root / NATS_AUTHORIZATION, render_nats_authorization())
 
 
+def plugin_names() -> dict[tuple[str, str], list[str]]:
+    """``(model, field) -> registered names`` for the tweak file's fields that name a plug-in.
+
+    The contract keeps these fields plain strings (adding a plug-in never edits it); the schema
+    editors read lists what is registered.
+    """
+    return {
+        ("SearchSpec", "algorithm"): list(STRATEGIES),
+        ("SearchSpec", "pruner"): list(PRUNERS),
+        ("EarlyStoppingSpec", "algorithm"): list(PRUNERS),
+    }
+
+
+def with_plugin_names(definitions: dict[str, Any]) -> dict[str, Any]:
+    """``definitions`` (schemas by model name) with the registered names as each plug-in field's ``enum``."""
+    for (model, field), names in plugin_names().items():
+        prop = definitions.get(model, {}).get("properties", {}).get(field)
+        if prop is not None:
+            prop["enum"] = names
+    return definitions
+
+
 def render_tweakfile_schema() -> str:
-    """The JSON Schema (2020-12) of a tweak file, from the pydantic models."""
+    """The JSON Schema (2020-12) of a tweak file, from the pydantic models and the plug-in registries."""
     schema = TweakFile.model_json_schema(mode="validation")
+    with_plugin_names(schema.get("$defs", {}))
     document = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://tweakline.dev/schemas/tweakfile-v1.json",
@@ -138,7 +163,7 @@ def asyncapi_document() -> dict[str, Any]:
         "operations": operations,
         "components": {
             "messages": messages,
-            "schemas": dict(sorted(schemas.items())),
+            "schemas": dict(sorted(with_plugin_names(schemas).items())),
             "securitySchemes": {
                 "mtls": {"type": "X509", "description": "Client certificate with CN=<identity>, mapped by verify_and_map."}
             },

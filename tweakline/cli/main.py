@@ -97,18 +97,18 @@ def validate(file: Annotated[Path, typer.Argument(help="The tweak file.")]) -> N
     except InvalidTweakFileError as exc:
         _invalid(exc)
     spec = tweak.spec
-    from tweakline.proto.tweakfile import PrunerName
+    from tweakline.search.pruning import pruning_for
 
     stopping = ""
-    if spec.search.pruner is not PrunerName.NONE:
-        stopping = f", early stopping {spec.search.pruner.value}"
+    if pruning_for(spec).enabled:
+        stopping = f", early stopping {spec.search.pruner}"
         resource = spec.search.resource
         if resource is not None:
             amounts = ", ".join(f"{resource.value(r.amount):.3g}" for r in resource.rungs())
             stopping += f" on rungs of {resource.name.value} ({amounts})"
     err.print(
         f"[green]ok[/green] {file}: {tweak.metadata.name}: {spec.model.estimator} on {spec.dataset.source}, "
-        f"{spec.search.algorithm.value} search over {len(spec.search.space)} parameter(s), "
+        f"{spec.search.algorithm} search over {len(spec.search.space)} parameter(s), "
         f"{spec.budget.max_trials} trials, objective {spec.objective.metric}{stopping}",
         highlight=False,
     )

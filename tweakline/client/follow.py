@@ -161,7 +161,7 @@ def experiment_span(experiment_id: str, tweak: TweakFile) -> contextlib.Abstract
         attributes={
             "tweakline.experiment.name": tweak.metadata.name,
             "tweakline.estimator": tweak.spec.model.estimator,
-            "tweakline.search.algorithm": tweak.spec.search.algorithm.value,
+            "tweakline.search.algorithm": tweak.spec.search.algorithm,
         },
     )
 

@@ -1,7 +1,9 @@
 """Search algorithms: each an Optuna sampler behind one small plug-in interface.
 
-Adding an algorithm is one subclass of :class:`SearchStrategy` plus one line in
-:data:`STRATEGIES` (and its name in ``tweakline.proto.tweakfile.SearchAlgorithm``).
+Adding an algorithm is one subclass of :class:`SearchStrategy` registered with
+:func:`register_strategy`: the tweak file names it by string, :func:`check_search` checks the
+name against :data:`STRATEGIES` and runs the strategy's own :meth:`SearchStrategy.check`, and the
+JSON Schema lists the registered names (``tweakline.cli.generate``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import ClassVar
 import optuna
 
 from tweakline.errors import Problem
-from tweakline.proto.tweakfile import SearchSpec
+from tweakline.proto.tweakfile import CategoricalParam, ExperimentSpec, FloatParam, SearchSpec
+from tweakline.search.names import unknown_name
 from tweakline.search.space import grid_values
 
 
@@ -43,6 +46,13 @@ class SearchStrategy(ABC):
     def unavailable(self) -> str | None:
         """Why this strategy cannot run on this installation (a missing optional library), else ``None``."""
         return None
+
+    def check(self, spec: ExperimentSpec) -> list[Problem]:
+        """Problems with ``spec`` that only this strategy has (paths from the tweak file's root).
+
+        Default: none. Rules that hold whatever the algorithm stay in ``tweakline.proto.tweakfile``.
+        """
+        return []
 
 
 class RandomSearch(SearchStrategy):
@@ -72,6 +82,25 @@ class GridSearch(SearchStrategy):
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return _AskTellGridSampler(grid_values(search.space), seed=search.seed)
+
+    def check(self, spec: ExperimentSpec) -> list[Problem]:
+        # Every point of the grid must be listed: no parameter may depend on another, floats need a step.
+        for name, param in spec.search.space.items():
+            if param.when:
+                return [
+                    Problem(
+                        f"spec.search.space.{name}.when",
+                        "grid search does not support conditional parameters; use random or tpe, or drop 'when'",
+                    )
+                ]
+            if isinstance(param, FloatParam) and param.step is None:
+                return [
+                    Problem(
+                        f"spec.search.space.{name}.step",
+                        "grid search needs a step for float parameters (or use categorical choices), got none",
+                    )
+                ]
+        return []
 
     def trial_limit(self, search: SearchSpec, max_trials: int) -> int:
         size = math.prod(len(v) for v in grid_values(search.space).values())
@@ -113,6 +142,20 @@ class CmaEsSearch(SearchStrategy):
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False)
 
+    def check(self, spec: ExperimentSpec) -> list[Problem]:
+        if all(isinstance(p, CategoricalParam) for p in spec.search.space.values()):
+            return [
+                Problem(
+                    "spec.search.algorithm",
+                    "cmaes needs at least one float or int parameter; this space is all categorical, use tpe",
+                )
+            ]
+        if spec.objective.secondary:
+            return [
+                Problem("spec.search.algorithm", "cmaes optimises a single metric; with objective.secondary use nsga2 or tpe")
+            ]
+        return []
+
     def warm_sampler(self, search: SearchSpec, history: Sequence[optuna.trial.FrozenTrial]) -> optuna.samplers.BaseSampler:
         # CMA-ES ignores trials it did not generate: its warm start (mean, step size, covariance
         # from the best earlier trials) is given at construction. Too few trials give no prior.
@@ -140,18 +183,62 @@ class Nsga2Search(SearchStrategy):
         # Optuna's default population (50) is larger than most CI budgets: evolve sooner.
         return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=16)
 
+    def check(self, spec: ExperimentSpec) -> list[Problem]:
+        if not spec.objective.secondary:
+            return [
+                Problem(
+                    "spec.search.algorithm",
+                    "nsga2 optimises several metrics; list them in objective.secondary (e.g. recall_macro), or use tpe",
+                )
+            ]
+        return []
 
-STRATEGIES: dict[str, type[SearchStrategy]] = {
-    cls.name: cls for cls in (RandomSearch, GridSearch, TpeSearch, GpSearch, CmaEsSearch, QmcSearch, Nsga2Search)
-}
+
+STRATEGIES: dict[str, type[SearchStrategy]] = {}
+
+
+def register_strategy(cls: type[SearchStrategy]) -> type[SearchStrategy]:
+    """Register ``cls`` under ``cls.name`` (usable as a class decorator); a name is registered once."""
+    if cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
+        raise ValueError(f"search algorithm '{cls.name}' is already registered as {STRATEGIES[cls.name].__qualname__}")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+for _builtin in (GridSearch, RandomSearch, TpeSearch, GpSearch, CmaEsSearch, QmcSearch, Nsga2Search):
+    register_strategy(_builtin)
 
 
 def strategy_for(search: SearchSpec) -> SearchStrategy:
-    """The strategy named by ``search.algorithm``."""
-    return STRATEGIES[search.algorithm.value]()
+    """The strategy named by ``search.algorithm`` (a name :func:`check_search` has accepted)."""
+    cls = STRATEGIES.get(search.algorithm)
+    if cls is None:
+        raise KeyError(unknown_name(search.algorithm, STRATEGIES))
+    return cls()
 
 
-def check_search(search: SearchSpec) -> list[Problem]:
-    """Problems with ``search`` on this installation (run before anything starts)."""
-    why = strategy_for(search).unavailable()
-    return [] if why is None else [Problem("spec.search.algorithm", why)]
+def check_search_rules(spec: ExperimentSpec) -> list[Problem]:
+    """Problems with the search (algorithm and pruner) of ``spec``, wherever it runs.
+
+    Unknown names are reported against the registries; a known algorithm and pruner then apply
+    their own rules.
+    """
+    from tweakline.search.pruning import check_pruning
+
+    cls = STRATEGIES.get(spec.search.algorithm)
+    if cls is None:
+        problems = [Problem("spec.search.algorithm", unknown_name(spec.search.algorithm, STRATEGIES))]
+    else:
+        problems = cls().check(spec)
+    return problems + check_pruning(spec)
+
+
+def check_search(spec: ExperimentSpec) -> list[Problem]:
+    """Problems with the search of ``spec`` on this installation (run before anything starts).
+
+    :func:`check_search_rules`, and whether the algorithm can run here (an optional library).
+    """
+    cls = STRATEGIES.get(spec.search.algorithm)
+    why = cls().unavailable() if cls is not None else None
+    unavailable = [] if why is None else [Problem("spec.search.algorithm", why)]
+    return unavailable + check_search_rules(spec)

@@ -30,7 +30,7 @@ def validate_tweak_file(path: str | Path, allowed_estimators: list[str]) -> Twea
     tweak = resolve_paths(load_tweak_file(path), path.resolve().parent)
     from tweakline.search.algorithms import check_search
 
-    problems = check_spec(tweak.spec, allowed_estimators, path.resolve().parent) + check_search(tweak.spec.search)
+    problems = check_spec(tweak.spec, allowed_estimators, path.resolve().parent) + check_search(tweak.spec)
     if problems:
         raise InvalidTweakFileError(str(path), problems)
     return tweak
