@@ -3,18 +3,41 @@
 Messages are JSON (pydantic); nothing on the bus is ever pickled. Ids make every handler
 idempotent: ``experiment_id`` is unique per submission, ``trial_id`` is
 ``<experiment_id>.<number>``, and :func:`msg_id` gives the ``Nats-Msg-Id`` used for de-duplication.
+
+Compatibility between releases (services are upgraded one at a time, so old and new ones share
+the bus and the buckets):
+
+* Envelopes (every :class:`Message`) ignore fields they do not know: a newer sender may add one.
+* The tweak file stays strict where a person wrote it (unknown keys are errors, see
+  :mod:`tweakline.proto.tweakfile`). So an embedded tweak file or spec section (:data:`SetOnly`:
+  ``TweakFile``, ``ExperimentSpec``, ``GateSpec``, ``DeploySpec``) travels with **only the fields
+  that were set** (``exclude_unset``), never with its defaults: a field with a default added in a
+  newer release is then absent unless the user wrote it, and an older receiver fills in its own
+  defaults instead of refusing a key it does not know. A newer field a user did write is still
+  refused by an older receiver, which is right: it cannot honour it.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, WrapSerializer
 
 from tweakline.proto.subjects import Subject
 from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, GateSpec, TweakFile
+
+
+def _only_set(value: Any, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+    # Only what the writer set travels (see the module docstring); the receiver's defaults apply.
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode=info.mode, exclude_unset=True, by_alias=bool(info.by_alias))
+    return handler(value)
+
+
+# An embedded tweak-file model: serialized with the fields that were set only.
+SetOnly = WrapSerializer(_only_set)
 
 
 def utcnow() -> datetime:
@@ -44,7 +67,7 @@ class ExperimentSubmitted(Message):
     """CLI / webhook -> scheduler: run this tweak file."""
 
     experiment_id: str
-    tweak: TweakFile
+    tweak: Annotated[TweakFile, SetOnly]
     source: Source = Field(default_factory=Source)
     submitted_at: datetime = Field(default_factory=utcnow)
     traceparent: str | None = Field(
@@ -67,7 +90,7 @@ class TrialRequested(Message):
     trial_id: str
     number: int
     params: dict[str, Any]
-    spec: ExperimentSpec
+    spec: Annotated[ExperimentSpec, SetOnly]
     requested_at: datetime = Field(default_factory=utcnow)
 
 
@@ -200,7 +223,7 @@ class ExperimentState(Message):
     """Scheduler state of one experiment, kept in the experiments KV bucket (compare-and-set)."""
 
     experiment_id: str
-    tweak: TweakFile
+    tweak: Annotated[TweakFile, SetOnly]
     source: Source = Field(default_factory=Source)
     status: ExperimentStatus = ExperimentStatus.RUNNING
     started_at: datetime = Field(default_factory=utcnow)
@@ -219,7 +242,7 @@ class ExperimentCompleted(Message):
     """Scheduler -> evaluator: the finished search."""
 
     experiment_id: str
-    tweak: TweakFile
+    tweak: Annotated[TweakFile, SetOnly]
     source: Source = Field(default_factory=Source)
     status: ExperimentStatus
     trials: list[TrialRecord]
@@ -299,11 +322,13 @@ class EvaluationCompleted(Message):
     comparison: Comparison | None = Field(default=None, description="Paired test against production, if any.")
     features: list[str] = Field(default_factory=list, description="Training feature names, in order.")
     probe: ArtifactRef | None = Field(default=None, description="Probe rows for the post-deploy check (JSON).")
-    gate: GateSpec | None = Field(default=None, description="The gate applied (the post-deploy check reuses it).")
+    gate: Annotated[GateSpec, SetOnly] | None = Field(
+        default=None, description="The gate applied (the post-deploy check reuses it)."
+    )
     artifact: ArtifactRef | None = None
     release: str | None = None
     target: str | None = None
-    deploy: DeploySpec | None = Field(default=None, description="Where the model goes if promoted.")
+    deploy: Annotated[DeploySpec, SetOnly] | None = Field(default=None, description="Where the model goes if promoted.")
     estimator: str = ""
     source: Source = Field(default_factory=Source)
     trials_total: int = 0
@@ -345,7 +370,9 @@ class ReleaseRevision(Message):
     reason: str = ""
     features: list[str] = Field(default_factory=list, description="Training feature names the server validates.")
     comparison: Comparison | None = Field(default=None, description="The gate's evidence against production.")
-    deploy: DeploySpec | None = Field(default=None, description="Where it was deployed (helm: chart, namespace).")
+    deploy: Annotated[DeploySpec, SetOnly] | None = Field(
+        default=None, description="Where it was deployed (helm: chart, namespace)."
+    )
     target_revision: int | None = Field(default=None, description="The target's own revision (Helm's), if any.")
 
 

@@ -32,6 +32,7 @@ from tweakline.runtime.records import RecordStore, StaleRecordError
 from tweakline.runtime.service import ServiceContext
 from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.lineage import LineageStore, lineage_of, select
+from tweakline.validation import intake
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Scheduler:
         submitted = await self.ctx.decode(msg, ExperimentSubmitted)
         if submitted is None:
             return
+        refused = await intake.refusal(self.ctx, msg, submitted.tweak)  # the same checks as `tweakline validate`
         assert self.store is not None
         exp_id = submitted.experiment_id
         async with self._lock(exp_id):
@@ -121,9 +123,8 @@ class Scheduler:
                 return
             log.info("experiment %s submitted (%s)", exp_id, submitted.tweak.metadata.name)
             self.runs[exp_id] = (ExperimentRun(state), revision)
-            unavailable = self.runs[exp_id][0].strategy.unavailable()
-            if unavailable:  # e.g. gp without PyTorch: fail the experiment with the reason, issue nothing
-                await self._close(exp_id, f"spec.search.algorithm: {unavailable}")
+            if refused:  # e.g. gp without PyTorch: fail the experiment with the reason, issue nothing
+                await self._close(exp_id, refused)
             else:
                 await self._advance(exp_id)
         await msg.ack()

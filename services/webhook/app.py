@@ -49,6 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from tweakline import validation
 from tweakline.client.follow import submit as publish_submission
 from tweakline.client.submission import upload_datasets
 from tweakline.errors import BusError, ConfigurationError, DatasetError, InvalidTweakFileError, Problem
@@ -73,7 +74,6 @@ from tweakline.reporting.ci import (
 )
 from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
 from tweakline.runtime.settings import Settings
-from tweakline.validation.loading import parse_tweak_file
 from tweakline.webhook.bitbucket import (
     EVENTS,
     PUSH,
@@ -488,7 +488,7 @@ class Webhook:
                 BuildState.INPROGRESS,
                 f"tweakline {name}",
                 f"tuning {spec.model.estimator.rsplit('.', 1)[-1]}: {spec.budget.max_trials} trials, "
-                f"{spec.search.algorithm} search on {spec.objective.metric}",
+                f"{spec.search.algorithm.value} search on {spec.objective.metric}",
                 self._report_url(exp_id, target),
             ),
         )
@@ -504,41 +504,52 @@ class Webhook:
         )
 
     async def _prepare(self, raw: bytes, path: str, target: Target, where: str) -> TweakFile:
-        """Parse, upload the dataset from the repository, and check: every problem, before anything starts."""
-        from tweakline.ml.estimators import check_spec  # scikit-learn: imported on first use
-        from tweakline.search.algorithms import check_search_rules
-
+        """Check (the one validation entry point, as ``tweakline validate`` does) and upload the
+        dataset from the repository: every problem, before anything starts."""
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidTweakFileError(where, [Problem("", "not UTF-8 text")]) from None
-        tweak = parse_tweak_file(text, where)
+        # No base directory: csv: files live in the repository, read below, never on this disk.
+        tweak, problems = await asyncio.to_thread(validation.inspect, text, self.settings.allowed_estimators, None, source=where)
+        data: bytes | None = None
+        if tweak is not None and tweak.spec.dataset.source.startswith("csv:"):
+            try:
+                data = await self._repo_csv(tweak.spec.dataset.source[4:], path, target)
+                problems += validation.csv_problems(
+                    tweak.spec.dataset, data, _repo_path(path, tweak.spec.dataset.source[4:]) or path
+                )
+            except InvalidTweakFileError as exc:
+                problems += exc.problems
+        if problems or tweak is None:
+            raise InvalidTweakFileError(where, problems)
 
         async def read(location: str) -> bytes:
-            in_repo = _repo_path(path, location)
-            if in_repo is None:
-                raise InvalidTweakFileError(
-                    where,
-                    [Problem("spec.dataset.source", f"csv:{location} must be a path inside the repository, relative to {path}")],
-                )
-            try:
-                return await self.bitbucket.file(target.repository, target.commit, in_repo)
-            except BitbucketError as exc:
-                if exc.status == 404:
-                    raise InvalidTweakFileError(
-                        where, [Problem("spec.dataset.source", f"{in_repo} not found at commit {target.commit[:12]}")]
-                    ) from None
-                raise
+            assert data is not None  # read above, for the checks
+            return data
 
         try:
             tweak, _uploads = await upload_datasets(tweak, self.ctx.js, read)
         except DatasetError as exc:
             raise InvalidTweakFileError(where, [Problem("spec.dataset.source", str(exc))]) from None
-        problems = await asyncio.to_thread(check_spec, tweak.spec, self.settings.allowed_estimators, None)
-        problems += check_search_rules(tweak.spec)  # the algorithm's and pruner's own rules
-        if problems:
-            raise InvalidTweakFileError(where, problems)
         return tweak
+
+    async def _repo_csv(self, location: str, path: str, target: Target) -> bytes:
+        """The bytes of a ``csv:`` dataset in the repository at the pushed commit (relative to the tweak file)."""
+        in_repo = _repo_path(path, location)
+        if in_repo is None:
+            raise InvalidTweakFileError(
+                path,
+                [Problem("spec.dataset.source", f"csv:{location} must be a path inside the repository, relative to {path}")],
+            )
+        try:
+            return await self.bitbucket.file(target.repository, target.commit, in_repo)
+        except BitbucketError as exc:
+            if exc.status == 404:
+                raise InvalidTweakFileError(
+                    path, [Problem("spec.dataset.source", f"{in_repo} not found at commit {target.commit[:12]}")]
+                ) from None
+            raise
 
     # -- reporting ------------------------------------------------------------------------------
 

@@ -79,11 +79,22 @@ def _settings(**overrides: object) -> Settings:
     return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
-@app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         typer.echo(__version__)
-        raise typer.Exit(0)
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        # Eager: handled while the options are parsed, before Click insists on a command
+        # (otherwise `tweakline --version` fails with "Missing command", exit 2).
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
+) -> None:
+    """Tune scikit-learn models as part of CI/CD."""
 
 
 @app.command()

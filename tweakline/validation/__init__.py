@@ -1,12 +1,38 @@
-"""Everything checked before an experiment starts: the tweak file's shape, then what needs scikit-learn."""
+"""The one validation entry point: everything checked before an experiment starts, in one pass.
+
+``tweakline validate``, ``run`` and ``submit``, the webhook and the scheduler all call
+:func:`inspect` (or :func:`validate`, which raises), so a tweak file is accepted or refused the
+same way wherever it enters. One pass reports every problem: the structure (pydantic), then what
+needs scikit-learn (:func:`tweakline.ml.estimators.check_spec`) and what needs this installation
+(:func:`tweakline.search.algorithms.check_search`). When the structure is wrong, the sections of
+``spec`` that parse on their own are still checked, so an unknown estimator parameter is
+reported together with a typo elsewhere instead of after it is fixed.
+
+Filesystem checks (``csv:`` paths relative to the tweak file) need ``base_dir``; callers
+without a filesystem of the user's (the webhook, the scheduler) pass ``None`` and check the
+dataset's content themselves (:func:`csv_problems`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from tweakline.errors import InvalidTweakFileError
+from tweakline.errors import InvalidTweakFileError, Problem
 from tweakline.proto.tweakfile import TweakFile
-from tweakline.validation.loading import load_tweak_file
+from tweakline.validation.checks import csv_problems, spec_problems
+from tweakline.validation.loading import load_tweak_file, read_tweak_text, structure
+
+__all__ = [
+    "csv_problems",
+    "inspect",
+    "load_tweak_file",
+    "problems_of",
+    "resolve_paths",
+    "validate",
+    "validate_tweak_file",
+]
 
 
 def resolve_paths(tweak: TweakFile, base_dir: Path) -> TweakFile:
@@ -22,15 +48,78 @@ def resolve_paths(tweak: TweakFile, base_dir: Path) -> TweakFile:
     return tweak.model_copy(update={"spec": spec})
 
 
-def validate_tweak_file(path: str | Path, allowed_estimators: list[str]) -> TweakFile:
-    """Load and fully check a tweak file; raise :class:`InvalidTweakFileError` listing every problem."""
-    from tweakline.ml.estimators import check_spec  # imports scikit-learn: only when needed
+def inspect(
+    document: str | Mapping[str, Any] | TweakFile,
+    allowed_estimators: Sequence[str],
+    base_dir: Path | None = None,
+    *,
+    source: str = "<tweak file>",
+) -> tuple[TweakFile | None, list[Problem]]:
+    """Check a tweak file completely and return it (``None`` if its structure is wrong) with every problem.
 
-    path = Path(path)
-    tweak = resolve_paths(load_tweak_file(path), path.resolve().parent)
-    from tweakline.search.algorithms import check_search
+    Args:
+        document: YAML text, the parsed mapping, or an already parsed :class:`TweakFile` (a
+            message from the bus: only the checks beyond its structure run).
+        allowed_estimators: The platform's allow-list of estimator import paths.
+        base_dir: The tweak file's folder, for ``csv:`` paths; ``None`` where the data is not on
+            this machine's disk (webhook, scheduler): ``csv:`` files are then not looked at.
+        source: How to name the file in problems (a path, or ``repo@commit:path``).
 
-    problems = check_spec(tweak.spec, allowed_estimators, path.resolve().parent) + check_search(tweak.spec)
-    if problems:
-        raise InvalidTweakFileError(str(path), problems)
+    Returns:
+        The tweak file (``csv:`` paths made absolute when ``base_dir`` is given) or ``None``, and
+        the problems in tweak-file order: structural ones first, then the others; empty when it can run.
+    """
+    if isinstance(document, TweakFile):
+        tweak: TweakFile | None = document
+        problems: list[Problem] = []
+        raw: Any = None
+    else:
+        tweak, problems, raw = structure(read_tweak_text(document, source) if isinstance(document, str) else document)
+    if tweak is not None and base_dir is not None:
+        tweak = resolve_paths(tweak, base_dir)
+    problems = problems + [
+        p
+        for p in spec_problems(tweak.spec if tweak is not None else raw, allowed_estimators, base_dir)
+        # A field pydantic already refused is reported once, with pydantic's reason.
+        if p.path not in {q.path for q in problems}
+    ]
+    return tweak, problems
+
+
+def validate(
+    document: str | Mapping[str, Any] | TweakFile,
+    allowed_estimators: Sequence[str],
+    base_dir: Path | None = None,
+    *,
+    source: str = "<tweak file>",
+) -> TweakFile:
+    """:func:`inspect`, raising :class:`InvalidTweakFileError` with every problem when there is any."""
+    tweak, problems = inspect(document, allowed_estimators, base_dir, source=source)
+    if problems or tweak is None:
+        raise InvalidTweakFileError(source, problems)
     return tweak
+
+
+def problems_of(tweak: TweakFile, allowed_estimators: Sequence[str]) -> list[Problem]:
+    """The problems of an already parsed tweak file whose data is not on this disk (the scheduler's check)."""
+    return inspect(tweak, allowed_estimators, None)[1]
+
+
+def validate_tweak_file(path: str | Path, allowed_estimators: Sequence[str]) -> TweakFile:
+    """Read a tweak file from disk and check it completely (``csv:`` paths relative to its folder).
+
+    Raises:
+        InvalidTweakFileError: listing every problem found, structural and otherwise.
+    """
+    path = Path(path)
+    text = read_tweak_text_from(path)
+    return validate(text, allowed_estimators, path.resolve().parent, source=str(path))
+
+
+def read_tweak_text_from(path: Path) -> str:
+    """The text of a tweak file on disk; an unreadable file is a problem, never a traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InvalidTweakFileError(str(path), [Problem("", f"cannot read the file: {reason}")]) from None

@@ -75,8 +75,8 @@ def problems_from(error: ValidationError) -> list[Problem]:
     return problems
 
 
-def parse_tweak_file(text: str, source: str = "<tweak file>") -> TweakFile:
-    """Parse YAML text; raise :class:`InvalidTweakFileError` listing every problem found."""
+def read_tweak_text(text: str, source: str = "<tweak file>") -> dict[str, Any]:
+    """The YAML mapping of a tweak file; raise :class:`InvalidTweakFileError` if it is not one."""
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -89,10 +89,25 @@ def parse_tweak_file(text: str, source: str = "<tweak file>") -> TweakFile:
         raise InvalidTweakFileError(
             source, [Problem("", f"expected a mapping with apiVersion, kind, metadata and spec, got {type(data).__name__}")]
         )
+    return data
+
+
+def structure(data: Any) -> tuple[TweakFile | None, list[Problem], Any]:
+    """Validate the mapping's structure: the tweak file (or ``None``), its structural problems, and
+    the raw ``spec`` (so that the sections which do parse can still be checked further)."""
+    raw_spec = data.get("spec") if isinstance(data, dict) else None
     try:
-        return TweakFile.model_validate(data)
+        return TweakFile.model_validate(data), [], raw_spec
     except ValidationError as exc:
-        raise InvalidTweakFileError(source, problems_from(exc)) from None
+        return None, problems_from(exc), raw_spec
+
+
+def parse_tweak_file(text: str, source: str = "<tweak file>") -> TweakFile:
+    """Parse YAML text (structure only); raise :class:`InvalidTweakFileError` listing every problem found."""
+    tweak, problems, _ = structure(read_tweak_text(text, source))
+    if tweak is None:
+        raise InvalidTweakFileError(source, problems)
+    return tweak
 
 
 def load_tweak_file(path: str | Path) -> TweakFile:

@@ -1,0 +1,53 @@
+"""Defence in depth: the scheduler checks what arrives on the bus with the same entry point.
+
+A submission that skipped validation (an older client, a hand-written message) is dead-lettered
+with its reason, and the experiment fails with that reason in ``ExperimentCompleted`` (what the
+CLI and the webhook show), exactly as a search algorithm this installation cannot run always did.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from nats.js.api import DeliverPolicy
+
+from tests.scheduler.test_handlers import Delivered, _tweak
+from tweakline.proto.messages import DeadLetter, ExperimentCompleted, ExperimentStatus, ExperimentSubmitted
+from tweakline.proto.permissions import Identity
+from tweakline.proto.subjects import Stream, Subject, subject_for
+from tweakline.proto.tweakfile import TweakFile
+from tweakline.runtime.bus import connect
+from tweakline.scheduler.handlers import Scheduler
+
+
+async def test_an_invalid_submission_is_dead_lettered_and_fails_with_its_reason(nats, scheduler: Scheduler) -> None:
+    exp_id = f"invalid-{uuid.uuid4().hex[:8]}"
+    data = _tweak(parallelism=2).model_dump(exclude_unset=True)
+    data["spec"]["model"] = {"estimator": "sklearn.svm.SVC", "fixed": {"nonsense": 1}}  # structurally fine
+    tweak = TweakFile.model_validate(data)
+    body = ExperimentSubmitted(experiment_id=exp_id, tweak=tweak).model_dump_json().encode()
+    admin = await connect(nats.settings(Identity.ADMIN), "test-invalid-intake")
+    try:
+        js = admin.jetstream()
+        letters = await js.subscribe(
+            f"{Subject.DEAD_LETTER.value}.scheduler",
+            stream=Stream.DEAD_LETTERS.value,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        completed = await js.subscribe(
+            subject_for(Subject.EXPERIMENT_COMPLETED, exp_id), stream=Stream.EVENTS.value, ordered_consumer=True
+        )
+        intake = Delivered(body, subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
+        await scheduler.on_submitted(intake)
+        assert intake.acked
+        letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
+        assert letter.subject == subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id)
+        assert "spec.model.fixed.nonsense: SVC has no parameter 'nonsense'" in letter.reason
+        done = ExperimentCompleted.model_validate_json((await completed.next_msg(timeout=30)).data)
+        assert done.status is ExperimentStatus.FAILED
+        assert done.trials == []  # nothing was issued
+        assert done.message is not None and done.message.startswith("spec.model.fixed.nonsense: SVC has no parameter")
+        assert exp_id not in scheduler.runs
+    finally:
+        await admin.close()

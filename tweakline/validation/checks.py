@@ -1,0 +1,149 @@
+"""The checks beyond the structure: estimator, search and dataset, also on a partly valid ``spec``.
+
+A tweak file with a structural problem has no :class:`ExperimentSpec`, but most of its sections
+usually parse on their own. Each section is validated alone; the ones that parse go into a spec
+built without validation, the missing ones are stood in for by placeholders, and problems found
+in a placeholder are dropped (pydantic already reported that section).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tweakline.errors import Problem
+from tweakline.proto.tweakfile import (
+    DatasetSpec,
+    ExperimentSpec,
+    GateSpec,
+    ModelSpec,
+    ObjectiveSpec,
+    SearchSpec,
+)
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "dataset": DatasetSpec,
+    "model": ModelSpec,
+    "search": SearchSpec,
+    "objective": ObjectiveSpec,
+    "gate": GateSpec,
+}
+# Placeholders that produce no problem of their own outside their section: a stored object
+# (checked by nobody before loading), no search space, a metric of either task (problems in
+# objective are dropped with the placeholder).
+_NO_DATA = DatasetSpec.model_construct(source="object:csv:" + "0" * 64, target="y", test_size=0.2, seed=0)
+_NO_SEARCH = SearchSpec.model_construct(space={}, resource=None)
+_NO_OBJECTIVE = ObjectiveSpec.model_construct(metric="accuracy", direction=None, cv=5, secondary=[])
+
+
+def _sections(raw_spec: Any) -> dict[str, BaseModel]:
+    """The sections of a raw ``spec`` mapping that are valid on their own."""
+    if not isinstance(raw_spec, dict):
+        return {}
+    parsed: dict[str, BaseModel] = {}
+    for name, model in _SECTIONS.items():
+        if name not in raw_spec:
+            if name == "gate":  # optional: its default is what would be used
+                parsed[name] = GateSpec()
+            continue
+        try:
+            parsed[name] = model.model_validate(raw_spec[name])
+        except ValidationError:
+            continue  # already reported by the structural pass
+    return parsed
+
+
+def spec_problems(spec: ExperimentSpec | Any, allowed_estimators: Sequence[str], base_dir: Path | None) -> list[Problem]:
+    """Estimator, dataset and search problems of a valid spec, or of the valid sections of a raw one.
+
+    Args:
+        spec: A validated :class:`ExperimentSpec`, or the raw ``spec`` mapping of a tweak file
+            whose structure is wrong.
+        allowed_estimators: The platform's allow-list.
+        base_dir: The tweak file's folder; ``None`` when ``csv:`` files are not on this disk (they
+            are then not opened: a path chosen by the sender must not read the server's files).
+    """
+    from tweakline.ml.datasets import check_dataset  # scikit-learn: imported only when checking
+    from tweakline.ml.estimators import check_spec
+    from tweakline.search.algorithms import check_search
+
+    if isinstance(spec, ExperimentSpec):
+        parsed: dict[str, BaseModel] = {"dataset": spec.dataset, "model": spec.model, "search": spec.search}
+        parsed |= {"objective": spec.objective, "gate": spec.gate}
+        whole = True
+    else:
+        parsed = _sections(spec)
+        whole = False
+    if not parsed:
+        return []
+    dataset = parsed.get("dataset")
+    if base_dir is None and isinstance(dataset, DatasetSpec) and dataset.source.startswith("csv:"):
+        # Not on this disk: the caller checks the file's content (csv_problems).
+        parsed = {k: v for k, v in parsed.items() if k != "dataset"}
+    problems: list[Problem] = []
+    if "model" in parsed:
+        if whole and "dataset" in parsed:
+            candidate = spec
+        else:
+            candidate = ExperimentSpec.model_construct(
+                dataset=parsed.get("dataset", _NO_DATA),
+                model=parsed["model"],
+                search=parsed.get("search", _NO_SEARCH),
+                objective=parsed.get("objective", _NO_OBJECTIVE),
+                gate=parsed.get("gate", GateSpec()),
+            )
+        problems += check_spec(candidate, allowed_estimators, base_dir)
+    elif isinstance(parsed.get("dataset"), DatasetSpec):
+        problems += check_dataset(parsed["dataset"], base_dir)  # type: ignore[arg-type]
+    if isinstance(parsed.get("search"), SearchSpec):
+        # The algorithm's and pruner's own rules may read the objective (nsga2, cmaes, pruners).
+        searched = (
+            spec
+            if whole
+            else ExperimentSpec.model_construct(
+                dataset=parsed.get("dataset", _NO_DATA),
+                model=parsed.get("model"),
+                search=parsed["search"],
+                objective=parsed.get("objective", _NO_OBJECTIVE),
+                gate=parsed.get("gate", GateSpec()),
+            )
+        )
+        problems += check_search(searched)
+    # Problems in a placeholder section mean nothing: pydantic reported that section already.
+    return [p for p in problems if _section_of(p.path) in parsed]
+
+
+def _section_of(path: str) -> str:
+    parts = path.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "spec" else ""
+
+
+def csv_problems(dataset: DatasetSpec, data: bytes, shown: str) -> list[Problem]:
+    """Problems of a ``csv:`` dataset's bytes (read from a repository, not a disk): header and target.
+
+    Args:
+        dataset: The tweak file's dataset section.
+        data: The file's content.
+        shown: How to name the file in a problem (e.g. its path in the repository).
+    """
+    try:
+        first = data.decode("utf-8-sig").splitlines()[:1]
+        header = next(csv.reader(io.StringIO(first[0])), None) if first else None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        return [Problem("spec.dataset.source", f"cannot read {shown}: {exc}")]
+    if not header:
+        return [Problem("spec.dataset.source", f"{shown} is empty; expected a header row naming the columns")]
+    columns = [c.strip() for c in header]
+    if dataset.target not in columns:
+        return [
+            Problem(
+                "spec.dataset.target",
+                f"column '{dataset.target}' not in {shown}; expected one of {', '.join(columns[:20])}",
+            )
+        ]
+    return []

@@ -1,0 +1,32 @@
+"""Defence in depth on the bus: the scheduler checks every submission again before running it.
+
+A submission may come from a client that did not validate (an older CLI, another allow-list, a
+hand-written message). It is checked with the same entry point as ``tweakline validate``; a
+refused one is dead-lettered with its reason (visible in ``tweakline status``) and the caller
+fails the experiment with the same reason, as it always did for a search algorithm this
+installation cannot run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from faststream.nats import NatsMessage
+
+from tweakline.proto.tweakfile import TweakFile
+from tweakline.runtime.service import ServiceContext
+from tweakline.validation import problems_of
+
+
+async def refusal(ctx: ServiceContext, msg: NatsMessage, tweak: TweakFile) -> str | None:
+    """Why the submitted ``tweak`` cannot run here (after dead-lettering ``msg`` with it), or ``None``.
+
+    The reason lists every problem as ``<field path>: <message>``, separated by ``; ``.
+    """
+    # check_spec imports and constructs estimators: off the event loop.
+    problems = await asyncio.to_thread(problems_of, tweak, ctx.settings.allowed_estimators)
+    if not problems:
+        return None
+    reason = "; ".join(str(p) for p in problems)
+    await ctx.dead_letter(msg.raw_message.subject, msg.body, f"invalid tweak file: {reason}", dict(msg.headers or {}))
+    return reason
