@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from faststream import AckPolicy, FastStream
-from faststream.nats import NatsMessage
+from faststream.nats import NatsRouter
 
 from tweakline.deployer.handlers import Deployer
 from tweakline.proto.subjects import Consumer
@@ -14,14 +14,16 @@ NAME = "deployer"
 
 
 def create_app(settings: Settings) -> FastStream:
-    """Build the deployer's broker and subscriber."""
+    """Build the deployer's broker, router and app (the release history is bound before any message)."""
     broker = make_broker(settings, NAME)
-    app = make_app(broker, NAME)
-    deployer = Deployer(ServiceContext(settings, broker, NAME))
-
-    @broker.subscriber(**durable_subscription(Consumer.DEPLOYER, batch_size=1), ack_policy=AckPolicy.MANUAL)
-    async def evaluation_completed(msg: NatsMessage) -> None:
-        await deployer.on_evaluation_completed(msg)
-
-    app.after_startup(deployer.start)
-    return app
+    ctx = ServiceContext(settings, broker, NAME)
+    deployer = Deployer(ctx)
+    router = NatsRouter()
+    ctx.subscribe(
+        router,
+        deployer.on_evaluation_completed,
+        **durable_subscription(Consumer.DEPLOYER, batch_size=1),
+        ack_policy=AckPolicy.MANUAL,
+    )
+    broker.include_router(router)
+    return make_app(ctx, NAME, start=[deployer.start])

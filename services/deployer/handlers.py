@@ -37,21 +37,13 @@ class Deployer:
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
         self.store: RecordStore[ReleaseHistory] | None = None
-        # FastStream starts subscribers before after_startup hooks: an evaluation arriving in
-        # between waits for the store instead of failing (and coming back only after ack_wait).
-        self._ready = asyncio.Event()
 
     async def start(self) -> None:
         """Bind to the release history bucket."""
         self.store = await RecordStore.open(self.ctx.js, Bucket.RELEASES.value, ReleaseHistory)
-        self._ready.set()
 
-    async def on_evaluation_completed(self, msg: NatsMessage) -> None:
+    async def on_evaluation_completed(self, evaluation: EvaluationCompleted, msg: NatsMessage) -> None:
         """Deploy a promoted model; ignore rejections and errors (nothing to do)."""
-        await self._ready.wait()
-        evaluation = await self.ctx.decode(msg, EvaluationCompleted)
-        if evaluation is None:
-            return
         if evaluation.decision is not Decision.PROMOTE or evaluation.release is None or evaluation.artifact is None:
             await msg.ack()
             return

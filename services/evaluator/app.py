@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from faststream import AckPolicy, FastStream
-from faststream.nats import NatsMessage
+from faststream.nats import NatsRouter
 
 from tweakline.evaluator.handlers import Evaluator
 from tweakline.ml.uploads import use_uploaded_datasets
@@ -15,14 +15,16 @@ NAME = "evaluator"
 
 
 def create_app(settings: Settings) -> FastStream:
-    """Build the evaluator's broker and subscriber (one experiment at a time)."""
+    """Build the evaluator's broker, router (one experiment at a time) and app."""
     broker = make_broker(settings, NAME)
-    app = make_app(broker, NAME)
-    evaluator = Evaluator(ServiceContext(settings, broker, NAME))
-
-    @broker.subscriber(**durable_subscription(Consumer.EVALUATOR, batch_size=1), ack_policy=AckPolicy.MANUAL)
-    async def experiment_completed(msg: NatsMessage) -> None:
-        await evaluator.on_experiment_completed(msg)
-
-    app.after_startup(use_uploaded_datasets(ServiceContext(settings, broker, NAME)))
-    return app
+    ctx = ServiceContext(settings, broker, NAME)
+    evaluator = Evaluator(ctx)
+    router = NatsRouter()
+    ctx.subscribe(
+        router,
+        evaluator.on_experiment_completed,
+        **durable_subscription(Consumer.EVALUATOR, batch_size=1),
+        ack_policy=AckPolicy.MANUAL,
+    )
+    broker.include_router(router)
+    return make_app(ctx, NAME, start=[use_uploaded_datasets(ctx)])

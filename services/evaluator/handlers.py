@@ -39,11 +39,8 @@ class Evaluator:
         self.ctx = ctx
         self.datasets = DatasetCache()
 
-    async def on_experiment_completed(self, msg: NatsMessage) -> None:
+    async def on_experiment_completed(self, completed: ExperimentCompleted, msg: NatsMessage) -> None:
         """Evaluate one finished experiment and publish the decision (always, even on error)."""
-        completed = await self.ctx.decode(msg, ExperimentCompleted)
-        if completed is None:
-            return
         beat = asyncio.create_task(keep_alive(msg, 10.0))
         try:
             evaluation = await self._evaluate(completed)

@@ -53,10 +53,6 @@ class Scheduler:
         self._committed: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.lineage: LineageStore | None = None
-        # FastStream starts the subscribers before after_startup hooks run start(): a message
-        # arriving in between must wait for the store, not fail (it would be redelivered only
-        # after ack_wait, 60 s later: seen as a 63 s start-up in bench/platform).
-        self._ready = asyncio.Event()
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
@@ -79,7 +75,6 @@ class Scheduler:
                 log.exception("could not resume experiment %s; its next message retries", key)
                 self.runs.pop(key, None)
         self._ticker = asyncio.create_task(self._tick())
-        self._ready.set()
 
     async def stop(self) -> None:
         """Stop the ticker (state is already durable)."""
@@ -99,12 +94,8 @@ class Scheduler:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def on_submitted(self, msg: NatsMessage) -> None:
+    async def on_submitted(self, submitted: ExperimentSubmitted, msg: NatsMessage) -> None:
         """A new experiment: record it, then issue the first trials."""
-        await self._ready.wait()
-        submitted = await self.ctx.decode(msg, ExperimentSubmitted)
-        if submitted is None:
-            return
         refused = await intake.refusal(self.ctx, msg, submitted.tweak)  # the same checks as `tweakline validate`
         assert self.store is not None
         exp_id = submitted.experiment_id
@@ -129,12 +120,8 @@ class Scheduler:
                 await self._advance(exp_id)
         await msg.ack()
 
-    async def on_trial_completed(self, msg: NatsMessage) -> None:
+    async def on_trial_completed(self, result: TrialCompleted, msg: NatsMessage) -> None:
         """A trial's result: record it once, then issue more trials or close the experiment."""
-        await self._ready.wait()
-        result = await self.ctx.decode(msg, TrialCompleted)
-        if result is None:
-            return
         exp_id = result.experiment_id
         try:
             await self._on_result(msg, result)
@@ -210,14 +197,11 @@ class Scheduler:
                 self._committed.pop(exp_id, None)
             return True
 
-    async def on_progress(self, msg: NatsMessage) -> None:
+    async def on_progress(self, progress: TrialProgress) -> None:
         """A fold's score of a running trial: ask the pruner, answer on ``trials.control``.
 
         Core NATS (not stored): a lost progress message only means a trial runs a fold longer.
         """
-        progress = await self.ctx.decode(msg, TrialProgress)
-        if progress is None:
-            return
         exp_id = progress.experiment_id
         async with self._lock(exp_id):
             entry = self.runs.get(exp_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from faststream import AckPolicy, FastStream
-from faststream.nats import NatsMessage
+from faststream.nats import NatsRouter
 
 from tweakline.ml.uploads import use_uploaded_datasets
 from tweakline.proto.subjects import Consumer, Subject, all_of
@@ -15,22 +15,23 @@ NAME = "trial-runner"
 
 
 def create_app(settings: Settings) -> FastStream:
-    """Build the runner's broker and its work-queue subscriber (one trial at a time)."""
+    """Build the runner's broker, router (work queue, one trial at a time; prune verdicts) and app."""
     broker = make_broker(settings, NAME)
-    app = make_app(broker, NAME)
-    runner = TrialRunner(ServiceContext(settings, broker, NAME))
-
-    @broker.subscriber(**durable_subscription(Consumer.TRIAL_RUNNERS, batch_size=1), ack_policy=AckPolicy.MANUAL)
-    async def trial_requested(msg: NatsMessage) -> None:
-        await runner.on_trial_requested(msg)
-
-    @broker.subscriber(all_of(Subject.TRIAL_CONTROL))  # early stopping: verdicts for this runner's trials
-    async def trial_control(msg: NatsMessage) -> None:
-        await runner.early.on_control(msg)
-
-    app.after_startup(runner.early.start)
-
-    app.after_startup(use_uploaded_datasets(ServiceContext(settings, broker, NAME)))
-    app.after_startup(runner.start)
-    app.on_shutdown(runner.stop)  # before the broker closes: the trial's result or nak still goes out
-    return app
+    ctx = ServiceContext(settings, broker, NAME)
+    runner = TrialRunner(ctx)
+    router = NatsRouter()
+    ctx.subscribe(
+        router,
+        runner.on_trial_requested,
+        **durable_subscription(Consumer.TRIAL_RUNNERS, batch_size=1),
+        ack_policy=AckPolicy.MANUAL,
+    )
+    # Early stopping: verdicts for this runner's trials.
+    ctx.subscribe(router, runner.early.on_control, subject=all_of(Subject.TRIAL_CONTROL))
+    broker.include_router(router)
+    return make_app(
+        ctx,
+        NAME,
+        start=[runner.early.start, use_uploaded_datasets(ctx), runner.start],
+        stop=[runner.stop],  # before the broker closes: the trial's result or nak still goes out
+    )

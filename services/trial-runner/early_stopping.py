@@ -19,8 +19,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
-from faststream.nats import NatsMessage
-
 from tweakline.proto.messages import TrialControl, TrialControlAction, TrialProgress, TrialRequested
 from tweakline.proto.subjects import Subject, subject_for
 from tweakline.runtime.service import ServiceContext
@@ -125,11 +123,8 @@ class EarlyStopping:
         """Send a fold's score (core NATS: live, not stored)."""
         await self.ctx.broker.publish(progress, subject_for(Subject.TRIAL_PROGRESS, progress.experiment_id))
 
-    async def on_control(self, msg: NatsMessage) -> None:
+    async def on_control(self, control: TrialControl) -> None:
         """A verdict from the scheduler; only trials this runner is training are affected."""
-        control = await self.ctx.decode(msg, TrialControl)
-        if control is None:
-            return
         watch = self._trials.get(control.trial_id)
         if watch is None:
             return

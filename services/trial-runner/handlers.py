@@ -89,13 +89,10 @@ class TrialRunner:
         except Exception:
             log.debug("could not publish progress of %s", request.trial_id, exc_info=True)
 
-    async def on_trial_requested(self, msg: NatsMessage) -> None:
+    async def on_trial_requested(self, request: TrialRequested, msg: NatsMessage) -> None:
         """Run one trial and publish its result before acknowledging it."""
         if self.stopping:  # shutting down: leave it to another runner at once
             await msg.nack()
-            return
-        request = await self.ctx.decode(msg, TrialRequested)
-        if request is None:
             return
         self._idle.clear()
         try:

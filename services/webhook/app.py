@@ -39,7 +39,7 @@ from typing import Any
 
 import uvicorn
 from faststream import AckPolicy, FastStream
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import NatsBroker, NatsMessage, NatsRouter
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import Field, SecretStr
@@ -579,21 +579,15 @@ class Webhook:
             return None
         return model.model_validate_json(msg.data or b"")
 
-    async def on_evaluation(self, msg: NatsMessage) -> None:
+    async def on_evaluation(self, evaluation: EvaluationCompleted, msg: NatsMessage) -> None:
         """A decision: report it now, unless a deployment follows (then report that)."""
-        evaluation = await self.ctx.decode(msg, EvaluationCompleted)
-        if evaluation is None:
-            return
         if not self._ours(evaluation.source) or (evaluation.decision is Decision.PROMOTE and evaluation.deploy is not None):
             await msg.ack()
             return
         await self._report_and_ack(msg, evaluation, None)
 
-    async def on_deployment(self, msg: NatsMessage) -> None:
+    async def on_deployment(self, deployment: DeploymentCompleted, msg: NatsMessage) -> None:
         """A deployment finished: report the decision with its revision."""
-        deployment = await self.ctx.decode(msg, DeploymentCompleted)
-        if deployment is None:
-            return
         evaluation = await self._last(Subject.EVALUATION_COMPLETED, deployment.experiment_id, EvaluationCompleted)
         if evaluation is None or not self._ours(evaluation.source):
             await msg.ack()
@@ -646,21 +640,16 @@ def build(settings: Settings, hook: WebhookSettings, *, transport: Any = None) -
     if settings.identity is not Identity.WEBHOOK:
         settings = settings.model_copy(update={"identity": Identity.WEBHOOK})
     broker = make_broker(settings, NAME)
-    app = make_app(broker, NAME)
     bitbucket = BitbucketClient(hook.bitbucket_api_url, hook.token(), hook.bitbucket_username, transport=transport)
     webhook = Webhook(settings, hook, broker, bitbucket)
-
-    @broker.subscriber(**durable_subscription(Consumer.WEBHOOK_EVALUATIONS), ack_policy=AckPolicy.MANUAL)
-    async def evaluation_completed(msg: NatsMessage) -> None:
-        await webhook.on_evaluation(msg)
-
-    @broker.subscriber(**durable_subscription(Consumer.WEBHOOK_DEPLOYMENTS), ack_policy=AckPolicy.MANUAL)
-    async def deployment_completed(msg: NatsMessage) -> None:
-        await webhook.on_deployment(msg)
-
-    app.after_startup(webhook.start)
-    app.on_shutdown(webhook.stop)
-    return app, webhook
+    ctx = webhook.ctx
+    router = NatsRouter()
+    manual = {"ack_policy": AckPolicy.MANUAL}
+    ctx.subscribe(router, webhook.on_evaluation, **durable_subscription(Consumer.WEBHOOK_EVALUATIONS), **manual)
+    ctx.subscribe(router, webhook.on_deployment, **durable_subscription(Consumer.WEBHOOK_DEPLOYMENTS), **manual)
+    broker.include_router(router)
+    # start binds the deliveries bucket, then listens for HTTP: before any reporting message.
+    return make_app(ctx, NAME, start=[webhook.start], stop=[webhook.stop]), webhook
 
 
 def create_app(settings: Settings) -> FastStream:

@@ -1,4 +1,6 @@
-"""Scheduler handlers on a real bus: one state save per batch of results (group commit); no lost start-up race.
+"""Scheduler handlers on a real bus: one state save per batch of results (group commit).
+
+(The start-up race is the scaffold's: tests/runtime/test_service_intake.py.)
 
 Real nats-server over mTLS (the session fixture), real KV bucket and streams; only the
 incoming messages are small stand-ins carrying what the handlers read (body, headers, ack).
@@ -91,6 +93,16 @@ def submission(prefix: str, parallelism: int) -> tuple[str, Delivered]:
     return exp_id, Delivered(submitted.model_dump_json().encode(), subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
 
 
+async def submit(scheduler: Scheduler, delivered: Delivered) -> None:
+    """Hand a submission to the scheduler as FastStream does: the decoded payload and the message."""
+    await scheduler.on_submitted(ExperimentSubmitted.model_validate_json(delivered.body), delivered)
+
+
+async def complete(scheduler: Scheduler, delivered: Delivered) -> None:
+    """Hand a result to the scheduler as FastStream does: the decoded payload and the message."""
+    await scheduler.on_trial_completed(TrialCompleted.model_validate_json(delivered.body), delivered)
+
+
 def result_body(exp_id: str, number: int, params: dict, score: float) -> bytes:
     """A successful trial's trials.completed payload."""
     return (
@@ -109,7 +121,7 @@ def result_body(exp_id: str, number: int, params: dict, score: float) -> bytes:
 
 async def test_a_batch_of_results_is_saved_once_and_refills_every_slot(scheduler: Scheduler) -> None:
     exp_id, intake = submission("group-commit", parallelism=6)
-    await scheduler.on_submitted(intake)
+    await submit(scheduler, intake)
     assert intake.acked
     kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
     before = await kv.get(exp_id)
@@ -121,7 +133,7 @@ async def test_a_batch_of_results_is_saved_once_and_refills_every_slot(scheduler
         for n in range(6)
     ]
     # As FastStream delivers one fetched batch: every handler at once.
-    await asyncio.gather(*(scheduler.on_trial_completed(r) for r in results))
+    await asyncio.gather(*(complete(scheduler, r) for r in results))
 
     assert all(r.acked for r in results)
     after = await kv.get(exp_id)
@@ -132,21 +144,9 @@ async def test_a_batch_of_results_is_saved_once_and_refills_every_slot(scheduler
 
     # A redelivered result changes nothing and is still acknowledged.
     again = Delivered(results[0].body, results[0].subject)
-    await scheduler.on_trial_completed(again)
+    await complete(scheduler, again)
     assert again.acked
     assert (await kv.get(exp_id)).revision == after.revision
-
-
-async def test_a_submission_arriving_before_start_waits_for_it(idle_scheduler: Scheduler) -> None:
-    # FastStream starts subscribers before the after_startup hook that runs Scheduler.start().
-    exp_id, intake = submission("early", parallelism=2)
-    handled = asyncio.create_task(idle_scheduler.on_submitted(intake))
-    await asyncio.sleep(0.2)
-    assert not handled.done() and not intake.acked
-    await idle_scheduler.start()
-    await asyncio.wait_for(handled, 10)
-    assert intake.acked
-    assert sorted(idle_scheduler.runs[exp_id][0].state.issued) == [0, 1]
 
 
 @dataclass
@@ -165,7 +165,7 @@ async def stale_experiment(scheduler: Scheduler, prefix: str, parallelism: int) 
     Returns its id, its in-memory state and the experiments KV bucket.
     """
     exp_id, intake = submission(prefix, parallelism)
-    await scheduler.on_submitted(intake)
+    await submit(scheduler, intake)
     kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
     await kv.put(exp_id, (await kv.get(exp_id)).value)
     return exp_id, scheduler.runs[exp_id][0].state, kv
@@ -181,7 +181,7 @@ async def test_a_failed_batch_save_acks_no_result_that_is_not_stored(scheduler: 
         ]
 
     first = batch()
-    await asyncio.gather(*(scheduler.on_trial_completed(r) for r in first))
+    await asyncio.gather(*(complete(scheduler, r) for r in first))
     stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
     for message in first:  # acked only if a saved state holds it; otherwise handed back
         number = TrialCompleted.model_validate_json(message.body).number
@@ -189,7 +189,7 @@ async def test_a_failed_batch_save_acks_no_result_that_is_not_stored(scheduler: 
         assert message.acked != message.nacked
     # The redeliveries apply every result once, from the state rebuilt out of KV.
     second = [r for r, m in zip(batch(), first) if m.nacked]
-    await asyncio.gather(*(scheduler.on_trial_completed(r) for r in second))
+    await asyncio.gather(*(complete(scheduler, r) for r in second))
     assert all(r.acked for r in second)
     stored = scheduler.store.model.model_validate_json((await kv.get(exp_id)).value)
     assert sorted(stored.results) == [0, 1, 2]
@@ -215,7 +215,7 @@ async def test_a_result_that_cannot_be_applied_on_its_last_delivery_is_dead_lett
         )
         exp_id, state, _ = await stale_experiment(scheduler, "last", parallelism=1)
         last = LastDelivery(result_body(exp_id, 0, state.issued[0], 0.5), subject_for(Subject.TRIAL_COMPLETED, exp_id))
-        await scheduler.on_trial_completed(last)
+        await complete(scheduler, last)
         assert last.rejected and not last.nacked and not last.acked
         letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
         assert letter.subject == subject_for(Subject.TRIAL_COMPLETED, exp_id)

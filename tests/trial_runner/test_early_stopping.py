@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-from faststream.nats import NatsMessage
-
 from tweakline.proto.messages import TrialControl, TrialControlAction, TrialProgress, TrialRequested
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Subject, all_of, subject_for
@@ -39,9 +37,7 @@ async def test_verdicts_reach_the_training_thread_and_prune_stops_the_trial(nats
     cancelled: list[tuple[str, str]] = []
     early = EarlyStopping(ServiceContext(settings, broker, "trial-runner"), on_cancel=lambda t, r: cancelled.append((t, r)))
 
-    @broker.subscriber(all_of(Subject.TRIAL_CONTROL))
-    async def control(msg: NatsMessage) -> None:
-        await early.on_control(msg)
+    broker.subscriber(all_of(Subject.TRIAL_CONTROL))(early.on_control)  # as the runner's app subscribes it
 
     # The scheduler: fold 0 may go on, fold 1 is pruned; it also prunes a trial this runner is not training.
     scheduler = await connect(nats.settings(Identity.ADMIN), "test-scheduler")

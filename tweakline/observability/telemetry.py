@@ -262,15 +262,18 @@ def broker_middlewares(tracer_provider: Any = None, meter_provider: Any = None) 
 
     The providers default to this process's (see :func:`setup_telemetry`); tests pass their own.
     """
-    from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+    from faststream.opentelemetry import TelemetryMiddleware
 
-    tracing = NatsTelemetryMiddleware(
-        tracer_provider=tracer_provider or trace.get_tracer_provider(),
-        meter_provider=meter_provider or metrics.get_meter_provider(),
-    )
+    # NatsTelemetryMiddleware is this with FastStream's NATS provider factory (and message
+    # counters on); the public base class takes the factory, so ours wraps the NATS one.
     # Span names are "<destination> <operation>": without the experiment id in them, traces group
     # by step and FastStream's messaging.*.duration histograms keep a bounded set of labels.
-    tracing._settings_provider_factory = _templated_provider_factory
+    tracing = TelemetryMiddleware(
+        settings_provider_factory=_templated_provider_factory,
+        tracer_provider=tracer_provider or trace.get_tracer_provider(),
+        meter_provider=meter_provider or metrics.get_meter_provider(),
+        include_messages_counters=True,
+    )
     return (tracing, ExperimentContextMiddleware)
 
 

@@ -2,18 +2,27 @@
 
 A service is a FastStream app built by ``tweakline.<name>.app.create_app(settings)`` and run
 by ``tweakline service NAME`` (:mod:`tweakline.cli.services` maps names to apps) — the same entry point on a laptop and in a pod.
+
+Handlers take their pydantic payload (``async def on_x(body: Model, msg: NatsMessage)``);
+FastStream decodes and validates it. A payload that cannot be decoded (too large, not JSON,
+wrong shape) never reaches a handler: :class:`_Intake`, the innermost broker middleware, sends it
+to the dead-letter subject once and terminates it. :func:`make_app` runs the service's start-up
+hooks before any subscriber starts, so no handler sees a message before its stores are bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from faststream import FastStream
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.message import StreamMessage
+from faststream.middlewares import BaseMiddleware
+from faststream.nats import NatsBroker, NatsMessage, NatsRouter
 from faststream.nats.schemas import JStream, PullSub
 from faststream.nats.security import NatsSecurity
 from faststream.specification import AsyncAPI
@@ -33,8 +42,6 @@ from tweakline.runtime.settings import Settings
 from tweakline.runtime.tlsreload import CertificateReloader
 
 log = logging.getLogger(__name__)
-
-M = TypeVar("M", bound=BaseModel)
 
 DEAD_LETTER_PAYLOAD_BYTES = 2048
 
@@ -60,8 +67,20 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
     )
 
 
-def make_app(broker: NatsBroker, title: str) -> FastStream:
-    """The FastStream application of one service, with its AsyncAPI description."""
+Hook = Callable[[], Awaitable[None]]
+
+
+def make_app(ctx: ServiceContext, title: str, *, start: Iterable[Hook] = (), stop: Iterable[Hook] = ()) -> FastStream:
+    """The FastStream application of one service, with its AsyncAPI description.
+
+    ``start`` hooks (binding stores, resuming state, starting workers) run in order once the
+    broker is connected and before any subscriber starts: FastStream would otherwise start the
+    subscribers before ``after_startup`` hooks, and a message arriving in between would find no
+    store (and, unacked, come back only after ``ack_wait``). ``stop`` hooks run in order on
+    shutdown, before the broker closes, so a handler's last result or nak still goes out.
+    """
+    broker = ctx.broker
+    broker.add_middleware(_Intake.factory(ctx))  # innermost: sees the handler's own exceptions first
     app = FastStream(
         broker,
         specification=AsyncAPI(title=f"tweakline {title}", version=tweakline.__version__),
@@ -77,6 +96,19 @@ def make_app(broker: NatsBroker, title: str) -> FastStream:
         for task in watcher:
             task.cancel()
 
+    starts, stops = list(start), list(stop)
+
+    async def _start() -> None:
+        await broker.connect()  # idempotent: broker.start() reuses this connection
+        for hook in starts:
+            await hook()
+
+    async def _stop() -> None:
+        for hook in stops:
+            await hook()
+
+    app.on_startup(_start)
+    app.on_shutdown(_stop)
     app.after_startup(_watch_queues)
     app.on_shutdown(_stop_watching)
     return app
@@ -102,6 +134,17 @@ class ServiceContext:
         self.settings = settings
         self.broker = broker
         self.service = service
+        # Payload model of each handler by name, to say what a refused payload should have been.
+        self.payloads: dict[str, type[BaseModel]] = {}
+
+    def subscribe(self, router: NatsRouter, handler: Callable[..., Awaitable[None]], **subscription: Any) -> None:
+        """Register ``handler`` (first parameter: its pydantic payload) as a subscriber of ``router``."""
+        parameters = list(inspect.signature(handler, eval_str=True).parameters.values())
+        model = parameters[0].annotation if parameters else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"handler {handler.__name__}: first parameter is {model!r}, expected a pydantic model (its payload)")
+        self.payloads[handler.__name__] = model
+        router.subscriber(**subscription)(handler)
 
     @property
     def js(self) -> JetStreamContext:
@@ -120,27 +163,11 @@ class ServiceContext:
             await self.broker.publish(message, subject, headers={"Nats-Msg-Id": msg_id}, stream=stream.value)
         telemetry.observe_published(message)
 
-    async def decode(self, msg: NatsMessage, model: type[M]) -> M | None:
-        """The message body as ``model``, or ``None`` after sending it to the dead-letter subject.
-
-        A payload that is too large, not JSON or of the wrong shape can never succeed, so it is
-        terminated (never redelivered) rather than retried; the service keeps running.
-        """
-        raw: bytes = msg.body
-        reason: str | None = None
-        if len(raw) > self.settings.max_payload_bytes:
-            reason = f"payload of {len(raw)} bytes exceeds the limit of {self.settings.max_payload_bytes}"
-        else:
-            try:
-                return model.model_validate_json(raw)
-            except ValidationError as exc:
-                first = exc.errors(include_url=False)[:3]
-                reason = f"not a valid {model.__name__}: " + "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in first
-                )
-        await self.dead_letter(msg.raw_message.subject, raw, reason, dict(msg.headers or {}))
+    async def refuse(self, msg: StreamMessage[Any], reason: str) -> None:
+        """Dead-letter a message that can never be handled and terminate it (never redelivered)."""
+        raw = msg.raw_message
+        await self.dead_letter(getattr(raw, "subject", ""), msg.body, reason, dict(msg.headers or {}))
         await msg.reject()
-        return None
 
     async def dead_letter(self, subject: str, raw: bytes, reason: str, headers: dict[str, Any] | None = None) -> None:
         """Record a refused message with its reason on ``tweakline.deadletter.<service>``."""
@@ -156,6 +183,67 @@ class ServiceContext:
             await self.broker.publish(letter, f"{Subject.DEAD_LETTER.value}.{self.service}", stream=Stream.DEAD_LETTERS.value)
         except Exception:  # a dead letter must never take the service down
             log.exception("could not record a dead letter")
+
+
+# Frames of these packages sit between the middleware and a handler: an error raised with no
+# other frame in between was raised before the handler ran (decoding its arguments).
+_DECODING_PACKAGES = ("faststream", "fast_depends", "pydantic", "pydantic_core", "json")
+
+
+def _raised_before_handler(exc: BaseException) -> bool:
+    tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # skip consume_scope's own frame
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.split(".")[0] not in _DECODING_PACKAGES:
+            return False
+        tb = tb.tb_next
+    return True
+
+
+class _Intake(BaseMiddleware):
+    """Dead-letters a payload no handler can take: too large, not JSON, or not the handler's model.
+
+    Such a message can never succeed, so it is recorded once on ``tweakline.deadletter.<service>``
+    with the reason and terminated; the handler is not called and the service keeps running.
+    Everything else (acks, naks, the handler's own errors) stays the handler's business.
+    """
+
+    def __init__(self, msg: Any, /, *, context: Any, service: ServiceContext):
+        super().__init__(msg, context=context)
+        self.service = service
+
+    @classmethod
+    def factory(cls, service: ServiceContext) -> Callable[..., _Intake]:
+        """The broker middleware (called once per message) bound to ``service``."""
+
+        def make(msg: Any, /, *, context: Any) -> _Intake:
+            return cls(msg, context=context, service=service)
+
+        return make
+
+    async def consume_scope(self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
+        """Refuse an undecodable payload; otherwise hand the message to the typed handler."""
+        limit = self.service.settings.max_payload_bytes
+        if len(msg.body) > limit:
+            await self.service.refuse(msg, f"payload of {len(msg.body)} bytes exceeds the limit of {limit}")
+            return None
+        try:
+            return await call_next(msg)
+        except ValidationError as exc:
+            if not _raised_before_handler(exc):
+                raise  # the handler's own bug: not the sender's fault
+            model = self.service.payloads.get(exc.title)
+            name = model.__name__ if model else "payload"
+            first = exc.errors(include_url=False)[:3]
+            reason = f"not a valid {name}: " + "; ".join(
+                f"{'.'.join(map(str, e['loc'][1:])) or '<body>'}: {e['msg']}" for e in first
+            )
+        except ValueError as exc:  # declared JSON that does not parse (json.JSONDecodeError, UnicodeDecodeError)
+            if not _raised_before_handler(exc):
+                raise
+            reason = f"not JSON: {exc}"
+        await self.service.refuse(msg, reason)
+        return None
 
 
 async def keep_alive(msg: NatsMessage, interval: float) -> None:
