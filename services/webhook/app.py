@@ -488,7 +488,7 @@ class Webhook:
                 BuildState.INPROGRESS,
                 f"tweakline {name}",
                 f"tuning {spec.model.estimator.rsplit('.', 1)[-1]}: {spec.budget.max_trials} trials, "
-                f"{spec.search.algorithm.value} search on {spec.objective.metric}",
+                f"{spec.search.algorithm} search on {spec.objective.metric}",
                 self._report_url(exp_id, target),
             ),
         )

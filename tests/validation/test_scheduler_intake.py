@@ -39,7 +39,7 @@ async def test_an_invalid_submission_is_dead_lettered_and_fails_with_its_reason(
             subject_for(Subject.EXPERIMENT_COMPLETED, exp_id), stream=Stream.EVENTS.value, ordered_consumer=True
         )
         intake = Delivered(body, subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
-        await scheduler.on_submitted(intake)
+        await scheduler.on_submitted(ExperimentSubmitted.model_validate_json(body), intake)
         assert intake.acked
         letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
         assert letter.subject == subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id)
