@@ -190,10 +190,7 @@ def permission_map() -> dict[Identity, Permissions]:
 
 
 def nats_user(identity: str) -> str:
-    """The NATS user ``verify_and_map`` maps a certificate to: its subject, ``CN=<identity>``.
-
-    Must equal ``tweakline.runtime.natsserver.user_for`` (the local stack's server); a test checks it.
-    """
+    """The NATS user ``verify_and_map`` maps a certificate to: its subject, ``CN=<identity>``."""
     return f"CN={identity}"
 
 

@@ -41,11 +41,6 @@ def experiment_events(experiment_id: str) -> str:
     return f"{PREFIX}.*.*.{experiment_id}"
 
 
-def experiment_id_of(subject: str) -> str:
-    """The experiment id carried as the last token of an event subject."""
-    return subject.rsplit(".", 1)[-1]
-
-
 class Stream(StrEnum):
     """JetStream streams."""
 

@@ -595,12 +595,3 @@ class DatasetCache:
 
 _shared: DatasetCache | None = None
 _shared_lock = threading.Lock()
-
-
-def shared_cache() -> DatasetCache:
-    """The process-wide cache a long-lived runner uses."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = DatasetCache()
-        return _shared

@@ -11,11 +11,6 @@ from tweakline.proto.messages import Comparison, Decision, GateCheck
 from tweakline.proto.tweakfile import LOWER_IS_BETTER, ExperimentSpec
 
 
-def better_by(metric: str, candidate: float, reference: float) -> float:
-    """How much better ``candidate`` is than ``reference`` (positive is better, whatever the direction)."""
-    return reference - candidate if metric in LOWER_IS_BETTER else candidate - reference
-
-
 @dataclass
 class GateResult:
     """The decision with every check that led to it."""

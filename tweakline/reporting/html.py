@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -371,16 +370,3 @@ async def write_report(
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(render_markdown(data), encoding="utf-8")
     return data
-
-
-def summary_json(data: ReportData) -> str:
-    """Machine-readable essentials of a report (for scripts)."""
-    evaluation = data.outcome.evaluation
-    return json.dumps(
-        {
-            "experiment_id": data.outcome.experiment_id,
-            "decision": evaluation.decision.value if evaluation else None,
-            "trials": len(data.outcome.trials),
-            "trace_id": data.trace_id,
-        }
-    )

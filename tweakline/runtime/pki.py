@@ -164,8 +164,3 @@ def ensure_pki(root: Path) -> DevCA:
         if not TlsFiles(root / identity).exists():
             ca.issue(identity)
     return ca
-
-
-def identity_files(root: Path, identity: str) -> TlsFiles:
-    """The certificate files of ``identity`` under a PKI root."""
-    return TlsFiles(root / identity)

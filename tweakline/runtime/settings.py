@@ -6,7 +6,6 @@ Business logic receives these values as arguments and never reads the environmen
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
@@ -74,8 +73,3 @@ class Settings(BaseSettings):
     def tls_path(self) -> Path:
         """Directory of this identity's certificate files."""
         return self.tls_dir if self.tls_dir is not None else self.state_dir / "pki" / self.identity.value
-
-
-def state_dir_from_env(default: Path = DEFAULT_STATE_DIR) -> Path:
-    """The state directory named by ``TWEAKLINE_STATE_DIR``, else ``default`` (used by the CLI's flags)."""
-    return Path(os.environ.get("TWEAKLINE_STATE_DIR", str(default)))
