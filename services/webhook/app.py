@@ -72,6 +72,7 @@ from tweakline.reporting.ci import (
     status_key,
     write_report,
 )
+from tweakline.runtime.health import EmbeddedServer
 from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
 from tweakline.runtime.settings import Settings
 from tweakline.webhook.bitbucket import (
@@ -222,7 +223,7 @@ class Webhook:
             access_log=False,
             lifespan="off",
         )
-        self.server = _QuietServer(config)
+        self.server = EmbeddedServer(config)
         self._serving = asyncio.create_task(self.server.serve())
         while not self.server.started:  # bind errors end serve() early: report them
             if self._serving.done():
@@ -625,14 +626,6 @@ class Webhook:
         if src.pull_request is not None:
             await self.bitbucket.comment(src.repository, src.pull_request, markdown)
         log.info("reported %s to %s@%s: %s", evaluation.experiment_id, src.repository, src.commit[:12], status.state)
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the FastStream app owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
 
 
 def build(settings: Settings, hook: WebhookSettings, *, transport: Any = None) -> tuple[FastStream, Webhook]:

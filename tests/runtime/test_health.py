@@ -60,3 +60,43 @@ def test_service_answers_probes_once_connected(nats) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     assert _status(f"{base}/healthz") is None  # gone with the process
+
+
+async def test_the_probe_app_says_ready_only_when_connected_and_serves_metrics() -> None:
+    import httpx
+    from prometheus_client import Counter
+
+    from tweakline.runtime.health import health_app
+
+    connected = {"now": False}
+
+    def ready() -> bool:
+        if connected["now"] is None:
+            raise RuntimeError("no connection object yet")
+        return connected["now"]
+
+    Counter("tweakline_probe_test_total", "a counter only this test makes").inc()
+    transport = httpx.ASGITransport(app=health_app(ready))
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 503
+        connected["now"] = None  # the broker not built yet: not ready, not a 500
+        assert (await client.get("/readyz")).status_code == 503
+        connected["now"] = True
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/readyz")).status_code == 405
+        assert (await client.get("/nope")).status_code == 404
+        metrics = await client.get("/metrics")
+        assert metrics.status_code == 200 and "tweakline_probe_test_total 1.0" in metrics.text
+
+
+async def test_a_taken_probe_port_fails_at_once() -> None:
+    import pytest
+
+    from tweakline.runtime.health import start_health_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="TWEAKLINE_HEALTH_PORT"):
+            await start_health_server(taken.getsockname()[1], lambda: True, host="127.0.0.1")

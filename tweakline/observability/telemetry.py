@@ -188,7 +188,8 @@ def setup_telemetry(service: str, settings: Settings) -> Telemetry:
         from prometheus_client import start_http_server
 
         try:
-            start_http_server(settings.metrics_port, addr=settings.metrics_host)
+            if settings.metrics_port != settings.health_port:  # else the service's probe server has /metrics
+                start_http_server(settings.metrics_port, addr=settings.metrics_host)
         except OSError as exc:  # metrics must never take a service down: say so and run without them
             log.warning(
                 "cannot serve metrics on %s:%s (TWEAKLINE_METRICS_PORT): %s; continuing without the endpoint",

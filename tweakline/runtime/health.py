@@ -1,51 +1,80 @@
-"""The probe endpoints of a service process: ``/healthz`` (alive) and ``/readyz`` (connected).
+"""The HTTP endpoints of a service process: ``/healthz`` (alive), ``/readyz`` (connected), ``/metrics``.
 
-A deliberately tiny HTTP/1.0 responder on asyncio streams, so a probe costs no framework
-and no thread. Off locally; the Helm chart sets ``TWEAKLINE_HEALTH_PORT`` for its probes.
+One small Starlette app served by uvicorn inside the service's event loop — the same HTTP stack
+as the webhook and the model server. Off locally; the Helm chart sets ``TWEAKLINE_HEALTH_PORT``
+for its probes. ``/metrics`` serves the process's Prometheus registry (what the OpenTelemetry
+Prometheus reader fills), so one port can carry probes and metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 log = logging.getLogger(__name__)
 
-_STATUS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a service's event loop, without its own signal handlers: the service owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
-async def start_health_server(port: int, ready: Callable[[], bool], host: str = "0.0.0.0") -> asyncio.Server:
-    """Serve ``GET /healthz`` (200 while the event loop runs) and ``GET /readyz`` (200 when
-    ``ready()`` is true, else 503) on ``host:port``."""
+def health_app(ready: Callable[[], bool]) -> Starlette:
+    """The probe and metrics endpoints; ``ready()`` decides ``/readyz`` (an exception counts as not ready)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            parts = request.decode("latin-1").split()
-            method, path = (parts[0], parts[1].split("?")[0]) if len(parts) >= 2 else ("", "")
-            if method not in ("GET", "HEAD"):
-                code = 405
-            elif path == "/healthz":
-                code = 200
-            elif path == "/readyz":
-                code = 200 if _safe(ready) else 503
-            else:
-                code = 404
-            body = f"{_STATUS[code].lower()}\n".encode()
-            writer.write(
-                f"HTTP/1.0 {code} {_STATUS[code]}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                + (body if method != "HEAD" else b"")
-            )
-            await writer.drain()
-        except (OSError, TimeoutError, UnicodeError):
-            pass
-        finally:
-            writer.close()
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok\n")
 
-    server = await asyncio.start_server(handle, host, port)
-    log.info("probes on http://%s:%d/healthz and /readyz", host, port)
-    return server
+    async def readyz(_: Request) -> Response:
+        ok = _safe(ready)
+        return PlainTextResponse("ok\n" if ok else "service unavailable\n", status_code=200 if ok else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    methods = ["GET", "HEAD"]
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=methods),
+            Route("/readyz", readyz, methods=methods),
+            Route("/metrics", metrics, methods=methods),
+        ]
+    )
+
+
+async def start_health_server(port: int, ready: Callable[[], bool], host: str = "0.0.0.0") -> asyncio.Task[None]:
+    """Serve :func:`health_app` on ``host:port`` in this event loop; returns the server's task.
+
+    Raises ``OSError`` at once when the port is taken (the process must not run without probes).
+    """
+    # Bind first, so a taken port is an OSError here rather than uvicorn's sys.exit in a task.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot serve probes on {host}:{port} (TWEAKLINE_HEALTH_PORT): {exc.strerror}") from None
+    config = uvicorn.Config(health_app(ready), log_level="warning", lifespan="off", access_log=False)
+    server = EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    log.info("probes on http://%s:%d/healthz, /readyz and /metrics", host, port)
+    return task
 
 
 def _safe(ready: Callable[[], bool]) -> bool:
