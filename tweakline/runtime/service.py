@@ -60,6 +60,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         if options["tls"] is None
         else NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
         name=name,
+        inbox_prefix=options["inbox_prefix"],
         max_reconnect_attempts=options["max_reconnect_attempts"],
         reconnect_time_wait=options["reconnect_time_wait"],
         connect_timeout=options["connect_timeout"],
