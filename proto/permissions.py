@@ -76,6 +76,7 @@ class Op(StrEnum):
     DIRECT_GET = "direct.get"
     EPHEMERAL_CREATE = "consumer.create-unnamed"  # the legacy subject: the name travels in the body
     NAMED_CREATE = "consumer.create-named"  # a new consumer whose name is in the subject
+    EPHEMERAL_INFO = "consumer.info-any"  # info of any consumer on the stream (KV keys() asks its own)
     CONSUMER_LIST = "consumer.list"
     FLOW_CONTROL = "flow-control"
     # on a durable consumer
@@ -115,6 +116,7 @@ JS_API: dict[Op, tuple[str, ...]] = {
     Op.DIRECT_GET: ("$JS.API.DIRECT.GET.{stream}", "$JS.API.DIRECT.GET.{stream}.{tail}"),
     Op.EPHEMERAL_CREATE: ("$JS.API.CONSUMER.CREATE.{stream}",),
     Op.NAMED_CREATE: ("$JS.API.CONSUMER.CREATE.{stream}.{name}", "$JS.API.CONSUMER.CREATE.{stream}.{name}.{tail}"),
+    Op.EPHEMERAL_INFO: ("$JS.API.CONSUMER.INFO.{stream}.{name}",),
     Op.CONSUMER_LIST: ("$JS.API.CONSUMER.NAMES.{stream}", "$JS.API.CONSUMER.LIST.{stream}"),
     Op.FLOW_CONTROL: ("$JS.FC.{stream}.{tail}",),
     Op.CONSUMER_CREATE: (
@@ -144,6 +146,7 @@ STREAM_OPS = (
     Op.DIRECT_GET,
     Op.EPHEMERAL_CREATE,
     Op.NAMED_CREATE,
+    Op.EPHEMERAL_INFO,
     Op.CONSUMER_LIST,
     Op.FLOW_CONTROL,
 )
@@ -218,7 +221,8 @@ def _stream_reads(stream: str, *, consumers: str | None) -> tuple[list[str], set
     if consumers is not None:
         # Ordered consumers ask for flow control: without $JS.FC the server stalls a push
         # consumer after a few MiB (objects of 3 MiB or more never arrived).
-        ops += [Op.EPHEMERAL_CREATE if consumers == "unnamed" else Op.NAMED_CREATE, Op.FLOW_CONTROL]
+        ops += [Op.EPHEMERAL_CREATE, Op.EPHEMERAL_INFO] if consumers == "unnamed" else [Op.NAMED_CREATE]
+        ops.append(Op.FLOW_CONTROL)
     subjects = [s for op in ops for s in _api(op, stream=stream)]
     return subjects, {(op, stream) for op in ops}
 
