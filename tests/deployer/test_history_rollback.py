@@ -173,3 +173,7 @@ def test_rollback_to_a_tampered_or_missing_revision_is_refused_and_nothing_moves
     )
     after = history_json(nats, release)
     assert after["current"] == 3 and [e["action"] for e in after["events"]] == ["promoted"] * 3
+    checked = run_cli("history", release, "--verify", "--json", env=env_for(nats))
+    assert checked.code == 0, checked.stderr
+    checks = checked.json()["model_checks"]
+    assert checks["3"] == "ok" and "has sha256" in checks["1"] and checks["2"].endswith("not found"), checks
