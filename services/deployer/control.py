@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 
 from tweakline.deployer.registry import target_for
-from tweakline.deployer.releases import read_history, record_rollback, rollback_target
+from tweakline.deployer.releases import ReleaseError, read_history, record_rollback, rollback_target
+from tweakline.errors import ArtifactError
 from tweakline.proto.messages import ReleaseHistory, ReleaseRevision
 from tweakline.proto.subjects import Bucket
 from tweakline.proto.tweakfile import DeploySpec
+from tweakline.runtime.objects import get_artifact
 from tweakline.runtime.records import RecordStore
 from tweakline.runtime.settings import Settings
 
@@ -42,11 +44,13 @@ async def rollback(
 ) -> RollbackResult:
     """Put revision ``to`` (default: the previously live one) back on the release's target, then record it.
 
-    The target is driven first, so a failed Helm rollback leaves the history unchanged.
+    The revision's model is fetched and hash-checked first (:func:`check_revision`), then the
+    target is driven, so a tampered model or a failed Helm rollback leaves the history unchanged.
     """
     store = await releases(js)
     history = await read_history(store, release)
     revision = rollback_target(history, to, expect_current)
+    await check_revision(js, release, revision)
     target = target_for(history.target, settings)
     spec = revision.deploy or DeploySpec(release=release, target=history.target)
     await target.rollback(spec, history, revision)
@@ -60,3 +64,15 @@ async def rollback(
         expect_current=history.current,
     )
     return RollbackResult(history, revision, previous)
+
+
+async def check_revision(js: JetStreamContext, release: str, revision: ReleaseRevision) -> None:
+    """:class:`ReleaseError` with the reason unless ``revision``'s model is stored and matches its SHA-256.
+
+    A history entry is only a pointer: what goes live is what the store holds, so it is checked
+    before anything points at it again (the model servers would refuse it and serve nothing).
+    """
+    try:
+        await get_artifact(js, revision.artifact)
+    except ArtifactError as exc:
+        raise ReleaseError(f"release {release}: revision {revision.revision} cannot go live: {exc}") from None

@@ -110,7 +110,7 @@ def _child_main(
     from pathlib import Path
 
     from tweakline.ml.datasets import DatasetCache, DatasetError, use_object_store
-    from tweakline.ml.training import describe_error, estimator_seed, run_trial
+    from tweakline.ml.training import estimator_seed, public_error, run_trial
 
     if dataset_cache_dir is not None:
 
@@ -132,7 +132,7 @@ def _child_main(
         try:
             split = cache.get(request.spec.dataset)
         except Exception as exc:
-            conn.send(("error", describe_error(exc)))
+            conn.send(("error", public_error(exc)))  # goes on the bus: no file contents
             continue
 
         def on_fold(index: int, value: float, request: TrialRequested = request) -> bool:

@@ -26,6 +26,7 @@ from tweakline.proto.messages import ArtifactRef, Decision, DeploymentStatus, Ev
 from tweakline.proto.permissions import Identity
 from tweakline.proto.tweakfile import DeploySpec
 from tweakline.runtime.bus import connect
+from tweakline.runtime.objects import put_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "model-server"
@@ -205,7 +206,7 @@ async def test_failed_upgrade_is_rolled_back_and_recorded(nats, monkeypatch: pyt
 
         deployer = Deployer(Ctx())
         await deployer.start()
-        ok = await deployer._deploy(helm_evaluation(release, 1))
+        ok = await deployer._deploy(helm_evaluation(release, 1, await stored_model(nats, release, 1)))
         assert ok == (DeploymentStatus.DEPLOYED, 1, "revision 1 is live (not verified)")
         recorder.fail_upgrade = "context deadline exceeded: 0 of 2 pods ready"
         failed = await deployer._deploy(helm_evaluation(release, 2))
@@ -219,7 +220,16 @@ async def test_failed_upgrade_is_rolled_back_and_recorded(nats, monkeypatch: pyt
         await nc.close()
 
 
-def helm_evaluation(release: str, n: int) -> EvaluationCompleted:
+async def stored_model(nats, release: str, n: int) -> ArtifactRef:
+    """A model really stored by the evaluator identity: rollbacks hash-check what they restore."""
+    nc = await connect(nats.settings(Identity.EVALUATOR), "test-evaluator")
+    try:
+        return await put_artifact(nc.jetstream(), f"models/{release}-{n}.skops", f"model {release} {n}".encode())
+    finally:
+        await nc.close()
+
+
+def helm_evaluation(release: str, n: int, artifact: ArtifactRef | None = None) -> EvaluationCompleted:
     deploy = DeploySpec(target="helm", release=release, namespace="ml", verify={"enabled": False})
     return EvaluationCompleted(
         experiment_id=f"{release}-{n}",
@@ -227,7 +237,7 @@ def helm_evaluation(release: str, n: int) -> EvaluationCompleted:
         release=release,
         target="helm",
         deploy=deploy,
-        artifact=ArtifactRef(bucket="tweakline-artifacts", name=f"models/{release}-{n}.skops", sha256=SHA, size=1),
+        artifact=artifact or ArtifactRef(bucket="tweakline-artifacts", name=f"models/{release}-{n}.skops", sha256=SHA, size=1),
         features=["a"],
     )
 
@@ -244,7 +254,9 @@ def test_cli_rollback_of_a_helm_release_without_a_cluster_is_a_clear_error(nats,
         try:
             store = await releases(nc.jetstream())
             for n in (1, 2):
-                await record_promotion(store, release, "helm", helm_evaluation(release, n), "SVC")
+                await record_promotion(
+                    store, release, "helm", helm_evaluation(release, n, await stored_model(nats, release, n)), "SVC"
+                )
         finally:
             await nc.close()
 

@@ -20,9 +20,10 @@ from tweakline.proto.messages import (
 )
 from tweakline.proto.permissions import Identity
 from tweakline.runtime.bus import connect
+from tweakline.runtime.objects import put_artifact
 
 
-def evaluation(exp: str, release: str, accuracy: float, commit: str) -> EvaluationCompleted:
+def evaluation(exp: str, release: str, accuracy: float, commit: str, artifact: ArtifactRef | None = None) -> EvaluationCompleted:
     return EvaluationCompleted(
         experiment_id=exp,
         decision=Decision.PROMOTE,
@@ -44,7 +45,7 @@ def evaluation(exp: str, release: str, accuracy: float, commit: str) -> Evaluati
             supported=True,
             rule="r",
         ),
-        artifact=ArtifactRef(bucket="tweakline-artifacts", name=f"models/{exp}.skops", sha256="0" * 64, size=1),
+        artifact=artifact or ArtifactRef(bucket="tweakline-artifacts", name=f"models/{exp}.skops", sha256="0" * 64, size=1),
         release=release,
         target="local",
         source=Source(commit=commit * 8),
@@ -52,16 +53,22 @@ def evaluation(exp: str, release: str, accuracy: float, commit: str) -> Evaluati
     )
 
 
-async def promote_three(nats, release: str) -> None:
+async def promote_three(nats, release: str) -> dict[int, ArtifactRef]:
+    """Three promoted revisions whose models (stored by the evaluator, as in production) exist."""
     nc = await connect(nats.settings(Identity.DEPLOYER), "test")
+    producer = await connect(nats.settings(Identity.EVALUATOR), "test-evaluator")
+    refs = {}
     try:
         store = await releases(nc.jetstream())
         for n, acc in ((1, 0.8), (2, 0.85), (3, 0.9)):
-            await record_promotion(store, release, "local", evaluation(f"{release}-e{n}", release, acc, f"c{n}"), "SVC")
+            refs[n] = await put_artifact(producer.jetstream(), f"models/{release}-e{n}.skops", f"model {release} {n}".encode())
+            await record_promotion(store, release, "local", evaluation(f"{release}-e{n}", release, acc, f"c{n}", refs[n]), "SVC")
         # a redelivered evaluation is recorded once
-        await record_promotion(store, release, "local", evaluation(f"{release}-e3", release, 0.9, "c3"), "SVC")
+        await record_promotion(store, release, "local", evaluation(f"{release}-e3", release, 0.9, "c3", refs[3]), "SVC")
     finally:
         await nc.close()
+        await producer.close()
+    return refs
 
 
 def env_for(nats) -> dict[str, str]:
@@ -133,3 +140,40 @@ async def test_plain_rollback_returns_to_the_revision_live_before(nats) -> None:
             await rollback(js, nats.settings(), release, to=1, reason="x", by="t", expect_current=2)
     finally:
         await nc.close()
+
+
+async def _tamper(nats, ref: ArtifactRef, data: bytes | None) -> None:
+    """What only an operator's credential can do: replace (or remove) a stored model."""
+    nc = await connect(nats.settings(Identity.ADMIN), "test-tamper")
+    try:
+        store = await nc.jetstream().object_store(ref.bucket)
+        if data is None:
+            await store.delete(ref.name)
+        else:
+            await store.put(ref.name, data)
+    finally:
+        await nc.close()
+
+
+def test_rollback_to_a_tampered_or_missing_revision_is_refused_and_nothing_moves(nats) -> None:
+    release = f"rel-{uuid.uuid4().hex[:6]}"
+    refs = asyncio.run(promote_three(nats, release))
+    asyncio.run(_tamper(nats, refs[1], b"someone else's model"))
+    tampered = run_cli("rollback", release, "--to", "1", env=env_for(nats))
+    assert tampered.code == 2, tampered.stdout + tampered.stderr
+    assert (
+        f"release {release}: revision 1 cannot go live: artifact tweakline-artifacts/{refs[1].name} has sha256" in tampered.stderr
+    )
+    assert f"expected {refs[1].sha256[:12]}" in tampered.stderr and "Traceback" not in tampered.stderr
+    asyncio.run(_tamper(nats, refs[2], None))
+    missing = run_cli("rollback", release, env=env_for(nats))
+    assert (
+        missing.code == 2
+        and f"revision 2 cannot go live: artifact tweakline-artifacts/{refs[2].name} not found" in missing.stderr
+    )
+    after = history_json(nats, release)
+    assert after["current"] == 3 and [e["action"] for e in after["events"]] == ["promoted"] * 3
+    checked = run_cli("history", release, "--verify", "--json", env=env_for(nats))
+    assert checked.code == 0, checked.stderr
+    checks = checked.json()["model_checks"]
+    assert checks["3"] == "ok" and "has sha256" in checks["1"] and checks["2"].endswith("not found"), checks

@@ -11,6 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from tests import factories
+from tweakline.errors import DatasetError
 from tweakline.ml.datasets import DatasetCache, Split
 from tweakline.ml.training import cv_splitter, describe_error, estimator_seed, run_trial
 from tweakline.proto.messages import TrialStatus
@@ -249,6 +250,21 @@ def test_describe_error_is_one_bounded_line() -> None:
     assert text.startswith("ValueError: bad things xxx")
     assert len(text) == 80 and text.endswith("…")
     assert "\n" not in text
+
+
+def test_a_dataset_error_for_the_bus_carries_no_file_contents(tmp_path: Any) -> None:
+    """What a runner reports for a file it cannot use never quotes the file (a header, a cell)."""
+    from tweakline.ml.datasets import load_dataset
+    from tweakline.ml.training import public_error
+
+    secret = tmp_path / "environ.csv"
+    secret.write_text("AWS_SECRET_ACCESS_KEY=hunter2,label\nTOKEN=abc123,1\n")
+    spec = make_spec(dataset={"source": f"csv:{secret}", "target": "label", "seed": 0}).dataset
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(spec)
+    assert "hunter2" in str(caught.value) or "abc123" in str(caught.value)  # the local message is detailed
+    public = public_error(caught.value)
+    assert public.startswith("DatasetError: ") and "hunter2" not in public and "abc123" not in public, public
 
 
 def test_csv_dataset_end_to_end(tmp_path: Any) -> None:

@@ -1,7 +1,9 @@
-"""Artifacts in the real object store: what was recorded is what is loaded, or nothing is."""
+"""Objects in the real object store: what was recorded is what is loaded, or nothing is; names are never trusted."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import uuid
 
 import pytest
@@ -12,8 +14,9 @@ from sklearn.tree import DecisionTreeClassifier
 from tweakline.errors import ArtifactError
 from tweakline.ml.artifacts import dump_model, load_model
 from tweakline.proto.permissions import Identity
+from tweakline.proto.subjects import Bucket, dataset_object_name
 from tweakline.runtime.bus import connect
-from tweakline.runtime.objects import get_artifact, put_artifact
+from tweakline.runtime.objects import get_artifact, get_dataset, put_artifact, put_dataset
 
 
 async def test_an_artifact_replaced_in_the_store_is_refused(nats) -> None:
@@ -22,15 +25,55 @@ async def test_an_artifact_replaced_in_the_store_is_refused(nats) -> None:
     other, _ = dump_model(DecisionTreeClassifier(max_depth=1).fit(X, y))
     name = f"models/tamper-{uuid.uuid4().hex[:6]}.skops"
     nc = await connect(nats.settings(Identity.EVALUATOR), "test")
+    admin = await connect(nats.settings(Identity.ADMIN), "test-admin")
     try:
         js = nc.jetstream()
         ref = await put_artifact(js, name, good)
+        assert ref.name.endswith(f"/{ref.sha256}.skops"), ref.name  # content-addressed: never overwritten
         assert load_model(await get_artifact(js, ref), ref.sha256).predict(X[:3]).tolist() == [0, 0, 0]
-        await (await js.object_store(ref.bucket)).put(name, other)  # someone with write access swaps the model
-        with pytest.raises(ArtifactError, match=rf"artifact {ref.bucket}/{name} has sha256 .* expected .*refusing to load it"):
+        # only an operator can overwrite a name (it needs a purge): the evaluator's layout never does
+        await (await admin.jetstream().object_store(ref.bucket)).put(ref.name, other)
+        with pytest.raises(
+            ArtifactError, match=rf"artifact {ref.bucket}/{ref.name} has sha256 .* expected .*refusing to load it"
+        ):
             await get_artifact(js, ref)
     finally:
         await nc.close()
+        await admin.close()
+
+
+async def test_storing_the_same_artifact_twice_writes_it_once(nats) -> None:
+    nc = await connect(nats.settings(Identity.EVALUATOR), "test")
+    try:
+        js = nc.jetstream()
+        data = os.urandom(300_000)
+        first = await put_artifact(js, f"probes/{uuid.uuid4().hex[:6]}.json", data)
+        info = await (await js.object_store(first.bucket)).get_info(first.name)
+        again = await put_artifact(js, first.name.rsplit("/", 1)[0] + ".json", data)  # a redelivered evaluation
+        assert again == first
+        assert (await (await js.object_store(first.bucket)).get_info(first.name)).nuid == info.nuid
+    finally:
+        await nc.close()
+
+
+async def test_a_poisoned_dataset_name_is_replaced_by_the_next_upload(nats) -> None:
+    """A pipeline stores garbage under another dataset's hash; the victim's upload is not skipped."""
+    victim = b"a,b,label\n" + b"".join(f"{i},{i * 2},{i % 2}\n".encode() for i in range(5000))
+    digest = hashlib.sha256(victim).hexdigest()
+    attacker = await connect(nats.settings(Identity.SUBMITTER), "attacker")
+    uploader = await connect(nats.settings(Identity.WEBHOOK), "uploader")
+    runner = await connect(nats.settings(Identity.TRIAL_RUNNER), "runner")
+    try:
+        store = await attacker.jetstream().object_store(Bucket.DATASETS.value)
+        await store.put(dataset_object_name(digest), b"x" * len(victim))  # same size, wrong bytes
+        with pytest.raises(ArtifactError, match=rf"{dataset_object_name(digest)} has sha256 .*expected {digest[:12]}"):
+            await get_dataset(runner.jetstream(), digest)  # a reader never trusts the name
+        assert await put_dataset(uploader.jetstream(), victim) == (digest, True)  # treated as absent: replaced
+        assert await get_dataset(runner.jetstream(), digest) == victim
+        assert await put_dataset(uploader.jetstream(), victim) == (digest, False)  # now genuinely stored
+    finally:
+        for nc in (attacker, uploader, runner):
+            await nc.close()
 
 
 async def test_the_model_server_identity_cannot_replace_an_artifact(nats) -> None:

@@ -11,6 +11,7 @@ import uuid
 
 from nats.js.api import DeliverPolicy
 
+from tests.factories import make_tweak
 from tests.scheduler.test_handlers import Delivered, _tweak
 from tweakline.proto.messages import DeadLetter, ExperimentCompleted, ExperimentStatus, ExperimentSubmitted
 from tweakline.proto.permissions import Identity
@@ -18,6 +19,7 @@ from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.bus import connect
 from tweakline.scheduler.handlers import Scheduler
+from tweakline.validation import problems_of
 
 
 async def test_an_invalid_submission_is_dead_lettered_and_fails_with_its_reason(nats, scheduler: Scheduler) -> None:
@@ -51,3 +53,49 @@ async def test_an_invalid_submission_is_dead_lettered_and_fails_with_its_reason(
         assert exp_id not in scheduler.runs
     finally:
         await admin.close()
+
+
+async def test_a_host_path_from_the_bus_is_refused_and_the_scheduler_keeps_scheduling(nats, scheduler: Scheduler) -> None:
+    """``csv:/etc/passwd`` sent raw to a platform: dead-lettered with its reason, no trial issued, next one runs."""
+    assert not scheduler.ctx.settings.allow_host_paths  # a platform's scheduler, not `tweakline run`'s
+    exp_id, good_id = f"hostpath-{uuid.uuid4().hex[:8]}", f"after-{uuid.uuid4().hex[:8]}"
+    data = _tweak(parallelism=2).model_dump(exclude_unset=True)
+    data["spec"]["dataset"] = {**data["spec"]["dataset"], "source": "csv:/etc/passwd", "target": "shell"}
+    body = ExperimentSubmitted(experiment_id=exp_id, tweak=TweakFile.model_validate(data)).model_dump_json().encode()
+    good = ExperimentSubmitted(experiment_id=good_id, tweak=_tweak(parallelism=2)).model_dump_json().encode()
+    admin = await connect(nats.settings(Identity.ADMIN), "test-hostpath-intake")
+    try:
+        js = admin.jetstream()
+        letters = await js.subscribe(
+            f"{Subject.DEAD_LETTER.value}.scheduler",
+            stream=Stream.DEAD_LETTERS.value,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        completed = await js.subscribe(
+            subject_for(Subject.EXPERIMENT_COMPLETED, exp_id), stream=Stream.EVENTS.value, ordered_consumer=True
+        )
+        intake = Delivered(body, subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
+        await scheduler.on_submitted(ExperimentSubmitted.model_validate_json(body), intake)
+        assert intake.acked
+        letter = DeadLetter.model_validate_json((await letters.next_msg(timeout=30)).data)
+        assert "spec.dataset.source: 'csv:/etc/passwd' reads the platform's own disk" in letter.reason
+        assert "root:" not in letter.reason  # never the file's content
+        done = ExperimentCompleted.model_validate_json((await completed.next_msg(timeout=30)).data)
+        assert done.status is ExperimentStatus.FAILED and done.trials == []
+        # the scheduler goes on: the next submission gets its trials (and the refused one none)
+        await scheduler.on_submitted(
+            ExperimentSubmitted.model_validate_json(good), Delivered(good, subject_for(Subject.EXPERIMENT_SUBMITTED, good_id))
+        )
+        assert exp_id not in scheduler.runs
+        run, _revision = scheduler.runs[good_id]
+        assert len(run.state.issued) == 2  # its first trials went out
+    finally:
+        await admin.close()
+
+
+def test_only_tweakline_runs_own_stack_accepts_host_paths() -> None:
+    tweak = make_tweak(dataset={"source": "csv:/proc/self/environ", "target": "x", "seed": 0})
+    refused = problems_of(tweak, ["sklearn."])
+    assert [p.path for p in refused] == ["spec.dataset.source"] and "'csv:/proc/self/environ'" in refused[0].message
+    assert problems_of(tweak, ["sklearn."], host_paths=True) == []

@@ -27,7 +27,7 @@ import yaml
 
 from tweakline import __version__
 from tweakline.proto.messages import PAYLOADS
-from tweakline.proto.permissions import Identity, Permissions, nats_authorization, permission_map
+from tweakline.proto.permissions import Identity, Permissions, nats_authorization, permission_map, render_identity_table
 from tweakline.proto.subjects import CONSUMER_FILTERS, STREAM_SUBJECTS, Subject, all_of
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.search.algorithms import STRATEGIES
@@ -36,6 +36,25 @@ from tweakline.search.pruning import PRUNERS
 NATS_AUTHORIZATION = Path("helm/tweakline/files/nats-authorization.json")
 TWEAKFILE_SCHEMA = Path("proto/tweakfile.schema.json")
 ASYNCAPI = Path("proto/asyncapi.yaml")
+SECURITY_DOC = Path("docs/security.md")
+TABLE_BEGIN = "<!-- identity-table:begin (generated: python -m tweakline.cli.generate) -->\n"
+TABLE_END = "<!-- identity-table:end -->"
+
+
+def render_security_doc(root: Path | None = None) -> str:
+    """``docs/security.md`` with its identity table regenerated from the permission grants."""
+    text = ((root or default_root()) / SECURITY_DOC).read_text(encoding="utf-8")
+    head, begin, rest = text.partition(TABLE_BEGIN)
+    _old, end, tail = rest.partition(TABLE_END)
+    if not begin or not end:
+        raise SystemExit(f"{SECURITY_DOC} lacks the identity-table markers")
+    return head + begin + render_identity_table() + end + tail
+
+
+def write_security_doc(root: Path) -> Path:
+    """Regenerate the identity table inside ``docs/security.md`` (the rest is prose, kept)."""
+    path = root / SECURITY_DOC
+    return _write(path, render_security_doc(root if path.is_file() else None))
 
 
 def render_nats_authorization() -> str:
@@ -186,6 +205,7 @@ ARTEFACTS: dict[Path, tuple[Callable[[], str], Callable[[Path], Path]]] = {
     NATS_AUTHORIZATION: (render_nats_authorization, write_nats_authorization),
     TWEAKFILE_SCHEMA: (render_tweakfile_schema, write_tweakfile_schema),
     ASYNCAPI: (render_asyncapi, write_asyncapi),
+    SECURITY_DOC: (render_security_doc, write_security_doc),
 }
 
 

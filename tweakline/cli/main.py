@@ -163,7 +163,7 @@ def run(
         root = Path(tmp.name)
     else:
         root = state_dir or DEFAULT_STATE_DIR
-    stack = LocalStack(root, runners=runners, settings=settings)
+    stack = LocalStack(root, runners=runners, settings=settings, host_paths=True)
     # SIGTERM (a CI job cancelled) must clean up like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     code = EXIT_ERROR

@@ -97,18 +97,19 @@ def _evidence(rev: Any) -> str:
     return f"{c.metric} {c.difference:+.4f} vs prod"
 
 
-def render_history(history: ReleaseHistory) -> None:
-    """Print the revisions and the steps of a release as tables."""
+def render_history(history: ReleaseHistory, checked: dict[int, str] | None = None) -> None:
+    """Print the revisions and the steps of a release as tables (``checked``: each revision's model check)."""
     from rich.table import Table
 
     from tweakline.reporting.console import out
 
     revs = Table(title=f"Release {history.release} ({history.target}); live revision: {history.current}")
     helm = any(r.target_revision is not None for r in history.revisions)
-    for col in ("rev", "live", "created", "experiment", "commit", "test metrics", "evidence", *(["helm rev"] if helm else [])):
+    extra_cols = (["helm rev"] if helm else []) + (["model"] if checked is not None else [])
+    for col in ("rev", "live", "created", "experiment", "commit", "test metrics", "evidence", *extra_cols):
         revs.add_column(col)
     for r in history.revisions:
-        extra = [str(r.target_revision or "-")] if helm else []
+        extra = ([str(r.target_revision or "-")] if helm else []) + ([checked[r.revision]] if checked is not None else [])
         revs.add_row(
             str(r.revision),
             "*" if r.revision == history.current else "",
@@ -139,20 +140,36 @@ def history(
     release: Annotated[str, typer.Argument(help="The release name (spec.deploy.release).")],
     state_dir: StateDir = None,
     as_json: AsJson = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Fetch each revision's model and check its SHA-256 (what rollback would).")
+    ] = False,
 ) -> None:
     """Show a release's revisions (metrics, evidence, source commit) and every step with its reason."""
-    from tweakline.deployer.control import releases
-    from tweakline.deployer.releases import read_history
+    from tweakline.deployer.control import check_revision, releases
+    from tweakline.deployer.releases import ReleaseError, read_history
 
-    async def _main() -> ReleaseHistory:
+    async def _main() -> tuple[ReleaseHistory, dict[int, str] | None]:
         async with operator_bus(state_dir) as js:
-            return await read_history(await releases(js), release)
+            found = await read_history(await releases(js), release)
+            if not verify:
+                return found, None
+            checked: dict[int, str] = {}
+            for rev in found.revisions:
+                try:
+                    await check_revision(js, release, rev)
+                    checked[rev.revision] = "ok"
+                except ReleaseError as exc:
+                    checked[rev.revision] = str(exc).split("cannot go live: ", 1)[-1]
+            return found, checked
 
-    found = _run(_main())
+    found, checked = _run(_main())
     if as_json:
-        print(found.model_dump_json())
+        data = found.model_dump(mode="json")
+        if checked is not None:
+            data["model_checks"] = {str(k): v for k, v in checked.items()}
+        print(json.dumps(data))
     else:
-        render_history(found)
+        render_history(found, checked)
 
 
 def rollback(

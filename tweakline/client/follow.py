@@ -189,6 +189,9 @@ async def follow(
         stream=Stream.EVENTS.value,
         ordered_consumer=True,
         deliver_policy=api.DeliverPolicy.ALL,
+        # Named, so it is created on a subject that carries its name: the submitter may create
+        # consumers on the events stream only that way (never one named like a service's durable).
+        config=api.ConsumerConfig(name=f"follow-{uuid.uuid4().hex}"),
         cb=_on_msg,
     )
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -87,6 +87,9 @@ class DatasetLoader(ABC):
     """Loads one URI scheme. Subclasses set :attr:`scheme` and implement :meth:`load`."""
 
     scheme: ClassVar[str]
+    # True for schemes that open files on the machine that loads them (a platform refuses those
+    # from the bus: a submitter must never make a runner read the runner's own disk).
+    reads_host_files: ClassVar[bool] = False
 
     @abstractmethod
     def load(self, spec: DatasetSpec, base_dir: Path | None, task: Task | None) -> Dataset:
@@ -166,6 +169,7 @@ class CsvLoader(DatasetLoader):
     """``csv:<path>``: a comma-separated file with a header row; the path is relative to the tweak file."""
 
     scheme = "csv"
+    reads_host_files = True
 
     @staticmethod
     def path(spec: DatasetSpec, base_dir: Path | None) -> Path:

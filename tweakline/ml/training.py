@@ -18,6 +18,7 @@ are recorded on the outcome instead of flooding the runner's log.
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 import warnings
@@ -30,7 +31,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from tweakline.errors import TweaklineError
+from tweakline.errors import DatasetError, TweaklineError
 from tweakline.ml.datasets import Split
 from tweakline.ml.estimators import build_estimator, final_estimator, task_of
 from tweakline.ml.metrics import compute_metrics, objective_metrics
@@ -111,6 +112,20 @@ def describe_error(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
         last = frames[-1]
         text += f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_QUOTED = re.compile(r"'[^']*'")
+
+
+def public_error(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """:func:`describe_error` for a message everyone following the events stream reads.
+
+    A dataset error quotes what it found (cells, header names); from a runner, that would be
+    the content of whatever the source pointed at, so quoted values are replaced by ``'…'``.
+    The full text is for ``tweakline validate``, on the user's own machine.
+    """
+    text = describe_error(exc, limit)
+    return _QUOTED.sub("'…'", text) if isinstance(exc, DatasetError) else text
 
 
 def full_params(spec: ExperimentSpec, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from tweakline.errors import BusError, ConfigurationError
+from tweakline.proto.permissions import inbox_prefix
 from tweakline.proto.subjects import (
     CONSUMER_FILTERS,
     DUPLICATE_WINDOW_S,
@@ -61,6 +62,7 @@ def connect_options(settings: Settings, name: str) -> dict[str, Any]:
             "tls": None,
             "tls_hostname": None,
             "name": name,
+            "inbox_prefix": inbox_prefix(settings.identity),
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.5,
             "connect_timeout": 5,
@@ -70,6 +72,8 @@ def connect_options(settings: Settings, name: str) -> dict[str, Any]:
         "tls": tls_context(TlsFiles(settings.tls_path())),
         "tls_hostname": "localhost" if "127.0.0.1" in settings.nats_url or "localhost" in settings.nats_url else None,
         "name": name,
+        # Replies come to this identity's own inbox: the only one its permissions let it read.
+        "inbox_prefix": inbox_prefix(settings.identity),
         "max_reconnect_attempts": -1,  # a restarted server is waited for, never given up on
         "reconnect_time_wait": 0.5,
         "connect_timeout": 5,

@@ -72,6 +72,8 @@ class ServerConfig:
     max_file_store: str = "8GB"
     max_memory_store: str = "256MB"
     monitor_port: int | None = None  # HTTP monitoring (connz, jsz) on host; -1: a free port
+    # The authorisation map to enforce; None: proto's permission_map() (tests try others on it).
+    permissions: dict[Identity, Permissions] | None = None
 
     # DEV/BENCHMARK ONLY (bench/platform.py measures what mTLS costs): no TLS block and no
     # per-identity authorization. Defaults to off; nothing but the benchmark turns it on.
@@ -98,7 +100,7 @@ class ServerConfig:
             "  timeout: 5\n"
             "}\n"
             + (f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}\n" if self.monitor_port is not None else "")
-            + render_authorization()
+            + render_authorization(self.permissions)
         )
 
 

@@ -1,33 +1,114 @@
-"""Artifacts in the JetStream object store, addressed by name and checked by SHA-256 on every read."""
+"""Objects in the JetStream object store: content-addressed, written once, checked by SHA-256 on every read.
+
+The layout never needs a purge, so no writer holds ``STREAM.PURGE``: every object's name
+carries the SHA-256 of its bytes (``models/<exp>/<sha256>.skops``, ``sha256/<sha256>`` for
+datasets), so new content always gets a new name and a name is never overwritten. The name is
+never trusted: a reader hashes what it got, and an uploader that finds an object under the name
+it wants hashes that too. An object whose bytes do not match its name (someone with write access
+stored garbage there, "store poisoning") is treated as absent: the uploader writes the right
+bytes under the name again without purging (:func:`_write_new`: new chunks, then a meta record
+that rolls the old one up; the garbage chunks are left unreferenced), and a reader refuses it
+with a clear error.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
+import json
+from datetime import UTC, datetime
 
-from nats.js import JetStreamContext
-from nats.js.errors import ObjectNotFoundError
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadObjectMetaError, DigestMismatchError, ObjectNotFoundError
 
 from tweakline.errors import ArtifactError
 from tweakline.proto.messages import ArtifactRef
 from tweakline.proto.subjects import Bucket, dataset_object_name
 
+CHUNK_BYTES = 128 * 1024  # nats-py's default chunk size
+
+
+def content_name(name: str, digest: str) -> str:
+    """The stored name of ``name`` with content ``digest``: ``models/x.skops`` -> ``models/x/<sha256>.skops``."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or "/" in ext:
+        return f"{name}/{digest}"
+    return f"{stem}/{digest}.{ext}"
+
+
+async def _read(js: JetStreamContext, bucket: str, name: str) -> bytes | None:
+    """The bytes stored under ``name`` (``None`` if there is no such object)."""
+    store = await js.object_store(bucket)
+    try:
+        info = await store.get_info(name)
+    except ObjectNotFoundError:
+        return None
+    if info.options is not None and info.options.link is not None:
+        return b""  # a link is never what we stored: treat it as foreign content
+    sink = io.BytesIO()  # nats-py appends bytes chunk by chunk otherwise (quadratic for big models)
+    try:
+        await store.get(name, writeinto=sink)
+    except ObjectNotFoundError:
+        return None
+    except (DigestMismatchError, BadObjectMetaError):  # chunks that do not match their own meta record
+        return b""
+    return sink.getvalue()
+
+
+async def _write_new(js: JetStreamContext, bucket: str, name: str, data: bytes) -> None:
+    """Store ``data`` under ``name`` without ever purging (nats-py's ``put`` purges replaced chunks).
+
+    Chunks go to a fresh subject; the meta record is published with a rollup header, which
+    replaces any earlier meta record of the name. Earlier chunks, if any, stay unreferenced.
+    """
+    nuid = js._nc._nuid.next().decode()  # the same unique ids nats-py's put uses
+    chunk_subject = f"$O.{bucket}.C.{nuid}"
+    view = memoryview(data)
+    chunks = 0
+    for start in range(0, len(data), CHUNK_BYTES):
+        await js.publish(chunk_subject, bytes(view[start : start + CHUNK_BYTES]))
+        chunks += 1
+    info = api.ObjectInfo(
+        name=name,
+        bucket=bucket,
+        nuid=nuid,
+        size=len(data),
+        chunks=chunks,
+        mtime=datetime.now(UTC).isoformat(),
+        digest="SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode(),
+        options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+    )
+    meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    await js.publish(meta_subject, json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"})
+
+
+async def _store(js: JetStreamContext, bucket: str, name: str, data: bytes, digest: str) -> bool:
+    """Make sure ``name`` holds ``data``; ``True`` if it had to be written."""
+    present = await _read(js, bucket, name)
+    if present is not None and hashlib.sha256(present).hexdigest() == digest:
+        return False
+    await _write_new(js, bucket, name, data)
+    return True
+
 
 async def put_artifact(js: JetStreamContext, name: str, data: bytes, bucket: Bucket = Bucket.ARTIFACTS) -> ArtifactRef:
-    """Store ``data`` under ``name``; the returned reference carries its hash and size."""
-    store = await js.object_store(bucket.value)
-    await store.put(name, data)
-    return ArtifactRef(bucket=bucket.value, name=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    """Store ``data`` content-addressed under ``name`` (see :func:`content_name`); the reference carries its hash and size.
+
+    Idempotent: storing the same bytes again writes nothing.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    stored = content_name(name, digest)
+    await _store(js, bucket.value, stored, data, digest)
+    return ArtifactRef(bucket=bucket.value, name=stored, sha256=digest, size=len(data))
 
 
 async def get_artifact(js: JetStreamContext, ref: ArtifactRef) -> bytes:
     """The bytes of ``ref``; :class:`ArtifactError` if missing or not what was recorded (tampered)."""
-    store = await js.object_store(ref.bucket)
-    try:
-        result = await store.get(ref.name)
-    except ObjectNotFoundError:
-        raise ArtifactError(f"artifact {ref.bucket}/{ref.name} not found") from None
-    data = result.data or b""
+    data = await _read(js, ref.bucket, ref.name)
+    if data is None:
+        raise ArtifactError(f"artifact {ref.bucket}/{ref.name} not found")
     digest = hashlib.sha256(data).hexdigest()
     if digest != ref.sha256:
         raise ArtifactError(
@@ -39,19 +120,12 @@ async def get_artifact(js: JetStreamContext, ref: ArtifactRef) -> bytes:
 async def put_dataset(js: JetStreamContext, data: bytes) -> tuple[str, bool]:
     """Store a dataset file content-addressed; returns ``(sha256, uploaded)``.
 
-    A file whose hash is already stored is not sent again (``uploaded`` is ``False``).
+    A file already stored under its hash is not sent again (``uploaded`` is ``False``); an object
+    under that name whose bytes do not hash to it (poisoned) is replaced.
     """
     digest = hashlib.sha256(data).hexdigest()
-    store = await js.object_store(Bucket.DATASETS.value)
-    name = dataset_object_name(digest)
-    try:
-        info = await store.get_info(name)
-        if not info.deleted and info.size == len(data):
-            return digest, False
-    except ObjectNotFoundError:
-        pass
-    await store.put(name, data)
-    return digest, True
+    uploaded = await _store(js, Bucket.DATASETS.value, dataset_object_name(digest), data, digest)
+    return digest, uploaded
 
 
 async def get_dataset(js: JetStreamContext, sha256: str) -> bytes:

@@ -34,6 +34,7 @@ import tweakline
 from tweakline.errors import ConfigurationError
 from tweakline.observability import telemetry
 from tweakline.proto.messages import DeadLetter, Message
+from tweakline.proto.permissions import inbox_prefix
 from tweakline.proto.subjects import CONSUMER_FILTERS, Consumer, Stream, Subject
 from tweakline.runtime.bus import connect_options
 from tweakline.runtime.health import start_health_server
@@ -60,6 +61,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         if options["tls"] is None
         else NatsSecurity(ssl_context=options["tls"], tls_hostname=options["tls_hostname"]),
         name=name,
+        inbox_prefix=options["inbox_prefix"],
         max_reconnect_attempts=options["max_reconnect_attempts"],
         reconnect_time_wait=options["reconnect_time_wait"],
         connect_timeout=options["connect_timeout"],
@@ -144,6 +146,9 @@ class ServiceContext:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"handler {handler.__name__}: first parameter is {model!r}, expected a pydantic model (its payload)")
         self.payloads[handler.__name__] = model
+        if "pull_sub" in subscription:
+            # nats-py gives pull subscriptions the default "_INBOX." unless told: use this identity's own.
+            subscription.setdefault("inbox_prefix", f"{inbox_prefix(self.settings.identity)}.".encode())
         router.subscriber(**subscription)(handler)
 
     @property

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         default=["sklearn."],
         description="Import-path prefixes that tweak files may name as estimators and pipeline steps.",
     )
+    allow_host_paths: bool = Field(
+        default=False,
+        description="Scheduler: accept submissions whose dataset reads this machine's files (csv: paths). "
+        "Only `tweakline run`'s own private stack sets it; a platform never should.",
+    )
     trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
     trial_max_deliver: int = Field(
         default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners)."

@@ -107,12 +107,16 @@ class LocalStack:
         port: int = -1,
         settings: Settings | None = None,
         monitor_port: int | None = None,
+        host_paths: bool = False,
     ):
         self.layout = StackLayout(state_dir.resolve())
         self.runners = runners if runners is not None else max(1, os.cpu_count() or 1)
         self.port = port
         self.monitor_port = monitor_port  # NATS HTTP monitoring (what KEDA reads in a cluster); off by default
         self.base_settings = settings or Settings()
+        # `tweakline run`'s private stack: its scheduler accepts csv: paths (every client that can
+        # reach it holds this user's own state directory); `tweakline up` and a platform refuse them.
+        self.host_paths = host_paths
         self.server: EmbeddedNatsServer | None = None
         self.services: list[ServiceProcess] = []
         self.url: str | None = None
@@ -209,6 +213,8 @@ class LocalStack:
         )
         env.update(self._settings_env())
         env.pop("TWEAKLINE_TLS_DIR", None)
+        # Never inherited from the caller's environment: only this stack's own choice, for its scheduler.
+        env["TWEAKLINE_ALLOW_HOST_PATHS"] = str(self.host_paths and identity is Identity.SCHEDULER).lower()
         if settings.metrics_port:  # one Prometheus port per local process: base, base+1, ...
             env["TWEAKLINE_METRICS_PORT"] = str(settings.metrics_port + len(self.services))
         log_path = self.layout.logs / f"{label}.log"

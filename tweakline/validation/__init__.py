@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tweakline.errors import InvalidTweakFileError, Problem
+from tweakline.ml.datasets import LOADERS
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.validation.checks import csv_problems, spec_problems
 from tweakline.validation.loading import load_tweak_file, read_tweak_text, structure
@@ -100,9 +101,30 @@ def validate(
     return tweak
 
 
-def problems_of(tweak: TweakFile, allowed_estimators: Sequence[str]) -> list[Problem]:
-    """The problems of an already parsed tweak file whose data is not on this disk (the scheduler's check)."""
-    return inspect(tweak, allowed_estimators, None)[1]
+def problems_of(tweak: TweakFile, allowed_estimators: Sequence[str], *, host_paths: bool = False) -> list[Problem]:
+    """The problems of an already parsed tweak file whose data is not on this disk (the scheduler's check).
+
+    ``host_paths``: whether a dataset source may read this machine's own files (``csv:``
+    paths). Only ``tweakline run``'s private stack allows it; on a platform such a submission
+    is refused, whoever sent it (``tweakline submit`` and the webhook upload the file instead).
+    """
+    problems = inspect(tweak, allowed_estimators, None)[1]
+    return problems + ([] if host_paths else host_path_problems(tweak))
+
+
+def host_path_problems(tweak: TweakFile) -> list[Problem]:
+    """A problem if the dataset's source reads the loading machine's own files."""
+    source = tweak.spec.dataset.source
+    loader = LOADERS.get(source.partition(":")[0])
+    if loader is None or not loader.reads_host_files:
+        return []
+    return [
+        Problem(
+            "spec.dataset.source",
+            f"{source!r} reads the platform's own disk, which only `tweakline run` on the same machine may do; "
+            "expected an uploaded file (tweakline submit uploads csv: files as object:csv:<sha256>), sklearn: or https:",
+        )
+    ]
 
 
 def validate_tweak_file(path: str | Path, allowed_estimators: Sequence[str]) -> TweakFile:

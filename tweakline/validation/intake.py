@@ -24,7 +24,9 @@ async def refusal(ctx: ServiceContext, msg: NatsMessage, tweak: TweakFile) -> st
     The reason lists every problem as ``<field path>: <message>``, separated by ``; ``.
     """
     # check_spec imports and constructs estimators: off the event loop.
-    problems = await asyncio.to_thread(problems_of, tweak, ctx.settings.allowed_estimators)
+    problems = await asyncio.to_thread(
+        problems_of, tweak, ctx.settings.allowed_estimators, host_paths=ctx.settings.allow_host_paths
+    )
     if not problems:
         return None
     reason = "; ".join(str(p) for p in problems)
