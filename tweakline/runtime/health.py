@@ -1,5 +1,8 @@
 """The probe endpoints of a service process: ``/healthz`` (alive) and ``/readyz`` (connected).
 
+``/healthz`` fails once the process's bus connection is closed for good (see
+:class:`tweakline.runtime.service.ConnectionWatch`): such a process must be restarted.
+
 A deliberately tiny HTTP/1.0 responder on asyncio streams, so a probe costs no framework
 and no thread. Off locally; the Helm chart sets ``TWEAKLINE_HEALTH_PORT`` for its probes.
 """
@@ -15,9 +18,15 @@ log = logging.getLogger(__name__)
 _STATUS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
-async def start_health_server(port: int, ready: Callable[[], bool], host: str = "0.0.0.0") -> asyncio.Server:
-    """Serve ``GET /healthz`` (200 while the event loop runs) and ``GET /readyz`` (200 when
-    ``ready()`` is true, else 503) on ``host:port``."""
+async def start_health_server(
+    port: int, ready: Callable[[], bool], host: str = "0.0.0.0", alive: Callable[[], bool] | None = None
+) -> asyncio.Server:
+    """Serve ``GET /healthz`` and ``GET /readyz`` on ``host:port``.
+
+    ``/healthz`` is 200 while the event loop runs and ``alive()`` (if given) is true, else 503 —
+    a process whose bus connection is closed for good is not live, so its pod is restarted;
+    ``/readyz`` is 200 when ``ready()`` is true, else 503.
+    """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -27,7 +36,7 @@ async def start_health_server(port: int, ready: Callable[[], bool], host: str = 
             if method not in ("GET", "HEAD"):
                 code = 405
             elif path == "/healthz":
-                code = 200
+                code = 200 if alive is None or _safe(alive) else 503
             elif path == "/readyz":
                 code = 200 if _safe(ready) else 503
             else:
