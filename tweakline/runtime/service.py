@@ -26,6 +26,7 @@ from faststream.nats import NatsBroker, NatsMessage, NatsRouter
 from faststream.nats.schemas import JStream, PullSub
 from faststream.nats.security import NatsSecurity
 from faststream.specification import AsyncAPI
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
@@ -354,7 +355,12 @@ def run_service(name: str, settings: Settings, create_app: Callable[[Settings], 
         if settings.health_port is not None:
             await start_health_server(settings.health_port, lambda: app.broker.connection.is_connected, alive=watch.alive)
         app.after_startup(_watch_certificates(app, settings))
-        await app.run(log_level=logging.INFO)
+        try:
+            await app.run(log_level=logging.INFO)
+        except ConnectionClosedError:
+            if watch.lost is None:
+                raise  # closed, but not by the server: not ours to explain
+            # FastStream's shutdown drains the connection, which the server already closed.
 
     try:
         asyncio.run(_main())
