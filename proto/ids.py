@@ -25,15 +25,16 @@ NAME_MAX_LENGTH = 53
 # (``bench-digits-12345678``) look like, bounded well below nats-server's 4 KiB control line.
 EXPERIMENT_ID_MAX_LENGTH = 100
 EXPERIMENT_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{EXPERIMENT_ID_MAX_LENGTH - 1}}}$"
-# ``<experiment_id>.<number>``: a KV key and a message id part, never a subject token.
-TRIAL_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{EXPERIMENT_ID_MAX_LENGTH - 1}}}\.[0-9]{{1,9}}$"
+# ``<experiment_id>.<number>`` as the platform makes it: a KV key and a message-id part, never a
+# subject token, so ``.`` is allowed inside (not at either end).
 TRIAL_ID_MAX_LENGTH = EXPERIMENT_ID_MAX_LENGTH + 10
+TRIAL_ID_PATTERN = rf"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{{0,{TRIAL_ID_MAX_LENGTH - 2}}}[A-Za-z0-9_-])?$"
 
 ExperimentId = Annotated[str, StringConstraints(pattern=EXPERIMENT_ID_PATTERN, max_length=EXPERIMENT_ID_MAX_LENGTH)]
 """An experiment id: 1-100 letters, digits, ``-`` or ``_``, starting with a letter or digit."""
 
 TrialId = Annotated[str, StringConstraints(pattern=TRIAL_ID_PATTERN, max_length=TRIAL_ID_MAX_LENGTH)]
-"""A trial id: ``<experiment_id>.<number>``."""
+"""A trial id (``<experiment_id>.<number>``): 1-110 letters, digits, ``-``, ``_`` or inner ``.``."""
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
 """A Kubernetes-style name (lower-case letters, digits and '-', at most 53): experiment and release names."""
