@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, WrapSerializer
 
+from tweakline.proto.ids import ExperimentId, Name, TrialId
 from tweakline.proto.subjects import Subject
 from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, GateSpec, TweakFile
 
@@ -66,7 +67,7 @@ class Source(Message):
 class ExperimentSubmitted(Message):
     """CLI / webhook -> scheduler: run this tweak file."""
 
-    experiment_id: str
+    experiment_id: ExperimentId
     tweak: Annotated[TweakFile, SetOnly]
     source: Source = Field(default_factory=Source)
     submitted_at: datetime = Field(default_factory=utcnow)
@@ -86,8 +87,8 @@ class TrialStatus(StrEnum):
 class TrialRequested(Message):
     """Scheduler -> runners (work queue): train and score these parameters."""
 
-    experiment_id: str
-    trial_id: str
+    experiment_id: ExperimentId
+    trial_id: TrialId
     number: int
     params: dict[str, Any]
     spec: Annotated[ExperimentSpec, SetOnly]
@@ -97,8 +98,8 @@ class TrialRequested(Message):
 class TrialProgress(Message):
     """Runner -> scheduler: an intermediate score (per fold or per rung)."""
 
-    experiment_id: str
-    trial_id: str
+    experiment_id: ExperimentId
+    trial_id: TrialId
     number: int
     step: int = Field(description="0-based index of the CV fold (or, with search.resource, the rung) just finished.")
     value: float = Field(description="The objective on that fold (or the rung's CV score).")
@@ -117,8 +118,8 @@ class TrialControlAction(StrEnum):
 class TrialControl(Message):
     """Scheduler -> runners: prune (stop) a running trial, or let it go on past ``step``."""
 
-    experiment_id: str
-    trial_id: str
+    experiment_id: ExperimentId
+    trial_id: TrialId
     action: TrialControlAction = TrialControlAction.PRUNE
     step: int | None = Field(default=None, description="The reported step this verdict answers.")
     reason: str = ""
@@ -127,8 +128,8 @@ class TrialControl(Message):
 class TrialCompleted(Message):
     """Runner -> scheduler: the result of one trial."""
 
-    experiment_id: str
-    trial_id: str
+    experiment_id: ExperimentId
+    trial_id: TrialId
     number: int
     status: TrialStatus
     params: dict[str, Any]
@@ -203,7 +204,7 @@ class WarmStartReport(Message):
 class LineageTrial(Message):
     """One earlier trial kept for warm start, with what its score depends on besides its params."""
 
-    experiment_id: str
+    experiment_id: ExperimentId
     commit: str | None = None
     context: dict[str, str] = Field(
         description="Fingerprints of the dataset, model and objective: scores compare only when all three agree."
@@ -222,7 +223,7 @@ class LineageHistory(Message):
 class ExperimentState(Message):
     """Scheduler state of one experiment, kept in the experiments KV bucket (compare-and-set)."""
 
-    experiment_id: str
+    experiment_id: ExperimentId
     tweak: Annotated[TweakFile, SetOnly]
     source: Source = Field(default_factory=Source)
     status: ExperimentStatus = ExperimentStatus.RUNNING
@@ -241,7 +242,7 @@ class ExperimentState(Message):
 class ExperimentCompleted(Message):
     """Scheduler -> evaluator: the finished search."""
 
-    experiment_id: str
+    experiment_id: ExperimentId
     tweak: Annotated[TweakFile, SetOnly]
     source: Source = Field(default_factory=Source)
     status: ExperimentStatus
@@ -308,7 +309,7 @@ class Comparison(Message):
 class EvaluationCompleted(Message):
     """Evaluator -> deployer, CLI: the decision and its evidence."""
 
-    experiment_id: str
+    experiment_id: ExperimentId
     decision: Decision
     reasons: list[str] = Field(default_factory=list)
     checks: list[GateCheck] = Field(default_factory=list)
@@ -326,7 +327,7 @@ class EvaluationCompleted(Message):
         default=None, description="The gate applied (the post-deploy check reuses it)."
     )
     artifact: ArtifactRef | None = None
-    release: str | None = None
+    release: Name | None = None
     target: str | None = None
     deploy: Annotated[DeploySpec, SetOnly] | None = Field(default=None, description="Where the model goes if promoted.")
     estimator: str = ""
@@ -347,8 +348,8 @@ class DeploymentStatus(StrEnum):
 class DeploymentCompleted(Message):
     """Deployer -> CLI: what happened to the release."""
 
-    experiment_id: str
-    release: str
+    experiment_id: ExperimentId
+    release: Name
     target: str
     status: DeploymentStatus
     revision: int | None = None
@@ -360,7 +361,7 @@ class ReleaseRevision(Message):
     """One revision in a release's history."""
 
     revision: int
-    experiment_id: str
+    experiment_id: ExperimentId
     artifact: ArtifactRef
     metrics: dict[str, float] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -399,7 +400,7 @@ class ReleaseEvent(Message):
 class ReleaseHistory(Message):
     """A release: its revisions and which one is live (kept in the releases KV bucket)."""
 
-    release: str
+    release: Name
     target: str = "local"
     current: int | None = None
     revisions: list[ReleaseRevision] = Field(default_factory=list)

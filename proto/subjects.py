@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from tweakline.proto.ids import check_experiment_id
+
 PREFIX = "tweakline"
 
 
@@ -27,8 +29,13 @@ class Subject(StrEnum):
 
 
 def subject_for(family: Subject, experiment_id: str) -> str:
-    """The concrete subject of one experiment's message in ``family``."""
-    return f"{family.value}.{experiment_id}"
+    """The concrete subject of one experiment's message in ``family``.
+
+    Raises :class:`~tweakline.proto.ids.InvalidIdentifierError` (a ``ValueError``) for an id that
+    is not one safe token: a bad id never reaches the server, whose reply to an over-long or
+    malformed subject is to close the connection.
+    """
+    return f"{family.value}.{check_experiment_id(experiment_id)}"
 
 
 def all_of(family: Subject) -> str:
@@ -38,7 +45,7 @@ def all_of(family: Subject) -> str:
 
 def experiment_events(experiment_id: str) -> str:
     """Filter matching every stored event of one experiment (submitted ... deployed)."""
-    return f"{PREFIX}.*.*.{experiment_id}"
+    return f"{PREFIX}.*.*.{check_experiment_id(experiment_id)}"
 
 
 class Stream(StrEnum):

@@ -17,11 +17,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+# NAME_PATTERN: a Kubernetes-style name (DNS-1123 label), also a safe subject token and KV key.
+from tweakline.proto.ids import NAME_MAX_LENGTH, NAME_PATTERN
+
 API_VERSION = "tweakline/v1"
 KIND = "Experiment"
 
-# A Kubernetes-style name (DNS-1123 label): also safe as a NATS subject token.
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$"
 
 # A dataset uploaded to the object store by its content: object:<format>:<sha256 hex>.
 OBJECT_SOURCE = re.compile(r"^object:csv:[0-9a-f]{64}$")
@@ -103,6 +104,7 @@ class Metadata(_Strict):
 
     name: str = Field(
         pattern=NAME_PATTERN,
+        max_length=NAME_MAX_LENGTH,
         description="Lower-case letters, digits and '-', at most 53 characters (a Kubernetes name).",
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
@@ -644,7 +646,9 @@ class DeploySpec(_Strict):
     """Where a promoted model goes."""
 
     target: DeployTarget = DeployTarget.LOCAL
-    release: str = Field(pattern=NAME_PATTERN, description="Release name: its history, rollbacks and server.")
+    release: str = Field(
+        pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description="Release name: its history, rollbacks and server."
+    )
     chart: str | None = Field(default=None, description="helm: chart path or reference (default: helm/model-server).")
     namespace: str | None = Field(default=None, pattern=NAME_PATTERN, description="helm: target namespace.")
     values: dict[str, Any] = Field(default_factory=dict, description="helm: extra chart values.")

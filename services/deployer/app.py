@@ -24,6 +24,9 @@ def create_app(settings: Settings) -> FastStream:
         deployer.on_evaluation_completed,
         **durable_subscription(Consumer.DEPLOYER, batch_size=1),
         ack_policy=AckPolicy.MANUAL,
+        # Several releases at once (each release's own deployments in order, by a lock), so one
+        # slow upgrade never holds up another experiment's deployment.
+        max_workers=settings.deployer_concurrency,
     )
     broker.include_router(router)
     return make_app(ctx, NAME, start=[deployer.start])

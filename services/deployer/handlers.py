@@ -37,6 +37,8 @@ class Deployer:
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
         self.store: RecordStore[ReleaseHistory] | None = None
+        # Deployments of one release stay in order; different releases deploy side by side.
+        self._releases: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
         """Bind to the release history bucket."""
@@ -49,7 +51,8 @@ class Deployer:
             return
         beat = asyncio.create_task(keep_alive(msg, 10.0))
         try:
-            status, revision, message = await self._deploy(evaluation)
+            async with self._releases.setdefault(evaluation.release, asyncio.Lock()):
+                status, revision, message = await self._deploy(evaluation)
         finally:
             beat.cancel()
         await self.ctx.publish(
@@ -80,10 +83,23 @@ class Deployer:
         spec = evaluation.deploy
         if spec is None:
             return DeploymentStatus.DEPLOYED, revision.revision, f"revision {revision.revision} is live"
+        # One time limit for the upgrade and its check: a stuck target fails this deployment (and
+        # puts the previous revision back) instead of holding a deployer slot for ever.
+        limit = self.ctx.settings.deployment_timeout_s
+        deadline = asyncio.get_running_loop().time() + limit
+        over = f"deployment exceeded its time limit of {limit:g}s (TWEAKLINE_DEPLOYMENT_TIMEOUT_S)"
+        upgrade = asyncio.timeout_at(deadline)
         try:
             attributes = {"tweakline.target": target.name, "tweakline.revision": revision.revision}
             with telemetry.span("deployment", attributes=attributes):
-                target_revision = await target.deploy(spec, history, revision)
+                async with upgrade:
+                    target_revision = await target.deploy(spec, history, revision)
+        except TimeoutError as exc:
+            if not upgrade.expired():  # the target's own timeout: an ordinary failed upgrade
+                log.exception("deployment of %s failed", evaluation.release)
+                return await self._undo(evaluation, revision, f"deployment failed: {type(exc).__name__}: {exc}")
+            log.error("deployment of %s: %s", evaluation.release, over)
+            return await self._undo(evaluation, revision, over)
         except Exception as exc:  # a failed upgrade: put the previous revision back
             log.exception("deployment of %s failed", evaluation.release)
             return await self._undo(evaluation, revision, f"deployment failed: {type(exc).__name__}: {exc}")
@@ -101,7 +117,14 @@ class Deployer:
         if evaluation.probe is None:
             return DeploymentStatus.DEPLOYED, revision.revision, f"revision {revision.revision} is live (no probe set)"
         probe = load_probe(await get_artifact(self.ctx.js, evaluation.probe))
-        result = await verify_live(endpoint, probe, evaluation.gate, spec.verify, revision.revision)
+        check = asyncio.timeout_at(deadline)
+        try:
+            async with check:
+                result = await verify_live(endpoint, probe, evaluation.gate, spec.verify, revision.revision)
+        except TimeoutError:
+            if not check.expired():
+                raise
+            return await self._undo(evaluation, revision, f"post-deploy check at {endpoint}: {over}")
         if not result.ok:
             return await self._undo(evaluation, revision, f"post-deploy check failed at {endpoint}: {result.reason}")
         await record_event(

@@ -15,7 +15,7 @@ NAME = "evaluator"
 
 
 def create_app(settings: Settings) -> FastStream:
-    """Build the evaluator's broker, router (one experiment at a time) and app."""
+    """Build the evaluator's broker, router (``evaluator_concurrency`` experiments at a time) and app."""
     broker = make_broker(settings, NAME)
     ctx = ServiceContext(settings, broker, NAME)
     evaluator = Evaluator(ctx)
@@ -25,6 +25,9 @@ def create_app(settings: Settings) -> FastStream:
         evaluator.on_experiment_completed,
         **durable_subscription(Consumer.EVALUATOR, batch_size=1),
         ack_policy=AckPolicy.MANUAL,
+        # Several experiments at once: one slow evaluation (a huge production model, a long
+        # refit) never holds up another's decision; each is bounded by evaluation_timeout_s.
+        max_workers=settings.evaluator_concurrency,
     )
     broker.include_router(router)
     return make_app(ctx, NAME, start=[use_uploaded_datasets(ctx)])

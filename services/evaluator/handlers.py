@@ -42,8 +42,21 @@ class Evaluator:
     async def on_experiment_completed(self, completed: ExperimentCompleted, msg: NatsMessage) -> None:
         """Evaluate one finished experiment and publish the decision (always, even on error)."""
         beat = asyncio.create_task(keep_alive(msg, 10.0))
+        limit = self.ctx.settings.evaluation_timeout_s
+        deadline = asyncio.timeout(limit)
         try:
-            evaluation = await self._evaluate(completed)
+            # Each evaluation runs in its own subscriber worker (evaluator_concurrency of them), so
+            # a slow one holds one slot; past its limit it is failed and its slot freed.
+            async with deadline:
+                evaluation = await self._evaluate(completed)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                evaluation = self._error(completed, f"evaluation failed: {type(exc).__name__}: {exc}")
+            else:
+                log.error("evaluation of %s exceeded its time limit of %gs", completed.experiment_id, limit)
+                evaluation = self._error(
+                    completed, f"evaluation exceeded its time limit of {limit:g}s (TWEAKLINE_EVALUATION_TIMEOUT_S)"
+                )
         except TweaklineError as exc:
             evaluation = self._error(completed, str(exc))
         except Exception as exc:  # an unexpected failure still ends the experiment, with the reason
@@ -84,7 +97,8 @@ class Evaluator:
         if live is None:
             return None
         data = await get_artifact(self.ctx.js, live.artifact)
-        return load_model(data, live.artifact.sha256), live.revision
+        # Off the event loop: a large model must not stall the other evaluations (nor the heartbeats).
+        return await asyncio.to_thread(load_model, data, live.artifact.sha256), live.revision
 
     @staticmethod
     def _compare(spec, split, task, refit, model):

@@ -17,8 +17,9 @@ from nats.aio.client import Client
 from nats.js import api
 from opentelemetry import trace
 
-from tweakline.errors import BusError
+from tweakline.errors import BusError, TweaklineError
 from tweakline.observability import telemetry
+from tweakline.proto.ids import check_experiment_id
 from tweakline.proto.messages import (
     Decision,
     DeploymentCompleted,
@@ -123,6 +124,10 @@ def apply_event(outcome: Outcome, subject: str, data: bytes) -> bool:
 async def submit(nc: Client, tweak: TweakFile, source: Source, experiment_id: str | None = None) -> str:
     """Publish an ``ExperimentSubmitted``; returns the experiment id."""
     exp_id = experiment_id or new_experiment_id(tweak)
+    try:  # checked here, at the edge, as the scheduler checks it again on receipt
+        check_experiment_id(exp_id)
+    except ValueError as exc:
+        raise TweaklineError(str(exc)) from None
     # Inside experiment_span() the experiment's root span is current; otherwise this submit roots it.
     with contextlib.ExitStack() as stack:
         if telemetry.current_traceparent() is None:

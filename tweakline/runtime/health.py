@@ -3,7 +3,9 @@
 One small Starlette app served by uvicorn inside the service's event loop — the same HTTP stack
 as the webhook and the model server. Off locally; the Helm chart sets ``TWEAKLINE_HEALTH_PORT``
 for its probes. ``/metrics`` serves the process's Prometheus registry (what the OpenTelemetry
-Prometheus reader fills), so one port can carry probes and metrics.
+Prometheus reader fills), so one port can carry probes and metrics. ``/healthz`` fails once the
+process's bus connection is closed for good (:class:`tweakline.runtime.service.ConnectionWatch`):
+such a process must be restarted.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def health_app(ready: Callable[[], bool]) -> Starlette:
-    """The probe and metrics endpoints; ``ready()`` decides ``/readyz`` (an exception counts as not ready)."""
+def health_app(ready: Callable[[], bool], alive: Callable[[], bool] | None = None) -> Starlette:
+    """The probe and metrics endpoints: ``ready()`` decides ``/readyz`` and ``alive()`` (when given)
+    ``/healthz``; an exception counts as false."""
 
     async def healthz(_: Request) -> Response:
-        return PlainTextResponse("ok\n")
+        ok = alive is None or _safe(alive)
+        return PlainTextResponse("ok\n" if ok else "not live: the bus connection is closed\n", status_code=200 if ok else 503)
 
     async def readyz(_: Request) -> Response:
         ok = _safe(ready)
@@ -55,7 +59,9 @@ def health_app(ready: Callable[[], bool]) -> Starlette:
     )
 
 
-async def start_health_server(port: int, ready: Callable[[], bool], host: str = "0.0.0.0") -> asyncio.Task[None]:
+async def start_health_server(
+    port: int, ready: Callable[[], bool], host: str = "0.0.0.0", alive: Callable[[], bool] | None = None
+) -> asyncio.Task[None]:
     """Serve :func:`health_app` on ``host:port`` in this event loop; returns the server's task.
 
     Raises ``OSError`` at once when the port is taken (the process must not run without probes).
@@ -68,7 +74,7 @@ async def start_health_server(port: int, ready: Callable[[], bool], host: str = 
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot serve probes on {host}:{port} (TWEAKLINE_HEALTH_PORT): {exc.strerror}") from None
-    config = uvicorn.Config(health_app(ready), log_level="warning", lifespan="off", access_log=False)
+    config = uvicorn.Config(health_app(ready, alive), log_level="warning", lifespan="off", access_log=False)
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():

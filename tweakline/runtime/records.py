@@ -6,6 +6,7 @@ silently overwrite each other: the loser gets :class:`StaleRecordError` and re-r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -23,6 +24,27 @@ class StaleRecordError(TweaklineError):
     """The record changed since it was read."""
 
 
+class InvalidRecordKeyError(TweaklineError):
+    """A key that is not a valid, bounded KV key (it would fail, or take the connection down, on every try)."""
+
+
+# nats-py's own KV key charset, bounded: `$KV.<bucket>.<key>` must stay far below nats-server's
+# 4 KiB control line, past which the server closes the whole connection.
+KEY_MAX_LENGTH = 256
+_KEY = re.compile(rf"[-/_=.a-zA-Z0-9]{{1,{KEY_MAX_LENGTH}}}")
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a valid record key; otherwise :class:`InvalidRecordKeyError` naming it."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or key.startswith(".") or key.endswith("."):
+        shown = key if not isinstance(key, str) or len(key) <= 40 else f"{key[:40]}... ({len(key)} characters)"
+        raise InvalidRecordKeyError(
+            f"record key {shown!r} is not valid: expected 1-{KEY_MAX_LENGTH} letters, digits or '-/_=.', "
+            "not starting or ending with '.'"
+        )
+    return key
+
+
 class RecordStore(Generic[R]):
     """Typed records keyed by id in one KV bucket."""
 
@@ -38,7 +60,7 @@ class RecordStore(Generic[R]):
     async def get(self, key: str) -> tuple[R, int] | None:
         """The record and its revision, or ``None``."""
         try:
-            entry = await self.kv.get(key)
+            entry = await self.kv.get(check_key(key))
         except (KeyNotFoundError, NotFoundError):
             return None
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
@@ -48,14 +70,14 @@ class RecordStore(Generic[R]):
     async def create(self, key: str, record: R) -> int | None:
         """Store a new record; ``None`` when the key already exists."""
         try:
-            return await self.kv.create(key, record.model_dump_json().encode())
+            return await self.kv.create(check_key(key), record.model_dump_json().encode())
         except (KeyWrongLastSequenceError, BadRequestError):
             return None
 
     async def update(self, key: str, record: R, revision: int) -> int:
         """Replace the record read at ``revision``; raise :class:`StaleRecordError` if it moved on."""
         try:
-            return await self.kv.update(key, record.model_dump_json().encode(), last=revision)
+            return await self.kv.update(check_key(key), record.model_dump_json().encode(), last=revision)
         except (KeyWrongLastSequenceError, BadRequestError) as exc:
             raise StaleRecordError(f"{key} changed since revision {revision}") from exc
 

@@ -26,12 +26,13 @@ from faststream.nats import NatsBroker, NatsMessage, NatsRouter
 from faststream.nats.schemas import JStream, PullSub
 from faststream.nats.security import NatsSecurity
 from faststream.specification import AsyncAPI
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
 import tweakline
-from tweakline.errors import ConfigurationError
+from tweakline.errors import BusError, ConfigurationError
 from tweakline.observability import telemetry
 from tweakline.proto.messages import DeadLetter, Message
 from tweakline.proto.permissions import inbox_prefix
@@ -50,10 +51,69 @@ DEAD_LETTER_PAYLOAD_BYTES = 2048
 _consumed: list[tuple[str, str]] = []
 
 
+class ConnectionWatch:
+    """Knows whether a broker's connection was closed for good, by the server rather than by us.
+
+    nats-py reconnects by itself after a dropped connection (``max_reconnect_attempts=-1``), but a
+    connection the server *closes* with a protocol error ("maximum control line exceeded", an
+    unparsable ``PUB``) is closed for good: the process would stay up and do nothing. The watch
+    records why, answers ``/healthz`` with 503 and calls its ``on_lost`` callbacks (the scaffold
+    stops the app and :func:`run_service` exits non-zero), so a supervisor or a liveness probe
+    restarts the service.
+    """
+
+    def __init__(self, service: str):
+        self.service = service
+        self.lost: str | None = None
+        self.stopping = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once if the connection is closed for good while the service runs."""
+        self._callbacks.append(callback)
+
+    def alive(self) -> bool:
+        """False once the connection was closed for good (the liveness probe's answer)."""
+        return self.lost is None
+
+    async def stop(self) -> None:
+        """The service is stopping: its own close of the connection is expected."""
+        self.stopping = True
+
+    def closed(self, connection: Any) -> None:
+        """The connection closed: if nobody asked for it, the service has lost the bus for good."""
+        if self.stopping or self.lost is not None:
+            return
+        error = getattr(connection, "last_error", None)
+        self.lost = str(error) if error is not None else "closed by the server"
+        log.error("%s: the connection to NATS was closed for good (%s); stopping so it can be restarted", self.service, self.lost)
+        for callback in self._callbacks:
+            callback()
+
+
+# The watch of each broker made by make_broker (one per service process; tests make several).
+_watches: dict[int, ConnectionWatch] = {}
+
+
+def connection_watch(broker: NatsBroker) -> ConnectionWatch:
+    """The :class:`ConnectionWatch` of a broker made by :func:`make_broker`."""
+    return _watches[id(broker)]
+
+
 def make_broker(settings: Settings, name: str) -> NatsBroker:
     """A FastStream NATS broker connecting as this process's identity over mutual TLS."""
     options = connect_options(settings, name)
-    return NatsBroker(
+    watch = ConnectionWatch(name)
+    holder: list[NatsBroker] = []
+
+    async def _closed() -> None:
+        try:
+            connection = holder[0].connection
+        except Exception:  # no connection object (never connected)
+            connection = None
+        watch.closed(connection)
+
+    broker = NatsBroker(
         # Traces: W3C context in NATS headers, a span per message, experiment ids on spans and logs.
         middlewares=telemetry.broker_middlewares(),
         servers=options["servers"],
@@ -65,8 +125,12 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         max_reconnect_attempts=options["max_reconnect_attempts"],
         reconnect_time_wait=options["reconnect_time_wait"],
         connect_timeout=options["connect_timeout"],
+        closed_cb=_closed,
         log_level=logging.DEBUG,  # FastStream's per-message lines are debug noise for operators
     )
+    holder.append(broker)
+    _watches[id(broker)] = watch
+    return broker
 
 
 Hook = Callable[[], Awaitable[None]]
@@ -82,6 +146,11 @@ def make_app(ctx: ServiceContext, title: str, *, start: Iterable[Hook] = (), sto
     shutdown, before the broker closes, so a handler's last result or nak still goes out.
     """
     broker = ctx.broker
+    watch = _watches.get(id(broker))
+    if watch is not None:
+        app_stop: list[Hook] = [watch.stop]  # our own close of the connection is not a loss
+    else:
+        app_stop = []
     broker.add_middleware(_Intake.factory(ctx))  # innermost: sees the handler's own exceptions first
     app = FastStream(
         broker,
@@ -98,7 +167,7 @@ def make_app(ctx: ServiceContext, title: str, *, start: Iterable[Hook] = (), sto
         for task in watcher:
             task.cancel()
 
-    starts, stops = list(start), list(stop)
+    starts, stops = list(start), [*app_stop, *stop]
 
     async def _start() -> None:
         await broker.connect()  # idempotent: broker.start() reuses this connection
@@ -281,18 +350,27 @@ def run_service(name: str, settings: Settings, create_app: Callable[[Settings], 
     """Run service ``name``, built by ``create_app``, until SIGTERM/SIGINT (container and local process)."""
     telemetry.setup_telemetry(name, settings)
     app = create_app(settings)
+    watch = _watches.get(id(app.broker)) or ConnectionWatch(name)
+    watch.on_lost(app.exit)  # a service without its bus stops, and exits non-zero below
 
     async def _main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, app.exit)
         if settings.health_port is not None:
-            await start_health_server(settings.health_port, lambda: app.broker.connection.is_connected)
+            await start_health_server(settings.health_port, lambda: app.broker.connection.is_connected, alive=watch.alive)
         app.after_startup(_watch_certificates(app, settings))
-        await app.run(log_level=logging.INFO)
+        try:
+            await app.run(log_level=logging.INFO)
+        except ConnectionClosedError:
+            if watch.lost is None:
+                raise  # closed, but not by the server: not ours to explain
+            # FastStream's shutdown drains the connection, which the server already closed.
 
     try:
         asyncio.run(_main())
+        if watch.lost is not None:
+            raise BusError(f"{name}: the connection to NATS was closed for good ({watch.lost}); exiting so that it is restarted")
     except NotFoundError as exc:  # a durable consumer's stream is missing: nothing to bind to
         raise ConfigurationError(
             f"the JetStream topology is missing ({exc.description}); create it with 'tweakline bus init' "

@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="On SIGTERM, how long a runner may finish its trial before handing it back."
     )
+    evaluator_concurrency: int = Field(
+        default=4, gt=0, description="Experiments one evaluator evaluates at once (a slow one never blocks the others)."
+    )
+    evaluation_timeout_s: float = Field(
+        default=1800.0, gt=0, description="Time limit of one evaluation; past it the decision is ERROR with the reason."
+    )
+    deployer_concurrency: int = Field(
+        default=4, gt=0, description="Releases one deployer deploys at once (one release's deployments stay in order)."
+    )
+    deployment_timeout_s: float = Field(
+        default=900.0, gt=0, description="Time limit of one deployment (upgrade and check); past it, it is failed and undone."
+    )
     log_level: str = "INFO"
     log_json: bool = False
     trace_console: bool = Field(default=False, description="Also print finished spans on stderr (besides OTEL_* exporters).")
