@@ -17,7 +17,6 @@ ARG PYTHON_VERSION=3.11
 ########################################
 FROM python:${PYTHON_VERSION}-slim AS builder
 
-ARG WITH_HELM=false
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -33,16 +32,20 @@ COPY helm/model-server/ helm/model-server/
 RUN python -m venv /opt/tweakline \
  && python -m pip wheel --no-deps --wheel-dir /tmp/dist . \
  && /opt/tweakline/bin/pip install --constraint constraints.txt /tmp/dist/tweakline-*.whl \
- && if [ "$WITH_HELM" = "true" ]; then \
+ && mkdir -p /opt/charts \
+ && cp -r helm/model-server /opt/charts/model-server
+
+# Declared after the main install on purpose: a build argument's value is part of the cache key of
+# every later RUN, so both variants share the layer above and WITH_HELM=true adds only this one.
+ARG WITH_HELM=false
+RUN if [ "$WITH_HELM" = "true" ]; then \
         /opt/tweakline/bin/pip install --constraint constraints.txt helm-python-sdk \
         && lib="$(/opt/tweakline/bin/python -c 'import helm_python, pathlib; print(pathlib.Path(helm_python.__file__).parent / "lib")')" \
         && versioned="$(find "$lib" -name 'libhelm_c.so.*.*.*' | head -n 1)" \
         && for copy in "$lib/libhelm_c.so" "$lib"/libhelm_c.so.[0-9]; do \
                if cmp -s "$copy" "$versioned"; then ln -sf "$(basename "$versioned")" "$copy"; fi; \
            done; \
-    fi \
- && mkdir -p /opt/charts \
- && cp -r helm/model-server /opt/charts/model-server
+    fi
 
 ########################################
 # runtime: the interpreter, the virtual environment and the model-server chart; no build tools
@@ -69,6 +72,7 @@ RUN groupadd --system --gid 10001 tweakline \
 
 COPY --from=builder /opt/tweakline /opt/tweakline
 COPY --from=builder /opt/charts /usr/share/tweakline/charts
+COPY tools/docker/entrypoint.sh /usr/local/bin/tweakline-entrypoint
 
 ENV PATH=/opt/tweakline/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -83,5 +87,6 @@ USER 10001:10001
 # 8090: the scheduler's Bitbucket webhook.
 EXPOSE 8080 8090
 
-ENTRYPOINT ["tweakline"]
+# `tweakline ARGS`, or another program when ARGS start with one (a CI agent's `cat` or shell).
+ENTRYPOINT ["tweakline-entrypoint"]
 CMD ["service", "scheduler"]

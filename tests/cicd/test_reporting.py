@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tweakline.errors import ConfigurationError
 from tweakline.proto.messages import (
     Decision,
     DeploymentCompleted,
@@ -136,3 +137,12 @@ def test_report_files_are_what_bitbucket_would_receive(tmp_path: Path) -> None:
         "description": "accuracy 0.981 (+0.012 vs production), promoted rev 7",
         "url": "https://t.example/r",
     }
+
+
+def test_report_files_that_cannot_be_written_are_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "reports"
+    blocker.write_text("a file where the report directory should be\n")
+    status = decision_status("digits-svc", evaluation(), deployed(), "")
+    with pytest.raises(ConfigurationError) as caught:
+        write_report(blocker / "out", status, "# report\n")
+    assert str(blocker / "out") in str(caught.value) and "cannot write the reports" in str(caught.value)

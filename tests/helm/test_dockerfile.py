@@ -99,7 +99,9 @@ def test_constraints_pin_exactly_what_the_tests_run_with() -> None:
     pinned there at the version installed here, so the image runs what was tested."""
     pins = _pins()
     requirements = {
-        _canonical(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) for r in metadata.requires("tweakline") or [] if "extra ==" not in r
+        _canonical(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0])
+        for r in metadata.requires("tweakline") or []
+        if "extra ==" not in r
     }
     unpinned = sorted(r for r in requirements if r not in pins)
     assert not unpinned, f"runtime dependencies missing from constraints.txt: {unpinned}"
@@ -146,7 +148,9 @@ def test_build_context_holds_every_package_the_wheel_builds() -> None:
     context = {path for path in tracked if _dockerignore_allows(path)}
     assert not any(p.startswith(("tests/", ".git", "docs/")) for p in context)
     sources = [args.split()[:-1] for keyword, args in _instructions() if keyword == "COPY" and "--from" not in args]
-    copied = {p for p in context if any(p == s.rstrip("/") or p.startswith(s.rstrip("/") + "/") for group in sources for s in group)}
+    copied = {
+        p for p in context if any(p == s.rstrip("/") or p.startswith(s.rstrip("/") + "/") for group in sources for s in group)
+    }
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     folders = {"tweakline": "tweakline", **pyproject["tool"]["setuptools"]["package-dir"]}
     for package, directory in folders.items():
@@ -156,7 +160,7 @@ def test_build_context_holds_every_package_the_wheel_builds() -> None:
     assert pyproject["project"]["readme"] in copied  # the wheel's long description (setuptools warns without it)
 
 
-def _resolve(args: list[str]):  # noqa: ANN202 - typer's (vendored click) command objects
+def _resolve(args: list[str]):
     """The CLI command ``tweakline ARGS`` runs, and the arguments left for it."""
     command = typer.main.get_command(cli_app)
     rest = list(args)
@@ -177,15 +181,57 @@ def _check_command(args: list[str]) -> None:
         assert rest[0] in SERVICES
 
 
+ENTRYPOINT_SCRIPT = REPO / "tools" / "docker" / "entrypoint.sh"
+
+
 def test_entry_point_is_the_cli_and_cmd_a_real_command() -> None:
     instructions = dict(_instructions())  # the last ENTRYPOINT/CMD win, as in Docker
     entrypoint, cmd = json.loads(instructions["ENTRYPOINT"]), json.loads(instructions["CMD"])
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert entrypoint == ["tweakline"] and "tweakline" in pyproject["project"]["scripts"]
+    copies = [args.split() for keyword, args in _instructions() if keyword == "COPY" and "entrypoint.sh" in args]
+    assert copies == [["tools/docker/entrypoint.sh", f"/usr/local/bin/{entrypoint[0]}"]] and len(entrypoint) == 1
+    assert "exec tweakline" in ENTRYPOINT_SCRIPT.read_text() and "tweakline" in pyproject["project"]["scripts"]
     _check_command(cmd)
 
 
-@pytest.mark.parametrize(("chart", "values_file"), [("tweakline", "ci/full-values.yaml"), ("tweakline", None), ("model-server", None)])
+def test_entry_point_knows_every_cli_command() -> None:
+    """The script runs tweakline for these names even when a program of the same name is on the PATH."""
+    listed = re.search(r"^\s*(bus \|[^)]*)\)", ENTRYPOINT_SCRIPT.read_text(), re.M)
+    assert listed is not None
+    names = {name.strip() for name in listed.group(1).split("|")}
+    assert names == set(typer.main.get_command(cli_app).commands)
+
+
+@pytest.mark.parametrize(
+    ("args", "runs"),
+    [
+        ([], "tweakline"),
+        (["--help"], "tweakline --help"),
+        (["service", "scheduler"], "tweakline service scheduler"),
+        (["serve", "iris"], "tweakline serve iris"),
+        (["echo", "from", "a", "CI", "agent"], "from a CI agent"),  # Jenkins' `cat`, GitLab's shell
+        (["no-such-program"], "tweakline no-such-program"),  # tweakline names the unknown command
+    ],
+)
+def test_entry_point_runs_tweakline_or_the_program_named(tmp_path: Path, args: list[str], runs: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "tweakline"
+    fake.write_text('#!/bin/sh\necho tweakline "$@"\n')
+    fake.chmod(0o755)
+    for name in ("service", "serve"):  # programs that share a command's name must not win
+        shadow = bin_dir / name
+        shadow.write_text("#!/bin/sh\necho shadowed\n")
+        shadow.chmod(0o755)
+    path = f"{bin_dir}:/usr/bin:/bin"
+    result = subprocess.run(["sh", str(ENTRYPOINT_SCRIPT), *args], capture_output=True, text=True, env={"PATH": path}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == runs
+
+
+@pytest.mark.parametrize(
+    ("chart", "values_file"), [("tweakline", "ci/full-values.yaml"), ("tweakline", None), ("model-server", None)]
+)
 def test_commands_the_charts_run_exist(chart: str, values_file: str | None) -> None:
     manifests = render(chart, values_file)
     runs = [

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tweakline.errors import ConfigurationError
 from tweakline.proto.messages import (
     Decision,
     DeploymentCompleted,
@@ -228,13 +230,23 @@ def _short(value: Any) -> str:
 
 
 def write_report(directory: Path, status: BuildStatus, markdown: str, summary: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``report.md``, ``build-status.json`` (and ``summary.json``) into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``report.md``, ``build-status.json`` (and ``summary.json``) into ``directory``.
+
+    Raises :class:`ConfigurationError` naming the directory when it cannot be written (in CI, a
+    checkout owned by another user than the one running tweakline), never a traceback.
+    """
     written = [directory / "report.md", directory / "build-status.json"]
-    written[0].write_text(markdown, encoding="utf-8")
-    written[1].write_text(json.dumps(status.body(), indent=2) + "\n", encoding="utf-8")
-    if summary is not None:
-        path = directory / "summary.json"
-        path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        written.append(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        written[0].write_text(markdown, encoding="utf-8")
+        written[1].write_text(json.dumps(status.body(), indent=2) + "\n", encoding="utf-8")
+        if summary is not None:
+            path = directory / "summary.json"
+            path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+            written.append(path)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--report-dir {directory}: cannot write the reports ({exc.strerror or exc}); expected a directory "
+            f"the user running tweakline (UID {os.getuid()}) can write, e.g. in a CI container run as the checkout's owner"
+        ) from None
     return written
