@@ -122,6 +122,11 @@ def object_store(bucket: Bucket, *, write: bool) -> Permissions:
     return perms
 
 
+def purges(stream: Stream) -> Permissions:
+    """Purge messages of one stream (by subject filter): the scheduler drops a cancelled experiment's queued trials."""
+    return Permissions(publish=[f"$JS.API.STREAM.PURGE.{stream}"])
+
+
 def dead_letters() -> Permissions:
     """Every service may report what it refused."""
     return publishes(all_of(Subject.DEAD_LETTER))
@@ -133,13 +138,16 @@ def permission_map() -> dict[Identity, Permissions]:
         Identity.SCHEDULER: _base()
         .add(consumes(Consumer.SCHEDULER_INTAKE))
         .add(consumes(Consumer.SCHEDULER_RESULTS))
+        .add(consumes(Consumer.SCHEDULER_CONTROL))
         .add(
             publishes(
                 all_of(Subject.TRIAL_REQUESTED),
                 all_of(Subject.TRIAL_CONTROL),
                 all_of(Subject.EXPERIMENT_COMPLETED),
+                all_of(Subject.EXPERIMENT_CANCELLED),
             )
         )
+        .add(purges(Stream.TRIALS))
         .add(listens(all_of(Subject.TRIAL_PROGRESS)))
         .add(key_value(Bucket.EXPERIMENTS, write=True))
         .add(key_value(Bucket.LINEAGE, write=True))
@@ -169,7 +177,8 @@ def permission_map() -> dict[Identity, Permissions]:
         .add(key_value(Bucket.RELEASES, write=False))
         .add(object_store(Bucket.ARTIFACTS, write=False)),
         Identity.SUBMITTER: _base()
-        .add(publishes(all_of(Subject.EXPERIMENT_SUBMITTED)))
+        # A CI job cancels its own experiment when it is cancelled (submit --wait on SIGTERM).
+        .add(publishes(all_of(Subject.EXPERIMENT_SUBMITTED), all_of(Subject.EXPERIMENT_CANCEL)))
         .add(follows(Stream.EVENTS))
         .add(listens(all_of(Subject.TRIAL_PROGRESS)))
         .add(key_value(Bucket.EXPERIMENTS, write=False))

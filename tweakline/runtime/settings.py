@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="On SIGTERM, how long a runner may finish its trial before handing it back."
+    )
+    supersede: Literal["pushes", "always", "never"] = Field(
+        default="pushes",
+        description="Whether a newer submission of the same lineage and branch cancels the older one still "
+        "running: for CI pushes (webhook and pipeline submissions), for every submission, or never.",
     )
     log_level: str = "INFO"
     log_json: bool = False
