@@ -60,7 +60,8 @@ def experiments(
     from tweakline.reporting.console import out
 
     table = Table(title=f"{len(rows)} experiment(s)")
-    for column in ("id", "status", "progress", "running", "best", "source", "age"):
+    table.add_column("id", no_wrap=True)  # ids are copied into `cancel` and `show`: keep them whole
+    for column in ("status", "progress", "running", "best", "source", "age"):
         table.add_column(column)
     for r in rows:
         source = " ".join(x for x in (r.repository, r.branch, (r.commit or "")[:8], r.author) if x) or r.trigger
