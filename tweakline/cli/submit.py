@@ -102,7 +102,8 @@ def submit(
     try:
         code = asyncio.run(_submit(settings, tweak, file, wait, as_json, timeout, report_dir, cancel_on_signal))
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted: the experiment goes on running on the platform[/yellow]")
+        # Only before following starts (afterwards the signal cancels the experiment, see _submit).
+        err.print("[yellow]interrupted[/yellow]")
         code = 130
     except TweaklineError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
