@@ -257,6 +257,7 @@ class ExperimentState(Message):
     results: dict[int, TrialRecord] = Field(default_factory=dict, description="Trial number -> recorded result.")
     message: str | None = None
     superseded_by: str | None = Field(default=None, description="With status superseded: the newer experiment.")
+    submitted_at: datetime | None = Field(default=None, description="When it was submitted (orders submissions for supersede).")
     warm_trials: list[TrialRecord] = Field(default_factory=list, description="Earlier trials seeded into the study.")
     warm_start: WarmStartReport | None = None
     traceparent: str | None = Field(

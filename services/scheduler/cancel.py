@@ -60,13 +60,15 @@ def older_siblings(newer: ExperimentState, running: list[ExperimentState]) -> li
     key = supersede_key(newer)
     if key is None:
         return []
+    # Submission time, not intake time: a batch of submissions may be taken in any order.
+    when = newer.submitted_at or newer.started_at
     return [
         state.experiment_id
         for state in running
         if state.experiment_id != newer.experiment_id
         and state.status is ExperimentStatus.RUNNING
         and supersede_key(state) == key
-        and state.started_at <= newer.started_at
+        and (state.submitted_at or state.started_at) <= when
     ]
 
 

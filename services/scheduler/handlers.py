@@ -104,7 +104,13 @@ class Scheduler:
         async with self._lock(exp_id):
             # The submitter's root span, else this intake's span, roots the experiment's trace.
             traceparent = submitted.traceparent or telemetry.current_traceparent()
-            state = ExperimentState(experiment_id=exp_id, tweak=submitted.tweak, source=submitted.source, traceparent=traceparent)
+            state = ExperimentState(
+                experiment_id=exp_id,
+                tweak=submitted.tweak,
+                source=submitted.source,
+                traceparent=traceparent,
+                submitted_at=submitted.submitted_at,
+            )
             await self._warm_start(state)
             revision = await self.store.create(exp_id, state)
             if revision is None:  # redelivered submission: already known

@@ -52,6 +52,16 @@ def test_only_older_running_experiments_of_the_same_repository_name_and_branch()
     assert older_siblings(newer, running) == ["old"]
 
 
+def test_submission_time_orders_them_when_intake_took_them_out_of_order() -> None:
+    # The newer push was taken in first (same batch): the older one, recorded later, does not supersede it.
+    newer = state("new", minutes=1)
+    newer.submitted_at = T0 + timedelta(minutes=5)
+    older = state("old", minutes=2)
+    older.submitted_at = T0 + timedelta(minutes=4)
+    assert older_siblings(older, [newer, older]) == []
+    assert older_siblings(newer, [newer, older]) == ["old"]
+
+
 def test_a_submission_without_a_branch_supersedes_nothing() -> None:
     newer = state("new", minutes=10, branch=None)
     assert older_siblings(newer, [state("old", minutes=1, branch=None)]) == []
