@@ -160,7 +160,7 @@ async def test_sigterm_to_submit_wait_cancels_its_experiment(make_stack, tmp_pat
         async with watching(stack) as watch:
             client = await _client(stack)
             try:
-                running = await until(lambda: client.experiments(status="running"), "the CI job's experiment", timeout=120)
+                running = await until(lambda: client.experiments(status="running"), "the CI job's experiment", timeout=WAIT)
                 exp_id = running[0].experiment_id
                 watch.track(exp_id, tweak("ci-job", [SLOW]))
                 await watch.until(lambda: bool(_training(watch, exp_id)), "its first trial training")
