@@ -113,6 +113,7 @@ class TrialControlAction(StrEnum):
 
     PRUNE = "prune"
     CONTINUE = "continue"
+    CANCEL = "cancel"  # the experiment was cancelled or superseded: stop now, report nothing more
 
 
 class TrialControl(Message):
@@ -188,6 +189,30 @@ class ExperimentStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped on request: no evaluation, no deployment
+    SUPERSEDED = "superseded"  # cancelled by a newer submission of the same lineage and branch
+
+
+class CancelExperiment(Message):
+    """Operator or submitter -> scheduler: stop an experiment (``tweakline cancel ID``)."""
+
+    experiment_id: str
+    reason: str = Field(default="", description="Why, in the requester's words (kept in the experiment's state).")
+    requested_by: str = Field(default="", description="Who asked: the certificate identity and, when known, the user.")
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class ExperimentCancelled(Message):
+    """Scheduler -> followers: the experiment ended without a decision (cancelled or superseded)."""
+
+    experiment_id: str
+    status: ExperimentStatus = Field(description="cancelled or superseded.")
+    reason: str = ""
+    requested_by: str = ""
+    superseded_by: str | None = Field(default=None, description="The newer experiment that replaced this one.")
+    stopped_trials: list[int] = Field(default_factory=list, description="Trials running or queued when it stopped.")
+    trials_done: int = Field(default=0, description="Trials with a recorded result.")
+    cancelled_at: datetime = Field(default_factory=utcnow)
 
 
 class WarmStartReport(Message):
@@ -232,6 +257,8 @@ class ExperimentState(Message):
     issued: dict[int, dict[str, Any]] = Field(default_factory=dict, description="Trial number -> params sent.")
     results: dict[int, TrialRecord] = Field(default_factory=dict, description="Trial number -> recorded result.")
     message: str | None = None
+    superseded_by: str | None = Field(default=None, description="With status superseded: the newer experiment.")
+    submitted_at: datetime | None = Field(default=None, description="When it was submitted (orders submissions for supersede).")
     warm_trials: list[TrialRecord] = Field(default_factory=list, description="Earlier trials seeded into the study.")
     warm_start: WarmStartReport | None = None
     traceparent: str | None = Field(
@@ -457,6 +484,8 @@ PAYLOADS: dict[Subject, type[Message]] = {
     Subject.TRIAL_CONTROL: TrialControl,
     Subject.TRIAL_COMPLETED: TrialCompleted,
     Subject.EXPERIMENT_COMPLETED: ExperimentCompleted,
+    Subject.EXPERIMENT_CANCEL: CancelExperiment,
+    Subject.EXPERIMENT_CANCELLED: ExperimentCancelled,
     Subject.EVALUATION_COMPLETED: EvaluationCompleted,
     Subject.DEPLOYMENT_COMPLETED: DeploymentCompleted,
     Subject.DEAD_LETTER: DeadLetter,

@@ -292,6 +292,15 @@ def listens(*families: Subject) -> Grant:
     )
 
 
+def purges(stream: Stream) -> Grant:
+    """Purge messages of one stream by subject filter: the scheduler drops a cancelled experiment's queued trials."""
+    return Grant(
+        f"purges {stream.value}",
+        publish=tuple(_api(Op.STREAM_PURGE, stream=stream.value)),
+        capabilities=frozenset({(Op.STREAM_PURGE, stream.value)}),
+    )
+
+
 def dead_letters() -> Grant:
     """Every service may report what it refused."""
     return publishes(Subject.DEAD_LETTER)
@@ -312,7 +321,9 @@ GRANTS: dict[Identity, list[Grant]] = {
     Identity.SCHEDULER: [
         consumes(Consumer.SCHEDULER_INTAKE),
         consumes(Consumer.SCHEDULER_RESULTS),
-        publishes(Subject.TRIAL_REQUESTED, Subject.TRIAL_CONTROL, Subject.EXPERIMENT_COMPLETED),
+        consumes(Consumer.SCHEDULER_CONTROL),  # cancel commands
+        publishes(Subject.TRIAL_REQUESTED, Subject.TRIAL_CONTROL, Subject.EXPERIMENT_COMPLETED, Subject.EXPERIMENT_CANCELLED),
+        purges(Stream.TRIALS),  # a cancelled experiment's queued trials
         listens(Subject.TRIAL_PROGRESS),
         key_value(Bucket.EXPERIMENTS, write=True),
         key_value(Bucket.LINEAGE, write=True),
@@ -347,7 +358,8 @@ GRANTS: dict[Identity, list[Grant]] = {
     # Exactly what `tweakline submit --wait` does: upload datasets, submit, follow the events.
     Identity.SUBMITTER: [
         object_store(Bucket.DATASETS, write=True),
-        publishes(Subject.EXPERIMENT_SUBMITTED),
+        # A CI job cancels its own experiment when it is cancelled (submit --wait on SIGTERM).
+        publishes(Subject.EXPERIMENT_SUBMITTED, Subject.EXPERIMENT_CANCEL),
         follows(Stream.EVENTS),
     ],
     Identity.WEBHOOK: [

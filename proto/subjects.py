@@ -19,6 +19,10 @@ class Subject(StrEnum):
 
     EXPERIMENT_SUBMITTED = f"{PREFIX}.experiments.submitted"
     EXPERIMENT_COMPLETED = f"{PREFIX}.experiments.completed"
+    # An operator's or submitter's command to stop an experiment (stored: audited, never lost).
+    EXPERIMENT_CANCEL = f"{PREFIX}.experiments.cancel"
+    # The scheduler's answer: the experiment ended cancelled or superseded (no evaluation follows).
+    EXPERIMENT_CANCELLED = f"{PREFIX}.experiments.cancelled"
     TRIAL_REQUESTED = f"{PREFIX}.trials.requested"
     TRIAL_PROGRESS = f"{PREFIX}.trials.progress"
     TRIAL_CONTROL = f"{PREFIX}.trials.control"
@@ -63,6 +67,8 @@ STREAM_SUBJECTS: dict[Stream, list[str]] = {
     Stream.EVENTS: [
         all_of(Subject.EXPERIMENT_SUBMITTED),
         all_of(Subject.EXPERIMENT_COMPLETED),
+        all_of(Subject.EXPERIMENT_CANCEL),
+        all_of(Subject.EXPERIMENT_CANCELLED),
         all_of(Subject.TRIAL_COMPLETED),
         all_of(Subject.EVALUATION_COMPLETED),
         all_of(Subject.DEPLOYMENT_COMPLETED),
@@ -77,6 +83,7 @@ class Consumer(StrEnum):
 
     SCHEDULER_INTAKE = "scheduler-intake"
     SCHEDULER_RESULTS = "scheduler-results"
+    SCHEDULER_CONTROL = "scheduler-control"  # cancel commands
     TRIAL_RUNNERS = "trial-runners"
     EVALUATOR = "evaluator"
     DEPLOYER = "deployer"
@@ -89,6 +96,7 @@ class Consumer(StrEnum):
 CONSUMER_FILTERS: dict[Consumer, tuple[Stream, str]] = {
     Consumer.SCHEDULER_INTAKE: (Stream.EVENTS, all_of(Subject.EXPERIMENT_SUBMITTED)),
     Consumer.SCHEDULER_RESULTS: (Stream.EVENTS, all_of(Subject.TRIAL_COMPLETED)),
+    Consumer.SCHEDULER_CONTROL: (Stream.EVENTS, all_of(Subject.EXPERIMENT_CANCEL)),
     Consumer.TRIAL_RUNNERS: (Stream.TRIALS, all_of(Subject.TRIAL_REQUESTED)),
     Consumer.EVALUATOR: (Stream.EVENTS, all_of(Subject.EXPERIMENT_COMPLETED)),
     Consumer.DEPLOYER: (Stream.EVENTS, all_of(Subject.EVALUATION_COMPLETED)),

@@ -24,6 +24,7 @@ def create_app(settings: Settings) -> FastStream:
     ctx.subscribe(
         router, scheduler.on_trial_completed, **durable_subscription(Consumer.SCHEDULER_RESULTS, batch_size=64), **manual
     )
+    ctx.subscribe(router, scheduler.on_cancel, **durable_subscription(Consumer.SCHEDULER_CONTROL, batch_size=16), **manual)
     ctx.subscribe(router, scheduler.on_progress, subject=all_of(Subject.TRIAL_PROGRESS))
     broker.include_router(router)
     return make_app(ctx, NAME, start=[scheduler.start], stop=[scheduler.stop])

@@ -15,6 +15,7 @@ from faststream.nats import NatsMessage
 
 from tweakline.observability import telemetry
 from tweakline.proto.messages import (
+    CancelExperiment,
     ExperimentState,
     ExperimentStatus,
     ExperimentSubmitted,
@@ -30,6 +31,7 @@ from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.runtime.bus import SERVICE_MAX_DELIVER
 from tweakline.runtime.records import RecordStore, StaleRecordError
 from tweakline.runtime.service import ServiceContext
+from tweakline.scheduler import cancel
 from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.lineage import LineageStore, lineage_of, select
 from tweakline.validation import intake
@@ -102,7 +104,13 @@ class Scheduler:
         async with self._lock(exp_id):
             # The submitter's root span, else this intake's span, roots the experiment's trace.
             traceparent = submitted.traceparent or telemetry.current_traceparent()
-            state = ExperimentState(experiment_id=exp_id, tweak=submitted.tweak, source=submitted.source, traceparent=traceparent)
+            state = ExperimentState(
+                experiment_id=exp_id,
+                tweak=submitted.tweak,
+                source=submitted.source,
+                traceparent=traceparent,
+                submitted_at=submitted.submitted_at,
+            )
             await self._warm_start(state)
             revision = await self.store.create(exp_id, state)
             if revision is None:  # redelivered submission: already known
@@ -118,6 +126,32 @@ class Scheduler:
                 await self._close(exp_id, refused)
             else:
                 await self._advance(exp_id)
+        if not refused and cancel.supersedes(self.ctx.settings.supersede, submitted.source):
+            await self._supersede(state)
+        await msg.ack()
+
+    async def _supersede(self, newer: ExperimentState) -> None:
+        """Cancel the older running experiments of the same lineage and branch (status superseded)."""
+        for old in cancel.older_siblings(newer, [run.state for run, _ in list(self.runs.values())]):
+            async with self._lock(old):
+                await cancel.stop(
+                    self,
+                    old,
+                    status=ExperimentStatus.SUPERSEDED,
+                    reason=f"superseded by {newer.experiment_id} (commit {newer.source.commit or '?'})",
+                    requested_by="scheduler",
+                    superseded_by=newer.experiment_id,
+                )
+
+    async def on_cancel(self, command: CancelExperiment, msg: NatsMessage) -> None:
+        """``tweakline cancel``: stop the experiment (idempotent: a finished one is left as it is)."""
+        exp_id = command.experiment_id
+        async with self._lock(exp_id):
+            stopped = await cancel.stop(
+                self, exp_id, status=ExperimentStatus.CANCELLED, reason=command.reason, requested_by=command.requested_by
+            )
+        if stopped is None:
+            log.info("cancel of %s ignored: not a running experiment", exp_id)
         await msg.ack()
 
     async def on_trial_completed(self, result: TrialCompleted, msg: NatsMessage) -> None:
@@ -154,6 +188,10 @@ class Scheduler:
                     msg.raw_message.subject, msg.body, f"result for unknown experiment {exp_id!r}", dict(msg.headers)
                 )
                 await msg.reject()
+                return
+            if run.state.status is not ExperimentStatus.RUNNING:  # finished or cancelled: nothing to do
+                self.runs.pop(exp_id, None)
+                await msg.ack()
                 return
             generation = 0
             if run.record(result):

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from tweakline.proto.messages import TrialControl, TrialControlAction, TrialProgress, TrialRequested
@@ -25,6 +26,11 @@ from tweakline.runtime.service import ServiceContext
 from tweakline.search.pruning import pruning_for
 
 log = logging.getLogger(__name__)
+
+# Verdicts that stop a trial: pruned by the pruner, or its experiment cancelled or superseded.
+_STOP = (TrialControlAction.PRUNE, TrialControlAction.CANCEL)
+# Cancelled trials remembered, so one fetched just after its cancel went by is skipped, not trained.
+_REMEMBERED_CANCELS = 4096
 
 Cancel = Callable[[str, str], None]
 """``cancel(trial_id, reason)``: stop a trial's training now (optional, backend-specific)."""
@@ -71,7 +77,7 @@ class TrialWatch:
     def verdict(self, control: TrialControl) -> None:
         """Apply the scheduler's answer (from the event loop)."""
         with self._cond:
-            if control.action is TrialControlAction.PRUNE:
+            if control.action in _STOP:
                 self.cancelled = True
                 self.reason = control.reason or "pruned by the scheduler"
             if control.step is not None:
@@ -102,6 +108,11 @@ class EarlyStopping:
         self.wait_s = ctx.settings.prune_verdict_wait_s
         self.loop: asyncio.AbstractEventLoop | None = None
         self._trials: dict[str, TrialWatch] = {}
+        self._cancelled: OrderedDict[str, str] = OrderedDict()
+
+    def cancelled(self, trial_id: str) -> str | None:
+        """The reason ``trial_id``'s experiment was cancelled, if a cancel for it came by."""
+        return self._cancelled.get(trial_id)
 
     async def start(self) -> None:
         """Remember the event loop that publishes on the training thread's behalf (app startup hook)."""
@@ -125,12 +136,16 @@ class EarlyStopping:
 
     async def on_control(self, control: TrialControl) -> None:
         """A verdict from the scheduler; only trials this runner is training are affected."""
+        if control.action is TrialControlAction.CANCEL:
+            self._cancelled[control.trial_id] = control.reason or "experiment cancelled"
+            while len(self._cancelled) > _REMEMBERED_CANCELS:
+                self._cancelled.popitem(last=False)
         watch = self._trials.get(control.trial_id)
         if watch is None:
             return
         watch.verdict(control)
-        if control.action is TrialControlAction.PRUNE:
-            log.info("trial %s pruned: %s", control.trial_id, watch.reason)
+        if control.action in _STOP:
+            log.info("trial %s stopped (%s): %s", control.trial_id, control.action.value, watch.reason)
             if self.on_cancel is not None:
                 try:
                     self.on_cancel(control.trial_id, watch.reason)

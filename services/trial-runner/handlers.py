@@ -102,6 +102,11 @@ class TrialRunner:
 
     async def _handle(self, msg: NatsMessage, request: TrialRequested) -> None:
         attempt = msg.raw_message.metadata.num_delivered or 1
+        cancelled = self.early.cancelled(request.trial_id)
+        if cancelled is not None:  # fetched just as its experiment was cancelled: nothing to report to
+            log.info("trial %s skipped: %s", request.trial_id, cancelled)
+            await msg.ack()
+            return
         if attempt > self.ctx.settings.trial_max_deliver:
             # Every runner that took it stopped before reporting (killed, evicted, crashed): record it once.
             error = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from tweakline.proto.messages import CancelExperiment
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Subject, subject_for
 from tweakline.runtime.bus import connect
@@ -52,3 +53,22 @@ async def test_webhook_may_submit_and_remember_deliveries(nats) -> None:
         await kv.delete("perm-test-key")
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("identity", [Identity.TRIAL_RUNNER, Identity.EVALUATOR, Identity.DEPLOYER, Identity.WEBHOOK])
+async def test_only_submitters_and_operators_may_cancel(nats, identity: Identity) -> None:
+    await _refused(nats, identity, subject_for(Subject.EXPERIMENT_CANCEL, "perm-x"))
+
+
+async def test_a_pipeline_may_cancel_but_not_announce_the_cancellation(nats) -> None:
+    nc = await connect(nats.settings(Identity.SUBMITTER), "test", **NO_RETRY)
+    try:
+        command = CancelExperiment(experiment_id="perm-unknown", reason="permission test")
+        ack = await nc.jetstream().publish(
+            subject_for(Subject.EXPERIMENT_CANCEL, "perm-unknown"), command.model_dump_json().encode(), timeout=5
+        )
+        assert ack.stream == "TWEAKLINE_EVENTS"
+    finally:
+        await nc.close()
+    # Only the scheduler says an experiment ended cancelled.
+    await _refused(nats, Identity.SUBMITTER, subject_for(Subject.EXPERIMENT_CANCELLED, "perm-x"))

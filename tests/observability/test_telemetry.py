@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from faststream.nats import NatsBroker, TestNatsBroker
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -31,6 +32,7 @@ from tweakline.proto.permissions import Identity
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "helm" / "tweakline" / "files" / "grafana-dashboard.json"
+ALERT_RULES = REPO / "helm" / "tweakline" / "files" / "alert-rules.yaml"
 
 
 # -- exporters from the environment ---------------------------------------------------------------
@@ -181,6 +183,7 @@ for decision in ("promote", "reject", "error"):
 for status in ("deployed", "failed", "rolled_back"):
     telemetry.observe_published(DeploymentCompleted(experiment_id="e", release="r", target="local", status=status))
 telemetry._queues["trial-runners"] = (3, 1)
+telemetry.observe_dead_letter("scheduler")
 print("ready", flush=True)
 time.sleep(60)
 """
@@ -231,12 +234,35 @@ def dashboard_metrics(dashboard: dict) -> set[str]:
     return {name for expr in exprs for name in re.findall(r"\b(tweakline_[a-zA-Z0-9_:]+)", expr)}
 
 
+def model_server_metrics() -> set[str]:
+    """What the model server's /metrics serves (its own Prometheus registry), every series touched."""
+    from prometheus_client import generate_latest
+
+    from tweakline.model_server.api import ServerMetrics
+
+    served = ServerMetrics()
+    served.requests.labels("predict", "200").inc()
+    served.latency.observe(0.01)
+    return metric_names(generate_latest(served.registry).decode())
+
+
 def test_grafana_dashboard_refers_only_to_exported_metrics(exported_metrics: set[str]) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard.get("panels"), "the dashboard has no panels"
     used = dashboard_metrics(dashboard)
     assert used, "the dashboard queries no tweakline metric"
-    assert used - exported_metrics == set(), f"not exported by the services: {sorted(used - exported_metrics)}"
+    exported = exported_metrics | model_server_metrics()
+    assert used - exported == set(), f"not exported by the services or the model server: {sorted(used - exported)}"
+    assert {"tweakline_model_requests_total", "tweakline_model_request_seconds_bucket"} <= used  # model-server panels
+
+
+def test_alert_rules_refer_only_to_exported_metrics(exported_metrics: set[str]) -> None:
+    rules = yaml.safe_load(ALERT_RULES.read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expr in exprs for name in re.findall(r"\b(tweakline_[a-zA-Z0-9_:]+)", expr)}
+    exported = exported_metrics | model_server_metrics()
+    assert "tweakline_dead_letters_total" in used
+    assert used - exported == set(), f"alert rules on metrics nobody exports: {sorted(used - exported)}"
 
 
 def test_a_service_serves_prometheus_metrics(nats, tmp_path: Path) -> None:

@@ -16,12 +16,14 @@ from pydantic import BaseModel, Field, ValidationError
 from tweakline.proto.messages import (
     PAYLOADS,
     ArtifactRef,
+    CancelExperiment,
     Comparison,
     DeadLetter,
     Decision,
     DeploymentCompleted,
     DeploymentStatus,
     EvaluationCompleted,
+    ExperimentCancelled,
     ExperimentCompleted,
     ExperimentStatus,
     ExperimentSubmitted,
@@ -62,6 +64,10 @@ EXAMPLES: dict[type[Message], Message] = {
     TrialRequested: TrialRequested(experiment_id="e", trial_id="e.0", number=0, params={"n_neighbors": 3}, spec=TWEAK.spec),
     TrialProgress: TrialProgress(experiment_id="e", trial_id="e.0", number=0, step=0, value=0.5),
     TrialControl: TrialControl(experiment_id="e", trial_id="e.0"),
+    CancelExperiment: CancelExperiment(experiment_id="e", reason="stale", requested_by="admin (ops)"),
+    ExperimentCancelled: ExperimentCancelled(
+        experiment_id="e", status=ExperimentStatus.SUPERSEDED, superseded_by="f", stopped_trials=[2, 3], trials_done=2
+    ),
     TrialCompleted: TrialCompleted(experiment_id="e", trial_id="e.0", number=0, status=TrialStatus.OK, params={}),
     ExperimentCompleted: ExperimentCompleted(
         experiment_id="e",

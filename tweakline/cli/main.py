@@ -34,11 +34,13 @@ app = typer.Typer(
 pki_app = typer.Typer(help="The local development certificate authority.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(bus_app, name="bus")  # tweakline bus init (the chart's setup Job)
+from tweakline.cli.experiments import register as _register_experiments  # noqa: E402
 from tweakline.cli.releases import register as _register_release_commands  # noqa: E402
 from tweakline.cli.serve import register as _register_serve  # noqa: E402
 
 _register_release_commands(app)
 _register_serve(app)
+_register_experiments(app)  # experiments [show], cancel
 stackctl.register(app)  # up, down, status
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2

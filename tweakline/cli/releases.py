@@ -35,6 +35,13 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on s
 @contextlib.asynccontextmanager
 async def operator_bus(state_dir: Path | None) -> AsyncIterator[Any]:
     """A JetStream context for operator commands (see the module docstring for which server)."""
+    async with operator_connection(state_dir) as nc:
+        yield nc.jetstream()
+
+
+@contextlib.asynccontextmanager
+async def operator_connection(state_dir: Path | None) -> AsyncIterator[Any]:
+    """A NATS connection for operator commands: ``TWEAKLINE_NATS_URL`` with its identity, else the local state's server as admin."""
     from tweakline.runtime.bus import connect
     from tweakline.stack.local import LocalStack
 
@@ -42,7 +49,7 @@ async def operator_bus(state_dir: Path | None) -> AsyncIterator[Any]:
     if "TWEAKLINE_NATS_URL" in os.environ:
         nc = await connect(settings, "tweakline-cli")
         try:
-            yield nc.jetstream()
+            yield nc
         finally:
             await nc.close()
         return
@@ -72,7 +79,7 @@ async def operator_bus(state_dir: Path | None) -> AsyncIterator[Any]:
         client = settings.model_copy(update={"nats_url": url, "identity": Identity.ADMIN, "state_dir": root, "tls_dir": None})
         nc = await connect(client, "tweakline-cli")
         try:
-            yield nc.jetstream()
+            yield nc
         finally:
             await nc.close()
     finally:

@@ -66,6 +66,13 @@ def submit(
         Path | None,
         typer.Option("--report-dir", help="With --wait: write report.md, build-status.json and summary.json here."),
     ] = None,
+    cancel_on_signal: Annotated[
+        bool,
+        typer.Option(
+            "--cancel-on-signal/--keep-on-signal",
+            help="With --wait: on SIGTERM/SIGINT (a cancelled CI job) cancel the experiment, or leave it running.",
+        ),
+    ] = True,
 ) -> None:
     """Submit an experiment to a running platform (for CI pipelines); --wait follows it like `run`."""
     from tweakline.cli.main import _invalid
@@ -93,9 +100,10 @@ def submit(
 
     signal.signal(signal.SIGTERM, _interrupt)  # a cancelled CI job stops following cleanly
     try:
-        code = asyncio.run(_submit(settings, tweak, file, wait, as_json, timeout, report_dir))
+        code = asyncio.run(_submit(settings, tweak, file, wait, as_json, timeout, report_dir, cancel_on_signal))
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted: the experiment goes on running on the platform[/yellow]")
+        # Only before following starts (afterwards the signal cancels the experiment, see _submit).
+        err.print("[yellow]interrupted[/yellow]")
         code = 130
     except TweaklineError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
@@ -119,7 +127,9 @@ async def _submit(
     as_json: bool,
     timeout: float | None,
     report_dir: Path | None,
+    cancel_on_signal: bool = True,
 ) -> int:
+    from tweakline.client.api import TweaklineClient
     from tweakline.client.follow import Outcome, follow, new_experiment_id
     from tweakline.client.follow import submit as publish_submission
     from tweakline.client.submission import disk_reader, source_from_ci, upload_datasets
@@ -145,7 +155,16 @@ async def _submit(
             return EXIT_OK
         outcome = Outcome(experiment_id=exp_id, tweak=tweak)
         with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
-            await follow(nc, outcome, view.update, timeout=timeout)
+            signalled = await _follow_until_signal(follow(nc, outcome, view.update, timeout=timeout))
+        if signalled is not None:
+            if cancel_on_signal:
+                await TweaklineClient(nc, str(settings.identity)).cancel(
+                    exp_id, reason=f"submit --wait stopped by {signalled.name} (CI job cancelled)"
+                )
+                err.print(f"[yellow]{signalled.name}: cancelled experiment {exp_id}[/yellow]", highlight=False)
+            else:
+                err.print(f"[yellow]{signalled.name}: experiment {exp_id} goes on running[/yellow]", highlight=False)
+            return 128 + signalled.value
     except TimeoutError as exc:
         raise TweaklineError(str(exc)) from None
     finally:
@@ -153,13 +172,41 @@ async def _submit(
     data = summary(outcome) | {"datasets": uploaded}
     if report_dir is not None:
         write_outcome_report(outcome, file, report_dir, data)
+    if outcome.cancelled is not None:
+        data["cancelled"] = outcome.cancelled.model_dump(mode="json")
     if as_json:
         print_json(data)
+    elif outcome.cancelled is not None:
+        c = outcome.cancelled
+        out.print(f"experiment {exp_id} {c.status.value}: {c.reason or 'no reason given'}", highlight=False)
     else:
         if outcome.completed is not None:
             out.print(leaderboard_table(outcome))
         out.print(decision_panel(outcome))
     return outcome.exit_code()
+
+
+async def _follow_until_signal(following: Any) -> signal.Signals | None:
+    """Run ``following`` until it ends, or until SIGTERM/SIGINT arrives: then the signal (it is stopped)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(following)
+    got: list[signal.Signals] = []
+
+    def _on(sig: signal.Signals) -> None:
+        got.append(sig)
+        task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on, sig)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not got:
+            raise
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return got[0] if got else None
 
 
 def write_outcome_report(outcome, file: Path, report_dir: Path, data: dict[str, Any]) -> None:

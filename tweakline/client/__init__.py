@@ -1,1 +1,8 @@
-"""The client side of the bus: building a submission and following an experiment's events."""
+"""The client side of the bus: submitting, following, listing and cancelling experiments.
+
+:class:`TweaklineClient` is the front door (the CLI's ``experiments`` and ``cancel`` are built on it).
+"""
+
+from tweakline.client.api import ExperimentSummary, TweaklineClient, UnknownExperimentError
+
+__all__ = ["ExperimentSummary", "TweaklineClient", "UnknownExperimentError"]

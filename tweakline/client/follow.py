@@ -24,6 +24,7 @@ from tweakline.proto.messages import (
     Decision,
     DeploymentCompleted,
     EvaluationCompleted,
+    ExperimentCancelled,
     ExperimentCompleted,
     ExperimentSubmitted,
     Source,
@@ -50,6 +51,7 @@ class Outcome:
     completed: ExperimentCompleted | None = None
     evaluation: EvaluationCompleted | None = None
     deployment: DeploymentCompleted | None = None
+    cancelled: ExperimentCancelled | None = None  # stopped by `tweakline cancel` or superseded: no decision
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     trace_id: str | None = None
@@ -68,6 +70,8 @@ class Outcome:
     @property
     def done(self) -> bool:
         """Whether the experiment reached its last event."""
+        if self.cancelled is not None:
+            return True
         if self.evaluation is None:
             return False
         if self.evaluation.decision is Decision.PROMOTE and self.evaluation.deploy is not None:
@@ -79,7 +83,7 @@ class Outcome:
         return (self.finished or time.monotonic()) - self.started
 
     def exit_code(self) -> int:
-        """0 when the gate passed (and the deployment worked), 1 when rejected, 2 on error."""
+        """0 when the gate passed (and the deployment worked), 1 when rejected, 2 on error or cancel."""
         if self.evaluation is None:
             return 2
         if self.evaluation.decision is Decision.REJECT:
@@ -94,6 +98,7 @@ class Outcome:
 _DECODERS: dict[str, type] = {
     Subject.TRIAL_COMPLETED.value: TrialCompleted,
     Subject.EXPERIMENT_COMPLETED.value: ExperimentCompleted,
+    Subject.EXPERIMENT_CANCELLED.value: ExperimentCancelled,
     Subject.EVALUATION_COMPLETED.value: EvaluationCompleted,
     Subject.DEPLOYMENT_COMPLETED.value: DeploymentCompleted,
 }
@@ -112,6 +117,8 @@ def apply_event(outcome: Outcome, subject: str, data: bytes) -> bool:
         outcome.trials[event.number] = event
     elif isinstance(event, ExperimentCompleted):
         outcome.completed = event
+    elif isinstance(event, ExperimentCancelled):
+        outcome.cancelled = event
     elif isinstance(event, EvaluationCompleted):
         outcome.evaluation = event
     elif isinstance(event, DeploymentCompleted):

@@ -465,6 +465,9 @@ DEPLOYMENTS = _meter.create_counter(
     "tweakline.deployments", unit="{deployment}", description="Deployments by status: deployed, failed, rolled_back."
 )
 ROLLBACKS = _meter.create_counter("tweakline.rollbacks", unit="{deployment}", description="Releases rolled back.")
+DEAD_LETTERS = _meter.create_counter(
+    "tweakline.dead_letters", unit="{message}", description="Messages a service refused (sent to dead letters), by service."
+)
 BUSY = _meter.create_counter("tweakline.busy.time", unit="s", description="Time spent handling messages (busy time of a runner).")
 
 
@@ -532,6 +535,11 @@ async def watch_queues(js: Any, consumers: list[tuple[str, str]], interval: floa
         await asyncio.sleep(interval)
 
 
+def observe_dead_letter(service: str) -> None:
+    """Count one refused message (the dead-letter alert watches this)."""
+    DEAD_LETTERS.add(1, {"service": service})
+
+
 def observe_published(message: Any) -> None:
     """Count the lifecycle events a service publishes (one place for trial, decision, deployment metrics)."""
     from tweakline.proto.messages import (
@@ -539,6 +547,7 @@ def observe_published(message: Any) -> None:
         DeploymentCompleted,
         DeploymentStatus,
         EvaluationCompleted,
+        ExperimentCancelled,
         ExperimentCompleted,
         TrialCompleted,
     )
@@ -547,7 +556,7 @@ def observe_published(message: Any) -> None:
         attrs = {"status": message.status.value}
         TRIALS.add(1, attrs)
         TRIAL_DURATION.record(message.duration_s, attrs)
-    elif isinstance(message, ExperimentCompleted):
+    elif isinstance(message, ExperimentCompleted | ExperimentCancelled):
         EXPERIMENTS.add(1, {"status": message.status.value})
     elif isinstance(message, EvaluationCompleted):
         DECISIONS.add(1, {"decision": message.decision.value})

@@ -246,6 +246,7 @@ class ServiceContext:
     async def dead_letter(self, subject: str, raw: bytes, reason: str, headers: dict[str, Any] | None = None) -> None:
         """Record a refused message with its reason on ``tweakline.deadletter.<service>``."""
         log.warning("dead letter from %s: %s", subject, reason)
+        telemetry.observe_dead_letter(self.service)
         letter = DeadLetter(
             service=self.service,
             subject=subject,

@@ -7,6 +7,7 @@ Business logic receives these values as arguments and never reads the environmen
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
     )
     deployment_timeout_s: float = Field(
         default=900.0, gt=0, description="Time limit of one deployment (upgrade and check); past it, it is failed and undone."
+    )
+    supersede: Literal["pushes", "always", "never"] = Field(
+        default="pushes",
+        description="Whether a newer submission of the same lineage and branch cancels the older one still "
+        "running: for CI pushes (webhook and pipeline submissions), for every submission, or never.",
     )
     log_level: str = "INFO"
     log_json: bool = False
