@@ -292,15 +292,6 @@ def listens(*families: Subject) -> Grant:
     )
 
 
-def purges(stream: Stream) -> Grant:
-    """Purge messages of one stream by subject filter: the scheduler drops a cancelled experiment's queued trials."""
-    return Grant(
-        f"purges {stream.value}",
-        publish=tuple(_api(Op.STREAM_PURGE, stream=stream.value)),
-        capabilities=frozenset({(Op.STREAM_PURGE, stream.value)}),
-    )
-
-
 def dead_letters() -> Grant:
     """Every service may report what it refused."""
     return publishes(Subject.DEAD_LETTER)
@@ -323,7 +314,6 @@ GRANTS: dict[Identity, list[Grant]] = {
         consumes(Consumer.SCHEDULER_RESULTS),
         consumes(Consumer.SCHEDULER_CONTROL),  # cancel commands
         publishes(Subject.TRIAL_REQUESTED, Subject.TRIAL_CONTROL, Subject.EXPERIMENT_COMPLETED, Subject.EXPERIMENT_CANCELLED),
-        purges(Stream.TRIALS),  # a cancelled experiment's queued trials
         listens(Subject.TRIAL_PROGRESS),
         key_value(Bucket.EXPERIMENTS, write=True),
         key_value(Bucket.LINEAGE, write=True),

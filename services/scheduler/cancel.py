@@ -1,6 +1,6 @@
 """Stopping an experiment early: ``tweakline cancel`` and supersede by a newer push.
 
-A cancelled experiment stops issuing trials, its queued trials are purged from the work queue,
+A cancelled experiment stops issuing trials, its queued trials are skipped by the runners,
 its running ones are told to stop on their runners (``trials.control`` with ``cancel``), and it
 ends with an ``ExperimentCancelled`` event instead of ``ExperimentCompleted``, so the evaluator
 never sees it: no evaluation and no deployment follow. Its state keeps the status
@@ -98,12 +98,9 @@ async def stop(
     who = f" by {requested_by}" if requested_by else ""
     state.message = f"{status.value}{who}" + (f": {reason}" if reason else "")
     ctx = scheduler.ctx
-    # Queued trials never reach a runner; the running ones stop at once (before their next fold,
-    # or killed after the runner's cancel grace).
-    try:
-        await ctx.js.purge_stream(Stream.TRIALS.value, subject=subject_for(Subject.TRIAL_REQUESTED, exp_id))
-    except Exception:  # the runners still skip a cancelled trial they pick up
-        log.warning("could not purge the queued trials of %s", exp_id, exc_info=True)
+    # Every issued trial is told to stop: a running one stops at once (before its next fold, or
+    # killed after the runner's cancel grace); a queued one is skipped by the runner that picks it
+    # up. No purge: the scheduler may not purge streams (least privilege, docs/security.md).
     for number in stopped:
         await ctx.broker.publish(
             TrialControl(

@@ -91,7 +91,7 @@ async def test_cancel_stops_a_running_experiment_frees_its_runners_and_nothing_f
             # The quick one's evaluation came after anything the evaluator could have done for the
             # cancelled one, in the same ordered stream: none came, and no deployment either.
             assert outcome.evaluation is None and outcome.deployment is None and outcome.completed is None
-            assert len(results) == 2  # no further trial of it ran (queued ones were purged)
+            assert len(results) == 2  # no further trial of it ran (queued ones were skipped)
             # Cancelling again changes nothing (idempotent) and is not confirmed twice.
             await client.cancel(slow, reason="again")
             assert (await client.experiment(slow)).message == summary.message
