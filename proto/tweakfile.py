@@ -604,6 +604,11 @@ class GateSpec(_Strict):
         description="Significance level of the paired test against production (McNemar or paired bootstrap).",
     )
     bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000, description="Resamples of the paired bootstrap.")
+    not_worse_than_defaults: bool = Field(
+        default=True,
+        description="Reject a tuned model that scores worse than the estimator with default parameters on the same "
+        "test rows (the paired test is reported as evidence).",
+    )
 
     @field_validator("thresholds")
     @classmethod
