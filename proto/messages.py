@@ -365,6 +365,7 @@ class DeploymentStatus(StrEnum):
     DEPLOYED = "deployed"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    SKIPPED = "skipped"  # production unchanged by design: a pull request or an undeclared branch
 
 
 class DeploymentCompleted(Message):

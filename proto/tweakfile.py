@@ -660,6 +660,11 @@ class DeploySpec(_Strict):
     )
     helm_timeout: Duration = Field(default=300.0, description="helm: how long an upgrade may wait for readiness.")
     verify: VerifySpec = Field(default_factory=VerifySpec)
+    production_branches: list[str] = Field(
+        default_factory=lambda: ["main", "master"],
+        description="Branch globs whose pushes may change this release; pull requests and other branches are "
+        "tuned and judged but not deployed (a run with no branch, by hand, may deploy).",
+    )
 
     @field_validator("helm_timeout", mode="before")
     @classmethod

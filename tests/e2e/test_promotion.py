@@ -108,7 +108,7 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         assert first.evaluation.comparison is None and "no model in production" in " ".join(first.evaluation.reasons)
         assert first.deployment.revision == 1 and "not verified" in first.deployment.message
 
-        server = start_server_on(stack.url, state, RELEASE, tmp_path)
+        server = start_server_on(stack.url, state, RELEASE, tmp_path, timeout=120)  # a loaded machine
         await server.wait_for_revision(1)
         stop = asyncio.Event()
         load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}))
