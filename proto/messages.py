@@ -310,6 +310,18 @@ class GateCheck(Message):
     detail: str
 
 
+class Holdout(Message):
+    """Which rows the evaluation held out, and by what rule (see ``tweakline.ml.holdout``)."""
+
+    method: str = Field(description="Assignment rule: row-sha256 (a row is a test row by a hash of its content).")
+    test_size: float
+    seed: int = Field(description="Salt of the hash (the dataset seed).")
+    test_rows: int
+    test_digest: str = Field(description="SHA-256 of the test rows' sorted content keys.")
+    train_rows: int
+    train_digest: str = Field(description="SHA-256 of the training rows' sorted content keys.")
+
+
 class Comparison(Message):
     """The paired comparison of the candidate with the model in production, on the same test rows."""
 
@@ -331,6 +343,13 @@ class Comparison(Message):
     significant: bool
     supported: bool = Field(description="Gain >= required_gain and significant: the rule held.")
     rule: str
+    excluded: int = Field(
+        default=0,
+        description="Test rows left out because the reference model may have trained on them (its holdout rule differs).",
+    )
+    reference_holdout: str = Field(
+        default="", description="How the reference model's training rows are known (its recorded holdout rule, or not)."
+    )
 
 
 class EvaluationCompleted(Message):
@@ -348,6 +367,10 @@ class EvaluationCompleted(Message):
     production_metrics: dict[str, float] | None = Field(default=None, description="Model in production, same split.")
     production_revision: int | None = None
     comparison: Comparison | None = Field(default=None, description="Paired test against production, if any.")
+    default_comparison: Comparison | None = Field(
+        default=None, description="Paired test of the tuned model against the default-params estimator, same rows."
+    )
+    holdout: Holdout | None = Field(default=None, description="The test rows held out and the rule that chose them.")
     features: list[str] = Field(default_factory=list, description="Training feature names, in order.")
     probe: ArtifactRef | None = Field(default=None, description="Probe rows for the post-deploy check (JSON).")
     gate: Annotated[GateSpec, SetOnly] | None = Field(
@@ -370,6 +393,7 @@ class DeploymentStatus(StrEnum):
     DEPLOYED = "deployed"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    SKIPPED = "skipped"  # production unchanged by design: a pull request or an undeclared branch
 
 
 class DeploymentCompleted(Message):
@@ -398,6 +422,9 @@ class ReleaseRevision(Message):
     reason: str = ""
     features: list[str] = Field(default_factory=list, description="Training feature names the server validates.")
     comparison: Comparison | None = Field(default=None, description="The gate's evidence against production.")
+    holdout: Holdout | None = Field(
+        default=None, description="The holdout of its evaluation: later comparisons skip rows it trained on."
+    )
     deploy: Annotated[DeploySpec, SetOnly] | None = Field(
         default=None, description="Where it was deployed (helm: chart, namespace)."
     )

@@ -606,6 +606,11 @@ class GateSpec(_Strict):
         description="Significance level of the paired test against production (McNemar or paired bootstrap).",
     )
     bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000, description="Resamples of the paired bootstrap.")
+    not_worse_than_defaults: bool = Field(
+        default=True,
+        description="Reject a tuned model that scores worse than the estimator with default parameters on the same "
+        "test rows (the paired test is reported as evidence).",
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -659,6 +664,11 @@ class DeploySpec(_Strict):
     )
     helm_timeout: Duration = Field(default=300.0, description="helm: how long an upgrade may wait for readiness.")
     verify: VerifySpec = Field(default_factory=VerifySpec)
+    production_branches: list[str] = Field(
+        default_factory=lambda: ["main", "master"],
+        description="Branch globs whose pushes may change this release; pull requests and other branches are "
+        "tuned and judged but not deployed (a run with no branch, by hand, may deploy).",
+    )
 
     @field_validator("helm_timeout", mode="before")
     @classmethod

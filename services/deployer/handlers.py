@@ -12,6 +12,7 @@ from tweakline.deployer.registry import target_for
 from tweakline.deployer.releases import ReleaseError, record_event, record_promotion, set_target_revision
 from tweakline.deployer.verify import load_probe, verify_live
 from tweakline.observability import telemetry
+from tweakline.promotion.environments import environment_for
 from tweakline.proto.messages import (
     Decision,
     DeploymentCompleted,
@@ -73,6 +74,11 @@ class Deployer:
 
     async def _deploy(self, evaluation: EvaluationCompleted) -> tuple[DeploymentStatus, int | None, str]:
         assert self.store is not None and evaluation.release is not None
+        environment = environment_for(evaluation.source, evaluation.deploy)
+        if evaluation.deploy is not None and not environment.production:
+            existing = await self.store.get(evaluation.release)
+            live = existing[0].current if existing else None
+            return DeploymentStatus.SKIPPED, live, f"production unchanged: {environment.reason}"
         target = target_for(evaluation.target or "local", self.ctx.settings)
         existing = await self.store.get(evaluation.release)
         seen = existing is not None and any(r.experiment_id == evaluation.experiment_id for r in existing[0].revisions)

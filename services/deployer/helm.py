@@ -2,8 +2,10 @@
 
 The engine is the ``helm-python-sdk`` wheel (Helm v4's Go SDK through ctypes; no ``helm``
 binary, no Go toolchain). Each promotion is ``upgrade --install`` with ``wait`` and
-``rollback_on_failure`` (Helm v4's name for ``--atomic``), the model reference passed as the
-chart's ``model.*`` values; a tweakline rollback is a Helm rollback to the Helm revision recorded
+``rollback_on_failure`` (Helm v4's name for ``--atomic``). The chart's values are what the
+platform release this deployer belongs to passes it (image, pull secrets, the NATS Service, the
+model server's certificate Secret or issuer: :meth:`HelmSettings.platform_values`), then the
+tweak file's ``deploy.values``, then the model reference (``model.*``); a tweakline rollback is a Helm rollback to the Helm revision recorded
 for that tweakline revision.
 
 With no cluster reachable every operation fails at once with a clear error (the reachability
@@ -24,9 +26,14 @@ from tweakline.deployer.target import DeployTarget
 from tweakline.errors import ConfigurationError, TweaklineError
 from tweakline.proto.messages import ReleaseHistory, ReleaseRevision
 from tweakline.proto.tweakfile import DeploySpec
+from tweakline.runtime.settings import Settings
 
 REPO_CHART = Path(__file__).resolve().parents[2] / "helm" / "model-server"
 IMAGE_CHART = Path("/usr/share/tweakline/charts/model-server")  # where the Dockerfile puts it
+
+
+class HelmDeployError(TweaklineError):
+    """A Helm operation failed (cluster unreachable, failed upgrade, unknown release)."""
 
 
 class HelmSettings(BaseSettings):
@@ -48,6 +55,64 @@ class HelmSettings(BaseSettings):
         description="Comma-separated namespaces the deployer may install into (the chart's RBAC); unset: any.",
     )
 
+    # What the model-server chart needs from the platform release it belongs to. The platform
+    # chart sets these on the deployer (helm/tweakline/templates/deployer.yaml) from its own
+    # names, so a model server always points at the Service, Secret and image that release made.
+    model_server_image_registry: str = Field(default="", description="Registry of the platform's image.")
+    model_server_image_repository: str | None = Field(
+        default=None, description="Repository of the platform's image (the variant without the Helm SDK)."
+    )
+    model_server_image_tag: str = Field(default="", description="Tag of the platform's image.")
+    model_server_image_digest: str = Field(default="", description="Digest of the platform's image; wins over the tag.")
+    model_server_image_pull_policy: str = Field(default="", description="The platform's image pull policy.")
+    model_server_image_pull_secrets: list[str] = Field(
+        default_factory=list, description="The platform's image pull Secrets (a JSON list of names)."
+    )
+    model_server_nats_url: str | None = Field(default=None, description="URL of the platform's NATS Service.")
+    model_server_tls_secret: str | None = Field(
+        default=None, description="The platform's Secret with the model-server identity's certificate and CA."
+    )
+    model_server_tls_issuer: dict[str, str] | None = Field(
+        default=None,
+        description="A cluster-wide issuer (JSON name/kind/group) that signs model-server certificates "
+        "in namespaces other than the platform's; unset: model servers only in the platform namespace.",
+    )
+    platform_namespace: str | None = Field(default=None, description="Namespace of the platform release.")
+
+    def platform_values(self, namespace: str) -> dict[str, Any]:
+        """The model-server chart values that tie a release installed in ``namespace`` to this platform.
+
+        Empty when the deployer runs outside the platform chart (then the tweak file's
+        ``deploy.values`` must say it all). The platform's Secret is usable only in its own
+        namespace; elsewhere the chart gets a certificate of its own from a cluster-wide issuer.
+        """
+        values: dict[str, Any] = {}
+        if self.model_server_image_repository:
+            image: dict[str, Any] = {
+                "registry": self.model_server_image_registry,
+                "repository": self.model_server_image_repository,
+                "tag": self.model_server_image_tag,
+                "digest": self.model_server_image_digest,
+                "pullSecrets": list(self.model_server_image_pull_secrets),
+            }
+            if self.model_server_image_pull_policy:
+                image["pullPolicy"] = self.model_server_image_pull_policy
+            values["image"] = image
+        if self.model_server_nats_url:
+            values["nats"] = {"url": self.model_server_nats_url}
+        if self.model_server_tls_secret:
+            if self.platform_namespace in (None, namespace):
+                values["tls"] = {"secretName": self.model_server_tls_secret, "certificate": {"enabled": False}}
+            elif self.model_server_tls_issuer:
+                values["tls"] = {"certificate": {"enabled": True, "issuerRef": dict(self.model_server_tls_issuer)}}
+            else:
+                raise HelmDeployError(
+                    f"deploy.namespace: '{namespace}' is not the platform's namespace '{self.platform_namespace}', "
+                    "whose model-server certificate Secret cannot be mounted there; expected the platform "
+                    "namespace, or a platform installed with pki.issuerRef set to a ClusterIssuer"
+                )
+        return values
+
     def allowed_namespaces(self) -> list[str]:
         """The namespaces the deployer's RBAC covers; empty when unrestricted."""
         return [n.strip() for n in (self.deploy_namespaces or "").split(",") if n.strip()]
@@ -62,10 +127,6 @@ class HelmSettings(BaseSettings):
 REACHABILITY_TIMEOUT_S = 15.0
 WAIT_STRATEGY = "watcher"  # Helm v4: wait on the resources' status (kstatus), not the legacy poller
 MAX_HISTORY = 20
-
-
-class HelmDeployError(TweaklineError):
-    """A Helm operation failed (cluster unreachable, failed upgrade, unknown release)."""
 
 
 class HelmEngine(Protocol):
@@ -126,8 +187,10 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def chart_values(spec: DeploySpec, revision: ReleaseRevision) -> dict[str, Any]:
-    """The chart values for ``revision``: the tweak file's ``deploy.values`` with the model reference on top.
+def chart_values(spec: DeploySpec, revision: ReleaseRevision, platform: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chart values for ``revision``: the platform's (``platform``, see
+    :meth:`HelmSettings.platform_values`), then the tweak file's ``deploy.values``, then the
+    model reference on top.
 
     ``model.revision`` pins the server to this revision (a pod serves exactly what Helm
     deployed, so a Helm rollback really restores the old model); ``model.sha256`` is checked
@@ -139,7 +202,7 @@ def chart_values(spec: DeploySpec, revision: ReleaseRevision) -> dict[str, Any]:
         "artifact": revision.artifact.name,
         "sha256": revision.artifact.sha256,
     }
-    return merge(spec.values, {"model": model})
+    return merge(merge(platform or {}, spec.values), {"model": model})
 
 
 def fullname(spec: DeploySpec) -> str:
@@ -156,18 +219,25 @@ class HelmTarget(DeployTarget):
 
     name = "helm"
 
+    def __init__(self, settings: Settings | None = None, helm: HelmSettings | None = None):
+        super().__init__(settings)
+        self.helm = helm or HelmSettings()  # read once, when the deployer starts
+
     def engine(self, spec: DeploySpec) -> HelmEngine:
         """The Helm engine for the spec's namespace (overridden in tests to record the calls)."""
-        kubeconfig = HelmSettings().kubeconfig
+        kubeconfig = self.helm.kubeconfig
         return SdkEngine(self.namespace(spec), str(kubeconfig) if kubeconfig else None)
 
     @staticmethod
     def namespace(spec: DeploySpec) -> str:
         return spec.namespace or "default"
 
-    @staticmethod
-    def chart(spec: DeploySpec) -> str:
-        return spec.chart or str(HelmSettings().chart())
+    def chart(self, spec: DeploySpec) -> str:
+        return spec.chart or str(self.helm.chart())
+
+    def values(self, spec: DeploySpec, revision: ReleaseRevision) -> dict[str, Any]:
+        """The values this target installs ``revision`` with (the platform's, the tweak file's, the model)."""
+        return chart_values(spec, revision, self.helm.platform_values(self.namespace(spec)))
 
     def upgrade_flags(self, spec: DeploySpec, revision: ReleaseRevision) -> dict[str, Any]:
         """Flags of ``helm upgrade --install --wait --rollback-on-failure`` for this revision."""
@@ -191,12 +261,12 @@ class HelmTarget(DeployTarget):
         except Exception as exc:
             raise HelmDeployError(
                 f"Kubernetes cluster not reachable (namespace {self.namespace(spec)}; "
-                f"kubeconfig {HelmSettings().kubeconfig or 'default'}): {exc}"
+                f"kubeconfig {self.helm.kubeconfig or 'default'}): {exc}"
             ) from None
 
     def check_namespace(self, spec: DeploySpec) -> None:
         """Refuse a namespace outside the deployer's RBAC at once, rather than as a Kubernetes 403."""
-        allowed = HelmSettings().allowed_namespaces()
+        allowed = self.helm.allowed_namespaces()
         namespace = self.namespace(spec)
         if allowed and namespace not in allowed:
             raise HelmDeployError(
@@ -207,9 +277,9 @@ class HelmTarget(DeployTarget):
     async def deploy(self, spec: DeploySpec, history: ReleaseHistory, revision: ReleaseRevision) -> int | None:
         """``upgrade --install``; returns Helm's revision number. Helm undoes a failed upgrade itself."""
         self.check_namespace(spec)
+        values = self.values(spec, revision)
         engine = self.engine(spec)
         await self._reachable(engine, spec)
-        values = chart_values(spec, revision)
         flags = self.upgrade_flags(spec, revision)
         chart = self.chart(spec)
         try:
@@ -260,4 +330,4 @@ class HelmTarget(DeployTarget):
         assert isinstance(engine, SdkEngine)
         flags = self.upgrade_flags(spec, revision)
         flags.pop("wait")  # waiting means nothing in a dry run
-        return engine.install(self.chart(spec), spec.release, chart_values(spec, revision), dry_run="client", **flags)
+        return engine.install(self.chart(spec), spec.release, self.values(spec, revision), dry_run="client", **flags)

@@ -41,6 +41,7 @@ def revision_from(evaluation: EvaluationCompleted, number: int, estimator: str) 
         reason="; ".join(evaluation.reasons),
         features=evaluation.features,
         comparison=evaluation.comparison,
+        holdout=evaluation.holdout,
         deploy=evaluation.deploy,
     )
 

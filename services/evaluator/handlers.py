@@ -8,18 +8,21 @@ import logging
 from faststream.nats import NatsMessage
 
 from tweakline.errors import TweaklineError
-from tweakline.evaluator.scoring import probe_set, refit_and_score, score_model
+from tweakline.evaluator.scoring import holdout_record, probe_set, refit_and_score, score_model
 from tweakline.ml.artifacts import dump_model, load_model
 from tweakline.ml.datasets import DatasetCache
 from tweakline.ml.estimators import task_of
+from tweakline.ml.holdout import HoldoutRule, unseen_by
 from tweakline.observability import telemetry
 from tweakline.promotion.gate import decide
 from tweakline.promotion.stats import Outputs, compare
 from tweakline.proto.messages import (
+    Comparison,
     Decision,
     EvaluationCompleted,
     ExperimentCompleted,
     ExperimentStatus,
+    Holdout,
     ReleaseHistory,
     TrialStatus,
     msg_id,
@@ -89,8 +92,8 @@ class Evaluator:
             trials_ok=sum(t.status is TrialStatus.OK for t in completed.trials),
         )
 
-    async def _production(self, release: str) -> tuple[object, int] | None:
-        """The model now serving ``release`` and its revision, if any."""
+    async def _production(self, release: str) -> tuple[object, int, Holdout | None] | None:
+        """The model now serving ``release``, its revision and the holdout it was evaluated with, if any."""
         store = await RecordStore.open(self.ctx.js, Bucket.RELEASES.value, ReleaseHistory)
         found = await store.get(release)
         live = found[0].live if found else None
@@ -98,29 +101,69 @@ class Evaluator:
             return None
         data = await get_artifact(self.ctx.js, live.artifact)
         # Off the event loop: a large model must not stall the other evaluations (nor the heartbeats).
-        return await asyncio.to_thread(load_model, data, live.artifact.sha256), live.revision
+        return await asyncio.to_thread(load_model, data, live.artifact.sha256), live.revision, live.holdout
 
     @staticmethod
-    def _compare(spec, split, task, refit, model):
-        """Production's metrics on the same test rows, and the paired comparison on the objective."""
-        metrics = score_model(model, split, spec, task)
+    def _compare(spec, split, task, refit, model, holdout: Holdout | None = None):
+        """Production's metrics and the paired comparison, on the test rows production cannot have trained on.
+
+        Production's recorded holdout rule says which rows it trained on: under the same rule
+        none of today's test rows (the split is append-stable), under another rule only the rows
+        that rule also held out are kept.
+        """
+        reference = HoldoutRule(holdout.test_size, holdout.seed, holdout.method) if holdout else None
+        rows = unseen_by(split.test_keys, split.rule, reference) if split.rule is not None else None
+        metrics = score_model(model, split, spec, task, rows)
         metric = spec.objective.metric
         if metric not in metrics or metric not in refit.metrics:
             return metrics, None
+        X, y = (split.X_test, split.y_test) if rows is None else (split.X_test[rows], split.y_test[rows])
+        candidate = score_model(refit.model, split, spec, task, rows)
         comparison = compare(
             metric,
-            split.y_test,
-            Outputs.of(refit.model, split.X_test),
-            Outputs.of(model, split.X_test),
+            y,
+            Outputs.of(refit.model, X),
+            Outputs.of(model, X),
             task,
-            candidate_value=refit.metrics[metric],
+            candidate_value=candidate[metric],
             production_value=metrics[metric],
             required_gain=spec.gate.beat_production_by,
             alpha=spec.gate.alpha,
             resamples=spec.gate.bootstrap_resamples,
             seed=spec.dataset.seed,
         )
+        comparison.excluded = 0 if rows is None else int((~rows).sum())
+        if holdout is None:
+            comparison.reference_holdout = "production's training rows are unknown (released before holdouts were recorded)"
+        elif reference == split.rule:
+            comparison.reference_holdout = "production was held out by the same rule: it trained on none of these rows"
+        else:
+            comparison.reference_holdout = (
+                f"production's rule (test_size {holdout.test_size:g}, seed {holdout.seed}) also held these rows out"
+            )
         return metrics, comparison
+
+    @staticmethod
+    def _against_defaults(spec, split, task, refit) -> Comparison | None:
+        """The paired comparison of the tuned model with the default-params estimator on the same test rows."""
+        metric = spec.objective.metric
+        if refit.default_model is None or metric not in refit.metrics or metric not in refit.default_metrics:
+            return None
+        comparison = compare(
+            metric,
+            split.y_test,
+            Outputs.of(refit.model, split.X_test),
+            Outputs.of(refit.default_model, split.X_test),
+            task,
+            candidate_value=refit.metrics[metric],
+            production_value=refit.default_metrics[metric],
+            required_gain=0.0,
+            alpha=spec.gate.alpha,
+            resamples=spec.gate.bootstrap_resamples,
+            seed=spec.dataset.seed,
+        )
+        comparison.reference_holdout = "both fitted on the same training rows"
+        return comparison
 
     @telemetry.traced("evaluation")  # refit, scoring and the gate, under the experiment's trace
     async def _evaluate(self, completed: ExperimentCompleted) -> EvaluationCompleted:
@@ -138,16 +181,19 @@ class Evaluator:
         if spec.deploy is not None:
             production = await self._production(spec.deploy.release)
             if production is not None:
-                model, production_revision = production
+                model, production_revision, production_holdout = production
                 try:
-                    production_metrics, comparison = await asyncio.to_thread(self._compare, spec, split, task, refit, model)
+                    production_metrics, comparison = await asyncio.to_thread(
+                        self._compare, spec, split, task, refit, model, production_holdout
+                    )
                 except Exception as exc:  # e.g. the features changed: the old model cannot be compared
                     raise TweaklineError(
                         f"the model in production (revision {production_revision}) cannot be scored on this "
                         f"experiment's test split: {type(exc).__name__}: {exc}"
                     ) from exc
 
-        result = decide(spec, refit.metrics, production_metrics, comparison)
+        defaults = await asyncio.to_thread(self._against_defaults, spec, split, task, refit)
+        result = decide(spec, refit.metrics, production_metrics, comparison, defaults)
         data, _sha = await asyncio.to_thread(dump_model, refit.model)
         artifact = await put_artifact(self.ctx.js, f"models/{completed.experiment_id}.skops", data)
         probe = None
@@ -167,6 +213,8 @@ class Evaluator:
             production_metrics=production_metrics,
             production_revision=production_revision,
             comparison=comparison,
+            default_comparison=defaults,
+            holdout=holdout_record(split),
             features=list(split.feature_names),
             probe=probe,
             gate=spec.gate,

@@ -8,8 +8,10 @@ from typing import Any
 
 from tweakline.ml.datasets import Split
 from tweakline.ml.estimators import build_estimator
+from tweakline.ml.holdout import digest
 from tweakline.ml.metrics import compute_metrics, objective_metrics
 from tweakline.ml.training import estimator_seed, full_params
+from tweakline.proto.messages import Holdout
 from tweakline.proto.tweakfile import ExperimentSpec
 
 
@@ -21,6 +23,7 @@ class Refit:
     metrics: dict[str, float]
     default_metrics: dict[str, float]
     task: str
+    default_model: Any = None
 
 
 def refit_and_score(split: Split, spec: ExperimentSpec, params: dict[str, Any], allowed: list[str], task: str) -> Refit:
@@ -39,12 +42,29 @@ def refit_and_score(split: Split, spec: ExperimentSpec, params: dict[str, Any], 
         metrics=compute_metrics(best, split.X_test, split.y_test, metrics, task),
         default_metrics=compute_metrics(default, split.X_test, split.y_test, metrics, task),
         task=task,
+        default_model=default,
     )
 
 
-def score_model(model: Any, split: Split, spec: ExperimentSpec, task: str) -> dict[str, float]:
-    """Test-split metrics of an already fitted model (the one in production)."""
-    return compute_metrics(model, split.X_test, split.y_test, objective_metrics(spec), task)
+def score_model(model: Any, split: Split, spec: ExperimentSpec, task: str, rows: Any = None) -> dict[str, float]:
+    """Test-split metrics of an already fitted model (the one in production), on ``rows`` (a mask) if given."""
+    X, y = (split.X_test, split.y_test) if rows is None else (split.X_test[rows], split.y_test[rows])
+    return compute_metrics(model, X, y, objective_metrics(spec), task)
+
+
+def holdout_record(split: Split) -> Holdout | None:
+    """What the split held out, for the evidence and the release history."""
+    if split.rule is None or split.test_keys is None or split.train_keys is None:
+        return None
+    return Holdout(
+        method=split.rule.method,
+        test_size=split.rule.test_size,
+        seed=split.rule.seed,
+        test_rows=len(split.test_keys),
+        test_digest=digest(split.test_keys),
+        train_rows=len(split.train_keys),
+        train_digest=digest(split.train_keys),
+    )
 
 
 def probe_set(split: Split, rows: int) -> bytes:

@@ -167,6 +167,8 @@ async def test_a_namespace_outside_the_deployers_rbac_is_refused_before_helm_run
         await target.deploy(spec(), None, revision(1))
     assert target.recorder.calls == []  # nothing reached the cluster
     monkeypatch.setenv("TWEAKLINE_DEPLOY_NAMESPACES", "ml")
+    target = RecordingTarget()  # settings are read once, when the deployer starts
+    target.recorder = Recorder()
     assert await target.deploy(spec(), None, revision(1)) == 1
 
 

@@ -224,25 +224,27 @@ def test_split_is_deterministic_and_seeded() -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     other = split_dataset(ds, DatasetSpec(source="sklearn:wine", test_size=0.25, seed=8))
     assert not np.array_equal(a.X_test, other.X_test)
-    assert a.X_test.shape[0] == 45 and a.X_train.shape[0] == 133
+    # each row is held out on its own (a hash), so the size is about test_size, not exact
+    assert 0.15 * 178 < a.X_test.shape[0] < 0.35 * 178 and a.X_test.shape[0] + a.X_train.shape[0] == 178
     assert a.task == "classification" and a.feature_names == ds.feature_names
 
 
-def test_split_is_stratified_and_disjoint(tmp_path: Path) -> None:
+def test_split_holds_both_classes_and_is_disjoint(tmp_path: Path) -> None:
     rows = [[i, 0 if i < 80 else 1] for i in range(100)]  # 80/20 classes, unique ids in 'id'
     write_csv(tmp_path / "data.csv", ["id", "y"], rows)
     spec = csv_spec(test_size=0.2, seed=3)
     split = split_dataset(load_dataset(spec, base_dir=tmp_path), spec)
-    assert np.bincount(split.y_test).tolist() == [16, 4]
+    assert sorted(set(split.y_test.tolist())) == [0, 1]  # per-row, so only about stratified
+    assert 0.1 < len(split.y_test) / 100 < 0.3
     train_ids, test_ids = set(split.X_train[:, 0]), set(split.X_test[:, 0])
     assert not train_ids & test_ids
     assert len(train_ids | test_ids) == 100
 
 
 def test_split_too_small_is_a_dataset_error(tmp_path: Path) -> None:
-    write_csv(tmp_path / "data.csv", ["x", "y"], [[1, 0], [2, 1], [3, 1]])
+    write_csv(tmp_path / "data.csv", ["x", "y"], [[1, 0], [2, 1]])
     spec = csv_spec()
-    with pytest.raises(DatasetError, match="cannot hold out test_size=0.2 of 3 rows"):
+    with pytest.raises(DatasetError, match=r"data.csv: .*test_size=0.2.* \(use more rows or another test_size\)"):
         split_dataset(load_dataset(spec, base_dir=tmp_path), spec)
 
 

@@ -191,9 +191,9 @@ async def _run_experiment(
     stack, tweak, file: Path, as_json: bool, timeout: float | None, report_dir: Path | None = None, report: Path | None = None
 ) -> int:
     from tweakline.client.follow import Outcome, experiment_span, follow, new_experiment_id, submit
+    from tweakline.client.submission import source_from_ci
     from tweakline.observability.telemetry import setup_telemetry
     from tweakline.observability.telemetry import shutdown as telemetry_shutdown
-    from tweakline.proto.messages import Source
     from tweakline.proto.permissions import Identity
     from tweakline.reporting.console import ProgressView, decision_panel, leaderboard_table, out, print_json, summary
     from tweakline.reporting.html import write_report
@@ -206,7 +206,8 @@ async def _run_experiment(
         outcome = Outcome(experiment_id=exp_id, tweak=tweak)
         with experiment_span(exp_id, tweak) as span:  # the root of the experiment's trace
             outcome.trace_id = format(span.get_span_context().trace_id, "032x")
-            await submit(nc, tweak, Source(path=str(file.resolve()), trigger="cli"), exp_id)
+            # in CI, the branch and pull request (the deployer's environments rule); by hand, none
+            await submit(nc, tweak, source_from_ci(str(file.resolve()), os.environ), exp_id)
             with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
                 await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
         if report is not None:

@@ -83,14 +83,15 @@ class Outcome:
         return (self.finished or time.monotonic()) - self.started
 
     def exit_code(self) -> int:
-        """0 when the gate passed (and the deployment worked), 1 when rejected, 2 on error or cancel."""
+        """0 when the gate passed (and the deployment worked, or was skipped by the branch rule), 1 when rejected, 2 on error or cancel."""
         if self.evaluation is None:
             return 2
         if self.evaluation.decision is Decision.REJECT:
             return 1
         if self.evaluation.decision is Decision.ERROR:
             return 2
-        if self.deployment is not None and self.deployment.status.value != "deployed":
+        # "skipped": a pull request or another branch passed the gate; production unchanged by design
+        if self.deployment is not None and self.deployment.status.value not in ("deployed", "skipped"):
             return 2
         return 0
 

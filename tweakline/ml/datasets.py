@@ -5,9 +5,11 @@ is one :class:`DatasetLoader` subclass registered in :data:`LOADERS`; adding a s
 ``parquet:``) is one new class and one registry line (plus accepting the scheme in
 :class:`tweakline.proto.tweakfile.DatasetSpec`).
 
-The held-out test split is cut once by :func:`split_dataset` (``train_test_split`` with the spec's
-``test_size`` and ``seed``, stratified for classification). Tuning only ever sees ``X_train`` /
-``y_train``; the evaluator re-creates the identical split with the same function.
+The held-out test split is cut once by :func:`split_dataset`: a row is a test row when a hash of
+its content salted by the spec's ``seed`` falls below ``test_size`` (:mod:`tweakline.ml.holdout`),
+so the assignment of a row never changes when the dataset grows or is re-ordered. Tuning only
+ever sees ``X_train`` / ``y_train``; the evaluator re-creates the identical split with the same
+function.
 
 Task of a dataset:
 
@@ -41,9 +43,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from sklearn import datasets as sk_datasets
-from sklearn.model_selection import train_test_split
 
 from tweakline.errors import DatasetError, Problem
+from tweakline.ml.holdout import HoldoutRule, held_out, row_keys
 from tweakline.proto.tweakfile import DatasetSpec
 
 Task = Literal["classification", "regression"]
@@ -81,6 +83,10 @@ class Split:
     y_test: np.ndarray
     task: Task
     feature_names: list[str]
+    # content keys of the rows (tweakline.ml.holdout.row_keys) and the rule that split them
+    train_keys: np.ndarray | None = None
+    test_keys: np.ndarray | None = None
+    rule: HoldoutRule | None = None
 
 
 class DatasetLoader(ABC):
@@ -530,21 +536,39 @@ def check_dataset(spec: DatasetSpec, base_dir: Path | None = None, *, task: Task
 
 
 def split_dataset(dataset: Dataset, spec: DatasetSpec) -> Split:
-    """The deterministic train/test split: ``spec.test_size`` held out, seeded by ``spec.seed``.
+    """The deterministic, append-stable train/test split: about ``spec.test_size`` of the rows held out.
 
-    Classification splits are stratified by ``y``. The evaluator calls this with the same spec and
-    gets the same split, so the test rows are never seen during tuning.
+    Each row's side is decided by a hash of its own content salted by ``spec.seed``
+    (:func:`tweakline.ml.holdout.held_out`), not by its position, so rows added later never move
+    an earlier row into the test split. The evaluator calls this with the same spec and gets the
+    same split, so the test rows are never seen during tuning.
     """
-    stratify = dataset.y if dataset.task == "classification" else None
-    try:
-        X_train, X_test, y_train, y_test = train_test_split(
-            dataset.X, dataset.y, test_size=spec.test_size, random_state=spec.seed, stratify=stratify
-        )
-    except ValueError as exc:
+    rule = HoldoutRule(test_size=spec.test_size, seed=spec.seed)
+    keys = row_keys(dataset.X, dataset.y)
+    test = held_out(keys, rule)
+    n_test = int(test.sum())
+    if n_test == 0 or n_test == dataset.n_samples:
         raise DatasetError(
-            f"{dataset.name}: cannot hold out test_size={spec.test_size} of {dataset.n_samples} rows: {exc}"
-        ) from None
-    return Split(X_train, X_test, y_train, y_test, task=dataset.task, feature_names=list(dataset.feature_names))
+            f"{dataset.name}: test_size={spec.test_size} of {dataset.n_samples} rows holds out {n_test} rows; "
+            "expected at least one test row and one training row (use more rows or another test_size)"
+        )
+    train = ~test
+    if dataset.task == "classification" and np.unique(dataset.y[train]).size < 2:
+        raise DatasetError(
+            f"{dataset.name}: the training rows left by test_size={spec.test_size} hold a single class; "
+            "a classifier needs at least two (use more rows or another test_size)"
+        )
+    return Split(
+        dataset.X[train],
+        dataset.X[test],
+        dataset.y[train],
+        dataset.y[test],
+        task=dataset.task,
+        feature_names=list(dataset.feature_names),
+        train_keys=keys[train],
+        test_keys=keys[test],
+        rule=rule,
+    )
 
 
 class DatasetCache:
@@ -581,7 +605,7 @@ class DatasetCache:
                 return split
             self.misses += 1
             split = split_dataset(load_dataset(spec, base_dir, task=task), spec)
-            for array in (split.X_train, split.X_test, split.y_train, split.y_test):
+            for array in (split.X_train, split.X_test, split.y_train, split.y_test, split.train_keys, split.test_keys):
                 array.setflags(write=False)
             self._entries[key] = split
             while len(self._entries) > self.max_entries:

@@ -51,12 +51,15 @@ def decide(
     candidate: dict[str, float],
     production: dict[str, float] | None = None,
     comparison: Comparison | None = None,
+    defaults: Comparison | None = None,
 ) -> GateResult:
     """Apply ``spec.gate``: thresholds on the candidate's test metrics, then the paired comparison with production.
 
     A first release (``production`` is ``None``) needs only the thresholds. Otherwise the
     candidate must beat production by ``gate.beat_production_by`` with statistical support
-    (see :mod:`tweakline.promotion.stats`); ``comparison`` carries that evidence.
+    (see :mod:`tweakline.promotion.stats`); ``comparison`` carries that evidence. With
+    ``gate.not_worse_than_defaults`` (the default), ``defaults`` — the same paired comparison of the
+    tuned model with the default-parameters estimator on the same rows — must show no loss.
     """
     checks = threshold_checks(spec.gate.thresholds, candidate)
     if production is None:
@@ -71,18 +74,51 @@ def decide(
         )
     else:
         checks.append(comparison_check(comparison))
+    if spec.gate.not_worse_than_defaults and defaults is not None:
+        checks.append(defaults_check(defaults))
     decision = Decision.PROMOTE if all(c.passed for c in checks) else Decision.REJECT
     return GateResult(decision, checks)
 
 
+def _statistic(c: Comparison) -> str:
+    if c.p_value is not None:
+        return f"McNemar mid-p {c.p_value:.4g} (exact {c.exact_p_value:.4g}; discordant rows {c.discordant})"
+    if c.ci_low is not None:
+        return f"{c.confidence:.0%} paired-bootstrap interval of the gain [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+    return "paired bootstrap undefined on this split"
+
+
+def _rows(c: Comparison) -> str:
+    """The rows both models were scored on, and why some test rows were left out."""
+    text = f"on {c.n} test rows both models were scored on"
+    if c.excluded:
+        text += f" ({c.excluded} test rows left out: the reference model may have trained on them)"
+    if c.reference_holdout:
+        text += f"; {c.reference_holdout}"
+    return text
+
+
+def defaults_check(c: Comparison) -> GateCheck:
+    """The ``not_worse_than_defaults`` check: the tuned model loses nothing against the defaults on the same rows.
+
+    A point-estimate rule (a loss of any size fails), because tuning that ends below the
+    defaults has found nothing worth deploying; the paired statistic is the evidence.
+    """
+    ok = c.difference >= 0
+    verdict = "not worse than the default parameters" if ok else "worse than the default parameters"
+    return GateCheck(
+        rule="not_worse_than_defaults",
+        passed=ok,
+        detail=(
+            f"{verdict}: {c.metric} {c.candidate:.4f} vs defaults {c.production:.4f}, gain {c.difference:+.4f} "
+            f"{_rows(c)}; {_statistic(c)}"
+        ),
+    )
+
+
 def comparison_check(c: Comparison) -> GateCheck:
     """The ``beat_production`` check of a paired comparison, with the evidence in words."""
-    if c.p_value is not None:
-        stat = f"McNemar mid-p {c.p_value:.4g} (exact {c.exact_p_value:.4g}; discordant rows {c.discordant})"
-    elif c.ci_low is not None:
-        stat = f"{c.confidence:.0%} paired-bootstrap interval of the gain [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
-    else:
-        stat = "paired bootstrap undefined on this split"
+    stat = f"{_statistic(c)} {_rows(c)}"
     if c.supported:
         verdict = "better than production"
     elif c.difference < c.required_gain:

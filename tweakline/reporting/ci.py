@@ -109,6 +109,8 @@ def summary_line(evaluation: EvaluationCompleted, deployment: DeploymentComplete
             parts.append("promoted")
         elif deployment.status is DeploymentStatus.DEPLOYED:
             parts.append(f"promoted rev {deployment.revision}" if deployment.revision is not None else "promoted")
+        elif deployment.status is DeploymentStatus.SKIPPED:
+            parts.append(f"passed the gate, {deployment.message}")
         else:
             parts.append(f"promotion {deployment.status.value}: {deployment.message}".rstrip(": "))
     elif evaluation.decision is Decision.REJECT:
@@ -123,7 +125,8 @@ def final_state(evaluation: EvaluationCompleted, deployment: DeploymentCompleted
     """SUCCESSFUL when promoted (and deployed, if a deployment was asked for), else FAILED."""
     if evaluation.decision is not Decision.PROMOTE:
         return BuildState.FAILED
-    if deployment is not None and deployment.status is not DeploymentStatus.DEPLOYED:
+    # SKIPPED: the model passed the gate on a pull request or a non-production branch (by design)
+    if deployment is not None and deployment.status not in (DeploymentStatus.DEPLOYED, DeploymentStatus.SKIPPED):
         return BuildState.FAILED
     return BuildState.SUCCESSFUL
 
