@@ -4,9 +4,12 @@
 broker connected as the ``webhook`` identity:
 
 * ``POST <path>`` (default ``/webhooks/bitbucket``) takes ``repo:push``,
-  ``pullrequest:created`` and ``pullrequest:updated``. The body must carry a valid
-  ``X-Hub-Signature: sha256=<hmac>`` (compared in constant time) and an ``X-Request-UUID``
-  not seen before (ids are kept in a KV bucket with a TTL, so replays are refused durably).
+  ``pullrequest:created`` and ``pullrequest:updated``. The body (at most
+  ``TWEAKLINE_WEBHOOK_MAX_BODY_BYTES``, JSON nested at most 32 deep) must carry a valid
+  ``X-Hub-Signature: sha256=<hmac>`` (compared in constant time); a body (by its digest, which
+  the signature covers) or an ``X-Request-UUID`` seen before is a replay (kept in a KV bucket
+  with a TTL, so replays are refused durably). A pushed tweak file that is refused (the bounded
+  loader of :mod:`tweakline.validation`) gets a FAILED build status naming the problem and a 2xx.
   The tweak files to run are the changed files matching the configured globs (from the
   Bitbucket diffstat) plus any configured paths; each is fetched at the pushed commit, its
   ``csv:`` dataset uploaded by content, checked, and submitted as one experiment carrying
@@ -289,11 +292,11 @@ class Webhook:
         except JsonLimitError as exc:
             return Reply(400, {"error": f"body is not a JSON object: {exc}"})
         # Replays are recognised by what the signature covers (the body, which names the repository
-        # and commits), not only by the unsigned request id: a captured delivery re-sent with a new
-        # X-Request-UUID is the same delivery.
+        # and commits; with its event, as Bitbucket's created/updated may carry one body), not only
+        # by the unsigned request id: a captured delivery re-sent with a new X-Request-UUID is the same.
         claims: list[str] = []
         for claim, what in (
-            (_kv_key("body", hashlib.sha256(body).hexdigest()), "the same signed body"),
+            (_kv_key("body", event, hashlib.sha256(body).hexdigest()), "the same signed body"),
             (_kv_key("request", request_id), f"request {request_id}"),
         ):
             try:

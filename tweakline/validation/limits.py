@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import yaml.reader
 from yaml.composer import Composer
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent
@@ -217,8 +218,9 @@ def safe_yaml(text: str) -> Any:
     """Parse ``text`` with :class:`_BoundedLoader`; every failure is a :class:`LimitError`."""
     if len(text) > MAX_FILE_BYTES:
         raise LimitError(Problem("", f"is {len(text)} characters; a tweak file may be at most {MAX_FILE_BYTES}"))
-    loader = _BoundedLoader(text)
+    loader: _BoundedLoader | None = None
     try:
+        loader = _BoundedLoader(text)  # the reader already refuses control characters here
         return loader.get_single_data()
     except LimitError:
         raise
@@ -233,10 +235,13 @@ def safe_yaml(text: str) -> Any:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise LimitError(Problem("", f"YAML syntax error at {where}: {clip(str(exc.problem), 200)}")) from None
+    except yaml.reader.ReaderError as exc:
+        raise LimitError(Problem("", f"not YAML text: character 0x{exc.character:02x} at offset {exc.position}")) from None
     except (yaml.YAMLError, ValueError, OverflowError, RecursionError, TypeError) as exc:
         raise LimitError(Problem("", f"YAML error: {clip(str(exc), 200)}")) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 # --------------------------------------------------------------------------------- the values
