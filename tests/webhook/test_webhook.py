@@ -187,7 +187,7 @@ async def deliver(
     *,
     request_id: str | None = None,
     signature: str | None | bool = True,
-    timeout: float = 5.0,
+    timeout: float = 60.0,  # generous: the intake validates with scikit-learn on a loaded machine
 ) -> httpx.Response:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     headers = {
