@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 from typing import Any
 
@@ -12,12 +12,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tweakline
 from tweakline.model_server.inputs import InputError, jsonable, rows_to_matrix
 from tweakline.model_server.model import ModelSlot
+from tweakline.validation.json_input import JsonLimitError, parse_json
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# After the limit, the rest of a body is read and dropped (not kept) up to this much, so the
+# client reads its 413 instead of a reset connection; beyond it the connection is closed.
+MAX_DRAIN_BYTES = 4 * 1024 * 1024
+_ENDPOINTS = {"/predict": "predict", "/healthz": "healthz", "/readyz": "readyz", "/version": "version", "/metrics": "metrics"}
 
 
 class ServerMetrics:
@@ -54,13 +62,80 @@ def _error(status: int, field: str | None, message: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str) -> Starlette:
-    """The ASGI app serving whatever model ``slot`` holds at the time of each request."""
+class _TooLarge(Exception):
+    def __init__(self, size: int):
+        self.size = size
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` (Content-Length, or while streaming)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_DRAIN_BYTES:
+            break
+        if size <= limit:
+            chunks.append(chunk)
+        else:
+            chunks.clear()  # past the limit: drop, never keep, what follows
+    if size > limit:
+        raise _TooLarge(size)
+    return b"".join(chunks)
+
+
+def _parse(raw: bytes, features: tuple[str, ...]) -> Any:
+    """The feature matrix of a body (run in a worker thread: a large body takes a while)."""
+    return rows_to_matrix(parse_json(raw), features)
+
+
+class StatusCounter:
+    """ASGI middleware counting every HTTP response by endpoint and status code, 5xx included.
+
+    Unknown paths share one label (``other``), so a scan of random paths cannot grow the metric.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = _ENDPOINTS.get(scope.get("path", ""), "other")
+        status: list[int] = []
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                self.metrics.requests.labels(endpoint, str(message["status"])).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:
+            if not status:  # nothing was answered: the client sees a 500 from the server
+                self.metrics.requests.labels(endpoint, "500").inc()
+            raise
+
+
+def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str, *, max_body_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
+    """The ASGI app serving whatever model ``slot`` holds at the time of each request.
+
+    Every status it answers is counted in ``tweakline_model_requests_total{endpoint,code}``.
+    """
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
-        response = await _predict(request)
-        metrics.requests.labels("predict", str(response.status_code)).inc()
+        try:
+            response = await _predict(request)
+        except Exception as exc:  # a bug, not the client's fault: a JSON 500, counted, logged
+            log.exception("predict failed")
+            response = _error(500, None, f"internal error: {type(exc).__name__}")
         metrics.latency.observe(time.perf_counter() - started)
         return response
 
@@ -68,32 +143,31 @@ def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str) -> St
         loaded = slot.current  # taken once: a swap during this request does not affect it
         if loaded is None:
             return _error(503, None, f"no model loaded yet for release {release}")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return _error(413, None, f"body of {len(raw)} bytes exceeds {MAX_BODY_BYTES}")
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, None, f"body is not valid JSON: {exc}")
+            raw = await _bounded_body(request, max_body_bytes)
+        except _TooLarge as exc:
+            return _error(413, None, f"body of at least {exc.size} bytes exceeds {max_body_bytes}")
         try:
-            X = rows_to_matrix(body, loaded.features)
+            X = await run_in_threadpool(_parse, raw, loaded.features)
+        except JsonLimitError as exc:
+            return _error(400, None, str(exc))
         except InputError as exc:
             return _error(422, exc.field, str(exc))
-        predictions = await run_in_threadpool(loaded.model.predict, X)
+        try:
+            predictions = await run_in_threadpool(loaded.model.predict, X)
+        except (ValueError, TypeError, FloatingPointError) as exc:  # the estimator refused these values
+            return _error(422, "rows", f"the model cannot predict these rows: {str(exc)[:200]}")
         metrics.rows.inc(len(X))
         return JSONResponse({"release": loaded.release, "revision": loaded.revision, "predictions": jsonable(predictions)})
 
     async def healthz(_: Request) -> Response:
-        metrics.requests.labels("healthz", "200").inc()
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
         loaded = slot.current
         if loaded is None:
             reason = slot.last_error or "no model loaded yet"
-            metrics.requests.labels("readyz", "503").inc()
             return JSONResponse({"ready": False, "reason": reason}, status_code=503)
-        metrics.requests.labels("readyz", "200").inc()
         return JSONResponse({"ready": True, "revision": loaded.revision})
 
     async def version(_: Request) -> Response:
@@ -108,7 +182,7 @@ def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str) -> St
     async def prometheus(_: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/predict", predict, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -117,3 +191,4 @@ def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str) -> St
             Route("/metrics", prometheus, methods=["GET"]),
         ]
     )
+    return StatusCounter(app, metrics)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 MAX_ROWS = 10_000
+MAX_ABS_VALUE = 1e100  # beyond it a scaler's squares overflow float64; no real feature is that large
 
 
 class InputError(ValueError):
@@ -49,6 +50,8 @@ def rows_to_matrix(body: Any, features: tuple[str, ...]) -> np.ndarray:
                 raise InputError(f"{where}.{name}", f"expected a number, got {value!r}")
             if not math.isfinite(value):
                 raise InputError(f"{where}.{name}", f"expected a finite number, got {value!r}")
+            if abs(value) > MAX_ABS_VALUE:
+                raise InputError(f"{where}.{name}", f"expected a number within ±{MAX_ABS_VALUE:g}, got {float(value):g}")
             out[i, j] = value
     return out
 

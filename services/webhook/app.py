@@ -4,9 +4,12 @@
 broker connected as the ``webhook`` identity:
 
 * ``POST <path>`` (default ``/webhooks/bitbucket``) takes ``repo:push``,
-  ``pullrequest:created`` and ``pullrequest:updated``. The body must carry a valid
-  ``X-Hub-Signature: sha256=<hmac>`` (compared in constant time) and an ``X-Request-UUID``
-  not seen before (ids are kept in a KV bucket with a TTL, so replays are refused durably).
+  ``pullrequest:created`` and ``pullrequest:updated``. The body (at most
+  ``TWEAKLINE_WEBHOOK_MAX_BODY_BYTES``, JSON nested at most 32 deep) must carry a valid
+  ``X-Hub-Signature: sha256=<hmac>`` (compared in constant time); a body (by its digest, which
+  the signature covers) or an ``X-Request-UUID`` seen before is a replay (kept in a KV bucket
+  with a TTL, so replays are refused durably). A pushed tweak file that is refused (the bounded
+  loader of :mod:`tweakline.validation`) gets a FAILED build status naming the problem and a 2xx.
   The tweak files to run are the changed files matching the configured globs (from the
   Bitbucket diffstat) plus any configured paths; each is fetched at the pushed commit, its
   ``csv:`` dataset uploaded by content, checked, and submitted as one experiment carrying
@@ -28,7 +31,6 @@ import fnmatch
 import hashlib
 import hmac
 import importlib
-import json
 import logging
 import posixpath
 import re
@@ -75,11 +77,14 @@ from tweakline.reporting.ci import (
 from tweakline.runtime.health import EmbeddedServer
 from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
 from tweakline.runtime.settings import Settings
+from tweakline.validation.json_input import JsonLimitError, parse_json
+from tweakline.validation.limits import MAX_FILE_BYTES, LimitError, decode
 from tweakline.webhook.bitbucket import (
     EVENTS,
     PUSH,
     BitbucketClient,
     BitbucketError,
+    FileTooLarge,
     Ignored,
     PayloadError,
     Target,
@@ -282,20 +287,31 @@ class Webhook:
         if not request_id:
             return Reply(400, {"error": f"missing {REQUEST_ID_HEADER}"})
         try:
-            payload = json.loads(body)
+            payload = parse_json(body)  # bounded: nesting and numbers checked before decoding
             if not isinstance(payload, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
+                raise JsonLimitError(f"expected a JSON object, got {type(payload).__name__}")
+        except JsonLimitError as exc:
             return Reply(400, {"error": f"body is not a JSON object: {exc}"})
-        claim = _kv_key("request", request_id)
-        try:
-            fresh = await self._claim(claim)
-        except Exception as exc:  # the bus is down: Bitbucket retries later
-            log.error("cannot record delivery %s: %s", request_id, exc)
-            return Reply(503, {"error": "the platform's bus is unavailable; retry later"})
-        if not fresh:
-            return Reply(200, {"status": "duplicate", "reason": f"request {request_id} was already handled"})
-        claims = [claim]
+        # Replays are recognised by what the signature covers (the body, which names the repository
+        # and commits; with its event, as Bitbucket's created/updated may carry one body), not only
+        # by the unsigned request id: a captured delivery re-sent with a new X-Request-UUID is the same.
+        claims: list[str] = []
+        for claim, what in (
+            (_kv_key("body", event, hashlib.sha256(body).hexdigest()), "the same signed body"),
+            (_kv_key("request", request_id), f"request {request_id}"),
+        ):
+            try:
+                fresh = await self._claim(claim)
+            except Exception as exc:  # the bus is down: Bitbucket retries later
+                log.error("cannot record delivery %s: %s", request_id, exc)
+                for key in claims:
+                    await self._release(key)
+                return Reply(503, {"error": "the platform's bus is unavailable; retry later"})
+            if not fresh:
+                for key in claims:
+                    await self._release(key)
+                return Reply(200, {"status": "duplicate", "reason": f"{what} was already handled"})
+            claims.append(claim)
         try:
             reply = await self._act(event, payload, request_id, claims)
         except BusError as exc:  # uploading or publishing failed: Bitbucket retries later
@@ -390,8 +406,8 @@ class Webhook:
         if failures:
             body["failures"] = failures
             return Reply(502, body)
-        if invalid:
-            return Reply(422, body)
+        # An invalid tweak file is the commit's problem, reported as a FAILED build status naming
+        # it; the delivery itself was handled (a 4xx/5xx would only make Bitbucket retry).
         return Reply(202 if submitted else 200, body)
 
     async def _remember_failure(self, target: Target) -> None:
@@ -432,7 +448,9 @@ class Webhook:
     ) -> None:
         where = f"{target.repository}@{target.commit[:12]}:{path}"
         try:
-            raw = await self.bitbucket.file(target.repository, target.commit, path)
+            raw = await self.bitbucket.file(target.repository, target.commit, path, max_bytes=MAX_FILE_BYTES)
+        except FileTooLarge:
+            raw = None  # refused below as an invalid tweak file, with the limit
         except BitbucketError as exc:
             if exc.status == 404 and path in self.hook.webhook_tweak_paths:
                 ignored.append(Ignored(path, f"configured tweak file not present at {target.commit[:12]}"))
@@ -450,6 +468,10 @@ class Webhook:
             )
             return
         try:
+            if raw is None:
+                raise InvalidTweakFileError(
+                    where, [Problem("", f"is more than {MAX_FILE_BYTES} bytes; a tweak file may be at most that")]
+                )
             tweak = await self._prepare(raw, path, target, where)
         except InvalidTweakFileError as exc:
             problems = [str(p) for p in exc.problems]
@@ -508,17 +530,21 @@ class Webhook:
         """Check (the one validation entry point, as ``tweakline validate`` does) and upload the
         dataset from the repository: every problem, before anything starts."""
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidTweakFileError(where, [Problem("", "not UTF-8 text")]) from None
+            text = decode(raw)  # UTF-8, no NUL bytes, at most the tweak-file size limit
+        except LimitError as exc:
+            raise InvalidTweakFileError(where, [exc.problem]) from None
         # No base directory: csv: files live in the repository, read below, never on this disk.
         tweak, problems = await asyncio.to_thread(validation.inspect, text, self.settings.allowed_estimators, None, source=where)
         data: bytes | None = None
         if tweak is not None and tweak.spec.dataset.source.startswith("csv:"):
             try:
                 data = await self._repo_csv(tweak.spec.dataset.source[4:], path, target)
-                problems += validation.csv_problems(
-                    tweak.spec.dataset, data, _repo_path(path, tweak.spec.dataset.source[4:]) or path
+                problems += await asyncio.to_thread(
+                    validation.csv_problems,
+                    tweak.spec.dataset,
+                    data,
+                    _repo_path(path, tweak.spec.dataset.source[4:]) or path,
+                    cv=tweak.spec.objective.cv,
                 )
             except InvalidTweakFileError as exc:
                 problems += exc.problems

@@ -41,6 +41,10 @@ class BitbucketError(TweaklineError):
         self.status = status
 
 
+class FileTooLarge(BitbucketError):
+    """A file in the repository is larger than the caller accepts (refused while streaming it)."""
+
+
 @dataclass(frozen=True)
 class Target:
     """One commit a delivery asks tweakline to look at."""
@@ -181,10 +185,29 @@ class BitbucketClient:
             )
         return response
 
-    async def file(self, repository: str, commit: str, path: str) -> bytes:
-        """The raw bytes of ``path`` at ``commit``."""
+    async def file(self, repository: str, commit: str, path: str, max_bytes: int | None = None) -> bytes:
+        """The raw bytes of ``path`` at ``commit``; with ``max_bytes``, read no further than that.
+
+        Raises:
+            FileTooLarge: the file has more than ``max_bytes`` (found while streaming it).
+        """
         url = f"{self._repo(repository)}/src/{quote(commit, safe='')}/{quote(path.lstrip('/'), safe='/')}"
-        return (await self._request("GET", url)).content
+        if max_bytes is None:
+            return (await self._request("GET", url)).content
+        try:
+            async with self._http.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    raise BitbucketError(f"Bitbucket GET {url}: HTTP {response.status_code}", response.status_code)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise FileTooLarge(f"{path} is more than {max_bytes} bytes", 413)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise BitbucketError(f"Bitbucket GET {url}: {type(exc).__name__}: {exc}") from None
 
     async def full_hash(self, repository: str, commit: str) -> str:
         """The full 40-character hash of a (possibly abbreviated) commit, as build statuses need."""

@@ -115,13 +115,13 @@ class RunningServer:
                 self.process.wait(5)
 
 
-def start_server(nats, release: str, tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 120) -> RunningServer:
+def start_server(nats, release: str, tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 150) -> RunningServer:
     """Start ``tweakline serve RELEASE --port 0`` on the ``nats`` fixture's server."""
     return start_server_on(nats.url, nats.pki.parent, release, tmp, extra_env, timeout)
 
 
 def start_server_on(
-    url: str, state: Path, release: str, tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 120
+    url: str, state: Path, release: str, tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 150
 ) -> RunningServer:
     """Start ``tweakline serve RELEASE --port 0`` and wait until it has registered its URL."""
     reg = registration_path(state, release)

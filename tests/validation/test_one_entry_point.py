@@ -55,7 +55,7 @@ async def test_validate_and_the_webhook_accept_exactly_the_same_files(webhook: W
             bitbucket.files[(REPO, new, f"corpus/{path.relative_to(CORPUS).as_posix()}")] = path.read_bytes()
     bitbucket.diffstats[(REPO, f"{new}..{old}")] = [("modified", f"corpus/{f.name}") for f in FILES]
     response = await deliver(webhook, "repo:push", push_payload(branch_change("main", new, old)))
-    assert response.status_code == 422, response.text  # some files are invalid: refused with their problems
+    assert response.status_code == 202, response.text  # handled: invalid files get a FAILED status, not a retry
     body = response.json()
     by_webhook = {Path(s["path"]).name for s in body["submitted"]}
     refused = {Path(i["path"]).name: i["problems"] for i in body["invalid"]}
@@ -104,7 +104,7 @@ def test_the_entry_point_refuses_a_search_this_installation_cannot_run(monkeypat
     assert [str(p) for p in problems] == ["spec.search.algorithm: gp needs PyTorch, which is not installed here"]
 
 
-async def test_the_webhook_refuses_gp_without_pytorch_with_422(
+async def test_the_webhook_refuses_gp_without_pytorch_with_a_failed_status(
     webhook: Webhook, bitbucket: FakeBitbucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tweakline.search.algorithms import GpSearch
@@ -115,5 +115,5 @@ async def test_the_webhook_refuses_gp_without_pytorch_with_422(
     bitbucket.files[(REPO, new, "iris.tweak.yaml")] = text.encode()
     bitbucket.diffstats[(REPO, f"{new}..{old}")] = [("modified", "iris.tweak.yaml")]
     response = await deliver(webhook, "repo:push", push_payload(branch_change("main", new, old)))
-    assert response.status_code == 422, response.text
+    assert response.status_code == 200, response.text  # handled; the commit gets a FAILED status
     assert response.json()["invalid"][0]["problems"] == ["spec.search.algorithm: gp needs PyTorch, which is not installed here"]

@@ -187,6 +187,7 @@ async def deliver(
     *,
     request_id: str | None = None,
     signature: str | None | bool = True,
+    timeout: float = 60.0,  # generous: the intake validates with scikit-learn on a loaded machine
 ) -> httpx.Response:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     headers = {
@@ -201,7 +202,7 @@ async def deliver(
         headers["X-Hub-Signature"] = sign(body)
     elif isinstance(signature, str):
         headers["X-Hub-Signature"] = signature
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=timeout) as client:
         return await client.post(f"http://127.0.0.1:{service.port}/webhooks/bitbucket", content=body, headers=headers)
 
 
@@ -358,7 +359,7 @@ async def test_invalid_tweak_file_is_refused_and_reported_to_the_commit(nats, we
     bitbucket.files[(REPO, new, "broken.tweak.yaml")] = BROKEN.encode()
     bitbucket.diffstats[(REPO, f"{new}..{old}")] = [("added", "broken.tweak.yaml")]
     response = await deliver(webhook, "repo:push", push_payload(branch_change("main", new, old)))
-    assert response.status_code == 422
+    assert response.status_code == 200  # handled (not retried): the FAILED status says why
     [invalid] = response.json()["invalid"]
     assert invalid["path"] == "broken.tweak.yaml"
     assert any("spec.model.estimator" in p and "os.system" in p for p in invalid["problems"])

@@ -66,6 +66,10 @@ def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 def _invalid(exc: InvalidTweakFileError) -> NoReturn:
     from tweakline.reporting.console import err
 
+    if len(exc.problems) == 1:  # one problem, one line (CI logs and greps read it whole)
+        err.print(f"[bold red]invalid tweak file[/bold red] {exc.source}: ", end="", highlight=False)
+        err.print(str(exc.problems[0]), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR)
     err.print(f"[bold red]invalid tweak file[/bold red] {exc.source}: {len(exc.problems)} problem(s)", highlight=False)
     for problem in exc.problems:
         err.print(f"  - {problem}", highlight=False, markup=False)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 import tempfile
@@ -198,7 +199,10 @@ class CsvLoader(DatasetLoader):
     def check(self, spec: DatasetSpec, base_dir: Path | None, task: Task | None) -> list[Problem]:
         path = self.path(spec, base_dir)
         if not path.is_file():
-            what = "is a directory, expected a file" if path.is_dir() else "file not found"
+            if path.is_dir():
+                what = "is a directory, expected a file"
+            else:  # a FIFO or device would block or never end: only regular files are read
+                what = "is not a regular file (a FIFO, device or socket)" if path.exists() else "file not found"
             return [Problem("spec.dataset.source", f"{what}: {path}")]
         try:
             with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -240,6 +244,30 @@ class CsvLoader(DatasetLoader):
         X = np.column_stack([_feature_column(columns[i], header[i], lines, where) for i in features])
         y, kind = _target_column(columns[t], spec.target, lines, where, task)
         return Dataset(X=X, y=y, feature_names=[header[i] for i in features], task=kind, name=path.name)
+
+
+def table_from_text(text: str, target: str, where: str, task: Task | None = None) -> Dataset:
+    """Parse CSV ``text`` exactly as :meth:`CsvLoader.load` parses a file (for checks of a file's
+    first part before anything runs); raises :class:`DatasetError` naming the line and column."""
+    try:
+        header, rows, lines = _read_rows(io.StringIO(text, newline=""), where)
+    except csv.Error as exc:
+        raise DatasetError(f"{where}: not a valid CSV file: {exc}") from None
+    if target not in header:
+        raise DatasetError(f"{where}: {_missing_target(target, header, Path(where))}")
+    if not rows:
+        raise DatasetError(f"{where}: has a header but no data rows")
+    t = header.index(target)
+    features = [i for i in range(len(header)) if i != t]
+    if not features:
+        raise DatasetError(f"{where}: has no feature columns besides the target '{target}'")
+    columns = list(zip(*rows))
+    X = np.column_stack([_feature_column(columns[i], header[i], lines, where) for i in features])
+    for j, i in enumerate(features):
+        if np.isnan(X[:, j]).all():
+            raise DatasetError(f"{where}: feature column '{header[i]}' has no values (every cell is empty or NaN)")
+    y, kind = _target_column(columns[t], target, lines, where, task)
+    return Dataset(X=X, y=y, feature_names=[header[i] for i in features], task=kind, name=Path(where).name)
 
 
 def _missing_target(target: str | None, columns: list[str], path: Path) -> str:

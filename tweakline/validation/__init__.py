@@ -22,8 +22,9 @@ from typing import Any
 from tweakline.errors import InvalidTweakFileError, Problem
 from tweakline.ml.datasets import LOADERS
 from tweakline.proto.tweakfile import TweakFile
-from tweakline.validation.checks import csv_problems, spec_problems
-from tweakline.validation.loading import load_tweak_file, read_tweak_text, structure
+from tweakline.validation.checks import csv_problems, local_csv_problems, spec_problems
+from tweakline.validation.limits import clip_problem, document_problems
+from tweakline.validation.loading import load_tweak_file, read_tweak_path, read_tweak_text, structure
 
 __all__ = [
     "csv_problems",
@@ -75,7 +76,13 @@ def inspect(
         problems: list[Problem] = []
         raw: Any = None
     else:
-        tweak, problems, raw = structure(read_tweak_text(document, source) if isinstance(document, str) else document)
+        if isinstance(document, str):
+            document = read_tweak_text(document, source)  # bounded: refuses what breaks a limit
+        else:
+            bounds = document_problems(document)
+            if bounds:
+                return None, bounds
+        tweak, problems, raw = structure(document)
     if tweak is not None and base_dir is not None:
         tweak = resolve_paths(tweak, base_dir)
     problems = problems + [
@@ -84,7 +91,9 @@ def inspect(
         # A field pydantic already refused is reported once, with pydantic's reason.
         if p.path not in {q.path for q in problems}
     ]
-    return tweak, problems
+    if tweak is not None and base_dir is not None and not problems:
+        problems += local_csv_problems(tweak)
+    return tweak, [clip_problem(p) for p in problems]
 
 
 def validate(
@@ -139,9 +148,5 @@ def validate_tweak_file(path: str | Path, allowed_estimators: Sequence[str]) -> 
 
 
 def read_tweak_text_from(path: Path) -> str:
-    """The text of a tweak file on disk; an unreadable file is a problem, never a traceback."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise InvalidTweakFileError(str(path), [Problem("", f"cannot read the file: {reason}")]) from None
+    """The text of a tweak file on disk; an unreadable, oversized or special file is a problem, never a traceback."""
+    return read_tweak_path(path)

@@ -8,15 +8,14 @@ in a placeholder are dropped (pydantic already reported that section).
 
 from __future__ import annotations
 
-import csv
-import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tweakline.errors import Problem
+from tweakline.errors import DatasetError, Problem
 from tweakline.proto.tweakfile import (
     DatasetSpec,
     ExperimentSpec,
@@ -24,7 +23,9 @@ from tweakline.proto.tweakfile import (
     ModelSpec,
     ObjectiveSpec,
     SearchSpec,
+    TweakFile,
 )
+from tweakline.validation.limits import LimitError, read_regular_file
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "dataset": DatasetSpec,
@@ -123,27 +124,68 @@ def _section_of(path: str) -> str:
     return parts[1] if len(parts) > 1 and parts[0] == "spec" else ""
 
 
-def csv_problems(dataset: DatasetSpec, data: bytes, shown: str) -> list[Problem]:
-    """Problems of a ``csv:`` dataset's bytes (read from a repository, not a disk): header and target.
+CSV_CHECK_BYTES = 4 * 1024 * 1024  # enough rows to know a table can train, read before anything starts
+
+
+def csv_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int = 5, complete: bool = True) -> list[Problem]:
+    """Problems of a ``csv:`` dataset's content (its first :data:`CSV_CHECK_BYTES` at most).
+
+    The rows read are parsed as the runners will parse the whole file: a header naming the target
+    and at least one feature column, numeric features (empty cells are missing values), finite
+    numbers, a usable target, and enough rows for ``cv`` folds and a held-out test split.
 
     Args:
         dataset: The tweak file's dataset section.
-        data: The file's content.
+        data: The file's content, or its first part.
         shown: How to name the file in a problem (e.g. its path in the repository).
+        cv: The objective's number of cross-validation folds.
+        complete: Whether ``data`` is the whole file (else only full lines are checked and the
+            row count is not judged).
     """
+    from tweakline.ml.datasets import table_from_text
+
+    if len(data) > CSV_CHECK_BYTES:
+        data, complete = data[:CSV_CHECK_BYTES], False
+    if not complete:
+        data = data[: data.rfind(b"\n") + 1] if b"\n" in data else b""
     try:
-        first = data.decode("utf-8-sig").splitlines()[:1]
-        header = next(csv.reader(io.StringIO(first[0])), None) if first else None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        return [Problem("spec.dataset.source", f"cannot read {shown}: {exc}")]
-    if not header:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return [Problem("spec.dataset.source", f"{shown} is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line})")]
+    if "\x00" in text:
+        return [Problem("spec.dataset.source", f"{shown} is binary, not CSV text")]
+    if not text.strip():
         return [Problem("spec.dataset.source", f"{shown} is empty; expected a header row naming the columns")]
-    columns = [c.strip() for c in header]
-    if dataset.target not in columns:
-        return [
-            Problem(
-                "spec.dataset.target",
-                f"column '{dataset.target}' not in {shown}; expected one of {', '.join(columns[:20])}",
-            )
-        ]
+    try:
+        table = table_from_text(text, dataset.target or "", shown)
+    except DatasetError as exc:
+        message = str(exc).removeprefix(f"{shown}: ")
+        field = "spec.dataset.target" if f"'{dataset.target}' not found" in message else "spec.dataset.source"
+        return [Problem(field, f"{shown}: {message}")]
+    if complete:
+        needed = max(math.ceil(cv / (1 - dataset.test_size)), math.ceil(2 / dataset.test_size), cv + 2)
+        if table.n_samples < needed:
+            return [
+                Problem(
+                    "spec.dataset.source",
+                    f"{shown} has {table.n_samples} data row(s); expected at least {needed} "
+                    f"for {cv}-fold cross-validation and a test split of {dataset.test_size}",
+                )
+            ]
     return []
+
+
+def local_csv_problems(tweak: TweakFile) -> list[Problem]:
+    """:func:`csv_problems` of a ``csv:`` dataset on this disk (an absolute path by now): a regular
+    file, its first :data:`CSV_CHECK_BYTES` read without blocking."""
+    dataset = tweak.spec.dataset
+    if not dataset.source.startswith("csv:"):
+        return []
+    path = Path(dataset.source[4:])
+    try:
+        head = read_regular_file(path, limit=1 << 62, stop_after=CSV_CHECK_BYTES)
+    except LimitError as exc:
+        return [Problem("spec.dataset.source", f"{path} {exc.problem.message}")]
+    complete = len(head) <= CSV_CHECK_BYTES
+    return csv_problems(dataset, head, str(path), cv=tweak.spec.objective.cv, complete=complete)

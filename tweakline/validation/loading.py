@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from tweakline.errors import InvalidTweakFileError, Problem
 from tweakline.proto.tweakfile import TweakFile
+from tweakline.validation.limits import LimitError, clip, clip_problem, decode, document_problems, read_regular_file, safe_yaml
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -70,26 +70,51 @@ def problems_from(error: ValidationError) -> list[Problem]:
             and "input" in item
             and not isinstance(item["input"], dict | list)
         ):
-            message = f"{message}, got {item['input']!r}"
+            message = f"{message}, got {clip(repr(item['input']))}"
         problems.append(Problem(_path(loc), message))
-    return problems
+    return [clip_problem(p) for p in problems]
 
 
 def read_tweak_text(text: str, source: str = "<tweak file>") -> dict[str, Any]:
-    """The YAML mapping of a tweak file; raise :class:`InvalidTweakFileError` if it is not one."""
+    """The YAML mapping of a tweak file, within every bound of :mod:`tweakline.validation.limits`.
+
+    Raises:
+        InvalidTweakFileError: not YAML, not a mapping, or a bound broken (aliases, duplicate keys,
+            nesting, non-finite numbers, sizes, grid points), with the one problem that says so.
+    """
     try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise InvalidTweakFileError(source, [Problem("", f"YAML syntax error at {where}: {exc.problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise InvalidTweakFileError(source, [Problem("", f"YAML error: {exc}")]) from None
+        data = safe_yaml(text)
+    except LimitError as exc:
+        raise InvalidTweakFileError(source, [exc.problem]) from None
     if not isinstance(data, dict):
         raise InvalidTweakFileError(
             source, [Problem("", f"expected a mapping with apiVersion, kind, metadata and spec, got {type(data).__name__}")]
         )
+    problems = document_problems(data)
+    if problems:
+        raise InvalidTweakFileError(source, problems)
     return data
+
+
+def read_tweak_bytes(data: bytes, source: str = "<tweak file>") -> dict[str, Any]:
+    """:func:`read_tweak_text` of raw bytes (a file from a repository): UTF-8 and size checked first."""
+    try:
+        text = decode(data)
+    except LimitError as exc:
+        raise InvalidTweakFileError(source, [exc.problem]) from None
+    return read_tweak_text(text, source)
+
+
+def read_tweak_path(path: Path) -> str:
+    """The text of a tweak file on disk: a regular file, at most the size limit, UTF-8.
+
+    Raises:
+        InvalidTweakFileError: with the one problem (a FIFO, a device, too large, not UTF-8...).
+    """
+    try:
+        return decode(read_regular_file(path))
+    except LimitError as exc:
+        raise InvalidTweakFileError(str(path), [exc.problem]) from None
 
 
 def structure(data: Any) -> tuple[TweakFile | None, list[Problem], Any]:
@@ -97,9 +122,14 @@ def structure(data: Any) -> tuple[TweakFile | None, list[Problem], Any]:
     the raw ``spec`` (so that the sections which do parse can still be checked further)."""
     raw_spec = data.get("spec") if isinstance(data, dict) else None
     try:
-        return TweakFile.model_validate(data), [], raw_spec
+        tweak = TweakFile.model_validate(data)
     except ValidationError as exc:
         return None, problems_from(exc), raw_spec
+    # pydantic turns the strings 'inf', 'nan' and '1e400' into floats: check what it made of them.
+    bounds = document_problems(tweak.model_dump(mode="python", by_alias=True, exclude_unset=True))
+    if bounds:
+        return None, bounds, raw_spec
+    return tweak, [], raw_spec
 
 
 def parse_tweak_file(text: str, source: str = "<tweak file>") -> TweakFile:
@@ -111,10 +141,6 @@ def parse_tweak_file(text: str, source: str = "<tweak file>") -> TweakFile:
 
 
 def load_tweak_file(path: str | Path) -> TweakFile:
-    """Read and parse a tweak file from disk."""
+    """Read and parse a tweak file from disk (bounded: see :func:`read_tweak_path`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidTweakFileError(str(path), [Problem("", f"cannot read the file: {exc.strerror}")]) from None
-    return parse_tweak_file(text, str(path))
+    return parse_tweak_file(read_tweak_path(path), str(path))
