@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, WrapSerializer
 
 from tweakline.proto.subjects import Subject
-from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, GateSpec, TweakFile
+from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, GateSpec, ResourcesSpec, TweakFile
 
 
 def _only_set(value: Any, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -92,6 +92,9 @@ class TrialRequested(Message):
     params: dict[str, Any]
     spec: Annotated[ExperimentSpec, SetOnly]
     requested_at: datetime = Field(default_factory=utcnow)
+    resources: ResourcesSpec | None = Field(
+        default=None, description="spec.resources, on the envelope so pools can route without reading the spec."
+    )
 
 
 class TrialProgress(Message):

@@ -96,7 +96,8 @@ class Scheduler:
 
     async def on_submitted(self, submitted: ExperimentSubmitted, msg: NatsMessage) -> None:
         """A new experiment: record it, then issue the first trials."""
-        refused = await intake.refusal(self.ctx, msg, submitted.tweak)  # the same checks as `tweakline validate`
+        # the same checks as `tweakline validate`, and whether this platform runs this repository's code
+        refused = await intake.refusal(self.ctx, msg, submitted.tweak, submitted.source.repository)
         assert self.store is not None
         exp_id = submitted.experiment_id
         async with self._lock(exp_id):
@@ -329,7 +330,14 @@ class Scheduler:
         async def _one(number: int) -> None:
             tid = trial_id(exp_id, number)
             await self.ctx.publish(
-                TrialRequested(experiment_id=exp_id, trial_id=tid, number=number, params=run.state.issued[number], spec=run.spec),
+                TrialRequested(
+                    experiment_id=exp_id,
+                    trial_id=tid,
+                    number=number,
+                    params=run.state.issued[number],
+                    spec=run.spec,
+                    resources=run.spec.resources,
+                ),
                 subject_for(Subject.TRIAL_REQUESTED, exp_id),
                 msg_id=msg_id("trial", tid),
                 stream=Stream.TRIALS,

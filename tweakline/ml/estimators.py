@@ -406,6 +406,8 @@ def check_spec(spec: ExperimentSpec, allowed_prefixes: Sequence[str], base_dir: 
     Returns:
         The problems found, in tweak-file order; empty when the spec can run.
     """
+    if spec.model.trainer is not None:
+        return _check_trainer_spec(spec, base_dir)
     model_problems: list[Problem] = []
     fixed_problems: list[Problem] = []
     space_problems: list[Problem] = []
@@ -423,3 +425,17 @@ def check_spec(spec: ExperimentSpec, allowed_prefixes: Sequence[str], base_dir: 
         metric_problems = _check_metrics(cls, estimator, task, spec)
     dataset_problems = check_dataset(spec.dataset, base_dir, task=task)
     return dataset_problems + model_problems + fixed_problems + space_problems + metric_problems
+
+
+def _check_trainer_spec(spec: ExperimentSpec, base_dir: Path | None) -> list[Problem]:
+    """A trainer's spec: its data (of the objective's task) and the trainer's own checks (no user code runs)."""
+    from tweakline.ml.metrics import task_of_metric
+    from tweakline.ml.trainers import check_trainer  # imports tweakline.ml.training, which imports this module
+    from tweakline.proto.tweakfile import TrainerData
+
+    trainer = spec.model.trainer
+    assert trainer is not None
+    problems: list[Problem] = []
+    if trainer.data is TrainerData.PLATFORM:
+        problems += check_dataset(spec.dataset, base_dir, task=task_of_metric(spec.objective.metric))
+    return problems + check_trainer(spec, base_dir)

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         default=["sklearn."],
         description="Import-path prefixes that tweak files may name as estimators and pipeline steps.",
     )
+    code_trainers: list[str] = Field(
+        default=[],
+        description="Repositories (shell patterns, '*' for all) whose tweak files may run their own code as "
+        "model.trainer; empty: estimators only (a shared platform's default; 'tweakline run' allows '*').",
+    )
     trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
     trial_max_deliver: int = Field(
         default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners)."
