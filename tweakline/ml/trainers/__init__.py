@@ -7,10 +7,35 @@ no inherited file descriptors. Kinds are plug-ins (:mod:`.kinds`, registry by na
 ``docs/trainers.md``.
 """
 
-from tweakline.ml.trainers.context import TrainContext, TrialPruned
-from tweakline.ml.trainers.kinds import KINDS, TrainerKind, check_trainer, kind_of, register_kind
-from tweakline.ml.trainers.sandbox import TrainerError, TrainerJob, TrainerResult, run_trainer
-from tweakline.ml.trainers.trial import FixedPredictions, code_dir_of, refit_trainer, run_trainer_trial
+from importlib import import_module
+from typing import Any
+
+# Lazy: the trainer process imports tweakline.ml.trainers.child, and must not pay for
+# scikit-learn (tweakline.ml.training) before the user's code starts.
+_WHERE = {
+    "TrainContext": "context",
+    "TrialPruned": "context",
+    "KINDS": "kinds",
+    "TrainerKind": "kinds",
+    "check_trainer": "kinds",
+    "kind_of": "kinds",
+    "register_kind": "kinds",
+    "TrainerError": "sandbox",
+    "TrainerJob": "sandbox",
+    "TrainerResult": "sandbox",
+    "run_trainer": "sandbox",
+    "FixedPredictions": "trial",
+    "code_dir_of": "trial",
+    "refit_trainer": "trial",
+    "run_trainer_trial": "trial",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"tweakline.ml.trainers.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'tweakline.ml.trainers' has no attribute {name!r}")
+
 
 __all__ = [
     "KINDS",

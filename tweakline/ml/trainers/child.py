@@ -50,6 +50,21 @@ def _normalise(result: Any, X_eval: np.ndarray | None, task: str) -> dict[str, n
     return {"predictions": np.asarray(result)}
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message (at file.py:12 in fit)``, as the runner describes estimator errors."""
+    import traceback
+
+    message = " ".join(str(exc).split())
+    if type(exc).__name__ == "TrainerCommandError":
+        return message[:600]
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames and type(exc).__name__ != "TrainerCommandError":
+        last = frames[-1]
+        text += f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
+    return text[:600]
+
+
 def main(workdir: Path, parent: int) -> None:  # pragma: no cover - runs in the trainer process
     """Run the job in ``workdir`` and report over the protocol."""
     _die_with_parent(parent)
@@ -62,7 +77,6 @@ def main(workdir: Path, parent: int) -> None:  # pragma: no cover - runs in the 
 
     from tweakline.ml.trainers.context import TrainContext, TrialPruned
     from tweakline.ml.trainers.kinds import kind_of
-    from tweakline.ml.training import describe_error
     from tweakline.proto.tweakfile import TrainerSpec
 
     try:
@@ -100,7 +114,7 @@ def main(workdir: Path, parent: int) -> None:  # pragma: no cover - runs in the 
     except TrialPruned:
         _send(protocol, {"pruned": True})
     except BaseException as exc:
-        _send(protocol, {"error": describe_error(exc)})
+        _send(protocol, {"error": _describe(exc)})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,10 @@ MAX_SOURCE_BYTES = 2_000_000
 MAX_LINE_CHARS = 10_000
 
 
+class TrainerCommandError(Exception):
+    """A command trainer failed; the message says how (reported without a code location)."""
+
+
 class TrainerKind(ABC):
     """One way of running user training code."""
 
@@ -237,9 +241,10 @@ class CommandKind(TrainerKind):
         garbage: list[str] = []
         reports = 0
         try:
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=sys.stderr, env=env, text=True)
+            errors = (workdir / "command.err").open("w")
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env, text=True)
         except OSError as exc:
-            raise RuntimeError(f"cannot start the command {argv[0]!r}: {exc.strerror}") from None
+            raise TrainerCommandError(f"cannot start the command {argv[0]!r}: {exc.strerror}") from None
         assert process.stdout is not None
         try:
             for line in process.stdout:
@@ -256,19 +261,21 @@ class CommandKind(TrainerKind):
             if process.poll() is None:
                 process.kill()
                 process.wait()
+        errors.close()
         if code != 0:
-            raise RuntimeError(f"the command exited with code {code}")
+            tail = [line for line in (workdir / "command.err").read_text(errors="replace").splitlines() if line.strip()][-2:]
+            raise TrainerCommandError(f"the command exited with code {code}" + (f": {' | '.join(tail)[:400]}" if tail else ""))
         if not predictions_file.is_file():
             if garbage and not reports:
-                raise ValueError(
+                raise TrainerCommandError(
                     f"the command printed {len(garbage)} lines that are not JSON metrics (first: {garbage[0]!r}) "
                     f"and wrote no predictions to $TRAINER_PREDICTIONS"
                 )
-            raise ValueError("the command wrote no predictions to $TRAINER_PREDICTIONS")
+            raise TrainerCommandError("the command wrote no predictions to $TRAINER_PREDICTIONS")
         try:
             return json.loads(predictions_file.read_text())
         except ValueError as exc:
-            raise ValueError(f"$TRAINER_PREDICTIONS is not JSON: {exc}") from None
+            raise TrainerCommandError(f"$TRAINER_PREDICTIONS is not JSON: {exc}") from None
 
 
 def _metrics_line(line: str) -> dict[str, Any] | None:

@@ -265,6 +265,7 @@ def refit_trainer(
         split.X_train,
         split.y_train,
         split.X_test,
+        None,  # the test targets stay with the platform
         classes,
         task,
         threads,
