@@ -212,6 +212,8 @@ class Scheduler:
         action = TrialControlAction.PRUNE if verdict else TrialControlAction.CONTINUE
         if verdict:
             stage = "rung" if entry and entry[0].rungs is not None else "fold"
+            if entry and entry[0].spec.model.trainer is not None:
+                stage = "step"  # a trainer's report (an epoch)
             log.info("trial %s pruned after %s %d (%.4f)", progress.trial_id, stage, progress.step + 1, progress.value)
         await self.ctx.broker.publish(
             TrialControl(
