@@ -172,6 +172,21 @@ class CallableKind(TrainerKind):
         return fit(dict(ctx.params), ctx)
 
 
+def command_argv(command: str, params: dict[str, Any]) -> list[str]:
+    """The program's arguments: placeholders filled; an argument whose parameter has no value (the
+    defaults fit gets ``model.fixed`` only) is left out with the option before it, so the program's
+    own default applies (``--lr {lr}`` -> nothing)."""
+    argv: list[str] = []
+    for token in shlex.split(command):
+        fields = [name for _, name, _, _ in string.Formatter().parse(token) if name]
+        if any(name not in params for name in fields):
+            if argv and argv[-1].startswith("-") and len(argv) > 1:
+                argv.pop()
+            continue
+        argv.append(token.format_map({k: str(v) for k, v in params.items()}) if fields else token)
+    return argv
+
+
 def command_fields(command: str) -> list[str]:
     """The ``{name}`` placeholders of a command."""
     return [name for _, name, _, _ in string.Formatter().parse(command) if name]
@@ -219,8 +234,7 @@ class CommandKind(TrainerKind):
     def run(self, trainer: TrainerSpec, ctx: TrainContext, workdir: Path) -> Any:
         """Run the program, relay its metrics lines, read its predictions file."""
         assert trainer.command is not None
-        values = {k: shlex.quote(str(v)) for k, v in ctx.params.items()}
-        argv = shlex.split(trainer.command.format_map(values))
+        argv = command_argv(trainer.command, ctx.params)
         params_file = workdir / "params.json"
         params_file.write_text(json.dumps(ctx.params))
         data_file = workdir / "data.npz"
