@@ -421,8 +421,11 @@ class TrialWorker:
                     status=TrialStatus.FAILED,
                     duration_s=elapsed,
                     **{**self._so_far(running), "score": None},
-                    error=f"trial used {rss_mb:.0f} MiB of memory, over its limit of {limit} MiB "
-                    "(TWEAKLINE_TRIAL_MEMORY_MB or spec.resources.memory_mb)",
+                    error=f"trial used {rss_mb:.0f} MiB of memory, over the runner's limit of {limit} MiB "
+                    "(TWEAKLINE_TRIAL_MEMORY_MB)"
+                    if limit == self.config.memory_limit_mb
+                    else f"trial used {rss_mb:.0f} MiB of memory, over the trial's limit of {limit} MiB "
+                    "(spec.resources.memory_mb)",
                 )
         return None
 

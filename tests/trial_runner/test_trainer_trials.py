@@ -50,5 +50,5 @@ async def test_a_trainer_trains_in_the_child_and_reports_its_steps(worker) -> No
 async def test_the_trials_own_memory_limit_stops_a_greedy_trainer(worker) -> None:
     outcome = await worker.run(request("bad.py:greedy", {"memory_mb": 400}), timeout=600)
     assert outcome.status is TrialStatus.FAILED
-    assert "over its limit of 400 MiB" in (outcome.error or ""), outcome.error
+    assert "over the trial's limit of 400 MiB" in (outcome.error or ""), outcome.error
     assert "spec.resources.memory_mb" in (outcome.error or "")
