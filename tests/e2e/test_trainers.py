@@ -41,7 +41,7 @@ def digits_rows(n: int) -> tuple[list[dict[str, float]], list[int]]:
     return [dict(zip(frame.columns, map(float, row))) for row in frame.values[:n]], list(digits.target[:n])
 
 
-@pytest.mark.parametrize(("example", "trials", "steps"), [("digits-cnn", 6, 3), ("command-script", 6, 9)])
+@pytest.mark.parametrize(("example", "trials", "steps"), [("digits-cnn", 6, 3), ("command-script", 10, 9)])
 def test_a_trainer_tunes_prunes_promotes_and_is_served(tmp_path: Path, example: str, trials: int, steps: int) -> None:
     file = shrunk(example, tmp_path, trials, steps)
     state = tmp_path / "state"
