@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, Serializer
 
 from tweakline.proto.ids import ExperimentId, Name, TrialId
 from tweakline.proto.subjects import Subject
-from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, GateSpec, TweakFile
+from tweakline.proto.tweakfile import DeploySpec, ExperimentSpec, GateSpec, ResourcesSpec, TweakFile
 
 
 def _only_set(value: Any, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
@@ -93,6 +93,9 @@ class TrialRequested(Message):
     params: dict[str, Any]
     spec: Annotated[ExperimentSpec, SetOnly]
     requested_at: datetime = Field(default_factory=utcnow)
+    resources: ResourcesSpec | None = Field(
+        default=None, description="spec.resources, on the envelope so pools can route without reading the spec."
+    )
 
 
 class TrialProgress(Message):

@@ -168,22 +168,121 @@ class DatasetSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
-    """The estimator, optional preprocessing steps before it, and parameters that are not searched."""
+class TrainerData(StrEnum):
+    """Where a trainer's data comes from (``spec.model.trainer.data``)."""
 
-    estimator: str = Field(description="Import path of a scikit-learn estimator, e.g. sklearn.svm.SVC.")
+    PLATFORM = "platform"  # the platform's split: training rows only, the test split stays with the platform
+    OWN = "own"  # the trainer loads its own data and reports its own validation metrics
+
+
+# path/to/train.py:fit or package.module:fit
+_CALLABLE = re.compile(r"^(?:[\w.\-]+/)*[\w.\-]+\.py:[A-Za-z_]\w*$|^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+class TrainerSpec(_Strict):
+    """The user's own training code: a Python callable in the repository, or a command.
+
+    The platform calls it once per trial with the parameters and the training rows, and once more
+    (with the best parameters) for the final model, whose predictions on the held-out rows the
+    platform scores itself. See docs/trainers.md.
+    """
+
+    callable: str | None = Field(
+        default=None, description="path/to/train.py:fit or package.module:fit, relative to the code folder."
+    )
+    command: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="A program, e.g. 'python train.py --lr {lr}': parameters as {name} placeholders, environment "
+        "(PARAM_<NAME>) and a JSON file; metrics as JSON lines on stdout.",
+    )
+    predict: str | None = Field(
+        default=None,
+        description="path/to/train.py:predict: serves the saved model (predict(model_dir, X) -> predictions).",
+    )
+    steps: int = Field(
+        default=1, ge=1, le=10_000, description="Intermediate reports (e.g. epochs) a full trial makes: the pruners' scale."
+    )
+    data: TrainerData = Field(default=TrainerData.PLATFORM, description="platform (the platform's split) or own.")
+    validation_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of the training rows held back to score each trial (never the test split)."
+    )
+    code: str = Field(
+        default=".", max_length=500, description="The code folder, relative to the tweak file (set by the platform when shipped)."
+    )
+
+    @field_validator("callable", "predict")
+    @classmethod
+    def _entry_point(cls, value: str | None) -> str | None:
+        if value is not None and not _CALLABLE.match(value):
+            raise PydanticCustomError(
+                "tweakline", "expected path/to/train.py:function or package.module:function, got '{value}'", {"value": value}
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TrainerSpec:
+        if (self.callable is None) == (self.command is None):
+            raise problem("callable", "name either callable or command (exactly one), got {value}", value=self.kind_text)
+        return self
+
+    @property
+    def kind_text(self) -> str:
+        """What was given, for messages."""
+        given = [k for k in ("callable", "command") if getattr(self, k) is not None]
+        return " and ".join(given) if given else "neither"
+
+    @property
+    def label(self) -> str:
+        """A short name for reports."""
+        return self.callable or (self.command or "")[:60]
+
+
+class ResourcesSpec(_Strict):
+    """What one trial needs; local runners honour threads and memory, pools route by them (``spec.resources``)."""
+
+    threads: int | None = Field(default=None, ge=1, le=1024, description="Threads a trial may use.")
+    memory_mb: int | None = Field(default=None, ge=16, le=4_194_304, description="Resident memory a trial may use.")
+    pool: str | None = Field(default=None, pattern=NAME_PATTERN, description="Runner pool to send trials to.")
+    accelerators: int | None = Field(default=None, ge=0, le=64, description="Accelerators (GPUs); reserved for later.")
+
+
+class ModelSpec(_Strict):
+    """The estimator (or the user's trainer), optional preprocessing steps before it, and parameters that are not searched."""
+
+    estimator: str | None = Field(default=None, description="Import path of a scikit-learn estimator, e.g. sklearn.svm.SVC.")
+    trainer: TrainerSpec | None = Field(default=None, description="The user's own training code instead of an estimator.")
     pipeline: list[str] = Field(default_factory=list, description="Import paths of transformers run before the estimator.")
     fixed: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters that are not searched.")
 
     @field_validator("estimator", "pipeline")
     @classmethod
     def _import_path(cls, value: Any) -> Any:
-        for path in [value] if isinstance(value, str) else value:
+        for path in [value] if isinstance(value, str) else value or []:
             if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", path):
                 raise PydanticCustomError(
                     "tweakline", "expected a dotted import path such as sklearn.svm.SVC, got '{path}'", {"path": path}
                 )
         return value
+
+    @model_validator(mode="after")
+    def _estimator_or_trainer(self) -> ModelSpec:
+        if (self.estimator is None) == (self.trainer is None):
+            raise problem(
+                "estimator",
+                "name either an estimator or a trainer (exactly one), got {value}",
+                value="both" if self.estimator else "neither",
+            )
+        if self.trainer is not None and self.pipeline:
+            raise problem(
+                "pipeline", "applies to estimators only; a trainer does its own preprocessing, got {value}", value=self.pipeline
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        """The estimator's import path or the trainer's entry point, for reports."""
+        return self.estimator or (self.trainer.label if self.trainer is not None else "")
 
 
 Scalar = str | int | float | bool | None
@@ -686,6 +785,7 @@ class ExperimentSpec(_Strict):
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     deploy: DeploySpec | None = None
+    resources: ResourcesSpec | None = Field(default=None, description="What one trial needs (threads, memory_mb, pool).")
 
     @model_validator(mode="after")
     def _resource_is_not_fixed(self) -> ExperimentSpec:
@@ -702,6 +802,8 @@ class ExperimentSpec(_Strict):
     @property
     def stages(self) -> int:
         """How many intermediate scores a trial reports: its rungs with ``search.resource``, else its CV folds."""
+        if self.model.trainer is not None:
+            return self.model.trainer.steps
         resource = self.search.resource
         return len(resource.rungs()) if resource is not None else self.objective.cv
 

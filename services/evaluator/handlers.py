@@ -8,11 +8,19 @@ import logging
 from faststream.nats import NatsMessage
 
 from tweakline.errors import TweaklineError
-from tweakline.evaluator.scoring import holdout_record, probe_set, refit_and_score, score_model
-from tweakline.ml.artifacts import dump_model, load_model
+from tweakline.evaluator.scoring import (
+    TrainerRefit,
+    holdout_record,
+    probe_set,
+    refit_and_score,
+    refit_trainer_and_score,
+    score_model,
+)
+from tweakline.ml.artifacts import TRAINER_SUFFIX, dump_model, is_trainer_artifact, load_model, load_trainer_model
 from tweakline.ml.datasets import DatasetCache
 from tweakline.ml.estimators import task_of
 from tweakline.ml.holdout import HoldoutRule, unseen_by
+from tweakline.ml.trainers.bundles import fetch_code_bundle
 from tweakline.observability import telemetry
 from tweakline.promotion.gate import decide
 from tweakline.promotion.stats import Outputs, compare
@@ -86,7 +94,7 @@ class Evaluator:
             release=spec.deploy.release if spec.deploy else None,
             target=spec.deploy.target.value if spec.deploy else None,
             deploy=spec.deploy,
-            estimator=spec.model.estimator,
+            estimator=spec.model.name,
             source=completed.source,
             trials_total=len(completed.trials),
             trials_ok=sum(t.status is TrialStatus.OK for t in completed.trials),
@@ -100,6 +108,10 @@ class Evaluator:
         if live is None:
             return None
         data = await get_artifact(self.ctx.js, live.artifact)
+        if is_trainer_artifact(live.artifact.name):
+            # Production came from a trainer: its predict entry point runs here (see docs/trainers.md).
+            cache = self.ctx.settings.state_dir / "cache" / "trainer-models"
+            return await asyncio.to_thread(load_trainer_model, data, live.artifact.sha256, cache), live.revision, live.holdout
         # Off the event loop: a large model must not stall the other evaluations (nor the heartbeats).
         return await asyncio.to_thread(load_model, data, live.artifact.sha256), live.revision, live.holdout
 
@@ -172,8 +184,21 @@ class Evaluator:
             return self._error(completed, completed.message or "the search produced no successful trial")
         allowed = self.ctx.settings.allowed_estimators
         split = await asyncio.to_thread(self.datasets.get, spec.dataset)
-        task = task_of(spec.model, allowed)
-        refit = await asyncio.to_thread(refit_and_score, split, spec, completed.best.params, allowed, task)
+        if spec.model.trainer is not None:  # the user's code: refitted in the scrubbed trainer process
+            code_cache = self.ctx.settings.state_dir / "cache" / "code"
+            await fetch_code_bundle(self.ctx.js, spec.model.trainer.code, code_cache)  # hash-checked
+            refit = await asyncio.to_thread(
+                refit_trainer_and_score,
+                split,
+                spec,
+                completed.best.params,
+                memory_mb=self.ctx.settings.trial_memory_mb,
+                code_cache=code_cache,
+            )
+            task = refit.task
+        else:
+            task = task_of(spec.model, allowed)
+            refit = await asyncio.to_thread(refit_and_score, split, spec, completed.best.params, allowed, task)
 
         production_metrics = None
         production_revision = None
@@ -194,8 +219,15 @@ class Evaluator:
 
         defaults = await asyncio.to_thread(self._against_defaults, spec, split, task, refit)
         result = decide(spec, refit.metrics, production_metrics, comparison, defaults)
-        data, _sha = await asyncio.to_thread(dump_model, refit.model)
-        artifact = await put_artifact(self.ctx.js, f"models/{completed.experiment_id}.skops", data)
+        if isinstance(refit, TrainerRefit):
+            artifact = None
+            if refit.bundle:  # a declared predict entry point: servable
+                artifact = await put_artifact(self.ctx.js, f"models/{completed.experiment_id}{TRAINER_SUFFIX}", refit.bundle)
+            elif result.decision is Decision.PROMOTE and spec.deploy is not None:
+                raise TweaklineError("the trainer declares no model.trainer.predict entry point: its model cannot be served")
+        else:
+            data, _sha = await asyncio.to_thread(dump_model, refit.model)
+            artifact = await put_artifact(self.ctx.js, f"models/{completed.experiment_id}.skops", data)
         probe = None
         if result.decision is Decision.PROMOTE and spec.deploy is not None:
             rows = probe_set(split, spec.deploy.verify.probe_rows)
@@ -222,7 +254,7 @@ class Evaluator:
             release=spec.deploy.release if spec.deploy else None,
             target=spec.deploy.target.value if spec.deploy else None,
             deploy=spec.deploy,
-            estimator=spec.model.estimator,
+            estimator=spec.model.name,
             source=completed.source,
             trials_total=len(completed.trials),
             trials_ok=sum(t.status is TrialStatus.OK for t in completed.trials),

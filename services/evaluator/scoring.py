@@ -81,3 +81,66 @@ def probe_set(split: Split, rows: int) -> bytes:
         "targets": [v.item() if hasattr(v, "item") else v for v in split.y_test[:n]],
     }
     return json.dumps(body).encode()
+
+
+@dataclass
+class TrainerRefit(Refit):
+    """A trainer's refit: :class:`Refit` plus the packed model (trainer bundle bytes and hash)."""
+
+    bundle: bytes = b""
+    sha256: str = ""
+    default_error: str | None = None
+
+
+def refit_trainer_and_score(
+    split: Split,
+    spec: ExperimentSpec,
+    params: dict[str, Any],
+    *,
+    memory_mb: int | None = None,
+    code_cache: Any = None,
+) -> TrainerRefit:
+    """A trainer's final model: fit ``params`` on the training split in the sandbox, predict the test rows, score.
+
+    The trainer gets the test rows without their targets; the platform scores its predictions
+    exactly as it scores an estimator. Its defaults (``model.fixed`` only) are fitted the same way
+    for the tuned-vs-default comparison; a trainer that needs every parameter fails that fit,
+    which is reported, not fatal. The model it saved is packed with its code for the model server.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from tweakline.ml.artifacts import pack_trainer_model
+    from tweakline.ml.metrics import task_of_metric
+    from tweakline.ml.trainers import TrainerError, code_dir_of, refit_trainer
+
+    trainer = spec.model.trainer
+    assert trainer is not None
+    task = task_of_metric(spec.objective.metric)
+    code_dir = code_dir_of(trainer, code_cache)
+    names = objective_metrics(spec)
+    timeout = spec.budget.trial_timeout
+    with tempfile.TemporaryDirectory(prefix="tweakline-final-") as tmp:
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        best = refit_trainer(split, spec, params, code_dir=code_dir, model_dir=model_dir, timeout=timeout, memory_mb=memory_mb)
+        metrics = compute_metrics(best, split.X_test, split.y_test, names, task)
+        bundle, sha = (b"", "")
+        if trainer.predict is not None:
+            bundle, sha = pack_trainer_model(model_dir, code_dir, trainer.predict)
+    default_metrics: dict[str, float] = {}
+    default_error = None
+    try:
+        default = refit_trainer(split, spec, {}, code_dir=code_dir, timeout=timeout, memory_mb=memory_mb)
+        default_metrics = compute_metrics(default, split.X_test, split.y_test, names, task)
+    except TrainerError as exc:
+        default_error = str(exc)
+    return TrainerRefit(
+        model=best,
+        metrics=metrics,
+        default_metrics=default_metrics,
+        task=task,
+        bundle=bundle,
+        sha256=sha,
+        default_error=default_error,
+    )

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tweakline.errors import ArtifactError
-from tweakline.ml.artifacts import load_model
+from tweakline.ml.artifacts import is_trainer_artifact, load_model, load_trainer_model
 from tweakline.proto.messages import ArtifactRef, ReleaseRevision
 from tweakline.runtime.objects import get_artifact
 
@@ -62,11 +64,22 @@ class ModelSlot:
         return old
 
 
+# Where trainer model bundles are unpacked, by their sha256 (set by the server at start).
+TRAINER_CACHE = Path(tempfile.gettempdir()) / "tweakline-trainer-models"
+
+
 async def load_revision(js: Any, release: str, revision: ReleaseRevision, artifact: ArtifactRef | None = None) -> LoadedModel:
-    """Download, hash-check and load a revision's model (off the event loop); :class:`ArtifactError` if refused."""
+    """Download, hash-check and load a revision's model (off the event loop); :class:`ArtifactError` if refused.
+
+    A skops model is loaded with its trusted types; a trainer's bundle (``*.trainer.tar.gz``) is
+    unpacked by its hash and served through its declared ``predict`` entry point.
+    """
     ref = artifact or revision.artifact
     data = await get_artifact(js, ref)
-    model = await asyncio.to_thread(load_model, data, ref.sha256)
+    if is_trainer_artifact(ref.name):
+        model = await asyncio.to_thread(_load_trainer, data, ref.sha256)
+    else:
+        model = await asyncio.to_thread(load_model, data, ref.sha256)
     if not revision.features:
         raise ArtifactError(
             f"release {release} revision {revision.revision} records no training feature names; "
@@ -81,3 +94,13 @@ async def load_revision(js: Any, release: str, revision: ReleaseRevision, artifa
         artifact=ref,
         model=model,
     )
+
+
+def _load_trainer(data: bytes, sha256: str) -> Any:
+    """Unpack and import a trainer model, and try it once so a broken entry point is refused before the swap."""
+    model = load_trainer_model(data, sha256, TRAINER_CACHE)
+    try:
+        model._load()
+    except Exception as exc:  # the user's code: whatever it raises, the old model keeps serving
+        raise ArtifactError(f"the trainer's predict entry point {model.entry} cannot be imported: {exc}") from None
+    return model

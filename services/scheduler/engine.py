@@ -134,6 +134,8 @@ class ExperimentRun:
         """Optuna's intermediate values (step -> value) from stage scores (stage index -> score)."""
         if self.rungs is not None:
             return {self.rungs[i].step: v for i, v in sorted(stages.items()) if 0 <= i < len(self.rungs)}
+        if self.spec.model.trainer is not None:  # a trainer's reports (epochs): each value at its own step
+            return {i + 1: v for i, v in sorted(stages.items())}
         return self.pruning.intermediate(stages)
 
     # -- objectives and constraints ----------------------------------------------------------

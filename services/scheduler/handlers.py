@@ -98,7 +98,8 @@ class Scheduler:
 
     async def on_submitted(self, submitted: ExperimentSubmitted, msg: NatsMessage) -> None:
         """A new experiment: record it, then issue the first trials."""
-        refused = await intake.refusal(self.ctx, msg, submitted.tweak)  # the same checks as `tweakline validate`
+        # the same checks as `tweakline validate`, and whether this platform runs this repository's code
+        refused = await intake.refusal(self.ctx, msg, submitted.tweak, submitted.source.repository)
         assert self.store is not None
         exp_id = submitted.experiment_id
         async with self._lock(exp_id):
@@ -249,6 +250,8 @@ class Scheduler:
         action = TrialControlAction.PRUNE if verdict else TrialControlAction.CONTINUE
         if verdict:
             stage = "rung" if entry and entry[0].rungs is not None else "fold"
+            if entry and entry[0].spec.model.trainer is not None:
+                stage = "step"  # a trainer's report (an epoch)
             log.info("trial %s pruned after %s %d (%.4f)", progress.trial_id, stage, progress.step + 1, progress.value)
         await self.ctx.broker.publish(
             TrialControl(
@@ -367,7 +370,14 @@ class Scheduler:
         async def _one(number: int) -> None:
             tid = trial_id(exp_id, number)
             await self.ctx.publish(
-                TrialRequested(experiment_id=exp_id, trial_id=tid, number=number, params=run.state.issued[number], spec=run.spec),
+                TrialRequested(
+                    experiment_id=exp_id,
+                    trial_id=tid,
+                    number=number,
+                    params=run.state.issued[number],
+                    spec=run.spec,
+                    resources=run.spec.resources,
+                ),
                 subject_for(Subject.TRIAL_REQUESTED, exp_id),
                 msg_id=msg_id("trial", tid),
                 stream=Stream.TRIALS,

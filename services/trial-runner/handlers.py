@@ -13,10 +13,13 @@ import asyncio
 import logging
 import os
 import socket
+from pathlib import Path
 
 from faststream.nats import NatsMessage
 
+from tweakline.errors import ArtifactError
 from tweakline.ml.datasets import prefetch
+from tweakline.ml.trainers.bundles import fetch_code_bundle
 from tweakline.ml.training import TrialOutcome
 from tweakline.observability import telemetry
 from tweakline.proto.messages import TrialCompleted, TrialProgress, TrialRequested, TrialStatus, msg_id
@@ -41,6 +44,7 @@ class TrialRunner:
                 n_jobs=settings.runner_threads,
                 memory_limit_mb=settings.trial_memory_mb,
                 dataset_cache_dir=str(settings.state_dir / "cache" / "datasets"),
+                code_cache_dir=str(settings.state_dir / "cache" / "code"),
             )
         )
         self.early = EarlyStopping(ctx, on_cancel=self.cancel)  # verdicts in on trials.control
@@ -119,15 +123,19 @@ class TrialRunner:
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
         try:
             await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
-            # The child trains; each fold's score is published from here, and a prune verdict on
-            # trials.control reaches the child through early stopping's registry -> self.cancel.
-            with self.early.watch(request) as watch, telemetry.span("trial.run") as run_span:
-                outcome = await self.worker.run(
-                    request,
-                    on_fold=lambda fold, value: self._fold(request, watch, fold, value),
-                    timeout=request.spec.budget.trial_timeout,
-                )
-                telemetry.trial_outcome(run_span, outcome)
+            refused = await self._fetch_code(request)
+            if refused is not None:
+                outcome = refused
+            else:
+                # The child trains; each fold's score is published from here, and a prune verdict on
+                # trials.control reaches the child through early stopping's registry -> self.cancel.
+                with self.early.watch(request) as watch, telemetry.span("trial.run") as run_span:
+                    outcome = await self.worker.run(
+                        request,
+                        on_fold=lambda fold, value: self._fold(request, watch, fold, value),
+                        timeout=request.spec.budget.trial_timeout,
+                    )
+                    telemetry.trial_outcome(run_span, outcome)
         except TrialAbortedError:
             log.info("trial %s handed back", request.trial_id)
             await msg.nack()
@@ -141,6 +149,17 @@ class TrialRunner:
         finally:
             beat.cancel()
         await self._report(msg, request, outcome, attempt)
+
+    async def _fetch_code(self, request: TrialRequested) -> TrialOutcome | None:
+        """Fetch a shipped code bundle (hash-checked) for the child; a failed outcome if it is refused."""
+        trainer = request.spec.model.trainer
+        if trainer is None:
+            return None
+        try:
+            await fetch_code_bundle(self.ctx.js, trainer.code, Path(self.worker.config.code_cache_dir or "."))
+        except ArtifactError as exc:  # tampered or missing: never run, never retried elsewhere
+            return TrialOutcome(status=TrialStatus.FAILED, error=str(exc))
+        return None
 
     async def _report(self, msg: NatsMessage, request: TrialRequested, outcome: TrialOutcome, attempt: int) -> None:
         result = TrialCompleted(

@@ -41,6 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -90,6 +91,8 @@ class WorkerConfig:
     # Where uploaded (object:) datasets are cached on disk: the parent, which holds the NATS
     # connection, fetches them there before a trial; the child only reads that cache.
     dataset_cache_dir: str | None = None
+    # Where shipped code bundles (model.trainer.code: object:code:<sha256>) are unpacked by the parent.
+    code_cache_dir: str | None = None
 
 
 # ----------------------------------------------------------------------------------- the child
@@ -102,7 +105,12 @@ def _die_with_parent() -> None:
 
 
 def _child_main(
-    conn: Connection, cancel: Any, allowed: list[str], n_jobs: int | None, dataset_cache_dir: str | None = None
+    conn: Connection,
+    cancel: Any,
+    allowed: list[str],
+    n_jobs: int | None,
+    dataset_cache_dir: str | None = None,
+    code_cache_dir: str | None = None,
 ) -> None:  # pragma: no cover
     """The child's loop: receive a trial as JSON, send fold scores, then the outcome."""
     _die_with_parent()
@@ -143,25 +151,74 @@ def _child_main(
                     return True
             return bool(cancel.is_set())  # a cancelled trial stops at the next fold boundary
 
-        outcome = run_trial(
-            split,
-            request.spec,
-            request.params,
-            allowed,
-            seed=estimator_seed(request.spec),
-            on_fold=on_fold,
-            n_jobs=n_jobs,
-        )
+        threads = trial_threads(request, n_jobs)
+        if request.spec.model.trainer is not None:
+            outcome = _trainer_trial(split, request, on_fold, threads, code_cache_dir)
+        else:
+            outcome = run_trial(
+                split,
+                request.spec,
+                request.params,
+                allowed,
+                seed=estimator_seed(request.spec),
+                on_fold=on_fold,
+                n_jobs=threads,
+            )
         conn.send(("done", asdict(outcome)))
 
 
+def trial_threads(request: TrialRequested, n_jobs: int | None) -> int | None:
+    """Threads for this trial: ``spec.resources.threads`` when the tweak file asks, else the runner's."""
+    resources = request.resources or request.spec.resources
+    return resources.threads if resources is not None and resources.threads is not None else n_jobs
+
+
+def trial_memory_mb(request: TrialRequested, runner_limit: int | None) -> int | None:
+    """The memory limit of this trial: the smaller of the runner's and ``spec.resources.memory_mb``."""
+    resources = request.resources or request.spec.resources
+    wanted = resources.memory_mb if resources is not None else None
+    limits = [m for m in (runner_limit, wanted) if m is not None]
+    return min(limits) if limits else None
+
+
+def _trainer_trial(
+    split: Any, request: TrialRequested, on_fold: Callable[[int, float], bool], threads: int | None, code_cache_dir: str | None
+) -> TrialOutcome:
+    """A trainer's trial: user code runs in a scrubbed grandchild (tweakline.ml.trainers.sandbox).
+
+    Time and memory limits stay with the runner (it kills this child, and the grandchild dies
+    with it); its memory counts into this child's.
+    """
+    from tweakline.ml.trainers import TrainerError, code_dir_of, run_trainer_trial
+
+    trainer = request.spec.model.trainer
+    assert trainer is not None
+    try:
+        code_dir = code_dir_of(trainer, Path(code_cache_dir) if code_cache_dir else None)
+    except TrainerError as exc:
+        return TrialOutcome(status=TrialStatus.FAILED, error=str(exc))
+    return run_trainer_trial(split, request.spec, request.params, code_dir=code_dir, on_fold=on_fold, threads=threads or 1)
+
+
 # ---------------------------------------------------------------------------------- the parent
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of the child and its descendants (a trainer runs in a grandchild), MiB."""
+    root = psutil.Process(pid)
+    total = root.memory_info().rss
+    for proc in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total / 2**20
 
 
 @dataclass
 class _Running:
     trial_id: str
     rungs: bool = False  # stages are rungs of search.resource, not CV folds
+    steps: bool = False  # stages are a trainer's reports (epochs): the last one is its score
+    memory_limit_mb: int | None = None
     stages: list[float] = field(default_factory=list)  # each fold's (or rung's) score so far
     cancel_reason: str | None = None
     cancel_deadline: float | None = None
@@ -212,6 +269,7 @@ class TrialWorker:
                     list(self.config.allowed_estimators),
                     self.config.n_jobs,
                     self.config.dataset_cache_dir,
+                    self.config.code_cache_dir,
                 ),
                 name="tweakline-trial-worker",
                 daemon=True,
@@ -281,7 +339,12 @@ class TrialWorker:
         """Train ``request`` in the child within ``timeout`` seconds and the memory limit."""
         await self.start()
         assert self._conn is not None
-        running = _Running(request.trial_id, rungs=request.spec.search.resource is not None)
+        running = _Running(
+            request.trial_id,
+            rungs=request.spec.search.resource is not None,
+            steps=request.spec.model.trainer is not None,
+            memory_limit_mb=trial_memory_mb(request, self.config.memory_limit_mb),
+        )
         self._running = running
         self._cancel.clear()
         self._wake.clear()
@@ -347,10 +410,10 @@ class TrialWorker:
                 **{**self._so_far(running), "score": None},
                 error=f"trial exceeded its time limit of {deadline - started:g}s (budget.trial_timeout); stopped after {elapsed:.1f}s",
             )
-        limit = self.config.memory_limit_mb
+        limit = running.memory_limit_mb
         if limit is not None and self._process is not None and self._process.pid is not None:
             try:
-                rss_mb = psutil.Process(self._process.pid).memory_info().rss / 2**20
+                rss_mb = _tree_rss_mb(self._process.pid)
             except psutil.Error:
                 return None  # the child is gone: the pipe's EOF reports it
             if rss_mb > limit:
@@ -359,12 +422,17 @@ class TrialWorker:
                     duration_s=elapsed,
                     **{**self._so_far(running), "score": None},
                     error=f"trial used {rss_mb:.0f} MiB of memory, over the runner's limit of {limit} MiB "
-                    "(TWEAKLINE_TRIAL_MEMORY_MB)",
+                    "(TWEAKLINE_TRIAL_MEMORY_MB)"
+                    if limit == self.config.memory_limit_mb
+                    else f"trial used {rss_mb:.0f} MiB of memory, over the trial's limit of {limit} MiB "
+                    "(spec.resources.memory_mb)",
                 )
         return None
 
     def _so_far(self, running: _Running) -> dict[str, Any]:
         """Score and intermediate scores of a trial stopped from outside (its stage scores so far)."""
+        if running.steps:  # a trainer's reports: the last one is the trial's score so far
+            return {"score": running.stages[-1] if running.stages else None, "fold_scores": list(running.stages)}
         if running.rungs:  # each stage is a rung's CV score: the last one is the trial's
             return {"score": running.stages[-1] if running.stages else None, "rung_scores": list(running.stages)}
         score = sum(running.stages) / len(running.stages) if running.stages else None

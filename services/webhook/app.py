@@ -79,6 +79,7 @@ from tweakline.runtime.service import ServiceContext, durable_subscription, make
 from tweakline.runtime.settings import Settings
 from tweakline.validation.json_input import JsonLimitError, parse_json
 from tweakline.validation.limits import MAX_FILE_BYTES, LimitError, decode
+from tweakline.validation.trust import code_trainer_problems
 from tweakline.webhook.bitbucket import (
     EVENTS,
     PUSH,
@@ -510,7 +511,7 @@ class Webhook:
                 status_key(file_label(path)),
                 BuildState.INPROGRESS,
                 f"tweakline {name}",
-                f"tuning {spec.model.estimator.rsplit('.', 1)[-1]}: {spec.budget.max_trials} trials, "
+                f"tuning {spec.model.name.rsplit('.', 1)[-1]}: {spec.budget.max_trials} trials, "
                 f"{spec.search.algorithm} search on {spec.objective.metric}",
                 self._report_url(exp_id, target),
             ),
@@ -535,6 +536,7 @@ class Webhook:
             raise InvalidTweakFileError(where, [exc.problem]) from None
         # No base directory: csv: files live in the repository, read below, never on this disk.
         tweak, problems = await asyncio.to_thread(validation.inspect, text, self.settings.allowed_estimators, None, source=where)
+        problems = code_trainer_problems(tweak, self.settings.code_trainers, target.repository) + problems
         data: bytes | None = None
         if tweak is not None and tweak.spec.dataset.source.startswith("csv:"):
             try:

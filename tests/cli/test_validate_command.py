@@ -29,3 +29,16 @@ def test_a_resource_the_estimator_lacks_is_refused_naming_the_field(tmp_path: Pa
     said = " ".join(result.stderr.split())
     assert "spec.search.resource.name: SVC has no parameter 'n_estimators'" in said, said
     assert "Traceback" not in result.stderr
+
+
+def test_validate_platform_refuses_a_code_trainer_unless_the_repository_is_allowed() -> None:
+    example = str(ROOT / "examples" / "trainers" / "digits-cnn" / "tweak.yaml")
+    assert run_cli("validate", example).code == 0  # as `tweakline run` would: your code, your machine
+    refused = run_cli("validate", "--platform", "--repository", "team/models", example, env={"TWEAKLINE_CODE_TRAINERS": "[]"})
+    assert refused.code == 2
+    said = " ".join(refused.stderr.split())
+    assert "spec.model.trainer: code trainers are switched off on this platform for repository 'team/models'" in said, said
+    allowed = run_cli(
+        "validate", "--platform", "--repository", "team/models", example, env={"TWEAKLINE_CODE_TRAINERS": '["team/*"]'}
+    )
+    assert allowed.code == 0, allowed.stderr

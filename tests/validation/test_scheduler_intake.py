@@ -99,3 +99,30 @@ def test_only_tweakline_runs_own_stack_accepts_host_paths() -> None:
     refused = problems_of(tweak, ["sklearn."])
     assert [p.path for p in refused] == ["spec.dataset.source"] and "'csv:/proc/self/environ'" in refused[0].message
     assert problems_of(tweak, ["sklearn."], host_paths=True) == []
+
+
+async def test_a_code_trainer_is_refused_by_a_shared_platform(nats, scheduler: Scheduler) -> None:
+    """Code trainers are off unless TWEAKLINE_CODE_TRAINERS allows the repository: what `submit` sees."""
+    from tweakline.proto.messages import Source
+
+    assert scheduler.ctx.settings.code_trainers == []  # the shared platform's default
+    exp_id = f"trainer-{uuid.uuid4().hex[:8]}"
+    data = _tweak(parallelism=2).model_dump(exclude_unset=True)
+    data["spec"]["model"] = {"trainer": {"callable": "train.py:fit"}}
+    tweak = TweakFile.model_validate(data)
+    submitted = ExperimentSubmitted(experiment_id=exp_id, tweak=tweak, source=Source(repository="team/models"))
+    body = submitted.model_dump_json().encode()
+    admin = await connect(nats.settings(Identity.ADMIN), "test-trainer-intake")
+    try:
+        js = admin.jetstream()
+        completed = await js.subscribe(
+            subject_for(Subject.EXPERIMENT_COMPLETED, exp_id), stream=Stream.EVENTS.value, ordered_consumer=True
+        )
+        intake = Delivered(body, subject_for(Subject.EXPERIMENT_SUBMITTED, exp_id))
+        await scheduler.on_submitted(ExperimentSubmitted.model_validate_json(body), intake)
+        done = ExperimentCompleted.model_validate_json((await completed.next_msg(timeout=30)).data)
+        assert done.status is ExperimentStatus.FAILED and done.trials == []
+        assert done.message is not None
+        assert "spec.model.trainer: code trainers are switched off on this platform for repository 'team/models'" in done.message
+    finally:
+        await admin.close()

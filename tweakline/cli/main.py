@@ -104,13 +104,29 @@ def _main(
 
 
 @app.command()
-def validate(file: Annotated[Path, typer.Argument(help="The tweak file.")]) -> None:
+def validate(
+    file: Annotated[Path, typer.Argument(help="The tweak file.")],
+    platform: Annotated[
+        bool,
+        typer.Option(
+            "--platform",
+            help="Check as a shared platform would: code trainers only where TWEAKLINE_CODE_TRAINERS allows "
+            "(this repository: --repository).",
+        ),
+    ] = False,
+    repository: Annotated[str | None, typer.Option("--repository", help="The repository, for --platform.")] = None,
+) -> None:
     """Check a tweak file and report every problem with its field path; starts nothing."""
     from tweakline.reporting.console import err
     from tweakline.validation import validate_tweak_file
+    from tweakline.validation.trust import code_trainer_problems
 
+    settings = _settings()
     try:
-        tweak = validate_tweak_file(file, _settings().allowed_estimators)
+        tweak = validate_tweak_file(file, settings.allowed_estimators)
+        refused = code_trainer_problems(tweak, settings.code_trainers, repository) if platform else []
+        if refused:
+            raise InvalidTweakFileError(str(file), refused)
     except InvalidTweakFileError as exc:
         _invalid(exc)
     spec = tweak.spec
@@ -124,7 +140,7 @@ def validate(file: Annotated[Path, typer.Argument(help="The tweak file.")]) -> N
             amounts = ", ".join(f"{resource.value(r.amount):.3g}" for r in resource.rungs())
             stopping += f" on rungs of {resource.name.value} ({amounts})"
     err.print(
-        f"[green]ok[/green] {file}: {tweak.metadata.name}: {spec.model.estimator} on {spec.dataset.source}, "
+        f"[green]ok[/green] {file}: {tweak.metadata.name}: {spec.model.name} on {spec.dataset.source}, "
         f"{spec.search.algorithm} search over {len(spec.search.space)} parameter(s), "
         f"{spec.budget.max_trials} trials, objective {spec.objective.metric}{stopping}",
         highlight=False,
@@ -160,6 +176,13 @@ def run(
         tweak = validate_tweak_file(file, settings.allowed_estimators)
     except InvalidTweakFileError as exc:
         _invalid(exc)
+    if tweak.spec.model.trainer is not None:
+        # Your machine, your code: the embedded stack runs the trainer from the working tree.
+        from tweakline.client.submission import with_local_code
+
+        tweak = with_local_code(tweak, file.resolve().parent)
+        if not settings.code_trainers:
+            settings = settings.model_copy(update={"code_trainers": ["*"]})
     # Closing TLS connections makes asyncio log a harmless line that users should not see.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 

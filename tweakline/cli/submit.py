@@ -132,7 +132,7 @@ async def _submit(
     from tweakline.client.api import TweaklineClient
     from tweakline.client.follow import Outcome, follow, new_experiment_id
     from tweakline.client.follow import submit as publish_submission
-    from tweakline.client.submission import disk_reader, source_from_ci, upload_datasets
+    from tweakline.client.submission import disk_reader, source_from_ci, upload_code, upload_datasets
     from tweakline.reporting.console import ProgressView, decision_panel, err, leaderboard_table, out, print_json, summary
     from tweakline.runtime.bus import connect
 
@@ -142,6 +142,12 @@ async def _submit(
         for up in uploads:
             verb = "uploaded" if up.uploaded else "already stored, not uploaded again"
             err.print(f"dataset {_shown(up.location)}: {verb} ({up.size} bytes, sha256 {up.sha256[:12]})", highlight=False)
+        tweak, bundle = await upload_code(tweak, nc.jetstream(), file.resolve().parent)
+        if bundle is not None:
+            verb = "uploaded" if bundle.uploaded else "already stored, not uploaded again"
+            err.print(
+                f"code {_shown(bundle.location)}: {verb} ({bundle.size} bytes, sha256 {bundle.sha256[:12]})", highlight=False
+            )
         source = source_from_ci(str(file), os.environ)
         exp_id = new_experiment_id(tweak)
         await publish_submission(nc, tweak, source, exp_id)

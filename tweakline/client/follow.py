@@ -173,7 +173,7 @@ def experiment_span(experiment_id: str, tweak: TweakFile) -> contextlib.Abstract
         release=deploy.release if deploy else None,
         attributes={
             "tweakline.experiment.name": tweak.metadata.name,
-            "tweakline.estimator": tweak.spec.model.estimator,
+            "tweakline.estimator": tweak.spec.model.name,
             "tweakline.search.algorithm": tweak.spec.search.algorithm,
         },
     )

@@ -107,3 +107,40 @@ def source_from_ci(path: str, env: Mapping[str, str]) -> Source:
             trigger="pipeline",
         )
     return Source(path=path, trigger="cli")
+
+
+def with_local_code(tweak: TweakFile, base_dir: Path) -> TweakFile:
+    """``tweak`` with ``model.trainer.code`` as an absolute folder: ``tweakline run`` trains the working tree.
+
+    Runners and the evaluator of the local stack share this disk, so they read the code where it is.
+    """
+    trainer = tweak.spec.model.trainer
+    if trainer is None or trainer.code.startswith("object:") or Path(trainer.code).is_absolute():
+        return tweak
+    code = str((base_dir / trainer.code).resolve())
+    model = tweak.spec.model.model_copy(update={"trainer": trainer.model_copy(update={"code": code})})
+    return tweak.model_copy(update={"spec": tweak.spec.model_copy(update={"model": model})})
+
+
+async def upload_code(tweak: TweakFile, js: JetStreamContext, base_dir: Path) -> tuple[TweakFile, Upload | None]:
+    """Ship a trainer's code folder as a content-addressed bundle and point the tweak file at it.
+
+    ``model.trainer.code`` (relative to the tweak file) is packed (size-limited, ``.git`` and
+    caches left out), stored by its sha256 like an uploaded dataset, and rewritten to
+    ``object:code:<sha256>``; runners and the evaluator fetch it by that hash.
+    """
+    from tweakline.ml.trainers.bundles import pack_code
+
+    trainer = tweak.spec.model.trainer
+    if trainer is None or trainer.code.startswith("object:"):
+        return tweak, None
+    folder = (base_dir / trainer.code).resolve()
+    data, digest = pack_code(folder)
+    try:
+        stored, uploaded = await put_dataset(js, data)
+    except Exception as exc:  # nats-py raises several error types; the user needs the reason
+        raise BusError(f"could not upload the code bundle of {folder} to the object store: {exc}") from exc
+    code = f"object:code:{stored}"
+    model = tweak.spec.model.model_copy(update={"trainer": trainer.model_copy(update={"code": code})})
+    shipped = tweak.model_copy(update={"spec": tweak.spec.model_copy(update={"model": model})})
+    return shipped, Upload(location=str(folder), sha256=digest, size=len(data), uploaded=uploaded)

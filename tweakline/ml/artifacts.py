@@ -120,3 +120,124 @@ def load_model(data: bytes, expected_sha256: str, trusted: Iterable[str] | None 
         raise ArtifactError(f"artifact contains untrusted types: {exc}") from None
     except Exception as exc:
         raise ArtifactError(f"cannot load the artifact: {type(exc).__name__}: {exc}") from None
+
+
+# ------------------------------------------------------------------------- trainer model bundles
+
+TRAINER_SUFFIX = ".trainer.tar.gz"
+"""Artifact names of models saved by a trainer end with this (skops models end with ``.skops``)."""
+MAX_TRAINER_ARTIFACT_BYTES = 256 * 2**20
+MAX_CODE_BYTES = 20 * 2**20
+_SKIPPED_DIRS = frozenset({".git", ".venv", "__pycache__", ".tweakline", "node_modules", ".mypy_cache", ".pytest_cache"})
+
+
+def _add_tree(tar: Any, root: Any, arcname: str, limit: int) -> int:
+    """Add ``root``'s files under ``arcname`` (sorted, fixed metadata: same tree, same bytes); returns bytes added."""
+    import tarfile
+    from pathlib import Path
+
+    total = 0
+    base = Path(root)
+    for path in sorted(base.rglob("*")):
+        rel = path.relative_to(base)
+        if any(part in _SKIPPED_DIRS for part in rel.parts) or path.is_symlink() or not path.is_file():
+            continue
+        total += path.stat().st_size
+        if total > limit:
+            raise ArtifactError(f"{base} holds more than {limit // 2**20} MiB; refusing to pack it")
+        info = tarfile.TarInfo(f"{arcname}/{rel.as_posix()}")
+        info.size = path.stat().st_size
+        info.mode = 0o644
+        with path.open("rb") as handle:
+            tar.addfile(info, handle)
+    return total
+
+
+def pack_trainer_model(model_dir: Any, code_dir: Any, predict: str) -> tuple[bytes, str]:
+    """A trainer's saved model, the code of its ``predict`` entry point and a manifest, as one tar.gz; and its sha256.
+
+    The model server serves it by calling ``predict(model_dir, X)`` from the same code.
+    """
+    import gzip
+    import io
+    import json
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _add_tree(tar, model_dir, "model", MAX_TRAINER_ARTIFACT_BYTES)
+        _add_tree(tar, code_dir, "code", MAX_CODE_BYTES)
+        manifest = json.dumps({"kind": "trainer", "predict": predict}).encode()
+        info = tarfile.TarInfo("tweakline-model.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    data = gzip.compress(raw.getvalue(), mtime=0)  # no timestamp: the same model gives the same hash
+    return data, sha256_hex(data)
+
+
+class TrainerModel:
+    """A trainer's model unpacked on disk, served through its ``predict(model_dir, X)`` entry point.
+
+    The entry point is imported in this process: whoever runs the model server runs the trainer's
+    code (docs/trainers.md, trust model).
+    """
+
+    def __init__(self, root: Any, predict: str):
+        from pathlib import Path
+
+        self.root = Path(root)
+        self.model_dir = self.root / "model"
+        self.entry = predict
+        self._predict: Any = None
+
+    def _load(self) -> Any:
+        if self._predict is None:
+            from tweakline.ml.trainers.kinds import load_entry
+
+            self._predict = load_entry(self.entry, self.root / "code")
+        return self._predict
+
+    def predict(self, X: Any) -> Any:
+        """The entry point's predictions for ``X``."""
+        import numpy as np
+
+        return np.asarray(self._load()(self.model_dir, np.asarray(X)))
+
+
+def load_trainer_model(data: bytes, expected_sha256: str, cache_dir: Any) -> TrainerModel:
+    """Unpack a trainer model bundle (after checking its hash) into ``cache_dir/<sha256>`` and return it.
+
+    Raises :class:`ArtifactError` on a hash mismatch, a bundle that is not ours or a member that
+    would land outside its folder.
+    """
+    import io
+    import json
+    import tarfile
+    from pathlib import Path
+
+    actual = sha256_hex(data)
+    if not hmac.compare_digest(actual, expected_sha256.strip().lower()):
+        raise ArtifactError(
+            f"artifact hash mismatch: expected sha256 {expected_sha256}, got {actual}; "
+            "the bytes changed after they were written (tampered or truncated), refusing to load"
+        )
+    root = Path(cache_dir) / actual
+    if not (root / "tweakline-model.json").is_file():
+        tmp = root.with_name(root.name + ".partial")
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                tar.extractall(tmp, filter="data")  # refuses absolute paths, '..' and links out
+        except (tarfile.TarError, OSError) as exc:
+            raise ArtifactError(f"not a trainer model bundle: {exc}") from None
+        tmp.replace(root) if not root.exists() else None
+    try:
+        manifest = json.loads((root / "tweakline-model.json").read_text())
+        predict = str(manifest["predict"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"trainer model bundle without a valid manifest: {exc}") from None
+    return TrainerModel(root, predict)
+
+
+def is_trainer_artifact(name: str) -> bool:
+    """Whether the artifact called ``name`` is a trainer's model bundle (not a skops file)."""
+    return name.endswith(TRAINER_SUFFIX)

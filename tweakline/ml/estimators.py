@@ -199,20 +199,44 @@ def build_estimator(
         EstimatorNotAllowedError: A path is outside the allow-list.
         InvalidEstimatorError: A path is not an estimator / transformer, or a parameter name is unknown.
     """
+    own_fixed, step_fixed = split_step_params(model, model.fixed)
+    own_params, step_values = split_step_params(model, params)
     estimator = _construct(resolve(model.estimator, allowed_prefixes), model.estimator)
-    _set_params(estimator, model.fixed)
-    _set_params(estimator, params)
-    _platform_params(estimator, seed, n_jobs, {**model.fixed, **params})
+    _set_params(estimator, own_fixed)
+    _set_params(estimator, own_params)
+    _platform_params(estimator, seed, n_jobs, {**own_fixed, **own_params})
     if not model.pipeline:
         return estimator
     steps = []
-    for path in model.pipeline:
+    for index, path in enumerate(model.pipeline):
         step = _construct(resolve(path, allowed_prefixes), path)
         if not hasattr(step, "transform"):
             raise InvalidEstimatorError(f"pipeline step '{path}' is not a transformer (it has no transform method)")
-        _platform_params(step, seed, n_jobs, {})
+        values = {**step_fixed.get(index, {}), **step_values.get(index, {})}
+        _set_params(step, values)
+        _platform_params(step, seed, n_jobs, values)
         steps.append(step)
     return make_pipeline(*steps, estimator)
+
+
+def step_names(model: ModelSpec) -> dict[str, int]:
+    """Pipeline step name (as ``make_pipeline`` names it, e.g. ``standardscaler``) -> its index."""
+    names = [path.rsplit(".", 1)[-1].lower() for path in model.pipeline]
+    return {name: i for i, name in enumerate(names) if names.count(name) == 1}
+
+
+def split_step_params(model: ModelSpec, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """``values`` split into the estimator's own and each pipeline step's (``standardscaler__with_mean``)."""
+    steps = step_names(model)
+    own: dict[str, Any] = {}
+    per_step: dict[int, dict[str, Any]] = {}
+    for name, value in values.items():
+        prefix, sep, rest = name.partition("__")
+        if sep and prefix in steps:
+            per_step.setdefault(steps[prefix], {})[rest] = value
+        else:
+            own[name] = value
+    return own, per_step
 
 
 def final_estimator(estimator: BaseEstimator) -> BaseEstimator:
@@ -293,6 +317,26 @@ def _check_steps(model: ModelSpec, allowed_prefixes: Sequence[str]) -> list[Prob
     return problems
 
 
+def _check_step_params(spec: ExperimentSpec, allowed_prefixes: Sequence[str]) -> list[Problem]:
+    """Pipeline-step parameters (``standardscaler__with_mean``) in ``model.fixed`` and ``search.space`` name real ones."""
+    problems: list[Problem] = []
+    steps = step_names(spec.model)
+    for section, values in (("spec.model.fixed", spec.model.fixed), ("spec.search.space", spec.search.space)):
+        for key in values:
+            prefix, sep, rest = key.partition("__")
+            if not sep or prefix not in steps:
+                continue
+            path = spec.model.pipeline[steps[prefix]]
+            try:
+                step = _construct(resolve(path, allowed_prefixes), path)
+            except TweaklineError:
+                continue  # reported at spec.model.pipeline
+            known = step.get_params(deep=True)
+            if rest not in known:
+                problems.append(Problem(f"{section}.{key}", unknown_param_message(type(step).__name__, rest, _top_level(step))))
+    return problems
+
+
 def _check_params(cls: type, estimator: BaseEstimator, spec: ExperimentSpec) -> tuple[list[Problem], list[Problem]]:
     """Problems of ``model.fixed`` and of ``search.space``; valid fixed values are set on ``estimator``."""
     fixed_problems: list[Problem] = []
@@ -301,7 +345,10 @@ def _check_params(cls: type, estimator: BaseEstimator, spec: ExperimentSpec) -> 
     known = estimator.get_params(deep=True)
     top = _top_level(estimator)
     valid_fixed: dict[str, Any] = {}
+    steps = step_names(spec.model)
     for key, value in spec.model.fixed.items():
+        if key.partition("__")[0] in steps and "__" in key:
+            continue  # a pipeline step's parameter: checked by _check_steps
         if key not in known:
             fixed_problems.append(Problem(f"spec.model.fixed.{key}", unknown_param_message(name, key, top)))
         elif error := _value_error(cls, valid_fixed, key, value):
@@ -328,6 +375,8 @@ def _check_params(cls: type, estimator: BaseEstimator, spec: ExperimentSpec) -> 
             space_problems.append(Problem("spec.search.resource.min", error))
 
     for key, param in spec.search.space.items():
+        if key.partition("__")[0] in steps and "__" in key:
+            continue  # a pipeline step's parameter: checked by _check_steps
         if key not in known:
             space_problems.append(Problem(f"spec.search.space.{key}", unknown_param_message(name, key, top)))
             continue
@@ -406,6 +455,8 @@ def check_spec(spec: ExperimentSpec, allowed_prefixes: Sequence[str], base_dir: 
     Returns:
         The problems found, in tweak-file order; empty when the spec can run.
     """
+    if spec.model.trainer is not None:
+        return _check_trainer_spec(spec, base_dir)
     model_problems: list[Problem] = []
     fixed_problems: list[Problem] = []
     space_problems: list[Problem] = []
@@ -417,9 +468,23 @@ def check_spec(spec: ExperimentSpec, allowed_prefixes: Sequence[str], base_dir: 
         task = _task_of_instance(estimator, spec.model.estimator)
     except TweaklineError as exc:
         model_problems.append(Problem("spec.model.estimator", str(exc)))
-    model_problems += _check_steps(spec.model, allowed_prefixes)
+    model_problems += _check_steps(spec.model, allowed_prefixes) + _check_step_params(spec, allowed_prefixes)
     if task is not None:
         fixed_problems, space_problems = _check_params(cls, estimator, spec)
         metric_problems = _check_metrics(cls, estimator, task, spec)
     dataset_problems = check_dataset(spec.dataset, base_dir, task=task)
     return dataset_problems + model_problems + fixed_problems + space_problems + metric_problems
+
+
+def _check_trainer_spec(spec: ExperimentSpec, base_dir: Path | None) -> list[Problem]:
+    """A trainer's spec: its data (of the objective's task) and the trainer's own checks (no user code runs)."""
+    from tweakline.ml.metrics import task_of_metric
+    from tweakline.ml.trainers import check_trainer  # imports tweakline.ml.training, which imports this module
+    from tweakline.proto.tweakfile import TrainerData
+
+    trainer = spec.model.trainer
+    assert trainer is not None
+    problems: list[Problem] = []
+    if trainer.data is TrainerData.PLATFORM:
+        problems += check_dataset(spec.dataset, base_dir, task=task_of_metric(spec.objective.metric))
+    return problems + check_trainer(spec, base_dir)

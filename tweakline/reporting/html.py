@@ -245,7 +245,7 @@ def render_html(data: ReportData) -> str:
     decision = evaluation.decision.value if evaluation else "pending"
     parts.append(f"<h1>{esc(outcome.tweak.metadata.name)}: <span class='{esc(decision)}'>{esc(decision)}</span></h1>")
     parts.append(
-        f"<p class='sub'>experiment <code>{esc(outcome.experiment_id)}</code> · {esc(spec.model.estimator)} on "
+        f"<p class='sub'>experiment <code>{esc(outcome.experiment_id)}</code> · {esc(spec.model.name)} on "
         f"{esc(spec.dataset.source)} · {esc(spec.search.algorithm)} search · objective "
         f"{esc(spec.objective.metric)} ({'maximise' if outcome.maximize else 'minimise'})</p>"
     )

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         description="Scheduler: accept submissions whose dataset reads this machine's files (csv: paths). "
         "Only `tweakline run`'s own private stack sets it; a platform never should.",
     )
+    code_trainers: list[str] = Field(
+        default=[],
+        description="Repositories (shell patterns, '*' for all) whose tweak files may run their own code as "
+        "model.trainer; empty: estimators only (a shared platform's default; 'tweakline run' allows '*').",
+    )
     trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
     trial_max_deliver: int = Field(
         default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners)."

@@ -122,6 +122,8 @@ class MedianPruning(PruningStrategy):
 def _max_step(spec: ExperimentSpec) -> int:
     """The step of a trial's last intermediate value: its last rung's, else its fold count."""
     resource = spec.search.resource
+    if resource is None and spec.model.trainer is not None:
+        return spec.model.trainer.steps  # a trainer reports once per step (epoch)
     return resource.rungs()[-1].step if resource is not None else spec.objective.cv
 
 

@@ -16,15 +16,17 @@ from faststream.nats import NatsMessage
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.service import ServiceContext
 from tweakline.validation import problems_of
+from tweakline.validation.trust import code_trainer_problems
 
 
-async def refusal(ctx: ServiceContext, msg: NatsMessage, tweak: TweakFile) -> str | None:
+async def refusal(ctx: ServiceContext, msg: NatsMessage, tweak: TweakFile, repository: str | None = None) -> str | None:
     """Why the submitted ``tweak`` cannot run here (after dead-lettering ``msg`` with it), or ``None``.
 
     The reason lists every problem as ``<field path>: <message>``, separated by ``; ``.
     """
     # check_spec imports and constructs estimators: off the event loop.
-    problems = await asyncio.to_thread(
+    problems = code_trainer_problems(tweak, ctx.settings.code_trainers, repository)
+    problems += await asyncio.to_thread(
         problems_of, tweak, ctx.settings.allowed_estimators, host_paths=ctx.settings.allow_host_paths
     )
     if not problems:
