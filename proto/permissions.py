@@ -350,6 +350,9 @@ GRANTS: dict[Identity, list[Grant]] = {
         object_store(Bucket.DATASETS, write=True),
         # A CI job cancels its own experiment when it is cancelled (submit --wait on SIGTERM).
         publishes(Subject.EXPERIMENT_SUBMITTED, Subject.EXPERIMENT_CANCEL),
+        # `tweakline experiments` and `history` (the client library): read-only state.
+        key_value(Bucket.EXPERIMENTS, write=False),
+        key_value(Bucket.RELEASES, write=False),
         follows(Stream.EVENTS),
     ],
     Identity.WEBHOOK: [

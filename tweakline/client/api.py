@@ -21,6 +21,7 @@ Example (the test ``tests/client/test_api.py::test_the_documented_example_runs``
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -266,6 +267,9 @@ class TweaklineClient:
             stream=Stream.EVENTS.value,
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.ALL,
+            # Named: clients may create consumers on the events stream only with the name in the
+            # subject, never one named like a service's durable (docs/security.md).
+            config=api.ConsumerConfig(name=f"client-{uuid.uuid4().hex}"),
             cb=_on_msg,
         )
         try:
