@@ -132,7 +132,6 @@ def permission_map() -> dict[Identity, Permissions]:
     return {
         Identity.SCHEDULER: _base()
         .add(consumes(Consumer.SCHEDULER_INTAKE))
-        .add(consumes(Consumer.SCHEDULER_RESULTS))
         .add(
             publishes(
                 all_of(Subject.TRIAL_REQUESTED),
@@ -143,6 +142,7 @@ def permission_map() -> dict[Identity, Permissions]:
         .add(listens(all_of(Subject.TRIAL_PROGRESS)))
         .add(key_value(Bucket.EXPERIMENTS, write=True))
         .add(key_value(Bucket.LINEAGE, write=True))
+        .add(key_value(Bucket.SCHEDULER_LEASES, write=True))
         .add(follows(Stream.EVENTS))
         .add(dead_letters()),
         Identity.TRIAL_RUNNER: _base()
