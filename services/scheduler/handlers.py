@@ -77,19 +77,25 @@ class Scheduler:
         self.ownership.start()
         self._ticker = asyncio.create_task(self._tick())
 
-    async def adopt(self, exp_id: str) -> None:
-        """This scheduler just took ``exp_id``'s lease: rebuild it from KV, as after a restart."""
+    async def adopt(self, exp_id: str) -> bool:
+        """This scheduler just took ``exp_id``'s lease: rebuild it from KV, as after a restart.
+
+        Returns whether the experiment runs here now (``False``: it completed meanwhile).
+        """
         assert self.store is not None
         async with self._lock(exp_id):
+            if exp_id in self.runs:
+                return True
             found = await self.store.get(exp_id)
-            if exp_id in self.runs or not found or found[0].status is not ExperimentStatus.RUNNING:
-                return
+            if not found or found[0].status is not ExperimentStatus.RUNNING:
+                return False
             log.info("resuming experiment %s", exp_id)
             try:
                 await self._resume(found[0], found[1])
             except Exception:
                 self.runs.pop(exp_id, None)
                 raise
+            return True
 
     async def drop(self, exp_id: str) -> None:
         """Another scheduler owns ``exp_id`` now: forget the cached run (KV is the truth)."""
@@ -137,7 +143,9 @@ class Scheduler:
                 await msg.ack()
                 return
             log.info("experiment %s submitted (%s)", exp_id, submitted.tweak.metadata.name)
-            if not await self._own(exp_id):  # another scheduler's claim round took it first: it runs it
+            # Another scheduler runs it if its claim round took it first, or if this one has its share
+            # already (a refused experiment is closed here, at once).
+            if not await self._own(exp_id, fair=not refused):
                 await msg.ack()
                 return
             self.runs[exp_id] = (ExperimentRun(state), revision)
@@ -147,11 +155,12 @@ class Scheduler:
                 await self._advance(exp_id)
         await msg.ack()
 
-    async def _own(self, exp_id: str) -> bool:
-        """Take the experiment's lease and follow its results; ``False`` if another scheduler owns it."""
+    async def _own(self, exp_id: str, *, fair: bool = False) -> bool:
+        """Take the experiment's lease and follow its results; ``False`` if another scheduler owns it
+        (or, with ``fair``, should: this one has its share of the experiments)."""
         if self.ownership is None:  # not started through start() (unit tests of the handlers alone)
             return True
-        if not await self.ownership.acquire(exp_id):
+        if not await self.ownership.acquire(exp_id, fair=fair):
             return False
         await self.ownership.follow(exp_id)
         return True

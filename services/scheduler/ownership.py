@@ -178,7 +178,8 @@ class Ownership:
     """This scheduler's leases, result feeds and claim loop.
 
     ``adopt(experiment_id)`` is called (under no lock) when this scheduler has just taken an
-    experiment over and must rebuild it from KV; ``drop(experiment_id)`` when it lost the lease.
+    experiment over and must rebuild it from KV (it returns whether the experiment still runs:
+    it may have completed between the scan and the lease); ``drop(experiment_id)`` when it lost the lease.
     """
 
     def __init__(
@@ -187,7 +188,7 @@ class Ownership:
         kv: KeyValue,
         store: RecordStore[ExperimentState],
         *,
-        adopt: Callable[[str], Awaitable[None]],
+        adopt: Callable[[str], Awaitable[bool]],
         drop: Callable[[str], Awaitable[None]],
         handle: Callable[[TrialCompleted, FeedMessage], Awaitable[None]],
         in_flight: Callable[[str], bool],
@@ -207,6 +208,7 @@ class Ownership:
         self.feeds: dict[str, ResultFeed] = {}
         self.finished: set[str] = set()  # experiments seen completed or failed: never running again
         self._member_rev: int | None = None
+        self._running_seen = 0  # running experiments at the last claim round
         self._loop: asyncio.Task[None] | None = None
 
     @classmethod
@@ -220,10 +222,18 @@ class Ownership:
         """Whether this scheduler holds the experiment's lease."""
         return experiment_id in self.leases
 
-    async def acquire(self, experiment_id: str) -> bool:
-        """Take the experiment's lease if no live scheduler holds it (compare-and-set)."""
+    async def acquire(self, experiment_id: str, *, fair: bool = False) -> bool:
+        """Take the experiment's lease if no live scheduler holds it (compare-and-set).
+
+        ``fair``: not if this scheduler already holds its share of the running experiments (one
+        scheduler's intake pulls a whole batch of submissions); a less busy one claims it instead.
+        """
         if experiment_id in self.leases:
             return True
+        if fair and self.leases:
+            members = await self.members()
+            if members > 1 and len(self.leases) >= math.ceil((self._running_seen + 1) / members):
+                return False
         try:
             self.leases[experiment_id] = await self.kv.create(lease_key(experiment_id), self.ident.encode())
         except KeyWrongLastSequenceError:
@@ -306,6 +316,7 @@ class Ownership:
         """One round: renew, then take unowned running experiments up to a fair share; the ones taken."""
         await self.renew()
         running = await self.running()
+        self._running_seen = len(running)
         share = math.ceil(len(running) / await self.members())
         taken: list[str] = []
         for experiment_id in running:
@@ -319,9 +330,11 @@ class Ownership:
             except KeyNotFoundError:
                 pass
             if await self.acquire(experiment_id):
-                taken.append(experiment_id)
                 try:
-                    await self.adopt_cb(experiment_id)
+                    if not await self.adopt_cb(experiment_id):  # completed meanwhile: nothing to own
+                        await self.release(experiment_id)
+                        continue
+                    taken.append(experiment_id)
                     await self.follow(experiment_id)
                 except Exception:
                     log.exception("could not take experiment %s over; giving its lease back", experiment_id)

@@ -187,7 +187,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings, replicas: in
     """
     await wait_for_jetstream(js)  # on a cluster: once it has a meta leader, it knows its peers
     if replicas is None:
-        replicas = cluster_replicas(js._nc)
+        replicas = settings.stream_replicas or cluster_replicas(js._nc)
     for stream in Stream:
         await _ensure_stream(js, stream_config(stream, replicas))
     for consumer, (stream, _subject) in CONSUMER_FILTERS.items():

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 UP_TIMEOUT_S = 180.0
 DOWN_TIMEOUT_S = 60.0
 RESTART_BACKOFF_S = 2.0
+RESTART_BACKOFF_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 
 StateDir = Annotated[
@@ -63,6 +64,12 @@ def _info(root: Path) -> dict[str, Any] | None:
     return info if alive else None
 
 
+def stack_url(root: Path) -> str | None:
+    """The NATS address of the stack a supervisor runs in ``root`` (``None``: no stack there)."""
+    info = _info(root)
+    return None if info is None else info.get("url")
+
+
 # ------------------------------------------------------------------------------ the supervisor
 
 
@@ -83,12 +90,27 @@ def supervise(root: Path, runners: int | None) -> int:
         stack.start()
         log.info("stack up at %s", stack.url)
         restarts: dict[str, float] = {}
+
+        def due(name: str) -> bool:
+            # Exponential back-off per process (2 s, 4 s, ... at most 30 s): a crash loop does not spin.
+            backoff = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** max(0, stack.restarts.get(name, 0) - 1))
+            return time.monotonic() - restarts.get(name, -backoff) >= backoff
+
         while not stopping:
             time.sleep(0.5)
+            for label in stack.servers_down():  # nats-server first: the services need it
+                if stopping or not due(label):
+                    continue
+                log.warning("%s is not running; restarting it", label)
+                restarts[label] = time.monotonic()
+                try:
+                    stack.revive_server(label)
+                except StackError as exc:
+                    log.error("could not restart %s: %s", label, exc)
             for service in list(stack.services):
                 if service.alive() or stopping:
                     continue
-                if time.monotonic() - restarts.get(service.name, 0.0) < RESTART_BACKOFF_S:
+                if not due(service.name):
                     continue
                 log.warning("service %s exited with code %s; restarting it", service.name, service.process.returncode)
                 restarts[service.name] = time.monotonic()
@@ -188,13 +210,23 @@ def _processes(info: dict[str, Any] | None) -> dict[str, Any] | None:
     if info is None:
         return None
     services = {}
+    restarts = info.get("restarts") or {}
+    pids = {"nats-server": info.get("server")} if info.get("server") else {}
+    pids.update({f"nats-{i}": pid for i, pid in enumerate(info.get("nodes") or [])})
+    servers = {}
+    for name, pid in pids.items():
+        try:
+            alive = bool(pid) and psutil.Process(pid).is_running() and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        servers[name] = {"pid": pid, "alive": alive, "restarts": restarts.get(name, 0)}
     for name, pid in sorted(info.get("services", {}).items()):
         try:
             alive = psutil.Process(pid).is_running() and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             alive = False
-        services[name] = {"pid": pid, "alive": alive}
-    return {"url": info.get("url"), "supervisor": info.get("pid"), "services": services}
+        services[name] = {"pid": pid, "alive": alive, "restarts": restarts.get(name, 0)}
+    return {"url": info.get("url"), "supervisor": info.get("pid"), "servers": servers, "services": services}
 
 
 async def collect_status(settings: Settings, letters: int = 10) -> dict[str, Any]:
@@ -279,8 +311,10 @@ def render_status(report: dict[str, Any]) -> list[Any]:
         table.add_column("service")
         table.add_column("pid", justify="right")
         table.add_column("state")
-        for name, proc in stack["services"].items():
-            table.add_row(name, str(proc["pid"]), "[green]running[/green]" if proc["alive"] else "[red]down[/red]")
+        table.add_column("restarts", justify="right")
+        for name, proc in {**stack.get("servers", {}), **stack["services"]}.items():
+            state = "[green]running[/green]" if proc["alive"] else "[red]down (restarting)[/red]"
+            table.add_row(name, str(proc["pid"]), state, str(proc.get("restarts", 0)))
         parts.append(table)
     experiments = Table(title="Running experiments")
     for column in ("experiment", "name", "results", "in flight", "started"):

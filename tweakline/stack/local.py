@@ -115,6 +115,7 @@ class LocalStack:
         self.cluster_size = cluster  # > 1: a JetStream cluster of that many nats-servers, R3 storage
         self.schedulers = schedulers  # scheduler replicas sharing the experiments through leases
         self.cluster: EmbeddedCluster | None = None
+        self.restarts: dict[str, int] = {}  # label -> restarts by the supervisor (shown by `status`)
         self.port = port
         self.monitor_port = monitor_port  # NATS HTTP monitoring (what KEDA reads in a cluster); off by default
         self.base_settings = settings or Settings()
@@ -257,12 +258,38 @@ class LocalStack:
             raise StackError(f"service {label} is still running (pid {old.process.pid})")
         old.log_handle.close()
         self.services.remove(old)
+        self.restarts[label] = self.restarts.get(label, 0) + 1
         service, _, index = label.partition("-runner-")
         if label.startswith("scheduler-"):
             service, index = "scheduler", label.removeprefix("scheduler-")
         self._spawn("trial-runner" if service == "trial" else service, int(index or 0))
         self._write_info()
         return self.services[-1]
+
+    def servers_down(self) -> list[str]:
+        """Labels of this stack's nats-servers that are not running (``nats-server`` or ``nats-<i>``)."""
+        if self.cluster is not None:
+            return [
+                f"nats-{i}"
+                for i, node in enumerate(self.cluster.nodes)
+                if node.process is None or node.process.poll() is not None
+            ]
+        if self.server is not None and (self.server.process is None or self.server.process.poll() is not None):
+            return ["nats-server"]
+        return []
+
+    def revive_server(self, label: str) -> None:
+        """Start the dead nats-server ``label`` again on its port and store (the supervisor's restart)."""
+        self.restarts[label] = self.restarts.get(label, 0) + 1
+        if label.startswith("nats-") and label != "nats-server":
+            self.restart_node(int(label.removeprefix("nats-")))
+            return
+        assert self.server is not None and self.url is not None
+        self.server.process = None  # already dead: start() again on the same port
+        port = urlparse(self.url).port
+        self.server.config = replace(self.server.config, port=port or self.port)
+        self.server.start()
+        self._write_info()
 
     def kill_node(self, index: int) -> None:
         """SIGKILL cluster node ``index`` (a crash)."""
@@ -297,6 +324,7 @@ class LocalStack:
                     "url": self.url,
                     "server": self.server.pid if self.server else None,
                     "nodes": self.cluster.pids if self.cluster else [],
+                    "restarts": self.restarts,
                     "services": {s.name: s.process.pid for s in self.services},
                 }
             )
