@@ -136,7 +136,10 @@ class Scheduler:
             await self._warm_start(state)
             revision = await self.store.create(exp_id, state)
             if revision is None:  # redelivered submission: already known
-                if exp_id not in self.runs and await self._own(exp_id):
+                if exp_id in self.runs:  # the first delivery may have failed publishing its trials
+                    run = self.runs[exp_id][0]
+                    await self._publish_trials(run, sorted(run.in_flight()))
+                elif await self._own(exp_id):
                     found = await self.store.get(exp_id)
                     if found and found[0].status is ExperimentStatus.RUNNING:
                         await self._resume(*found)
@@ -314,6 +317,11 @@ class Scheduler:
             return None
         run = ExperimentRun(found[0])
         self.runs[exp_id] = (run, found[1])
+        if self.ownership is not None and run.state.status is ExperimentStatus.RUNNING:
+            # The cache was dropped after a failure, perhaps a publish of new trials that failed after
+            # their state was saved (a NATS node lost): send the in-flight ones again under their
+            # message ids (stored once within the duplicate window), as a resume does.
+            await self._publish_trials(run, sorted(run.in_flight()))
         return run
 
     async def _save(self, exp_id: str) -> None:

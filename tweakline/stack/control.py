@@ -73,7 +73,7 @@ def stack_url(root: Path) -> str | None:
 # ------------------------------------------------------------------------------ the supervisor
 
 
-def supervise(root: Path, runners: int | None) -> int:
+def supervise(root: Path, runners: int | None, cluster: int = 1, schedulers: int = 1) -> int:
     """Run the stack in the foreground until SIGTERM/SIGINT, restarting services that die."""
     from tweakline.stack.local import LocalStack
 
@@ -85,7 +85,7 @@ def supervise(root: Path, runners: int | None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    stack = LocalStack(root, runners=runners, settings=Settings())
+    stack = LocalStack(root, runners=runners, settings=Settings(), cluster=cluster, schedulers=schedulers)
     try:
         stack.start()
         log.info("stack up at %s", stack.url)
@@ -127,6 +127,10 @@ def up(
     state_dir: StateDir = None,
     runners: Annotated[int | None, typer.Option("--runners", min=1, help="Trial-runner processes (default: cores).")] = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops the stack.")] = False,
+    cluster: Annotated[
+        int, typer.Option("--cluster", min=1, max=5, help="nats-servers in a JetStream cluster (3: R3 storage).")
+    ] = 1,
+    schedulers: Annotated[int, typer.Option("--schedulers", min=1, help="Scheduler replicas sharing the experiments.")] = 1,
 ) -> None:
     """Start a long-running local stack (nats-server with mTLS and every service) in the background."""
     from tweakline.reporting.console import err
@@ -134,14 +138,14 @@ def up(
 
     root = _root(state_dir)
     if foreground:
-        raise typer.Exit(supervise(root, runners))
+        raise typer.Exit(supervise(root, runners, cluster, schedulers))
     existing = _info(root)
     if existing is not None:
         err.print(f"already up: {existing['url']} (supervisor pid {existing['pid']}, state {root})", highlight=False)
         return
     layout = StackLayout(root)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "tweakline.stack.control", str(root), str(runners or 0)]
+    command = [sys.executable, "-m", "tweakline.stack.control", str(root), str(runners or 0), str(cluster), str(schedulers)]
     with open(layout.logs / "supervisor.log", "ab") as handle:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -350,4 +354,4 @@ if __name__ == "__main__":  # the background supervisor started by 'tweakline up
 
     setup_logging("supervisor", Settings())
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]) or None))
+    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]) or None, *(int(a) for a in sys.argv[3:5])))
