@@ -365,15 +365,21 @@ class Ownership:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+        # Bounded: a stop must not hang on a bus that is going away (the leases then just expire).
         for experiment_id in list(self.leases):
             feed = self.feeds.pop(experiment_id, None)
             if feed is not None:
-                await feed.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(feed.stop(), 2.0)
             revision = self.leases.pop(experiment_id)
             with contextlib.suppress(Exception):
-                await self.kv.delete(lease_key(experiment_id), last=revision)
+                await asyncio.wait_for(self.kv.delete(lease_key(experiment_id), last=revision), 2.0)
+        for feed in self.feeds.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(feed.stop(), 2.0)
+        self.feeds.clear()
         with contextlib.suppress(Exception):
-            await self.kv.delete(member_key(self.ident))
+            await asyncio.wait_for(self.kv.delete(member_key(self.ident)), 2.0)
 
 
 __all__ = ["FEED_STALL_S", "SCHEDULER_LEASE_TTL_S", "FeedMessage", "Ownership", "ResultFeed", "scheduler_id"]
