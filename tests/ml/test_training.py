@@ -281,7 +281,9 @@ def test_csv_dataset_end_to_end(tmp_path: Any) -> None:
         gate={"thresholds": {"log_loss": 0.5}},
     )
     split = DatasetCache().get(spec.dataset, tmp_path)
-    assert split.X_train.shape == (96, 3)
+    # 120 rows, 3 features; the test rows are chosen by a hash of each row (about test_size of them)
+    assert split.X_train.shape[1] == 3 and split.X_train.shape[0] + split.X_test.shape[0] == 120
+    assert 12 <= split.X_test.shape[0] <= 40
     outcome = run_trial(split, spec, {"C": 1.0}, ALLOWED)
     assert outcome.status is TrialStatus.OK
     assert outcome.score is not None and outcome.score > 0.95

@@ -57,7 +57,7 @@ async def test_a_connection_closed_by_the_server_fails_the_liveness_probe(nats) 
         assert broker.connection.is_closed
         assert await asyncio.to_thread(_status, healthz) == 503
     finally:
-        server.close()
+        server.cancel()
         with contextlib.suppress(ConnectionClosedError):  # FastStream drains: nothing left to drain
             await broker.stop()
 
