@@ -31,11 +31,16 @@ CHUNK_BYTES = 128 * 1024  # nats-py's default chunk size
 
 
 def content_name(name: str, digest: str) -> str:
-    """The stored name of ``name`` with content ``digest``: ``models/x.skops`` -> ``models/x/<sha256>.skops``."""
-    stem, dot, ext = name.rpartition(".")
-    if not dot or "/" in ext:
+    """The stored name of ``name`` with content ``digest``: ``models/x.skops`` -> ``models/x/<sha256>.skops``.
+
+    The whole suffix from the file name's first dot is kept (``x.trainer.tar.gz`` stays a
+    ``.trainer.tar.gz``), so readers can still tell an artifact's kind by its name.
+    """
+    folder, slash, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
         return f"{name}/{digest}"
-    return f"{stem}/{digest}.{ext}"
+    return f"{folder}{slash}{stem}/{digest}.{ext}"
 
 
 async def _read(js: JetStreamContext, bucket: str, name: str) -> bytes | None:
