@@ -36,9 +36,9 @@ def shrunk(example: str, tmp_path: Path, trials: int, steps: int) -> Path:
 
 
 def digits_rows(n: int) -> tuple[list[dict[str, float]], list[int]]:
-    digits = load_digits(as_frame=True)
-    frame = digits.frame.drop(columns="target")
-    return [dict(zip(frame.columns, map(float, row))) for row in frame.values[:n]], list(digits.target[:n])
+    digits = load_digits()  # no pandas: the platform does not depend on it
+    names = list(digits.feature_names)
+    return [dict(zip(names, map(float, row))) for row in digits.data[:n]], [int(t) for t in digits.target[:n]]
 
 
 @pytest.mark.parametrize(
