@@ -112,3 +112,17 @@ async def test_half_written_renewal_is_ignored_until_complete(monitored: Monitor
         assert reloader.reload_if_changed() is True
     finally:
         await nc.close()
+
+
+async def test_a_renewal_before_the_watcher_starts_is_still_picked_up(monitored: Monitored) -> None:
+    # A service connects, the files are renewed, and only then its watcher starts (a slow start
+    # on a busy node): the watcher compares with what the connection loaded, not with the files.
+    files = TlsFiles(monitored.pki / Identity.TRIAL_RUNNER)
+    nc = await connect(monitored.settings(Identity.TRIAL_RUNNER), "late-watcher")
+    try:
+        DevCA.load_or_create(monitored.pki).issue(Identity.TRIAL_RUNNER)
+        reloader = CertificateReloader(files, nc.ssl_context)
+        assert reloader.reload_if_changed() is True
+        assert reloader.reload_if_changed() is False  # and once loaded, it is current
+    finally:
+        await nc.close()

@@ -28,6 +28,7 @@ from tweakline.proto.subjects import (
 )
 from tweakline.runtime.pki import TlsFiles
 from tweakline.runtime.settings import Settings
+from tweakline.runtime.tlsreload import LoadedContext
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,14 @@ SERVICE_MAX_DELIVER = 5
 def tls_context(files: TlsFiles) -> ssl.SSLContext:
     """A client context presenting this identity's certificate and trusting only its CA."""
     files.require()
+    digest = files.digest()  # before loading: a renewal racing the load is seen as a change later
     try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca))
+        ctx = LoadedContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server's certificate and name
+        ctx.load_verify_locations(cafile=str(files.ca))
         ctx.load_cert_chain(str(files.cert), str(files.key))
     except (ssl.SSLError, OSError) as exc:
         raise ConfigurationError(f"cannot load TLS files from {files.directory}: {exc}") from exc
+    ctx.loaded_digest = digest
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 

@@ -8,6 +8,7 @@ The CA key stays in ``<pki>/ca/`` and is only used to issue and renew.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -47,6 +48,16 @@ class TlsFiles:
     def exists(self) -> bool:
         """Whether all three files are present."""
         return self.cert.is_file() and self.key.is_file() and self.ca.is_file()
+
+    def digest(self) -> str | None:
+        """A digest of the three files' contents, or ``None`` while one is missing (mid-swap)."""
+        h = hashlib.sha256()
+        try:
+            for path in (self.cert, self.key, self.ca):
+                h.update(path.read_bytes())
+        except OSError:
+            return None
+        return h.hexdigest()
 
     def require(self) -> TlsFiles:
         """Raise a clear error naming the missing files."""

@@ -16,7 +16,6 @@ every handler tolerates).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -26,22 +25,24 @@ from tweakline.runtime.pki import TlsFiles
 log = logging.getLogger(__name__)
 
 
+class LoadedContext(ssl.SSLContext):
+    """A client context that remembers the digest of the files it was loaded from.
+
+    The reloader compares the files with *that* digest, not with what they hold when it starts:
+    a renewal landing between the connection and the reloader's start (a slow start on a busy
+    node) would otherwise look current and never be picked up.
+    """
+
+    loaded_digest: str | None = None
+
+
 class CertificateReloader:
     """Keeps ``context`` loaded with the current contents of ``files``."""
 
     def __init__(self, files: TlsFiles, context: ssl.SSLContext):
         self.files = files
         self.context = context
-        self._loaded = self._digest()
-
-    def _digest(self) -> str | None:
-        h = hashlib.sha256()
-        try:
-            for path in (self.files.cert, self.files.key, self.files.ca):
-                h.update(path.read_bytes())
-        except OSError:  # mid-swap: a file briefly missing
-            return None
-        return h.hexdigest()
+        self._loaded = getattr(context, "loaded_digest", None) or files.digest()
 
     def reload_if_changed(self) -> bool:
         """Load changed files into the context; return whether it now holds new ones.
@@ -49,7 +50,7 @@ class CertificateReloader:
         A half-written renewal (the new certificate with the old key) fails the pair check in a
         scratch context first and is retried at the next poll; the live context is untouched.
         """
-        digest = self._digest()
+        digest = self.files.digest()
         if digest is None or digest == self._loaded:
             return False
         cert, key, ca = str(self.files.cert), str(self.files.key), str(self.files.ca)
