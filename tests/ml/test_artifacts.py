@@ -6,6 +6,8 @@ import ast
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -122,3 +124,21 @@ def test_the_module_never_imports_pickle() -> None:
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported & {"pickle", "cloudpickle", "joblib", "dill"} == set()
     assert "skops" in imported
+
+
+def test_only_processes_that_handle_models_pay_for_skops_and_none_for_torch() -> None:
+    # Start-up cost of every service process: importing skops imports all of scikit-learn (and
+    # torch through it, when installed); the scheduler and the runners never need it.
+    code = (
+        "import sys\n"
+        "import tweakline.scheduler.app, tweakline.trial_runner.app, tweakline.evaluator.app\n"
+        "print('skops.io' in sys.modules, 'torch' in sys.modules)\n"
+        "from sklearn.svm import SVC\n"
+        "from tweakline.ml.artifacts import dump_model, load_model\n"
+        "data, sha = dump_model(SVC().fit([[0.0], [1.0]], [0, 1]))\n"
+        "load_model(data, sha)\n"
+        "print('skops.io' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True", "False"]

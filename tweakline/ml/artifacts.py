@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.abc
+import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
-
-import skops.io as sio
-from skops.io.exceptions import UntrustedTypesFoundException
 
 from tweakline.errors import ArtifactError
 
@@ -61,7 +61,41 @@ def _allowed(trusted: Iterable[str] | None) -> frozenset[str]:
     return TRUSTED_TYPES | frozenset(trusted or ())
 
 
+class _WithoutTorch(importlib.abc.MetaPathFinder):
+    """Makes ``import torch`` fail while skops is first imported (see :func:`_skops`)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"torch is not needed to list scikit-learn's types: {name}")
+        return None
+
+
+_skops_lock = threading.Lock()
+
+
+def _skops() -> Any:
+    """skops.io, imported when a model is first saved or loaded, without torch.
+
+    Importing skops lists scikit-learn's estimators by importing every scikit-learn module,
+    including its array-API adapter for torch, which imports torch when it is installed: seconds
+    of CPU and ~190 MB in every process, although no torch type is ever in a skops artifact.
+    Processes that never handle a model (the scheduler, the runners) do not pay for skops at all.
+    """
+    with _skops_lock:
+        if "skops.io" not in sys.modules and "torch" not in sys.modules:
+            finder = _WithoutTorch()
+            sys.meta_path.insert(0, finder)
+            try:
+                import skops.io
+            finally:
+                sys.meta_path.remove(finder)
+        import skops.io
+
+        return skops.io
+
+
 def _untrusted(data: bytes) -> list[str]:
+    sio = _skops()
     try:
         return list(sio.get_untrusted_types(data=data))
     except Exception as exc:
@@ -78,6 +112,7 @@ def dump_model(estimator: Any, trusted: Iterable[str] | None = None) -> tuple[by
     Refuses (:class:`ArtifactError`) a model that :func:`load_model` would not load with the same
     ``trusted`` list, so an unloadable artifact is caught when it is written, not when deployed.
     """
+    sio = _skops()
     try:
         data = sio.dumps(estimator)
     except Exception as exc:
@@ -114,6 +149,9 @@ def load_model(data: bytes, expected_sha256: str, trusted: Iterable[str] | None 
     refused = _refused(untrusted, allowed)
     if refused:
         raise ArtifactError(f"artifact contains untrusted types: {', '.join(refused)}; refusing to load")
+    sio = _skops()
+    from skops.io.exceptions import UntrustedTypesFoundException
+
     try:
         return sio.loads(data, trusted=[t for t in untrusted if t in allowed])
     except UntrustedTypesFoundException as exc:
