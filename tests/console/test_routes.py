@@ -102,7 +102,7 @@ async def test_operator_actions_need_the_sessions_csrf_token(console: httpx.Asyn
     await promote_three(nats, release)
     csrf = await login(console, OPERATOR, user="ops")
     page = await console.get(f"/releases/{release}")
-    assert 'href="/releases/%s/rollback?to=1"' % release in page.text and OPERATOR not in page.text
+    assert f'href="/releases/{release}/rollback?to=1"' in page.text and OPERATOR not in page.text
 
     confirm = await console.get(f"/releases/{release}/rollback?to=1")
     assert confirm.status_code == 200 and "Revision <b>3</b> is live now" in confirm.text
