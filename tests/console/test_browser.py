@@ -24,12 +24,14 @@ import pytest
 
 from tests.conftest import REPO
 from tests.deployer.test_history_rollback import promote_three
+from tests.factories import make_tweak
 from tests.fault.conftest import fault_settings, tweak
 from tests.waiting import wait_until
 from tweakline.client import TweaklineClient
 from tweakline.client.follow import submit
 from tweakline.proto.messages import ReleaseAction, Source
 from tweakline.proto.permissions import Identity
+from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.bus import connect
 from tweakline.stack.console import credentials_path
 from tweakline.stack.local import LocalStack
@@ -157,11 +159,12 @@ def test_login_is_refused_without_credentials(browser: webdriver.Chrome, stack: 
         assert secret not in browser.page_source
 
 
-def _submit(stack: LocalStack, name: str, delays: list[float], max_trials: int) -> str:
+def _submit(stack: LocalStack, name: str, delays: list[float], max_trials: int, tf: TweakFile | None = None) -> str:
     async def main() -> str:
         nc = await connect(stack.settings_for(Identity.SUBMITTER), "console-browser-test")
         try:
-            return await submit(nc, tweak(name, delays, max_trials=max_trials, parallelism=1), Source(trigger="cli"))
+            experiment = tf or tweak(name, delays, max_trials=max_trials, parallelism=1)
+            return await submit(nc, experiment, Source(trigger="cli", repository="ml/iris", branch="main", author="ana"))
         finally:
             await nc.close()
 
@@ -202,9 +205,6 @@ def test_the_list_and_an_experiment_page_update_live(browser: webdriver.Chrome, 
     assert "js-plotly-plot" in browser.find_element(By.ID, "history").get_attribute("class")  # plotly.js drew it
     assert browser.execute_script("return window.consoleTestMarker") == "no reload"
     assert not browser.find_elements(By.ID, "cancel"), "a read-only login gets no cancel button"
-    if os.environ.get("TWEAKLINE_DOCS_SCREENSHOT") == "1":
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(SCREENSHOT))
 
     browser.get(stack.console_url)
     wait(
@@ -262,3 +262,19 @@ def test_a_rollback_from_the_release_page_changes_the_live_revision(browser: web
     browser.find_element(By.ID, "confirm").click()
     refused = wait(browser, lambda d: text(d, "#error"), "the stale confirmation to be refused")
     assert "revision 3 is live now, not 1; not rolling back" in refused
+
+
+@pytest.mark.skipif(os.environ.get("TWEAKLINE_DOCS_SCREENSHOT") != "1", reason="refreshes docs/img only when asked")
+def test_the_documentations_screenshot(browser: webdriver.Chrome, stack: LocalStack) -> None:
+    """An SVC's C searched on iris, as a person sees its page when it has finished (docs/operations.md)."""
+    search = {"algorithm": "tpe", "seed": 1, "space": {"C": {"type": "float", "low": 1e-3, "high": 1e3, "log": True}}}
+    tf = make_tweak("iris-svc", search=search, budget={"max_trials": 16, "parallelism": 2})
+    exp_id = _submit(stack, "iris-svc", [], 16, tf)
+    log_in(browser, stack, tokens(stack)["operator_token"], user="ana")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#exp-{exp_id} a"), "the experiment in the list")[0].click()
+    wait(browser, lambda d: text(d, "#status") == "completed", "the experiment to complete")
+    wait(browser, lambda d: "decision" in text(d, "#outcome"), "the decision")
+    cancel = browser.find_elements(By.ID, "cancel-form")  # there when the page opened while it ran
+    assert not any(form.is_displayed() for form in cancel), "a finished experiment offers no cancel"
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))

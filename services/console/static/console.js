@@ -104,7 +104,8 @@ function experimentPage() {
     }
     tr.dataset.number = t.number;
     tr.dataset.status = t.status;
-    const params = Object.entries(t.params).map(([k, v]) => k + "=" + v).join(", ");
+    const show = (v) => (typeof v === "number" && !Number.isInteger(v) ? Number(v.toPrecision(4)) : v);
+    const params = Object.entries(t.params).map(([k, v]) => k + "=" + show(v)).join(", ");
     tr.replaceChildren(cell(t.number), cell(t.status, "status " + t.status), cell(fmt(t.score), "score"),
       cell(params + (t.error ? " — " + t.error : "")), cell(t.duration_s), cell(t.runner));
     draw();
