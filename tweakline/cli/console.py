@@ -36,7 +36,7 @@ def console(
     from tweakline.stack.local import StackLayout
 
     settings = Settings()
-    if "TWEAKLINE_NATS_URL" not in os.environ:
+    if not os.environ.get("TWEAKLINE_NATS_URL"):
         root = (state_dir or settings.state_dir or DEFAULT_STATE_DIR).resolve()
         layout = StackLayout(root)
         try:
