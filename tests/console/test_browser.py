@@ -264,6 +264,23 @@ def test_a_rollback_from_the_release_page_changes_the_live_revision(browser: web
     assert "revision 3 is live now, not 1; not rolling back" in refused
 
 
+def test_an_operator_cancels_a_running_experiment_from_its_page(browser: webdriver.Chrome, stack: LocalStack) -> None:
+    exp_id = _submit(stack, "console-cancel", [1.5], max_trials=20)
+    log_in(browser, stack, tokens(stack)["operator_token"], user="ops")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#exp-{exp_id}[data-status=running] a"), "the running experiment")[
+        0
+    ].click()
+    wait(browser, lambda d: text(d, "#live") == "live", "the experiment page's stream to open")
+    browser.find_element(By.NAME, "reason").send_keys("stale branch")
+    browser.find_element(By.ID, "cancel").click()
+    alert = wait(browser, lambda d: d.switch_to.alert, "the confirmation dialog")
+    assert f"Cancel experiment {exp_id}?" in alert.text
+    alert.accept()
+    wait(browser, lambda d: text(d, "#status") == "cancelled", "the page to show the experiment cancelled")
+    assert text(browser, "#outcome") == "cancelled by console (ops): stale branch"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) < 20
+
+
 @pytest.mark.skipif(os.environ.get("TWEAKLINE_DOCS_SCREENSHOT") != "1", reason="refreshes docs/img only when asked")
 def test_the_documentations_screenshot(browser: webdriver.Chrome, stack: LocalStack) -> None:
     """An SVC's C searched on iris, as a person sees its page when it has finished (docs/operations.md)."""
