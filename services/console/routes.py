@@ -216,7 +216,7 @@ class Pages:
             max_age=int(self.settings.session_ttl_s),
             httponly=True,
             samesite="strict",
-            secure=self.settings.tls_dir is not None,
+            secure=self.settings.tls_dir is not None or self.settings.secure_cookie,
             path="/",
         )
         return response

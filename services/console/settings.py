@@ -28,6 +28,9 @@ class ConsoleSettings(BaseSettings):
     tls_dir: Path | None = Field(
         default=None, description="Serve HTTPS with tls.crt and tls.key from this directory (a mounted certificate Secret)."
     )
+    secure_cookie: bool = Field(
+        default=False, description="Mark the session cookie Secure though the console serves HTTP (TLS ends at a proxy)."
+    )
     max_streams: int = Field(default=64, gt=0, description="Live event streams served at once (one per open page).")
     max_body_bytes: int = Field(default=8192, gt=0, description="Largest form body accepted (login and actions).")
     rollback_timeout_s: float = Field(default=120.0, gt=0, description="How long a rollback may take before the page says so.")

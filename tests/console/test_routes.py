@@ -71,6 +71,7 @@ async def test_login_sets_a_strict_session_and_refuses_bad_tokens_and_foreign_re
     assert done.status_code == 303 and done.headers["location"] == "/"
     cookie = done.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and READ.lower() not in cookie
+    assert "secure" not in cookie  # plain HTTP on loopback: a Secure cookie would never come back
     page = await console.get("/")
     assert page.status_code == 200 and 'id="role">read<' in page.text
     for header in ("content-security-policy", "x-frame-options", "x-content-type-options"):

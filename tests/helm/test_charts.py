@@ -391,6 +391,7 @@ def test_console_runs_as_its_own_identity_with_its_tokens_from_a_secret_and_http
     env = _env(container)
     assert container["args"] == ["service", "console"] and env["TWEAKLINE_IDENTITY"] == "console"
     assert env["TWEAKLINE_CONSOLE_HOST"] == "0.0.0.0" and env["TWEAKLINE_CONSOLE_PORT"] == "8090"
+    assert env["TWEAKLINE_CONSOLE_SECURE_COOKIE"] == "true"
     # Tokens only by reference to the Secret: no value in the manifest.
     for name, key in (("READ_TOKEN", "read-token"), ("OPERATOR_TOKEN", "operator-token"), ("SESSION_SECRET", "session-secret")):
         ref = env[f"TWEAKLINE_CONSOLE_{name}"]["secretKeyRef"]
