@@ -58,7 +58,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class FormError(TweaklineError):
-    """A form that cannot be read (too large, not a form)."""
+    """A form that cannot be read (too large: 413, not a form: 400)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 @lru_cache(maxsize=1)
@@ -125,7 +129,7 @@ class Pages:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise FormError(f"form body exceeds {limit} bytes")
+                raise FormError(f"form body exceeds {limit} bytes", 413)
             chunks.append(chunk)
         try:
             parsed = parse_qs(b"".join(chunks).decode("utf-8"), max_num_fields=20, strict_parsing=False)
@@ -143,7 +147,9 @@ class Pages:
                 if wants_html:
                     return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
                 return PlainTextResponse(
-                    "authentication required", status_code=401, headers={"WWW-Authenticate": 'Bearer, Basic realm="tweakline"'}
+                    "authentication required",
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="tweakline", Basic realm="tweakline"'},
                 )
             if operator and not principal.operator:
                 return self.render("error.html", principal, 403, title="Not allowed", message="This needs the operator role.")
@@ -156,7 +162,7 @@ class Pages:
         try:
             form = await self.form(request)
         except FormError as exc:
-            return self.render("error.html", principal, 413, title="Refused", message=str(exc))
+            return self.render("error.html", principal, exc.status, title="Refused", message=str(exc))
         if not self.auth.csrf_ok(principal, form.get("csrf")):
             return self.render(
                 "error.html", principal, 403, title="Refused", message="The form's CSRF token is missing or wrong."
@@ -202,7 +208,7 @@ class Pages:
         try:
             form = await self.form(request)
         except FormError as exc:
-            return self.render("login.html", None, 413, next="/", error=str(exc))
+            return self.render("login.html", None, exc.status, next="/", error=str(exc))
         nxt = _safe_next(form.get("next"))
         made = self.auth.login(form.get("token", ""), form.get("user", ""))
         if made is None:

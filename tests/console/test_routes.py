@@ -116,7 +116,9 @@ async def test_operator_actions_need_the_sessions_csrf_token(console: httpx.Asyn
         refused = await console.post(f"/experiments/{exp_id}/cancel", data=form)
         assert refused.status_code == 403 and "CSRF" in refused.text
     too_big = await console.post(f"/experiments/{exp_id}/cancel", data={"csrf": csrf, "reason": "x" * 2000})
-    assert too_big.status_code == 413
+    assert too_big.status_code == 413 and "form body exceeds 1024 bytes" in too_big.text
+    many = await console.post(f"/experiments/{exp_id}/cancel", data={"csrf": csrf, **{f"f{i}": "x" for i in range(30)}})
+    assert many.status_code == 400 and "not a form" in many.text
 
     done = await console.post(f"/experiments/{exp_id}/cancel", data={"csrf": csrf, "reason": "stale"})
     assert done.status_code == 303 and done.headers["location"] == f"/experiments/{exp_id}"
