@@ -473,6 +473,31 @@ class ReleaseHistory(Message):
         return None if self.current is None else self.revision(self.current)
 
 
+class RollbackRequested(Message):
+    """Operator (the console) -> deployer: make an earlier revision of a release live again."""
+
+    release: Name
+    to: int | None = Field(default=None, description="The revision to make live (default: the one live before).")
+    expect_current: int | None = Field(
+        default=None, description="Refuse unless this revision is still live (the one the operator saw when confirming)."
+    )
+    reason: str = Field(default="", max_length=500, description="Why, in the operator's words (kept in the history).")
+    requested_by: str = Field(default="", max_length=200, description="Who asked: the certificate identity and the user.")
+    request_id: str = Field(description="Unique per request: the answer carries it, and de-duplication keys on it.")
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+class RollbackCompleted(Message):
+    """Deployer -> requester: what a :class:`RollbackRequested` did (the history has the step too)."""
+
+    release: str
+    request_id: str
+    ok: bool
+    revision: int | None = Field(default=None, description="The live revision after the request.")
+    previous: int | None = Field(default=None, description="The live revision before it.")
+    message: str = ""
+
+
 class DeadLetter(Message):
     """A message a service refused, kept with the reason."""
 
@@ -518,5 +543,7 @@ PAYLOADS: dict[Subject, type[Message]] = {
     Subject.EXPERIMENT_CANCELLED: ExperimentCancelled,
     Subject.EVALUATION_COMPLETED: EvaluationCompleted,
     Subject.DEPLOYMENT_COMPLETED: DeploymentCompleted,
+    Subject.RELEASE_ROLLBACK: RollbackRequested,
+    Subject.RELEASE_ROLLED_BACK: RollbackCompleted,
     Subject.DEAD_LETTER: DeadLetter,
 }

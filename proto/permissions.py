@@ -42,6 +42,7 @@ class Identity(StrEnum):
     MODEL_SERVER = "model-server"
     SUBMITTER = "submitter"  # CI pipelines: upload datasets, submit and follow experiments
     WEBHOOK = "webhook"  # the Bitbucket intake: submits experiments and reports decisions back
+    CONSOLE = "console"  # the web console: reads state, follows events, asks for cancels and rollbacks
     ADMIN = "admin"  # the local CLI and the chart's setup job: creates streams and buckets
     NATS_SERVER = "nats-server"  # server certificate only, never a bus user
 
@@ -336,7 +337,8 @@ GRANTS: dict[Identity, list[Grant]] = {
     ],
     Identity.DEPLOYER: [
         consumes(Consumer.DEPLOYER),
-        publishes(Subject.DEPLOYMENT_COMPLETED),
+        consumes(Consumer.DEPLOYER_CONTROL),  # rollback requests (the console's)
+        publishes(Subject.DEPLOYMENT_COMPLETED, Subject.RELEASE_ROLLED_BACK),
         key_value(Bucket.RELEASES, write=True),
         object_store(Bucket.ARTIFACTS, write=False),  # hash checks before a rollback, probe sets
         dead_letters(),
@@ -354,6 +356,14 @@ GRANTS: dict[Identity, list[Grant]] = {
         key_value(Bucket.EXPERIMENTS, write=False),
         key_value(Bucket.RELEASES, write=False),
         follows(Stream.EVENTS),
+    ],
+    # The web console: what its pages show (state, events) and the operator role's two requests;
+    # it drives no target and writes no record itself (the scheduler and the deployer do).
+    Identity.CONSOLE: [
+        key_value(Bucket.EXPERIMENTS, write=False),
+        key_value(Bucket.RELEASES, write=False),
+        follows(Stream.EVENTS),
+        publishes(Subject.EXPERIMENT_CANCEL, Subject.RELEASE_ROLLBACK),
     ],
     Identity.WEBHOOK: [
         object_store(Bucket.DATASETS, write=True),

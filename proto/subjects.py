@@ -7,9 +7,10 @@ permissions can be granted per subject family (``tweakline.trials.requested.>``)
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
-from tweakline.proto.ids import check_experiment_id
+from tweakline.proto.ids import NAME_PATTERN, InvalidIdentifierError, check_experiment_id
 
 PREFIX = "tweakline"
 
@@ -29,6 +30,10 @@ class Subject(StrEnum):
     TRIAL_COMPLETED = f"{PREFIX}.trials.completed"
     EVALUATION_COMPLETED = f"{PREFIX}.evaluations.completed"
     DEPLOYMENT_COMPLETED = f"{PREFIX}.deployments.completed"
+    # An operator's request to make an earlier revision live (the console's rollback; stored:
+    # audited, never lost) and the deployer's answer; these end with the release name.
+    RELEASE_ROLLBACK = f"{PREFIX}.releases.rollback"
+    RELEASE_ROLLED_BACK = f"{PREFIX}.releases.rolledback"
     DEAD_LETTER = f"{PREFIX}.deadletter"
 
 
@@ -40,6 +45,15 @@ def subject_for(family: Subject, experiment_id: str) -> str:
     malformed subject is to close the connection.
     """
     return f"{family.value}.{check_experiment_id(experiment_id)}"
+
+
+def release_subject(family: Subject, release: str) -> str:
+    """The concrete subject of one release's message in ``family`` (the release name is one safe token)."""
+    if not isinstance(release, str) or not re.fullmatch(NAME_PATTERN, release):
+        raise InvalidIdentifierError(
+            f"release name {release!r:.60} is not valid: expected a Kubernetes-style name (lower-case letters, digits and '-')"
+        )
+    return f"{family.value}.{release}"
 
 
 def all_of(family: Subject) -> str:
@@ -72,6 +86,8 @@ STREAM_SUBJECTS: dict[Stream, list[str]] = {
         all_of(Subject.TRIAL_COMPLETED),
         all_of(Subject.EVALUATION_COMPLETED),
         all_of(Subject.DEPLOYMENT_COMPLETED),
+        all_of(Subject.RELEASE_ROLLBACK),
+        all_of(Subject.RELEASE_ROLLED_BACK),
     ],
     Stream.TRIALS: [all_of(Subject.TRIAL_REQUESTED)],
     Stream.DEAD_LETTERS: [all_of(Subject.DEAD_LETTER)],
@@ -87,6 +103,7 @@ class Consumer(StrEnum):
     TRIAL_RUNNERS = "trial-runners"
     EVALUATOR = "evaluator"
     DEPLOYER = "deployer"
+    DEPLOYER_CONTROL = "deployer-control"  # rollback requests
     # The webhook reports decisions back to the commit (build status, PR comment).
     WEBHOOK_EVALUATIONS = "webhook-evaluations"
     WEBHOOK_DEPLOYMENTS = "webhook-deployments"
@@ -100,6 +117,7 @@ CONSUMER_FILTERS: dict[Consumer, tuple[Stream, str]] = {
     Consumer.TRIAL_RUNNERS: (Stream.TRIALS, all_of(Subject.TRIAL_REQUESTED)),
     Consumer.EVALUATOR: (Stream.EVENTS, all_of(Subject.EXPERIMENT_COMPLETED)),
     Consumer.DEPLOYER: (Stream.EVENTS, all_of(Subject.EVALUATION_COMPLETED)),
+    Consumer.DEPLOYER_CONTROL: (Stream.EVENTS, all_of(Subject.RELEASE_ROLLBACK)),
     Consumer.WEBHOOK_EVALUATIONS: (Stream.EVENTS, all_of(Subject.EVALUATION_COMPLETED)),
     Consumer.WEBHOOK_DEPLOYMENTS: (Stream.EVENTS, all_of(Subject.DEPLOYMENT_COMPLETED)),
 }

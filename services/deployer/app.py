@@ -28,5 +28,12 @@ def create_app(settings: Settings) -> FastStream:
         # slow upgrade never holds up another experiment's deployment.
         max_workers=settings.deployer_concurrency,
     )
+    # An operator's rollback requests (the console); in order, one at a time.
+    ctx.subscribe(
+        router,
+        deployer.on_rollback_requested,
+        **durable_subscription(Consumer.DEPLOYER_CONTROL, batch_size=1),
+        ack_policy=AckPolicy.MANUAL,
+    )
     broker.include_router(router)
     return make_app(ctx, NAME, start=[deployer.start])

@@ -22,9 +22,11 @@ from tweakline.proto.messages import (
     ReleaseEvent,
     ReleaseHistory,
     ReleaseRevision,
+    RollbackCompleted,
+    RollbackRequested,
     msg_id,
 )
-from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
+from tweakline.proto.subjects import Bucket, Stream, Subject, release_subject, subject_for
 from tweakline.runtime.objects import get_artifact
 from tweakline.runtime.records import RecordStore
 from tweakline.runtime.service import ServiceContext, keep_alive
@@ -71,6 +73,51 @@ class Deployer:
         )
         await msg.ack()
         log.info("release %s: %s", evaluation.release, message)
+
+    async def on_rollback_requested(self, request: RollbackRequested, msg: NatsMessage) -> None:
+        """An operator's rollback (the console's): drive the target, record it, answer with the outcome.
+
+        Idempotent: the request id is kept in the recorded reason, so a redelivered request that
+        was already carried out is answered again instead of rolling back a second time.
+        """
+        marker = f"(request {request.request_id})"
+        async with self._releases.setdefault(request.release, asyncio.Lock()):
+            answer = await self._rollback(request, marker)
+        await self.ctx.publish(
+            answer,
+            release_subject(Subject.RELEASE_ROLLED_BACK, request.release),
+            msg_id=msg_id("rolledback", request.request_id),
+            stream=Stream.EVENTS,
+        )
+        await msg.ack()
+        log.info("release %s: %s", request.release, answer.message)
+
+    async def _rollback(self, request: RollbackRequested, marker: str) -> RollbackCompleted:
+        assert self.store is not None
+        answer = {"release": request.release, "request_id": request.request_id}
+        found = await self.store.get(request.release)
+        if found is not None:
+            done = next((e for e in found[0].events if e.reason.endswith(marker)), None)
+            if done is not None:
+                message = f"revision {done.revision} is live again (was {done.previous})"
+                return RollbackCompleted(**answer, ok=True, revision=done.revision, previous=done.previous, message=message)
+        try:
+            result = await rollback(
+                self.ctx.js,
+                self.ctx.settings,
+                request.release,
+                to=request.to,
+                reason=f"{request.reason or 'manual rollback'} {marker}",
+                by=request.requested_by or "operator",
+                expect_current=request.expect_current,
+            )
+        except ReleaseError as exc:
+            return RollbackCompleted(**answer, ok=False, message=str(exc))
+        except Exception as exc:  # a failed target: the history is unchanged
+            log.exception("rollback of %s failed", request.release)
+            return RollbackCompleted(**answer, ok=False, message=f"rollback failed: {type(exc).__name__}: {exc}")
+        message = f"revision {result.revision.revision} is live again (was {result.previous})"
+        return RollbackCompleted(**answer, ok=True, revision=result.revision.revision, previous=result.previous, message=message)
 
     async def _deploy(self, evaluation: EvaluationCompleted) -> tuple[DeploymentStatus, int | None, str]:
         assert self.store is not None and evaluation.release is not None

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import yaml
 from tests.conftest import REPO, run_cli
 from tests.e2e.test_run import leftover_processes
 from tests.fault.conftest import tweak
+from tests.waiting import wait_until
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Stream, Subject, all_of, subject_for
 from tweakline.runtime.bus import connect
@@ -100,12 +102,27 @@ async def poison_and_wait(state: Path, url: str) -> None:
         await nc.close()
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 def test_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     up = run_cli("up", "--state-dir", str(state), "--runners", "1", env=ENV, timeout=300)
     try:
         assert up.code == 0, up.stderr
         assert "TWEAKLINE_NATS_URL=tls://127.0.0.1:" in up.stdout
+        # The web console comes up with the stack, on loopback, behind a login.
+        console = up.stderr.split("console: ", 1)[1].split()[0]
+        assert console.startswith("http://127.0.0.1:") and (state / "console" / "credentials.json").stat().st_mode & 0o077 == 0
+        wait_until(lambda: _answers(console + "healthz"), "the stack's console to answer")
+        ask = urllib.request.Request(console, headers={"Accept": "text/html"})
+        with urllib.request.urlopen(ask, timeout=30) as page:  # follows the redirect to the login form
+            assert page.url.startswith(console + "login") and 'id="login-form"' in page.read().decode()
         again = run_cli("up", "--state-dir", str(state), env=ENV)
         assert again.code == 0 and "already up" in again.stderr
 
@@ -115,7 +132,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         status = run_cli("status", "--state-dir", str(state), "--json", env=ENV)
         assert status.code == 0, status.stderr
         report = status.json()
-        assert set(report["stack"]["services"]) == {"scheduler", "evaluator", "deployer", "trial-runner-0"}
+        assert set(report["stack"]["services"]) == {"scheduler", "evaluator", "deployer", "trial-runner-0", "console"}
         assert all(proc["alive"] for proc in report["stack"]["services"].values())
         assert report["experiments"] == []
         assert report["dead_letters"]["total"] == 1

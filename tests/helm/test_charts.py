@@ -128,11 +128,13 @@ def _env(container: dict) -> dict[str, object]:
 def test_one_deployment_per_service_running_its_own_identity(values_file: str | None) -> None:
     manifests = render("tweakline", values_file)
     deployments = {m.doc["spec"]["template"]["spec"]["containers"][0]["args"][1]: m for m in find(manifests, "Deployment")}
-    # The webhook is optional (webhook.enabled); every other service always runs.
-    always = {s for s in SERVICES if s != "webhook"}
+    # The webhook and the console are optional (<name>.enabled); every other service always runs.
+    optional = {"webhook", "console"}
+    always = {s for s in SERVICES if s not in optional}
     assert always == {i.value for i in SERVICE_IDENTITIES}
-    webhook = bool(values_of("tweakline", values_file).get("webhook", {}).get("enabled"))
-    assert set(deployments) == always | ({"webhook"} if webhook else set())
+    values = values_of("tweakline", values_file)
+    enabled = {name for name in optional if values.get(name, {}).get("enabled")}
+    assert set(deployments) == always | enabled
     for service, manifest in deployments.items():
         pod = manifest.doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -191,13 +193,18 @@ def test_only_the_deployer_gets_api_access(values_file: str | None) -> None:
 @pytest.mark.parametrize("values_file", [None, "ci/full-values.yaml"])
 def test_one_certificate_per_identity_and_the_nats_server(values_file: str | None) -> None:
     manifests = render("tweakline", values_file)
-    certificates = {m.doc["spec"]["commonName"]: m.doc["spec"] for m in find(manifests, "Certificate") if not m.doc["spec"].get("isCA")}
+    certificates = {
+        m.doc["spec"]["commonName"]: m.doc["spec"]
+        for m in find(manifests, "Certificate")
+        if not m.doc["spec"].get("isCA") and not m.name.endswith("-console-https")  # the console's HTTPS, not a bus identity
+    }
     values = values_of("tweakline", values_file)
     map_file = chart_dir("tweakline", values) / "files" / "nats-authorization.json"
     users = [u["user"].removeprefix("CN=") for u in json.loads(map_file.read_text())["authorization"]["users"]]
     assert {i.value for i in CLIENT_IDENTITIES} <= set(users)
-    if not any(m.name.endswith("-webhook") for m in find(manifests, "Deployment")):  # not deployed, no certificate
-        users.remove(Identity.WEBHOOK.value)
+    for optional in (Identity.WEBHOOK, Identity.CONSOLE):
+        if not any(m.name.endswith(f"-{optional.value}") for m in find(manifests, "Deployment")):  # not deployed, no certificate
+            users.remove(optional.value)
     assert sorted(certificates) == sorted(users + [Identity.NATS_SERVER.value])
     for identity in (i for i in CLIENT_IDENTITIES if i.value in users):
         spec = certificates[identity.value]
@@ -301,9 +308,9 @@ def test_model_server_runs_serve_with_its_own_read_only_identity() -> None:
 
 
 def test_optional_parts_switched_off_render_nothing() -> None:
-    """The webhook and the dashboard ConfigMap exist only when enabled."""
+    """The webhook, the console and the dashboard ConfigMap exist only when enabled."""
     manifests = render("tweakline", "ci/minimal-values.yaml")
-    assert not [m for m in manifests if "-webhook" in m.name or m.name.endswith("-dashboard")]
+    assert not [m for m in manifests if "-webhook" in m.name or "-console" in m.name or m.name.endswith("-dashboard")]
     assert not [m for m in manifests if m.kind == "Pod"]  # no helm test
 
 
@@ -311,13 +318,14 @@ def test_every_setting_the_chart_passes_is_one_the_services_read() -> None:
     from tweakline.deployer.helm import HelmSettings
     from tweakline.model_server.settings import ServeSettings
     from tweakline.webhook.app import WebhookSettings
+    from tweakline.console.settings import ConsoleSettings
     from tweakline.runtime.settings import Settings
 
     known = {
         f"TWEAKLINE_{name.upper()}"
         for model in (Settings, HelmSettings, ServeSettings, WebhookSettings)
         for name in model.model_fields
-    }
+    } | {f"TWEAKLINE_CONSOLE_{name.upper()}" for name in ConsoleSettings.model_fields}
     for values_file in (None, "ci/full-values.yaml"):
         manifests = render("tweakline", values_file)
         for manifest in find(manifests, "Deployment") + find(manifests, "Job"):
@@ -359,7 +367,7 @@ def test_webhook_runs_as_its_own_identity_with_its_secrets_as_files() -> None:
     assert [src["secret"]["name"] for src in volume["projected"]["sources"]] == ["bitbucket-webhook", "bitbucket"]
     (intake,) = find(manifests, "Service", f"{RELEASE}-tweakline-webhook-intake")
     assert intake.doc["spec"]["ports"][0]["targetPort"] == "webhook"
-    (ingress,) = find(manifests, "Ingress")
+    (ingress,) = find(manifests, "Ingress", f"{RELEASE}-tweakline-webhook")
     (path,) = ingress.doc["spec"]["rules"][0]["http"]["paths"]
     assert path["path"] == "/webhooks/bitbucket" and path["pathType"] == "Exact"
     assert path["backend"]["service"]["name"] == intake.name
@@ -373,3 +381,37 @@ def test_webhook_without_its_secret_or_identity_is_a_clear_error() -> None:
         with helm_python.Chart.load(str(CHARTS / "tweakline")) as chart:
             with pytest.raises(helm_python.HelmError, match="no .*webhook.* identity"):
                 chart.render({"webhook": {"enabled": True, "secret": {"existingSecret": "s"}}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_console_runs_as_its_own_identity_with_its_tokens_from_a_secret_and_https() -> None:
+    manifests = render("tweakline", "ci/full-values.yaml")
+    (deployment,) = find(manifests, "Deployment", f"{RELEASE}-tweakline-console")
+    pod = deployment.doc["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    assert container["args"] == ["service", "console"] and env["TWEAKLINE_IDENTITY"] == "console"
+    assert env["TWEAKLINE_CONSOLE_HOST"] == "0.0.0.0" and env["TWEAKLINE_CONSOLE_PORT"] == "8090"
+    assert env["TWEAKLINE_CONSOLE_SECURE_COOKIE"] == "true"
+    # Tokens only by reference to the Secret: no value in the manifest.
+    for name, key in (("READ_TOKEN", "read-token"), ("OPERATOR_TOKEN", "operator-token"), ("SESSION_SECRET", "session-secret")):
+        ref = env[f"TWEAKLINE_CONSOLE_{name}"]["secretKeyRef"]
+        assert ref == {"name": "tweakline-console", "key": key, "optional": True}
+    assert {"name": "console", "containerPort": 8090, "protocol": "TCP"} in container["ports"]
+    # HTTPS from a server-auth certificate of the chart's issuer, mounted where the console reads it.
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "console-https"]
+    assert env["TWEAKLINE_CONSOLE_TLS_DIR"] == mount["mountPath"] and mount["readOnly"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "console-https"]
+    (cert,) = find(manifests, "Certificate", volume["secret"]["secretName"])
+    assert cert.doc["spec"]["usages"] == ["digital signature", "server auth"]
+    (web,) = find(manifests, "Service", f"{RELEASE}-tweakline-console-web")
+    assert "console.ml.example.com" in cert.doc["spec"]["dnsNames"] and web.name in cert.doc["spec"]["dnsNames"]
+    assert web.doc["spec"]["ports"][0]["targetPort"] == "console"
+    (ingress,) = [m for m in find(manifests, "Ingress") if m.name.endswith("-console")]
+    (path,) = ingress.doc["spec"]["rules"][0]["http"]["paths"]
+    assert path["path"] == "/" and path["backend"]["service"] == {"name": web.name, "port": {"name": "console"}}
+
+
+def test_console_without_its_secret_is_a_clear_error() -> None:
+    with helm_python.Chart.load(str(CHARTS / "tweakline")) as chart:
+        with pytest.raises(helm_python.HelmError, match="console.secret.existingSecret"):
+            chart.render({"console": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE)

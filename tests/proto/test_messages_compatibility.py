@@ -29,6 +29,8 @@ from tweakline.proto.messages import (
     ExperimentSubmitted,
     GateCheck,
     Message,
+    RollbackCompleted,
+    RollbackRequested,
     Source,
     TrialCompleted,
     TrialControl,
@@ -69,6 +71,10 @@ EXAMPLES: dict[type[Message], Message] = {
         experiment_id="e", status=ExperimentStatus.SUPERSEDED, superseded_by="f", stopped_trials=[2, 3], trials_done=2
     ),
     TrialCompleted: TrialCompleted(experiment_id="e", trial_id="e.0", number=0, status=TrialStatus.OK, params={}),
+    RollbackRequested: RollbackRequested(
+        release="iris", to=1, expect_current=2, reason="regressed", requested_by="console (ops)", request_id="r1"
+    ),
+    RollbackCompleted: RollbackCompleted(release="iris", request_id="r1", ok=True, revision=1, previous=2, message="done"),
     ExperimentCompleted: ExperimentCompleted(
         experiment_id="e",
         tweak=TWEAK,

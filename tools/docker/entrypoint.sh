@@ -7,7 +7,7 @@
 set -e
 case "${1:-}" in
     "" | -*) exec tweakline "$@" ;;
-    bus | cancel | down | experiments | history | pki | report | rollback | run | serve | service | status | submit | up | validate)
+    bus | cancel | console | down | experiments | history | pki | report | rollback | run | serve | service | status | submit | up | validate)
         exec tweakline "$@" ;;
 esac
 if command -v "$1" >/dev/null 2>&1; then

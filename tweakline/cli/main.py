@@ -34,6 +34,7 @@ app = typer.Typer(
 pki_app = typer.Typer(help="The local development certificate authority.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(bus_app, name="bus")  # tweakline bus init (the chart's setup Job)
+from tweakline.cli.console import register as _register_console  # noqa: E402
 from tweakline.cli.experiments import register as _register_experiments  # noqa: E402
 from tweakline.cli.releases import register as _register_release_commands  # noqa: E402
 from tweakline.cli.serve import register as _register_serve  # noqa: E402
@@ -41,6 +42,7 @@ from tweakline.cli.serve import register as _register_serve  # noqa: E402
 _register_release_commands(app)
 _register_serve(app)
 _register_experiments(app)  # experiments [show], cancel
+_register_console(app)  # the web console
 stackctl.register(app)  # up, down, status
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
@@ -258,7 +260,9 @@ async def _run_experiment(
 
 
 @app.command()
-def service(name: Annotated[str, typer.Argument(help="scheduler, trial-runner, evaluator, deployer or webhook.")]) -> None:
+def service(
+    name: Annotated[str, typer.Argument(help="scheduler, trial-runner, evaluator, deployer, webhook or console.")],
+) -> None:
     """Run one service until SIGTERM (the container entry point; the local stack uses it too)."""
     from tweakline.cli.services import SERVICES, app_factory
     from tweakline.observability.telemetry import setup_logging

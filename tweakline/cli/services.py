@@ -17,6 +17,7 @@ SERVICES: dict[str, str] = {
     "evaluator": "tweakline.evaluator.app",
     "deployer": "tweakline.deployer.app",
     "webhook": "tweakline.webhook.app",
+    "console": "tweakline.console.app",
 }
 
 

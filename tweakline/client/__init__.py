@@ -3,6 +3,6 @@
 :class:`TweaklineClient` is the front door (the CLI's ``experiments`` and ``cancel`` are built on it).
 """
 
-from tweakline.client.api import ExperimentSummary, TweaklineClient, UnknownExperimentError
+from tweakline.client.api import ExperimentSummary, RollbackRefusedError, TweaklineClient, UnknownExperimentError
 
-__all__ = ["ExperimentSummary", "TweaklineClient", "UnknownExperimentError"]
+__all__ = ["ExperimentSummary", "RollbackRefusedError", "TweaklineClient", "UnknownExperimentError"]

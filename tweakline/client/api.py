@@ -41,12 +41,14 @@ from tweakline.proto.messages import (
     ExperimentStatus,
     ExperimentSubmitted,
     ReleaseHistory,
+    RollbackCompleted,
+    RollbackRequested,
     Source,
     TrialCompleted,
     TrialStatus,
     msg_id,
 )
-from tweakline.proto.subjects import Bucket, Stream, Subject, experiment_events, subject_for
+from tweakline.proto.subjects import Bucket, Stream, Subject, experiment_events, release_subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.records import RecordStore
 from tweakline.runtime.settings import Settings
@@ -67,6 +69,10 @@ _EVENTS: dict[str, type[BaseModel]] = {
 
 class UnknownExperimentError(TweaklineError):
     """No experiment with that id is recorded."""
+
+
+class RollbackRefusedError(TweaklineError):
+    """The deployer did not roll back (no such revision, a newer revision went live, the target failed)."""
 
 
 class ExperimentSummary(BaseModel):
@@ -296,3 +302,96 @@ class TweaklineClient:
                 f"release: no release named {release!r}; known: {', '.join(sorted(await store.keys())) or 'none'}"
             )
         return found[0]
+
+    async def releases(self) -> list[ReleaseHistory]:
+        """Every release's history, by name."""
+        try:
+            store = await RecordStore.open(self.js, Bucket.RELEASES.value, ReleaseHistory)
+        except Exception as exc:
+            raise BusError(f"cannot read the releases bucket: {exc}") from exc
+        found = [await store.get(key) for key in sorted(await store.keys())]
+        return [record for record, _rev in filter(None, found)]
+
+    async def watch_experiments(self) -> AsyncIterator[ExperimentSummary | None]:
+        """Every experiment's summary as its recorded state changes: the current ones first, then
+        ``None`` (everything recorded so far has been sent), then each change as it is written.
+
+        Pushed by the server (a KV watch): nothing is re-read, however many experiments there are.
+        """
+        try:
+            kv = await self.js.key_value(Bucket.EXPERIMENTS.value)
+            watcher = await kv.watchall(ignore_deletes=True)
+        except Exception as exc:
+            raise BusError(f"cannot watch the experiments bucket: {exc}") from exc
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    yield None
+                    continue
+                if entry.value:
+                    yield summarize(ExperimentState.model_validate_json(entry.value))
+        finally:
+            await watcher.stop()
+
+    async def rollback(
+        self,
+        release: str,
+        *,
+        to: int | None = None,
+        expect_current: int | None = None,
+        reason: str = "",
+        user: str | None = None,
+        timeout: float = 60.0,
+    ) -> RollbackCompleted:
+        """Ask the deployer to make revision ``to`` (default: the one live before) of ``release`` live again.
+
+        ``expect_current``: refuse unless that revision is still live (what the operator confirmed).
+        Returns the deployer's answer; :class:`RollbackRefusedError` with its reason when it did
+        not roll back, :class:`BusError` when no answer came within ``timeout`` seconds.
+        """
+        request_id = uuid.uuid4().hex
+        request = RollbackRequested(
+            release=release,
+            to=to,
+            expect_current=expect_current,
+            reason=reason[:500],
+            requested_by=(self.identity + (f" ({user})" if user else ""))[:200],
+            request_id=request_id,
+        )
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def _on_msg(msg: Any) -> None:
+            await answers.put(msg.data)
+
+        # Listen before asking, so the answer cannot slip past.
+        sub = await self.js.subscribe(
+            release_subject(Subject.RELEASE_ROLLED_BACK, release),
+            stream=Stream.EVENTS.value,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.NEW,
+            config=api.ConsumerConfig(name=f"client-{uuid.uuid4().hex}"),
+            cb=_on_msg,
+        )
+        try:
+            try:
+                await self.js.publish(
+                    release_subject(Subject.RELEASE_ROLLBACK, release),
+                    request.model_dump_json().encode(),
+                    headers={"Nats-Msg-Id": msg_id("rollback", request_id)},
+                    stream=Stream.EVENTS.value,
+                    timeout=10,
+                )
+            except Exception as exc:
+                raise BusError(f"could not send the rollback of {release}: {exc}") from exc
+            async with asyncio.timeout(timeout):
+                while True:
+                    answer = RollbackCompleted.model_validate_json(await answers.get())
+                    if answer.request_id == request_id:
+                        break
+        except TimeoutError:
+            raise BusError(f"no answer to the rollback of {release} within {timeout:g}s: is the deployer running?") from None
+        finally:
+            await sub.unsubscribe()
+        if not answer.ok:
+            raise RollbackRefusedError(answer.message)
+        return answer

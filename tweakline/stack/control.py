@@ -78,7 +78,10 @@ def supervise(root: Path, runners: int | None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    stack = LocalStack(root, runners=runners, settings=Settings())
+    from tweakline.console.settings import ConsoleSettings
+
+    # The web console comes up with the stack, on TWEAKLINE_CONSOLE_PORT (8090) or a free port if that is taken.
+    stack = LocalStack(root, runners=runners, settings=Settings(), console_port=ConsoleSettings().port)
     try:
         stack.start()
         log.info("stack up at %s", stack.url)
@@ -134,6 +137,10 @@ def up(
                 raise StackError("the local stack did not start:\n" + "\n".join(tail))
             time.sleep(0.2)
     err.print(f"[green]up[/green] {info['url']} (supervisor pid {process.pid}); stop it with 'tweakline down'", highlight=False)
+    if info.get("console"):
+        from tweakline.stack.console import credentials_path
+
+        err.print(f"console: {info['console']} (log in with a token from {credentials_path(root)})", highlight=False)
     typer.echo(f"TWEAKLINE_NATS_URL={info['url']}")
     typer.echo(f"TWEAKLINE_STATE_DIR={root}")
 

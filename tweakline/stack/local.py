@@ -108,6 +108,7 @@ class LocalStack:
         settings: Settings | None = None,
         monitor_port: int | None = None,
         host_paths: bool = False,
+        console_port: int | None = None,
     ):
         self.layout = StackLayout(state_dir.resolve())
         self.runners = runners if runners is not None else max(1, os.cpu_count() or 1)
@@ -117,6 +118,9 @@ class LocalStack:
         # `tweakline run`'s private stack: its scheduler accepts csv: paths (every client that can
         # reach it holds this user's own state directory); `tweakline up` and a platform refuse them.
         self.host_paths = host_paths
+        # The web console on this loopback port (0: any free one); None: no console.
+        self.console_port = console_port
+        self.console_url: str | None = None
         self.server: EmbeddedNatsServer | None = None
         self.services: list[ServiceProcess] = []
         self.url: str | None = None
@@ -179,6 +183,8 @@ class LocalStack:
                 self._spawn(name)
             for index in range(self.runners):
                 self._spawn("trial-runner", index)
+            if self.console_port is not None:
+                self._spawn_console()
             self._write_info()
         except BaseException:
             self.stop()
@@ -192,7 +198,7 @@ class LocalStack:
         finally:
             await nc.close()
 
-    def _spawn(self, service: str, index: int = 0) -> None:
+    def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None) -> None:
         identity = Identity(service)
         label = service if service != "trial-runner" else f"trial-runner-{index}"
         settings = self.settings_for(identity)
@@ -213,6 +219,7 @@ class LocalStack:
         )
         env.update(self._settings_env())
         env.pop("TWEAKLINE_TLS_DIR", None)
+        env.update(extra or {})
         # Never inherited from the caller's environment: only this stack's own choice, for its scheduler.
         env["TWEAKLINE_ALLOW_HOST_PATHS"] = str(self.host_paths and identity is Identity.SCHEDULER).lower()
         if settings.metrics_port:  # one Prometheus port per local process: base, base+1, ...
@@ -228,6 +235,15 @@ class LocalStack:
             preexec_fn=_die_with_parent,
         )
         self.services.append(ServiceProcess(label, process, log_path, handle))
+
+    def _spawn_console(self) -> None:
+        from tweakline.stack.console import console_credentials, pick_port
+
+        port = pick_port(self.console_port or 0)
+        self.console_port = port  # a restart listens where the first one did
+        self.console_url = f"http://127.0.0.1:{port}/"
+        extra = {"TWEAKLINE_CONSOLE_HOST": "127.0.0.1", "TWEAKLINE_CONSOLE_PORT": str(port)}
+        self._spawn("console", extra=extra | console_credentials(self.layout.root))
 
     def _settings_env(self) -> dict[str, str]:
         """The stack's non-default settings as ``TWEAKLINE_*`` variables, so every service sees them."""
@@ -251,6 +267,10 @@ class LocalStack:
             raise StackError(f"service {label} is still running (pid {old.process.pid})")
         old.log_handle.close()
         self.services.remove(old)
+        if label == "console":
+            self._spawn_console()
+            self._write_info()
+            return self.services[-1]
         service, _, index = label.partition("-runner-")
         self._spawn("trial-runner" if index else service, int(index or 0))
         self._write_info()
@@ -273,6 +293,7 @@ class LocalStack:
                     "url": self.url,
                     "server": self.server.pid if self.server else None,
                     "services": {s.name: s.process.pid for s in self.services},
+                    "console": self.console_url,
                 }
             )
         )

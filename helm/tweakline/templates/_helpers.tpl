@@ -72,6 +72,7 @@ runner: trial-runner
 evaluator: evaluator
 deployer: deployer
 webhook: webhook
+console: console
 {{- end }}
 
 {{/*
@@ -94,6 +95,9 @@ Output: a JSON list of identity names.
 {{- if not .Values.webhook.enabled }}
 {{- /* no certificate for a service that is not deployed */ -}}
 {{- $ids = without $ids "webhook" }}
+{{- end }}
+{{- if not .Values.console.enabled }}
+{{- $ids = without $ids "console" }}
 {{- end }}
 {{- toJson $ids }}
 {{- end }}
