@@ -94,14 +94,12 @@ async def wait_ready(nc: Client, runners: int, timeout: float = 60.0) -> float:
     js = nc.jetstream()
     wanted = {
         Consumer.SCHEDULER_INTAKE: 1,
-        Consumer.SCHEDULER_RESULTS: 1,
         Consumer.TRIAL_RUNNERS: runners,
         Consumer.EVALUATOR: 1,
         Consumer.DEPLOYER: 1,
     }
     streams = {
         Consumer.SCHEDULER_INTAKE: Stream.EVENTS,
-        Consumer.SCHEDULER_RESULTS: Stream.EVENTS,
         Consumer.TRIAL_RUNNERS: Stream.TRIALS,
         Consumer.EVALUATOR: Stream.EVENTS,
         Consumer.DEPLOYER: Stream.EVENTS,

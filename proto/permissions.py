@@ -312,12 +312,13 @@ def _base(identity: Identity) -> Grant:
 GRANTS: dict[Identity, list[Grant]] = {
     Identity.SCHEDULER: [
         consumes(Consumer.SCHEDULER_INTAKE),
-        consumes(Consumer.SCHEDULER_RESULTS),
         consumes(Consumer.SCHEDULER_CONTROL),  # cancel commands
         publishes(Subject.TRIAL_REQUESTED, Subject.TRIAL_CONTROL, Subject.EXPERIMENT_COMPLETED, Subject.EXPERIMENT_CANCELLED),
         listens(Subject.TRIAL_PROGRESS),
         key_value(Bucket.EXPERIMENTS, write=True),
         key_value(Bucket.LINEAGE, write=True),
+        key_value(Bucket.SCHEDULER_LEASES, write=True),  # who owns which running experiment
+        follows(Stream.EVENTS),  # the owner reads its experiments' results (scheduler/ownership.py)
         dead_letters(),
     ],
     Identity.TRIAL_RUNNER: [

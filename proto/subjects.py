@@ -98,7 +98,6 @@ class Consumer(StrEnum):
     """Durable consumer names, one per (service, role)."""
 
     SCHEDULER_INTAKE = "scheduler-intake"
-    SCHEDULER_RESULTS = "scheduler-results"
     SCHEDULER_CONTROL = "scheduler-control"  # cancel commands
     TRIAL_RUNNERS = "trial-runners"
     EVALUATOR = "evaluator"
@@ -112,7 +111,6 @@ class Consumer(StrEnum):
 # (stream, filter subject) of each durable consumer.
 CONSUMER_FILTERS: dict[Consumer, tuple[Stream, str]] = {
     Consumer.SCHEDULER_INTAKE: (Stream.EVENTS, all_of(Subject.EXPERIMENT_SUBMITTED)),
-    Consumer.SCHEDULER_RESULTS: (Stream.EVENTS, all_of(Subject.TRIAL_COMPLETED)),
     Consumer.SCHEDULER_CONTROL: (Stream.EVENTS, all_of(Subject.EXPERIMENT_CANCEL)),
     Consumer.TRIAL_RUNNERS: (Stream.TRIALS, all_of(Subject.TRIAL_REQUESTED)),
     Consumer.EVALUATOR: (Stream.EVENTS, all_of(Subject.EXPERIMENT_COMPLETED)),
@@ -132,6 +130,22 @@ class Bucket(StrEnum):
     ARTIFACTS = "tweakline-artifacts"  # object store: models (skops) and reports
     DATASETS = "tweakline-datasets"  # object store: uploaded dataset files, named by their sha256
     WEBHOOK_DELIVERIES = "tweakline-webhook-deliveries"  # KV with TTL: webhook request ids already handled
+    SCHEDULER_LEASES = "tweakline-scheduler-leases"  # KV with TTL: which scheduler owns each running experiment
+
+
+def lease_key(experiment_id: str) -> str:
+    """Key of an experiment's ownership lease in :attr:`Bucket.SCHEDULER_LEASES`."""
+    return f"experiment.{experiment_id}"
+
+
+def member_key(scheduler_id: str) -> str:
+    """Key of a live scheduler's membership in :attr:`Bucket.SCHEDULER_LEASES` (to share work evenly)."""
+    return f"member.{scheduler_id}"
+
+
+# A lease (and a membership) not renewed within this time expires on the server: its owner is
+# presumed dead and another scheduler may take the experiment over. Owners renew every third of it.
+SCHEDULER_LEASE_TTL_S = 6.0
 
 
 def dataset_object_name(sha256: str) -> str:

@@ -21,9 +21,7 @@ def create_app(settings: Settings) -> FastStream:
     router = NatsRouter()
     manual = {"ack_policy": AckPolicy.MANUAL}
     ctx.subscribe(router, scheduler.on_submitted, **durable_subscription(Consumer.SCHEDULER_INTAKE, batch_size=16), **manual)
-    ctx.subscribe(
-        router, scheduler.on_trial_completed, **durable_subscription(Consumer.SCHEDULER_RESULTS, batch_size=64), **manual
-    )
+    # Results reach the owner of their experiment only, through its own feed (scheduler/ownership.py).
     ctx.subscribe(router, scheduler.on_cancel, **durable_subscription(Consumer.SCHEDULER_CONTROL, batch_size=16), **manual)
     ctx.subscribe(router, scheduler.on_progress, subject=all_of(Subject.TRIAL_PROGRESS))
     broker.include_router(router)

@@ -34,6 +34,7 @@ from tweakline.runtime.service import ServiceContext
 from tweakline.scheduler import cancel
 from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.lineage import LineageStore, lineage_of, select
+from tweakline.scheduler.ownership import Ownership
 from tweakline.validation import intake
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Scheduler:
         self._committed: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.lineage: LineageStore | None = None
+        self.ownership: Ownership | None = None  # leases: several schedulers share the experiments
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
@@ -62,24 +64,52 @@ class Scheduler:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind to state, resume unfinished experiments, start the deadline ticker."""
+        """Bind to state, take over the unfinished experiments no live scheduler owns, start the ticker."""
         self.store = await RecordStore.open(self.ctx.js, Bucket.EXPERIMENTS.value, ExperimentState)
         self.lineage = await LineageStore.open(self.ctx.js)
-        for key in await self.store.keys():
-            try:
-                async with self._lock(key):
-                    found = await self.store.get(key)
-                    if key in self.runs or not found or found[0].status is not ExperimentStatus.RUNNING:
-                        continue
-                    log.info("resuming experiment %s", key)
-                    await self._resume(found[0], found[1])
-            except Exception:  # one unreadable or contended record must not stop the others
-                log.exception("could not resume experiment %s; its next message retries", key)
-                self.runs.pop(key, None)
+        self.ownership = await Ownership.open(
+            self.ctx.js,
+            self.store,
+            adopt=self.adopt,
+            drop=self.drop,
+            handle=self.on_trial_completed,
+            in_flight=lambda exp_id: bool(exp_id in self.runs and self.runs[exp_id][0].in_flight()),
+        )
+        await self.ownership.claim()  # resume what is ours before any message is handled
+        self.ownership.start()
         self._ticker = asyncio.create_task(self._tick())
 
+    async def adopt(self, exp_id: str) -> bool:
+        """This scheduler just took ``exp_id``'s lease: rebuild it from KV, as after a restart.
+
+        Returns whether the experiment runs here now (``False``: it completed meanwhile).
+        """
+        assert self.store is not None
+        async with self._lock(exp_id):
+            if exp_id in self.runs:
+                return True
+            found = await self.store.get(exp_id)
+            if not found or found[0].status is not ExperimentStatus.RUNNING:
+                return False
+            log.info("resuming experiment %s", exp_id)
+            try:
+                await self._resume(found[0], found[1])
+            except Exception:
+                self.runs.pop(exp_id, None)
+                raise
+            return True
+
+    async def drop(self, exp_id: str) -> None:
+        """Another scheduler owns ``exp_id`` now: forget the cached run (KV is the truth)."""
+        async with self._lock(exp_id):
+            self.runs.pop(exp_id, None)
+            self._recorded.pop(exp_id, None)
+            self._committed.pop(exp_id, None)
+
     async def stop(self) -> None:
-        """Stop the ticker (state is already durable)."""
+        """Stop the ticker and hand the leases back (state is already durable)."""
+        if self.ownership:
+            await self.ownership.stop()
         if self._ticker:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,13 +145,21 @@ class Scheduler:
             await self._warm_start(state)
             revision = await self.store.create(exp_id, state)
             if revision is None:  # redelivered submission: already known
-                if exp_id not in self.runs:
+                if exp_id in self.runs:  # the first delivery may have failed publishing its trials
+                    run = self.runs[exp_id][0]
+                    await self._publish_trials(run, sorted(run.in_flight()))
+                elif await self._own(exp_id):
                     found = await self.store.get(exp_id)
                     if found and found[0].status is ExperimentStatus.RUNNING:
                         await self._resume(*found)
                 await msg.ack()
                 return
             log.info("experiment %s submitted (%s)", exp_id, submitted.tweak.metadata.name)
+            # Another scheduler runs it if its claim round took it first, or if this one has its share
+            # already (a refused experiment is closed here, at once).
+            if not await self._own(exp_id, fair=not refused):
+                await msg.ack()
+                return
             self.runs[exp_id] = (ExperimentRun(state), revision)
             if refused:  # e.g. gp without PyTorch: fail the experiment with the reason, issue nothing
                 await self._close(exp_id, refused)
@@ -154,6 +192,16 @@ class Scheduler:
         if stopped is None:
             log.info("cancel of %s ignored: not a running experiment", exp_id)
         await msg.ack()
+
+    async def _own(self, exp_id: str, *, fair: bool = False) -> bool:
+        """Take the experiment's lease and follow its results; ``False`` if another scheduler owns it
+        (or, with ``fair``, should: this one has its share of the experiments)."""
+        if self.ownership is None:  # not started through start() (unit tests of the handlers alone)
+            return True
+        if not await self.ownership.acquire(exp_id, fair=fair):
+            return False
+        await self.ownership.follow(exp_id)
+        return True
 
     async def on_trial_completed(self, result: TrialCompleted, msg: NatsMessage) -> None:
         """A trial's result: record it once, then issue more trials or close the experiment."""
@@ -310,6 +358,11 @@ class Scheduler:
             return None
         run = ExperimentRun(found[0])
         self.runs[exp_id] = (run, found[1])
+        if self.ownership is not None and run.state.status is ExperimentStatus.RUNNING:
+            # The cache was dropped after a failure, perhaps a publish of new trials that failed after
+            # their state was saved (a NATS node lost): send the in-flight ones again under their
+            # message ids (stored once within the duplicate window), as a resume does.
+            await self._publish_trials(run, sorted(run.in_flight()))
         return run
 
     async def _save(self, exp_id: str) -> None:
@@ -359,6 +412,8 @@ class Scheduler:
         await self._save(exp_id)
         log.info("experiment %s %s with %d trials", exp_id, completed.status.value, len(completed.trials))
         self.runs.pop(exp_id, None)
+        if self.ownership is not None:
+            await self.ownership.release(exp_id)
 
     def _overdue(self, run: ExperimentRun, now: datetime | None) -> bool:
         deadline = run.deadline

@@ -136,8 +136,14 @@ def make_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     started: list[LocalStack] = []
 
-    async def _make(runners: int = 2, **settings: Any) -> LocalStack:
-        stack = LocalStack(tmp_path / "state", runners=runners, settings=fault_settings(**settings))
+    async def _make(runners: int = 2, *, cluster: int = 1, schedulers: int = 1, **settings: Any) -> LocalStack:
+        stack = LocalStack(
+            tmp_path / "state",
+            runners=runners,
+            settings=fault_settings(**settings),
+            cluster=cluster,
+            schedulers=schedulers,
+        )
         started.append(stack)
         await asyncio.to_thread(stack.start)  # start() runs its own event loop
         return stack

@@ -31,8 +31,8 @@ NATS_CONFIG = f"{RELEASE}-nats-config"
 NATS_AUTH = f"{RELEASE}-nats-auth"
 
 
-def _rendered() -> tuple[str, dict, dict]:
-    manifests = render("tweakline")
+def _rendered(*values: str) -> tuple[str, dict, dict]:
+    manifests = render("tweakline", *values)
     (config,) = find(manifests, "ConfigMap", NATS_CONFIG)
     (auth,) = find(manifests, "ConfigMap", NATS_AUTH)
     (statefulset,) = find(manifests, "StatefulSet")
@@ -41,10 +41,14 @@ def _rendered() -> tuple[str, dict, dict]:
 
 def test_nats_requires_client_certificates_mapped_to_users() -> None:
     conf, _auth, statefulset = _rendered()
-    tls = re.search(r'"tls": \{(.*?)\}', conf, re.S)
-    assert tls, conf
-    assert '"verify_and_map": true' in tls.group(1)
-    assert '"ca_file": "/etc/nats-ca-cert/ca.crt"' in tls.group(1)
+    blocks = re.findall(r'"tls": \{(.*?)\}', conf, re.S)
+    (tls,) = [b for b in blocks if "/etc/nats-certs/nats/" in b]  # the client port's (routes have their own)
+    assert '"verify_and_map": true' in tls
+    assert '"ca_file": "/etc/nats-ca-cert/ca.crt"' in tls
+    # By default a 3-node cluster whose routes are mutual TLS too.
+    (route_tls,) = [b for b in blocks if "/etc/nats-certs/cluster/" in b]
+    assert '"verify": true' in route_tls
+    assert statefulset["spec"]["replicas"] == 3
     # No plaintext listener: one client port, TLS on it; no websocket/leafnode/mqtt ports.
     for listener in ("websocket", "leafnodes", "mqtt", "gateway"):
         assert f'"{listener}"' not in conf
@@ -169,7 +173,7 @@ def test_clustered_nats_config_is_accepted_by_nats_server(pki_root: Path, tmp_pa
 @pytest.fixture(scope="module")
 def chart_nats(pki_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsFixture]:
     """A real nats-server running the chart's configuration, with the files where the pod has them."""
-    conf, auth, _statefulset = _rendered()
+    conf, auth, _statefulset = _rendered("ci/single-node-values.yaml")  # one server here: no peers to route to
     root = tmp_path_factory.mktemp("nats-pod")
     local = _lay_out_pod(conf, auth, pki_root, root)
     etc = root / "etc"

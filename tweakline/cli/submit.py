@@ -82,6 +82,12 @@ def submit(
     updates: dict[str, Any] = {"identity": identity}
     if nats_url:
         updates["nats_url"] = nats_url
+    elif state_dir is not None:  # the address of the stack running in that directory, as `status` reads it
+        from tweakline.stack.control import stack_url
+
+        running = stack_url(state_dir.resolve())
+        if running is not None:
+            updates["nats_url"] = running
     if tls_dir is not None:
         updates["tls_dir"] = tls_dir
     if state_dir is not None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js import api
@@ -193,20 +194,38 @@ async def follow(
     """
     js = nc.jetstream()
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    last_seq = 0  # stream sequence of the last event seen: a re-subscription resumes after it
 
     async def _on_msg(msg) -> None:
+        nonlocal last_seq
+        seq = msg.metadata.sequence.stream
+        if seq <= last_seq:  # already seen (a consumer re-created around a reconnect)
+            return
+        last_seq = seq
         await queue.put((msg.subject, msg.data))
 
-    sub = await js.subscribe(
-        experiment_events(outcome.experiment_id),
-        stream=Stream.EVENTS.value,
-        ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.ALL,
-        # Named, so it is created on a subject that carries its name: the submitter may create
-        # consumers on the events stream only that way (never one named like a service's durable).
-        config=api.ConsumerConfig(name=f"follow-{uuid.uuid4().hex}"),
-        cb=_on_msg,
-    )
+    async def _subscribe():
+        name = f"follow-{uuid.uuid4().hex}"
+        options: dict[str, Any] = {"deliver_policy": api.DeliverPolicy.ALL, "config": api.ConsumerConfig(name=name)}
+        if last_seq:
+            options = {
+                "config": api.ConsumerConfig(
+                    name=name, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last_seq + 1
+                )
+            }
+        return await js.subscribe(
+            experiment_events(outcome.experiment_id),
+            stream=Stream.EVENTS.value,
+            ordered_consumer=True,
+            idle_heartbeat=2.0,
+            # Named, so it is created on a subject that carries its name: the submitter may create
+            # consumers on the events stream only that way (never one named like a service's durable).
+            cb=_on_msg,
+            **options,
+        )
+
+    sub = await _subscribe()
+    reconnects = nc.stats.get("reconnects", 0)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while not outcome.done:
@@ -219,9 +238,20 @@ async def follow(
                     alive()
                 if on_change is not None:
                     on_change(outcome)  # keeps the elapsed time ticking
+                if nc.is_connected and nc.stats.get("reconnects", 0) != reconnects:
+                    # The server restarted (or we moved to another node): its ephemeral consumer
+                    # may be gone with it. Follow again from the event after the last one seen.
+                    reconnects = nc.stats.get("reconnects", 0)
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    try:
+                        sub = await _subscribe()
+                    except Exception:  # JetStream not back yet: retried on the next quiet second
+                        reconnects = -1
                 continue
             if apply_event(outcome, subject, data) and on_change is not None:
                 on_change(outcome)
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
     return outcome

@@ -6,6 +6,7 @@ local stack and the chart's setup job call :func:`ensure_topology`, services onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import Any
@@ -20,6 +21,7 @@ from tweakline.proto.permissions import inbox_prefix
 from tweakline.proto.subjects import (
     CONSUMER_FILTERS,
     DUPLICATE_WINDOW_S,
+    SCHEDULER_LEASE_TTL_S,
     STREAM_SUBJECTS,
     WEBHOOK_REPLAY_TTL_S,
     Bucket,
@@ -53,6 +55,11 @@ def tls_context(files: TlsFiles) -> ssl.SSLContext:
     return ctx
 
 
+def servers_of(nats_url: str) -> list[str]:
+    """The server URLs in ``TWEAKLINE_NATS_URL``: one, or a cluster's nodes separated by commas."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
 def connect_options(settings: Settings, name: str) -> dict[str, Any]:
     """Keyword arguments for ``nats.connect`` (and FastStream's broker) for this process.
 
@@ -62,7 +69,7 @@ def connect_options(settings: Settings, name: str) -> dict[str, Any]:
     if settings.insecure_plaintext_for_benchmarks:
         log.warning("INSECURE: connecting without TLS (TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS is set)")
         return {
-            "servers": [settings.nats_url],
+            "servers": servers_of(settings.nats_url),
             "tls": None,
             "tls_hostname": None,
             "name": name,
@@ -72,7 +79,7 @@ def connect_options(settings: Settings, name: str) -> dict[str, Any]:
             "connect_timeout": 5,
         }
     return {
-        "servers": [settings.nats_url],
+        "servers": servers_of(settings.nats_url),
         "tls": tls_context(TlsFiles(settings.tls_path())),
         "tls_hostname": "localhost" if "127.0.0.1" in settings.nats_url or "localhost" in settings.nats_url else None,
         "name": name,
@@ -130,10 +137,11 @@ def consumer_config(consumer: Consumer, settings: Settings) -> api.ConsumerConfi
     )
 
 
-def stream_config(stream: Stream) -> api.StreamConfig:
-    """Storage, retention and de-duplication of each stream."""
+def stream_config(stream: Stream, replicas: int = 1) -> api.StreamConfig:
+    """Storage, retention, de-duplication and replication of each stream."""
     common: dict[str, Any] = {
         "name": stream.value,
+        "num_replicas": replicas,
         "subjects": STREAM_SUBJECTS[stream],
         "storage": api.StorageType.FILE,  # a restarted server keeps the work
         "duplicate_window": DUPLICATE_WINDOW_S,
@@ -157,10 +165,39 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         log.warning("stream %s kept as is: %s", config.name, exc.description)
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream, durable consumer, KV bucket and object store (idempotent)."""
+def cluster_replicas(nc: Client) -> int:
+    """How many copies of each stream the server we are connected to can keep: 3 in a cluster of
+    three or more nodes (JetStream's usual production choice), else the cluster's size (1 alone)."""
+    info = getattr(nc, "_server_info", None) or {}  # nats-py keeps the server's INFO here
+    if not info.get("cluster"):
+        return 1
+    return max(1, min(3, len(info.get("connect_urls") or [])))
+
+
+async def wait_for_jetstream(js: JetStreamContext, timeout: float = 60.0) -> None:
+    """Wait until JetStream answers (a fresh cluster first elects its meta leader)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await js.account_info()
+            return
+        except Exception as exc:  # timeouts and 503s while the cluster forms
+            if asyncio.get_running_loop().time() >= deadline:
+                raise BusError(f"JetStream not ready within {timeout:.0f}s: {exc}") from exc
+            await asyncio.sleep(0.25)
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings, replicas: int | None = None) -> None:
+    """Create or update every stream, durable consumer, KV bucket and object store (idempotent).
+
+    ``replicas``: copies of every stream, bucket and store; by default what the cluster we are
+    connected to allows (:func:`cluster_replicas`: 3 on a cluster, 1 on a single server).
+    """
+    await wait_for_jetstream(js)  # on a cluster: once it has a meta leader, it knows its peers
+    if replicas is None:
+        replicas = settings.stream_replicas or cluster_replicas(js._nc)
     for stream in Stream:
-        await _ensure_stream(js, stream_config(stream))
+        await _ensure_stream(js, stream_config(stream, replicas))
     for consumer, (stream, _subject) in CONSUMER_FILTERS.items():
         config = consumer_config(consumer, settings)
         try:
@@ -172,14 +209,21 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
             await js.add_consumer(stream.value, config)
         except BadRequestError as exc:
             log.warning("consumer %s kept as is: %s", consumer.value, exc.description)
-    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.EXPERIMENTS.value, history=5, storage=api.StorageType.FILE))
-    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.RELEASES.value, history=20, storage=api.StorageType.FILE))
-    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.LINEAGE.value, history=5, storage=api.StorageType.FILE))
-    await js.create_object_store(Bucket.ARTIFACTS.value, config=api.ObjectStoreConfig(storage=api.StorageType.FILE))
-    await js.create_object_store(Bucket.DATASETS.value, config=api.ObjectStoreConfig(storage=api.StorageType.FILE))
+    file = api.StorageType.FILE
+    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.EXPERIMENTS.value, history=5, storage=file, replicas=replicas))
+    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.RELEASES.value, history=20, storage=file, replicas=replicas))
+    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.LINEAGE.value, history=5, storage=file, replicas=replicas))
+    # Scheduler ownership leases expire by themselves: a key not renewed within the TTL vanishes.
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=Bucket.SCHEDULER_LEASES.value, history=1, ttl=SCHEDULER_LEASE_TTL_S, storage=file, replicas=replicas
+        )
+    )
+    await js.create_object_store(Bucket.ARTIFACTS.value, config=api.ObjectStoreConfig(storage=file, replicas=replicas))
+    await js.create_object_store(Bucket.DATASETS.value, config=api.ObjectStoreConfig(storage=file, replicas=replicas))
     # Webhook request ids expire by themselves: replays are refused for the TTL, nothing piles up.
     await js.create_key_value(
         api.KeyValueConfig(
-            bucket=Bucket.WEBHOOK_DELIVERIES.value, history=1, ttl=WEBHOOK_REPLAY_TTL_S, storage=api.StorageType.FILE
+            bucket=Bucket.WEBHOOK_DELIVERIES.value, history=1, ttl=WEBHOOK_REPLAY_TTL_S, storage=file, replicas=replicas
         )
     )

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tweakline.errors import StackError
@@ -74,6 +74,12 @@ class ServerConfig:
     monitor_port: int | None = None  # HTTP monitoring (connz, jsz) on host; -1: a free port
     # The authorisation map to enforce; None: proto's permission_map() (tests try others on it).
     permissions: dict[Identity, Permissions] | None = None
+    # A JetStream cluster (see :class:`EmbeddedCluster`): this node's name, the cluster's name,
+    # the route port it listens on and the routes to every node (itself included, which it skips).
+    server_name: str = "tweakline-local"
+    cluster_name: str | None = None
+    cluster_port: int = -1
+    routes: tuple[str, ...] = ()
 
     # DEV/BENCHMARK ONLY (bench/platform.py measures what mTLS costs): no TLS block and no
     # per-identity authorization. Defaults to off; nothing but the benchmark turns it on.
@@ -82,7 +88,7 @@ class ServerConfig:
     def render(self) -> str:
         """nats-server configuration text."""
         common = (
-            f"server_name: tweakline-local\n"
+            f"server_name: {json.dumps(self.server_name)}\n"
             f"host: {json.dumps(self.host)}\n"
             f"port: {self.port}\n"
             f"max_payload: {self.max_payload}\n"
@@ -100,7 +106,31 @@ class ServerConfig:
             "  timeout: 5\n"
             "}\n"
             + (f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}\n" if self.monitor_port is not None else "")
+            + self._render_cluster()
             + render_authorization(self.permissions)
+        )
+
+    def _render_cluster(self) -> str:
+        """The ``cluster`` block: routes between the nodes, mutual TLS with the same CA as clients."""
+        if self.cluster_name is None:
+            return ""
+        routes = ", ".join(json.dumps(route) for route in self.routes)
+        return (
+            "cluster {\n"
+            f"  name: {json.dumps(self.cluster_name)}\n"
+            f"  host: {json.dumps(self.host)}\n"
+            f"  port: {self.cluster_port}\n"
+            f"  routes: [{routes}]\n"
+            # Each node is both TLS server and client of its peers: its certificate carries both
+            # usages (tweakline.runtime.pki issues the server certificate so), verified both ways.
+            "  tls {\n"
+            f"    cert_file: {json.dumps(str(self.tls.cert))}\n"
+            f"    key_file: {json.dumps(str(self.tls.key))}\n"
+            f"    ca_file: {json.dumps(str(self.tls.ca))}\n"
+            "    verify: true\n"
+            "    timeout: 5\n"
+            "  }\n"
+            "}\n"
         )
 
 
@@ -173,6 +203,96 @@ class EmbeddedNatsServer:
         return self.process.pid if self.process else None
 
     def __enter__(self) -> EmbeddedNatsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_loopback_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free right now on ``host`` (a cluster's routes must be known up front)."""
+    import socket
+
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+            ports.append(sock.getsockname()[1])
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
+class EmbeddedCluster:
+    """A JetStream cluster of ``size`` embedded nats-servers on loopback, mTLS on client and route ports.
+
+    Client and route ports are fixed when the cluster is made, so a node restarted after a crash
+    (:meth:`restart`) comes back where its peers and the clients' server lists expect it.
+    """
+
+    def __init__(self, base: ServerConfig, run_dir: Path, size: int = 3, name: str = "tweakline"):
+        if size < 1:
+            raise StackError(f"a cluster needs at least one node, got size={size}")
+        ports = free_loopback_ports(2 * size, base.host)
+        client_ports, route_ports = ports[:size], ports[size:]
+        routes = tuple(f"tls://{base.host}:{port}" for port in route_ports)
+        self.nodes: list[EmbeddedNatsServer] = []
+        for index in range(size):
+            config = replace(
+                base,
+                store_dir=base.store_dir / f"node-{index}",
+                port=client_ports[index],
+                server_name=f"{name}-{index}",
+                cluster_name=name,
+                cluster_port=route_ports[index],
+                routes=routes,
+                monitor_port=None,
+            )
+            self.nodes.append(EmbeddedNatsServer(config, run_dir / f"node-{index}"))
+        self.urls = [f"tls://{base.host}:{port}" for port in client_ports]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated (what ``TWEAKLINE_NATS_URL`` takes)."""
+        return ",".join(self.urls)
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start every node; return the comma-separated client URLs (JetStream is ready once a meta leader is elected)."""
+        try:
+            for node in self.nodes:
+                node.start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node ``index`` (a crash: no clean shutdown, no leadership hand-off)."""
+        node = self.nodes[index]
+        if node.process is not None:
+            node.process.kill()
+            node.process.wait(10)
+            node.process = None
+
+    def restart(self, index: int, timeout: float = 60.0) -> None:
+        """Stop (if running) and start node ``index`` again on the same ports and store."""
+        self.nodes[index].stop()
+        self.nodes[index].start(timeout)
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [node.pid for node in self.nodes]
+
+    def __enter__(self) -> EmbeddedCluster:
         self.start()
         return self
 

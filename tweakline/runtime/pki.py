@@ -140,7 +140,10 @@ class DevCA:
     def issue(self, identity: str, *, server: bool = False, days: int = LEAF_DAYS) -> TlsFiles:
         """Issue (or re-issue with a fresh key) the certificate of ``identity`` into ``root/<identity>``."""
         key = ec.generate_private_key(ec.SECP256R1())
-        usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
+        # A server is also a client of its cluster peers (route connections verify both ends).
+        usage = (
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
+        )
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
@@ -166,10 +169,21 @@ class DevCA:
         return files
 
 
+def _routes_allowed(directory: Path) -> bool:
+    """Whether a server certificate may also authenticate as a client (to its cluster peers);
+    certificates made before clusters were supported may not, and are re-issued."""
+    try:
+        cert = x509.load_pem_x509_certificate(TlsFiles(directory).cert.read_bytes())
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, OSError, x509.ExtensionNotFound):
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usages
+
+
 def ensure_pki(root: Path) -> DevCA:
     """Create the dev CA and every missing identity certificate under ``root`` (idempotent)."""
     ca = DevCA.load_or_create(root)
-    if not TlsFiles(root / Identity.NATS_SERVER).exists():
+    if not TlsFiles(root / Identity.NATS_SERVER).exists() or not _routes_allowed(root / Identity.NATS_SERVER):
         ca.issue(Identity.NATS_SERVER, server=True)
     for identity in CLIENT_IDENTITIES:
         if not TlsFiles(root / identity).exists():

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     trial_max_deliver: int = Field(
         default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners)."
     )
+    stream_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Copies of every stream, KV bucket and object store `bus init` creates (0: 3 on a cluster, 1 alone).",
+    )
     runner_threads: int = Field(default=1, gt=0, description="Threads each trial's estimator may use (n_jobs).")
     prune_verdict_wait_s: float = Field(
         default=2.0, ge=0, description="With a pruner, how long a runner waits after a fold for the scheduler's verdict."

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 UP_TIMEOUT_S = 180.0
 DOWN_TIMEOUT_S = 60.0
 RESTART_BACKOFF_S = 2.0
+RESTART_BACKOFF_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 
 StateDir = Annotated[
@@ -63,10 +64,16 @@ def _info(root: Path) -> dict[str, Any] | None:
     return info if alive else None
 
 
+def stack_url(root: Path) -> str | None:
+    """The NATS address of the stack a supervisor runs in ``root`` (``None``: no stack there)."""
+    info = _info(root)
+    return None if info is None else info.get("url")
+
+
 # ------------------------------------------------------------------------------ the supervisor
 
 
-def supervise(root: Path, runners: int | None) -> int:
+def supervise(root: Path, runners: int | None, cluster: int = 1, schedulers: int = 1) -> int:
     """Run the stack in the foreground until SIGTERM/SIGINT, restarting services that die."""
     from tweakline.stack.local import LocalStack
 
@@ -81,17 +88,39 @@ def supervise(root: Path, runners: int | None) -> int:
     from tweakline.console.settings import ConsoleSettings
 
     # The web console comes up with the stack, on TWEAKLINE_CONSOLE_PORT (8090) or a free port if that is taken.
-    stack = LocalStack(root, runners=runners, settings=Settings(), console_port=ConsoleSettings().port)
+    stack = LocalStack(
+        root,
+        runners=runners,
+        settings=Settings(),
+        console_port=ConsoleSettings().port,
+        cluster=cluster,
+        schedulers=schedulers,
+    )
     try:
         stack.start()
         log.info("stack up at %s", stack.url)
         restarts: dict[str, float] = {}
+
+        def due(name: str) -> bool:
+            # Exponential back-off per process (2 s, 4 s, ... at most 30 s): a crash loop does not spin.
+            backoff = min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** max(0, stack.restarts.get(name, 0) - 1))
+            return time.monotonic() - restarts.get(name, -backoff) >= backoff
+
         while not stopping:
             time.sleep(0.5)
+            for label in stack.servers_down():  # nats-server first: the services need it
+                if stopping or not due(label):
+                    continue
+                log.warning("%s is not running; restarting it", label)
+                restarts[label] = time.monotonic()
+                try:
+                    stack.revive_server(label)
+                except StackError as exc:
+                    log.error("could not restart %s: %s", label, exc)
             for service in list(stack.services):
                 if service.alive() or stopping:
                     continue
-                if time.monotonic() - restarts.get(service.name, 0.0) < RESTART_BACKOFF_S:
+                if not due(service.name):
                     continue
                 log.warning("service %s exited with code %s; restarting it", service.name, service.process.returncode)
                 restarts[service.name] = time.monotonic()
@@ -108,6 +137,10 @@ def up(
     state_dir: StateDir = None,
     runners: Annotated[int | None, typer.Option("--runners", min=1, help="Trial-runner processes (default: cores).")] = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops the stack.")] = False,
+    cluster: Annotated[
+        int, typer.Option("--cluster", min=1, max=5, help="nats-servers in a JetStream cluster (3: R3 storage).")
+    ] = 1,
+    schedulers: Annotated[int, typer.Option("--schedulers", min=1, help="Scheduler replicas sharing the experiments.")] = 1,
 ) -> None:
     """Start a long-running local stack (nats-server with mTLS and every service) in the background."""
     from tweakline.reporting.console import err
@@ -115,14 +148,14 @@ def up(
 
     root = _root(state_dir)
     if foreground:
-        raise typer.Exit(supervise(root, runners))
+        raise typer.Exit(supervise(root, runners, cluster, schedulers))
     existing = _info(root)
     if existing is not None:
         err.print(f"already up: {existing['url']} (supervisor pid {existing['pid']}, state {root})", highlight=False)
         return
     layout = StackLayout(root)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "tweakline.stack.control", str(root), str(runners or 0)]
+    command = [sys.executable, "-m", "tweakline.stack.control", str(root), str(runners or 0), str(cluster), str(schedulers)]
     with open(layout.logs / "supervisor.log", "ab") as handle:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -195,13 +228,23 @@ def _processes(info: dict[str, Any] | None) -> dict[str, Any] | None:
     if info is None:
         return None
     services = {}
+    restarts = info.get("restarts") or {}
+    pids = {"nats-server": info.get("server")} if info.get("server") else {}
+    pids.update({f"nats-{i}": pid for i, pid in enumerate(info.get("nodes") or [])})
+    servers = {}
+    for name, pid in pids.items():
+        try:
+            alive = bool(pid) and psutil.Process(pid).is_running() and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        servers[name] = {"pid": pid, "alive": alive, "restarts": restarts.get(name, 0)}
     for name, pid in sorted(info.get("services", {}).items()):
         try:
             alive = psutil.Process(pid).is_running() and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             alive = False
-        services[name] = {"pid": pid, "alive": alive}
-    return {"url": info.get("url"), "supervisor": info.get("pid"), "services": services}
+        services[name] = {"pid": pid, "alive": alive, "restarts": restarts.get(name, 0)}
+    return {"url": info.get("url"), "supervisor": info.get("pid"), "servers": servers, "services": services}
 
 
 async def collect_status(settings: Settings, letters: int = 10) -> dict[str, Any]:
@@ -286,8 +329,10 @@ def render_status(report: dict[str, Any]) -> list[Any]:
         table.add_column("service")
         table.add_column("pid", justify="right")
         table.add_column("state")
-        for name, proc in stack["services"].items():
-            table.add_row(name, str(proc["pid"]), "[green]running[/green]" if proc["alive"] else "[red]down[/red]")
+        table.add_column("restarts", justify="right")
+        for name, proc in {**stack.get("servers", {}), **stack["services"]}.items():
+            state = "[green]running[/green]" if proc["alive"] else "[red]down (restarting)[/red]"
+            table.add_row(name, str(proc["pid"]), state, str(proc.get("restarts", 0)))
         parts.append(table)
     experiments = Table(title="Running experiments")
     for column in ("experiment", "name", "results", "in flight", "started"):
@@ -323,4 +368,4 @@ if __name__ == "__main__":  # the background supervisor started by 'tweakline up
 
     setup_logging("supervisor", Settings())
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]) or None))
+    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]) or None, *(int(a) for a in sys.argv[3:5])))

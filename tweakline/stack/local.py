@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 from tweakline.errors import StackError
 from tweakline.proto.permissions import Identity
 from tweakline.runtime.bus import connect, ensure_topology
-from tweakline.runtime.natsserver import EmbeddedNatsServer, ServerConfig
+from tweakline.runtime.natsserver import EmbeddedCluster, EmbeddedNatsServer, ServerConfig
 from tweakline.runtime.pki import TlsFiles, ensure_pki
 from tweakline.runtime.settings import Settings
 
@@ -109,9 +109,15 @@ class LocalStack:
         monitor_port: int | None = None,
         host_paths: bool = False,
         console_port: int | None = None,
+        cluster: int = 1,
+        schedulers: int = 1,
     ):
         self.layout = StackLayout(state_dir.resolve())
         self.runners = runners if runners is not None else max(1, os.cpu_count() or 1)
+        self.cluster_size = cluster  # > 1: a JetStream cluster of that many nats-servers, R3 storage
+        self.schedulers = schedulers  # scheduler replicas sharing the experiments through leases
+        self.cluster: EmbeddedCluster | None = None
+        self.restarts: dict[str, int] = {}  # label -> restarts by the supervisor (shown by `status`)
         self.port = port
         self.monitor_port = monitor_port  # NATS HTTP monitoring (what KEDA reads in a cluster); off by default
         self.base_settings = settings or Settings()
@@ -166,20 +172,24 @@ class LocalStack:
         self._acquire_lock()
         try:
             ensure_pki(self.layout.pki)
-            self.server = EmbeddedNatsServer(
-                ServerConfig(
-                    store_dir=self.layout.jetstream,
-                    tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER),
-                    port=self.port,
-                    monitor_port=self.monitor_port,
-                    insecure_plaintext_for_benchmarks=self.base_settings.insecure_plaintext_for_benchmarks,
-                ),
-                self.layout.run,
+            config = ServerConfig(
+                store_dir=self.layout.jetstream,
+                tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER),
+                port=self.port,
+                monitor_port=self.monitor_port,
+                insecure_plaintext_for_benchmarks=self.base_settings.insecure_plaintext_for_benchmarks,
             )
-            self.url = self.server.start()
+            if self.cluster_size > 1:
+                self.cluster = EmbeddedCluster(config, self.layout.run, size=self.cluster_size)
+                self.url = self.cluster.start()
+            else:
+                self.server = EmbeddedNatsServer(config, self.layout.run)
+                self.url = self.server.start()
             asyncio.run(self._topology())
             self.layout.logs.mkdir(parents=True, exist_ok=True)
-            for name in ("scheduler", "evaluator", "deployer"):
+            for index in range(self.schedulers):
+                self._spawn("scheduler", index)
+            for name in ("evaluator", "deployer"):
                 self._spawn(name)
             for index in range(self.runners):
                 self._spawn("trial-runner", index)
@@ -194,13 +204,16 @@ class LocalStack:
     async def _topology(self) -> None:
         nc = await connect(self.settings_for(Identity.ADMIN), "tweakline-setup")
         try:
-            await ensure_topology(nc.jetstream(), self.base_settings)
+            # The stack knows its cluster's size (a client's view of the peers may still be partial).
+            await ensure_topology(nc.jetstream(), self.base_settings, replicas=min(3, self.cluster_size))
         finally:
             await nc.close()
 
     def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None) -> None:
         identity = Identity(service)
         label = service if service != "trial-runner" else f"trial-runner-{index}"
+        if service == "scheduler" and index:  # the first is "scheduler", as with one
+            label = f"scheduler-{index}"
         settings = self.settings_for(identity)
         env = dict(os.environ)
         env.update(
@@ -267,17 +280,61 @@ class LocalStack:
             raise StackError(f"service {label} is still running (pid {old.process.pid})")
         old.log_handle.close()
         self.services.remove(old)
+        self.restarts[label] = self.restarts.get(label, 0) + 1
         if label == "console":
             self._spawn_console()
             self._write_info()
             return self.services[-1]
         service, _, index = label.partition("-runner-")
-        self._spawn("trial-runner" if index else service, int(index or 0))
+        if label.startswith("scheduler-"):
+            service, index = "scheduler", label.removeprefix("scheduler-")
+        self._spawn("trial-runner" if service == "trial" else service, int(index or 0))
         self._write_info()
         return self.services[-1]
 
+    def servers_down(self) -> list[str]:
+        """Labels of this stack's nats-servers that are not running (``nats-server`` or ``nats-<i>``)."""
+        if self.cluster is not None:
+            return [
+                f"nats-{i}"
+                for i, node in enumerate(self.cluster.nodes)
+                if node.process is None or node.process.poll() is not None
+            ]
+        if self.server is not None and (self.server.process is None or self.server.process.poll() is not None):
+            return ["nats-server"]
+        return []
+
+    def revive_server(self, label: str) -> None:
+        """Start the dead nats-server ``label`` again on its port and store (the supervisor's restart)."""
+        self.restarts[label] = self.restarts.get(label, 0) + 1
+        if label.startswith("nats-") and label != "nats-server":
+            self.restart_node(int(label.removeprefix("nats-")))
+            return
+        assert self.server is not None and self.url is not None
+        self.server.process = None  # already dead: start() again on the same port
+        port = urlparse(self.url).port
+        self.server.config = replace(self.server.config, port=port or self.port)
+        self.server.start()
+        self._write_info()
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL cluster node ``index`` (a crash)."""
+        assert self.cluster is not None, "not a cluster stack"
+        self.cluster.kill(index)
+        self._write_info()
+
+    def restart_node(self, index: int) -> None:
+        """Start cluster node ``index`` again (after :meth:`kill_node`), or restart it if it runs."""
+        assert self.cluster is not None, "not a cluster stack"
+        self.cluster.restart(index)
+        self._write_info()
+
     def restart_server(self) -> None:
         """Restart nats-server on the same port and store (services reconnect on their own)."""
+        if self.cluster is not None:  # one node after the other: the cluster keeps a quorum
+            for index in range(len(self.cluster.nodes)):
+                self.restart_node(index)
+            return
         assert self.server is not None and self.url is not None
         port = urlparse(self.url).port
         self.server.stop()
@@ -292,6 +349,8 @@ class LocalStack:
                     "pid": os.getpid(),
                     "url": self.url,
                     "server": self.server.pid if self.server else None,
+                    "nodes": self.cluster.pids if self.cluster else [],
+                    "restarts": self.restarts,
                     "services": {s.name: s.process.pid for s in self.services},
                     "console": self.console_url,
                 }
@@ -332,6 +391,9 @@ class LocalStack:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
         try:
             self.layout.info.unlink()
         except OSError:
@@ -341,6 +403,7 @@ class LocalStack:
     def pids(self) -> list[int]:
         """Process ids of everything this stack started (server first)."""
         pids = [self.server.pid] if self.server and self.server.pid else []
+        pids += [pid for pid in (self.cluster.pids if self.cluster else []) if pid]
         return pids + [s.process.pid for s in self.services]
 
     def __enter__(self) -> LocalStack:
