@@ -213,6 +213,8 @@ class Ownership:
         self._member_rev: int | None = None
         self._running_seen = 0  # running experiments at the last claim round
         self._loop: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._fair = asyncio.Lock()  # fair acquisitions one at a time (see acquire)
 
     @classmethod
     async def open(cls, js: Any, store: RecordStore[ExperimentState], **kwargs: Any) -> Ownership:
@@ -233,10 +235,21 @@ class Ownership:
         """
         if experiment_id in self.leases:
             return True
-        if fair and self.leases:
-            members = await self.members()
-            if members > 1 and len(self.leases) >= math.ceil((self._running_seen + 1) / members):
-                return False
+        if not fair:
+            return await self._create(experiment_id)
+        # Check and take as one step: FastStream handles a fetched batch of submissions concurrently,
+        # and without the lock every handler of the batch saw the share still free (no lease created
+        # yet), so the scheduler whose intake pulled the batch took all of it.
+        async with self._fair:
+            if experiment_id in self.leases:
+                return True
+            if self.leases:
+                members = await self.members()
+                if members > 1 and len(self.leases) >= math.ceil((self._running_seen + 1) / members):
+                    return False
+            return await self._create(experiment_id)
+
+    async def _create(self, experiment_id: str) -> bool:
         try:
             self.leases[experiment_id] = await self.kv.create(lease_key(experiment_id), self.ident.encode())
         except KeyWrongLastSequenceError:
@@ -279,8 +292,14 @@ class Ownership:
             log.debug("membership renewal failed", exc_info=True)
         for experiment_id, revision in list(self.leases.items()):
             try:
-                self.leases[experiment_id] = await self.kv.update(lease_key(experiment_id), self.ident.encode(), last=revision)
+                renewed = await self.kv.update(lease_key(experiment_id), self.ident.encode(), last=revision)
+                # Released (completed) while the update was on its way: keep it released; the renewed
+                # key just expires (its experiment no longer runs, so nobody claims it).
+                if self.leases.get(experiment_id) == revision:
+                    self.leases[experiment_id] = renewed
             except KeyWrongLastSequenceError:
+                if experiment_id not in self.leases:  # released meanwhile: nothing to take back
+                    continue
                 # Expired (we were too slow) or taken: take it back only if nobody else has.
                 self.leases.pop(experiment_id, None)
                 if not await self.acquire(experiment_id):
@@ -315,9 +334,13 @@ class Ownership:
                 self.finished.add(key)
         return found
 
-    async def claim(self) -> list[str]:
-        """One round: renew, then take unowned running experiments up to a fair share; the ones taken."""
-        await self.renew()
+    async def claim(self, *, renew: bool = True) -> list[str]:
+        """One round: renew, then take unowned running experiments up to a fair share; the ones taken.
+
+        ``renew=False``: the background renewal loop renews (a slow round must not delay it).
+        """
+        if renew:
+            await self.renew()
         running = await self.running()
         self._running_seen = len(running)
         share = math.ceil(len(running) / await self.members())
@@ -353,21 +376,38 @@ class Ownership:
     async def _run(self) -> None:
         while True:
             try:
-                await self.claim()
+                await self.claim(renew=False)
             except Exception:  # a node lost mid-round: the next round starts over
                 log.debug("claim round failed", exc_info=True)
             await asyncio.sleep(self.interval)
 
+    async def _renew_loop(self) -> None:
+        # Its own task, not a step of the claim round: a round that adopts experiments (Optuna
+        # studies rebuilt, trials published) can take longer than the TTL on a loaded machine, and a
+        # renewal waiting behind it let live leases expire and pass to another scheduler.
+        while True:
+            started = time.monotonic()
+            try:
+                await self.renew()
+            except Exception:  # a node lost: the next renewal retries well within the TTL
+                log.debug("renewal failed", exc_info=True)
+            took = time.monotonic() - started
+            if took > SCHEDULER_LEASE_TTL_S / 2:
+                log.warning("renewing %d leases took %.1fs (TTL %.0fs)", len(self.leases), took, SCHEDULER_LEASE_TTL_S)
+            await asyncio.sleep(max(0.0, self.interval - took))
+
     def start(self) -> None:
-        """Renew and claim every ``interval`` seconds in the background."""
+        """Renew, and claim, every ``interval`` seconds in the background (two independent loops)."""
+        self._renewer = asyncio.create_task(self._renew_loop())
         self._loop = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
         """Stop claiming; stop the feeds; hand the leases back so another scheduler takes over at once."""
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        for task in (self._loop, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # Bounded: a stop must not hang on a bus that is going away (the leases then just expire).
         for experiment_id in list(self.leases):
             feed = self.feeds.pop(experiment_id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -69,6 +70,26 @@ async def test_fair_intake_leaves_an_experiment_to_a_less_busy_scheduler(nats) -
         assert await a.acquire(first, fair=True)
         assert not await a.acquire(second, fair=True)  # a has its share (1 of 2 running)
         assert await b.acquire(second, fair=True)
+        await a.stop()
+        await b.stop()
+    finally:
+        await nc.close()
+
+
+async def test_fair_intake_of_a_concurrent_batch_takes_only_a_share(nats) -> None:
+    # FastStream handles a fetched batch of submissions concurrently: every acquisition of the batch
+    # must see the ones before it (this took the whole batch once, and the ten-experiment fault test
+    # saw every experiment on one scheduler).
+    nc = await connect(nats.settings(Identity.SCHEDULER), "test-ownership-burst")
+    try:
+        events: list[tuple[str, str, str]] = []
+        a = await _ownership(nc, "burst-a", events)
+        b = await _ownership(nc, "burst-b", events)
+        await a.renew()
+        await b.renew()  # two members
+        batch = [f"burst-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+        taken = await asyncio.gather(*(a.acquire(exp, fair=True) for exp in batch))
+        assert sum(taken) == 1, f"a took {sum(taken)} of a batch of {len(batch)} with 2 members: {taken}"
         await a.stop()
         await b.stop()
     finally:
