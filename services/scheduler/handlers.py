@@ -73,7 +73,9 @@ class Scheduler:
             adopt=self.adopt,
             drop=self.drop,
             handle=self.on_trial_completed,
-            in_flight=lambda exp_id: bool(exp_id in self.runs and self.runs[exp_id][0].in_flight()),
+            # Not cached (dropped after a failed save or publish): unknown, so treated as in flight,
+            # and a silent feed is read again (harmless) rather than waited on forever.
+            in_flight=lambda exp_id: bool(exp_id not in self.runs or self.runs[exp_id][0].in_flight()),
         )
         await self.ownership.claim()  # resume what is ours before any message is handled
         self.ownership.start()

@@ -367,7 +367,13 @@ class Ownership:
                     await self.release(experiment_id)
                     self.finished.discard(experiment_id)
         for experiment_id, feed in list(self.feeds.items()):
-            if self.in_flight(experiment_id) and time.monotonic() - feed.last_activity > FEED_STALL_S:
+            if feed.sub is None and not (feed._restart is not None and not feed._restart.done()):
+                # A re-subscription failed (JetStream electing leaders after a node was lost): the
+                # feed reads nothing and nothing else will wake it. Seen in the node-loss fault test.
+                log.info("result feed of %s is down; subscribing again", experiment_id)
+                with contextlib.suppress(Exception):
+                    await feed.start()
+            elif self.in_flight(experiment_id) and time.monotonic() - feed.last_activity > FEED_STALL_S:
                 log.info("result feed of %s silent for %.0fs; reading it again", experiment_id, FEED_STALL_S)
                 with contextlib.suppress(Exception):
                     await feed.restart()

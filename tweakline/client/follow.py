@@ -180,6 +180,10 @@ def experiment_span(experiment_id: str, tweak: TweakFile) -> contextlib.Abstract
     )
 
 
+# A follower that has seen no event for this long re-subscribes from the last one it saw.
+RESUBSCRIBE_AFTER_SILENCE_S = 10.0
+
+
 async def follow(
     nc: Client,
     outcome: Outcome,
@@ -226,6 +230,7 @@ async def follow(
 
     sub = await _subscribe()
     reconnects = nc.stats.get("reconnects", 0)
+    last_event = time.monotonic()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while not outcome.done:
@@ -238,10 +243,15 @@ async def follow(
                     alive()
                 if on_change is not None:
                     on_change(outcome)  # keeps the elapsed time ticking
-                if nc.is_connected and nc.stats.get("reconnects", 0) != reconnects:
+                silent = time.monotonic() - last_event > RESUBSCRIBE_AFTER_SILENCE_S
+                if nc.is_connected and (nc.stats.get("reconnects", 0) != reconnects or silent):
                     # The server restarted (or we moved to another node): its ephemeral consumer
-                    # may be gone with it. Follow again from the event after the last one seen.
+                    # may be gone with it. Or, in a cluster, the node hosting the consumer died while
+                    # our connection to another node stayed up: no reconnect to notice, the events
+                    # just stop. Follow again from the event after the last one seen (duplicates
+                    # are skipped by sequence, so a needless re-subscription costs nothing).
                     reconnects = nc.stats.get("reconnects", 0)
+                    last_event = time.monotonic()
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
                     try:
@@ -249,6 +259,7 @@ async def follow(
                     except Exception:  # JetStream not back yet: retried on the next quiet second
                         reconnects = -1
                 continue
+            last_event = time.monotonic()
             if apply_event(outcome, subject, data) and on_change is not None:
                 on_change(outcome)
     finally:

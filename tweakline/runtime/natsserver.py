@@ -26,7 +26,11 @@ from tweakline.runtime.pki import TlsFiles
 
 def _own_session_dies_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Own session (the terminal's Ctrl-C reaches the CLI, which stops the server in order), and
-    SIGTERM from Linux if the process that started the server dies without stopping it."""
+    SIGTERM from Linux if the process that started the server dies without stopping it.
+
+    Linux ties the death signal to the *thread* that started the server: start (or restart) a
+    server from a thread that outlives it (e.g. not from a short-lived worker of ``asyncio.to_thread``).
+    """
     os.setsid()
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
