@@ -34,8 +34,13 @@ SLEEPY = "tests.fault.estimators.SleepyClassifier"
 WAIT = 240.0  # generous: the machine is shared
 
 
-def tweak(name: str, delays: list[float], *, max_trials: int = 6, parallelism: int = 2, **budget: Any) -> TweakFile:
-    """A tiny experiment: SleepyClassifier on iris, 2 folds, a random search over ``delays``."""
+def tweak(
+    name: str, delays: list[float], *, max_trials: int = 6, parallelism: int = 2, hold: Path | None = None, **budget: Any
+) -> TweakFile:
+    """A tiny experiment: SleepyClassifier on iris, 2 folds, a random search over ``delays``.
+
+    ``hold``: a file that, while it exists, keeps every trial from starting its fit.
+    """
     return TweakFile.model_validate(
         {
             "apiVersion": "tweakline/v1",
@@ -43,7 +48,7 @@ def tweak(name: str, delays: list[float], *, max_trials: int = 6, parallelism: i
             "metadata": {"name": name},
             "spec": {
                 "dataset": {"source": "sklearn:iris", "seed": 0},
-                "model": {"estimator": SLEEPY},
+                "model": {"estimator": SLEEPY, "fixed": {"hold": str(hold)} if hold else {}},
                 "search": {
                     "algorithm": "random",
                     "seed": 3,
@@ -79,6 +84,7 @@ class Watch:
         self.progress: list[TrialProgress] = []
         self.changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._follows: dict[str, asyncio.Task[Any]] = {}
 
     async def start(self) -> None:
         async def on_progress(msg) -> None:
@@ -104,23 +110,43 @@ class Watch:
         def on_change(_: Outcome) -> None:
             asyncio.get_running_loop().create_task(self._notify())
 
-        self._tasks.append(asyncio.create_task(follow(self.nc, outcome, on_change, timeout=WAIT * 2)))
+        task = asyncio.create_task(follow(self.nc, outcome, on_change, timeout=WAIT * 2))
+        task.add_done_callback(lambda _: on_change(outcome))  # a follow that failed wakes the waiter
+        self._tasks.append(task)
+        self._follows[exp_id] = task
         return outcome
 
+    def describe(self, exp_id: str) -> str:
+        """What was seen of ``exp_id`` (for a failure message): results, decision, its follower's fate."""
+        outcome = self.outcomes[exp_id]
+        task = self._follows.get(exp_id)
+        failed = task.exception() if task is not None and task.done() and not task.cancelled() else None
+        return (
+            f"{exp_id}: {len(outcome.trials)} results {sorted(outcome.trials)}, "
+            f"completed={outcome.completed is not None}, decision={outcome.evaluation is not None}"
+            + (f", follower failed: {failed!r}" if failed else "")
+        )
+
     async def until(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-        """Wait until ``predicate()`` holds (re-checked on every event), or fail naming ``what``."""
+        """Wait until ``predicate()`` holds (re-checked on every event), or fail naming ``what``
+        and what was seen of every experiment followed."""
         deadline = time.monotonic() + timeout
         async with self.changed:
             while not predicate():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"timed out waiting for {what}; logs in {self.stack.layout.logs}")
+                    seen = "; ".join(self.describe(e) for e in self.outcomes)
+                    raise AssertionError(
+                        f"timed out after {timeout:.0f}s waiting for {what}; seen: {seen}; logs in {self.stack.layout.logs}"
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), min(remaining, 1.0))
 
     async def done(self, exp_id: str, timeout: float = WAIT) -> Outcome:
         outcome = self.outcomes[exp_id]
-        await self.until(lambda: outcome.done, f"experiment {exp_id} to finish", timeout)
+        task = self._follows.get(exp_id)
+        await self.until(lambda: outcome.done or (task is not None and task.done()), f"experiment {exp_id} to finish", timeout)
+        assert outcome.done, f"stopped following before the end: {self.describe(exp_id)}"
         return outcome
 
     async def close(self) -> None:

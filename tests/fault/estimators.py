@@ -21,19 +21,31 @@ class SleepyClassifier(ClassifierMixin, BaseEstimator):
 
     ``fail_if`` makes ``fit`` raise ``ValueError`` when ``delay`` equals it, ``crash_if`` makes
     the process kill itself (as a segfault or the OOM killer would), and ``hog_mb`` allocates
-    (and touches) that much memory during ``fit``.
+    (and touches) that much memory during ``fit``. ``hold`` names a file: while it exists, ``fit``
+    waits (at most 10 minutes) before it starts, so a test can keep an experiment mid-way for as
+    long as a fault takes, however slow the machine.
     """
 
     def __init__(
-        self, delay: float = 0.0, fail_if: float | None = None, crash_if: float | None = None, hog_mb: int = 0, random_state=None
+        self,
+        delay: float = 0.0,
+        fail_if: float | None = None,
+        crash_if: float | None = None,
+        hog_mb: int = 0,
+        hold: str = "",
+        random_state=None,
     ):
         self.delay = delay
         self.fail_if = fail_if
         self.crash_if = crash_if
         self.hog_mb = hog_mb
+        self.hold = hold
         self.random_state = random_state
 
     def fit(self, X, y):
+        deadline = time.monotonic() + 600
+        while self.hold and os.path.exists(self.hold) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.crash_if is not None and self.delay == self.crash_if:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.fail_if is not None and self.delay == self.fail_if:

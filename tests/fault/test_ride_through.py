@@ -45,7 +45,7 @@ def _tweak_file(path: Path) -> Path:
                         "space": {"max_depth": {"type": "int", "low": 1, "high": 6}},
                     },
                     "objective": {"metric": "accuracy", "cv": 3},
-                    "budget": {"max_trials": 16, "parallelism": 1},
+                    "budget": {"max_trials": 8, "parallelism": 1},
                 },
             }
         )
@@ -105,7 +105,7 @@ def test_nats_server_sigkilled_under_submit_wait(tmp_path: Path) -> None:
         result = json.loads(out)
         assert result["decision"] in EXIT_CODES, result
         assert submit.returncode == EXIT_CODES[result["decision"]], err
-        assert result["trials"]["ok"] + result["trials"].get("failed", 0) + result["trials"].get("pruned", 0) == 16
+        assert result["trials"]["ok"] + result["trials"].get("failed", 0) + result["trials"].get("pruned", 0) == 8
     finally:
         if submit is not None and submit.poll() is None:
             submit.kill()
