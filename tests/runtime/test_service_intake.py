@@ -33,11 +33,9 @@ from tweakline.proto.messages import (
     ExperimentCompleted,
     ExperimentStatus,
     ExperimentSubmitted,
-    TrialCompleted,
     TrialControl,
     TrialProgress,
     TrialRequested,
-    TrialStatus,
 )
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Stream, Subject, subject_for
@@ -101,16 +99,8 @@ CASES = [
         Stream.EVENTS,
         ExperimentSubmitted(experiment_id=EXP, tweak=TWEAK),
     ),
-    Case(
-        "scheduler",
-        Identity.SCHEDULER,
-        scheduler_app,
-        Scheduler,
-        "on_trial_completed",
-        Subject.TRIAL_COMPLETED,
-        Stream.EVENTS,
-        TrialCompleted(experiment_id=EXP, trial_id=f"{EXP}.0", number=0, status=TrialStatus.OK, params={"C": 1.0}, score=0.9),
-    ),
+    # No scheduler.on_trial_completed subscriber: results reach the owning scheduler through its own
+    # feed on the stream (scheduler/ownership.py; tests/fault/test_cluster_faults.py), not FastStream.
     Case(
         "scheduler",
         Identity.SCHEDULER,
