@@ -102,3 +102,17 @@ def test_a_trainer_is_told_plainly_that_it_gets_no_text_columns(tmp_path: Path) 
     outcome = run_trainer_trial(split, spec, {}, code_dir=tmp_path)
     assert outcome.status is TrialStatus.FAILED
     assert "text feature columns (colour)" in outcome.error and "model.trainer.data: own" in outcome.error
+
+
+@pytest.mark.parametrize("resource", [{"name": "n_estimators", "min": 3, "max": 27}, {"name": "fraction", "min": 0.2}])
+def test_rungs_grow_the_encoded_model(tmp_path: Path, resource: dict[str, object]) -> None:
+    write_shop_csv(tmp_path / "shop.csv", shop_rows())
+    spec = factories.make_spec(
+        dataset={"source": f"csv:{tmp_path / 'shop.csv'}", "target": "y"},
+        model={"estimator": "sklearn.ensemble.RandomForestClassifier"},
+        search={"space": {"max_depth": {"type": "int", "low": 1, "high": 5}}, "resource": resource, "pruner": "asha"},
+        objective={"metric": "accuracy", "cv": 3},
+    )
+    outcome = run_trial(DatasetCache().get(spec.dataset), spec, {"max_depth": 4}, ALLOWED, seed=0)
+    assert outcome.status is TrialStatus.OK, outcome.error
+    assert len(outcome.rung_scores) >= 2 and min(outcome.rung_scores) > 0.8

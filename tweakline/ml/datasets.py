@@ -1,9 +1,9 @@
 """Datasets: loaders keyed by URI scheme, the deterministic train/test split, and a process-wide cache.
 
 A dataset source is ``<scheme>:<location>`` (``sklearn:iris``, ``csv:data/train.csv``). Each scheme
-is one :class:`DatasetLoader` subclass registered in :data:`LOADERS`; adding a scheme (say
-``parquet:``) is one new class and one registry line (plus accepting the scheme in
-:class:`tweakline.proto.tweakfile.DatasetSpec`).
+is one :class:`DatasetLoader` subclass registered in :data:`LOADERS`; adding a scheme is one new
+class and its registration, in a module of its own as :mod:`tweakline.ml.datasets_parquet` does
+(plus accepting the scheme in :class:`tweakline.proto.tweakfile.DatasetSpec`).
 
 The held-out test split is cut once by :func:`split_dataset`: a row is a test row when a hash of
 its content salted by the spec's ``seed`` falls below ``test_size`` (:mod:`tweakline.ml.holdout`),
