@@ -87,9 +87,9 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(raw: bytes, features: tuple[str, ...]) -> Any:
+def _parse(raw: bytes, features: tuple[str, ...], text: frozenset[str] = frozenset()) -> Any:
     """The feature matrix of a body (run in a worker thread: a large body takes a while)."""
-    return rows_to_matrix(parse_json(raw), features)
+    return rows_to_matrix(parse_json(raw), features, text)
 
 
 class StatusCounter:
@@ -148,7 +148,7 @@ def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str, *, ma
         except _TooLarge as exc:
             return _error(413, None, f"body of at least {exc.size} bytes exceeds {max_body_bytes}")
         try:
-            X = await run_in_threadpool(_parse, raw, loaded.features)
+            X = await run_in_threadpool(_parse, raw, loaded.features, loaded.text_features)
         except JsonLimitError as exc:
             return _error(400, None, str(exc))
         except InputError as exc:
