@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from faststream.nats import NatsMessage
 
@@ -11,6 +12,7 @@ from tweakline.deployer.control import rollback
 from tweakline.deployer.registry import target_for
 from tweakline.deployer.releases import ReleaseError, record_event, record_promotion, set_target_revision
 from tweakline.deployer.verify import load_probe, verify_live
+from tweakline.deployer.watch import LiveBook, Outcome, Verdict, Watch
 from tweakline.observability import telemetry
 from tweakline.promotion.environments import environment_for
 from tweakline.proto.messages import (
@@ -18,6 +20,7 @@ from tweakline.proto.messages import (
     DeploymentCompleted,
     DeploymentStatus,
     EvaluationCompleted,
+    ModelStats,
     ReleaseAction,
     ReleaseEvent,
     ReleaseHistory,
@@ -42,6 +45,10 @@ class Deployer:
         self.store: RecordStore[ReleaseHistory] | None = None
         # Deployments of one release stay in order; different releases deploy side by side.
         self._releases: dict[str, asyncio.Lock] = {}
+        # The post-promotion watch: the servers' latest figures, and the watch of each release.
+        self.book = LiveBook()
+        self.watches: dict[str, Watch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Bind to the release history bucket."""
@@ -56,6 +63,8 @@ class Deployer:
         try:
             async with self._releases.setdefault(evaluation.release, asyncio.Lock()):
                 status, revision, message = await self._deploy(evaluation)
+                if status is DeploymentStatus.DEPLOYED and revision is not None:
+                    await self._start_watch(evaluation, revision)
         finally:
             beat.cancel()
         await self.ctx.publish(
@@ -212,3 +221,92 @@ class Deployer:
             done.revision.revision,
             f"revision {revision.revision} rolled back to {done.revision.revision}: {reason}",
         )
+
+    # --- the post-promotion watch (tweakline.deployer.watch has the comparison) ---
+
+    async def _start_watch(self, evaluation: EvaluationCompleted, revision: int) -> None:
+        """Watch ``revision``'s live figures against the revision it replaced for ``deploy.watch.window``."""
+        assert self.store is not None and evaluation.release is not None
+        spec = evaluation.deploy
+        if spec is None or not spec.watch.enabled:
+            return
+        running = self.watches.get(evaluation.release)
+        if running is not None and running.revision == revision and not running.concluded:
+            return  # a redelivered promotion: already watched
+        found = await self.store.get(evaluation.release)
+        history = found[0] if found else None
+        promoted = [
+            e for e in (history.events if history else []) if e.action is ReleaseAction.PROMOTED and e.revision == revision
+        ]
+        previous = promoted[-1].previous if promoted else None
+        probe = None
+        if evaluation.probe is not None:
+            try:
+                probe = load_probe(await get_artifact(self.ctx.js, evaluation.probe))
+            except Exception as exc:  # no probe: the shift is not judged, the rest is
+                log.warning("release %s: no probe set for the watch's prediction shift: %s", evaluation.release, exc)
+        loop = asyncio.get_running_loop()
+        watch = Watch(evaluation.release, revision, previous, spec.watch, probe, loop.time() + spec.watch.window)
+        self.watches[evaluation.release] = watch
+        log.info("release %s: watching revision %s against %s for %gs", watch.release, revision, previous, spec.watch.window)
+        self._spawn(self._watch_until_deadline(watch))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def on_model_stats(self, stats: ModelStats) -> None:
+        """A model server's live figures: keep them, and judge the release's watch on them."""
+        self.book.add(stats)
+        watch = self.watches.get(stats.release)
+        if watch is None or watch.concluded:
+            return
+        verdict = self.book.judge(watch)
+        if verdict.outcome is Outcome.REGRESSED:
+            watch.concluded = True  # later summaries change nothing: the rollback is under way
+            self._spawn(self._conclude(watch, verdict))
+
+    async def _watch_until_deadline(self, watch: Watch) -> None:
+        await asyncio.sleep(max(0.0, watch.deadline - asyncio.get_running_loop().time()))
+        if watch.concluded:
+            return
+        watch.concluded = True
+        await self._conclude(watch, self.book.judge(watch))
+
+    async def _conclude(self, watch: Watch, verdict: Verdict) -> None:
+        """Record the watch's verdict; roll a regressed revision back (only if it is still the live one)."""
+        assert self.store is not None
+        if self.watches.get(watch.release) is watch:
+            del self.watches[watch.release]
+        try:
+            async with self._releases.setdefault(watch.release, asyncio.Lock()):
+                if verdict.outcome is Outcome.REGRESSED:
+                    reason = f"post-promotion watch: revision {watch.revision} regressed: {verdict.reason}"
+                    await rollback(
+                        self.ctx.js,
+                        self.ctx.settings,
+                        watch.release,
+                        to=watch.previous,
+                        reason=reason,
+                        by="deployer",
+                        automatic=True,
+                        expect_current=watch.revision,
+                    )
+                    log.warning("release %s: %s; rolled back", watch.release, reason)
+                    return
+                found = await self.store.get(watch.release)
+                if found is None or found[0].current != watch.revision:
+                    return  # replaced or rolled back meanwhile: nothing to say about it any more
+                if verdict.outcome is Outcome.PASSED:
+                    reason = f"post-promotion watch passed after {watch.spec.window:g}s: {verdict.reason}"
+                else:
+                    reason = f"post-promotion watch ended without a verdict after {watch.spec.window:g}s: {verdict.reason}"
+                await record_event(
+                    self.store, watch.release, ReleaseEvent(action=ReleaseAction.VERIFIED, revision=watch.revision, reason=reason)
+                )
+                log.info("release %s: %s", watch.release, reason)
+        except ReleaseError as exc:  # a newer promotion won, or nothing to go back to
+            log.warning("release %s: watch of revision %s: %s", watch.release, watch.revision, exc)
+        except Exception:  # a failed target or store: logged, the deployer carries on
+            log.exception("release %s: concluding the watch of revision %s failed", watch.release, watch.revision)
