@@ -28,6 +28,7 @@ from tweakline.proto.messages import (
     RollbackCompleted,
     RollbackRequested,
     msg_id,
+    utcnow,
 )
 from tweakline.proto.subjects import Bucket, Stream, Subject, release_subject, subject_for
 from tweakline.runtime.objects import get_artifact
@@ -35,6 +36,9 @@ from tweakline.runtime.records import RecordStore
 from tweakline.runtime.service import ServiceContext, keep_alive
 
 log = logging.getLogger(__name__)
+
+WATCH_MARK = "post-promotion watch"  # how the watch's steps in a release history begin
+RESUME_GRACE_S = 30.0
 
 
 class Deployer:
@@ -51,8 +55,12 @@ class Deployer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Bind to the release history bucket."""
+        """Bind to the release history bucket, and pick up the watches a previous process left running."""
         self.store = await RecordStore.open(self.ctx.js, Bucket.RELEASES.value, ReleaseHistory)
+        try:
+            await self.resume_watches()
+        except Exception:  # the watch is a safety net: never a reason not to deploy
+            log.exception("could not resume the post-promotion watches")
 
     async def on_evaluation_completed(self, evaluation: EvaluationCompleted, msg: NatsMessage) -> None:
         """Deploy a promoted model; ignore rejections and errors (nothing to do)."""
@@ -245,11 +253,45 @@ class Deployer:
                 probe = load_probe(await get_artifact(self.ctx.js, evaluation.probe))
             except Exception as exc:  # no probe: the shift is not judged, the rest is
                 log.warning("release %s: no probe set for the watch's prediction shift: %s", evaluation.release, exc)
-        loop = asyncio.get_running_loop()
-        watch = Watch(evaluation.release, revision, previous, spec.watch, probe, loop.time() + spec.watch.window)
-        self.watches[evaluation.release] = watch
-        log.info("release %s: watching revision %s against %s for %gs", watch.release, revision, previous, spec.watch.window)
+        self._begin(Watch(evaluation.release, revision, previous, spec.watch, probe, self._now() + spec.watch.window))
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _begin(self, watch: Watch) -> None:
+        self.watches[watch.release] = watch
+        left = watch.deadline - self._now()
+        log.info("release %s: watching revision %s against %s for %.0fs", watch.release, watch.revision, watch.previous, left)
         self._spawn(self._watch_until_deadline(watch))
+
+    async def resume_watches(self) -> None:
+        """Watch again what a previous deployer process was watching when it stopped (the history says what).
+
+        A release whose live revision was promoted (not rolled back to) with ``deploy.watch`` on,
+        has no watch verdict yet and is still inside its window is watched for the rest of it, and
+        at least :data:`RESUME_GRACE_S` (the servers' next summaries must be heard). The probe set is not in
+        the history, so a resumed watch does not judge the prediction shift.
+        """
+        assert self.store is not None
+        for release in await self.store.keys():
+            found = await self.store.get(release)
+            history = found[0] if found else None
+            live = history.live if history else None
+            if history is None or live is None or live.deploy is None or not live.deploy.watch.enabled:
+                continue
+            moves = [e for e in history.events if e.action is not ReleaseAction.VERIFIED]
+            if not moves or moves[-1].action is not ReleaseAction.PROMOTED or moves[-1].revision != live.revision:
+                continue
+            promoted = moves[-1]
+            after = history.events[history.events.index(promoted) :]
+            if any(e.reason.startswith(WATCH_MARK) for e in after):
+                continue  # judged already
+            began = max(e.at for e in after)  # the post-deploy check's step, if there was one
+            left = live.deploy.watch.window - (utcnow() - began).total_seconds()
+            if left <= 0:
+                continue  # the window closed while no deployer ran: too late to call it a post-promotion regression
+            deadline = self._now() + max(left, RESUME_GRACE_S)
+            self._begin(Watch(release, live.revision, promoted.previous, live.deploy.watch, None, deadline))
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -282,7 +324,7 @@ class Deployer:
         try:
             async with self._releases.setdefault(watch.release, asyncio.Lock()):
                 if verdict.outcome is Outcome.REGRESSED:
-                    reason = f"post-promotion watch: revision {watch.revision} regressed: {verdict.reason}"
+                    reason = f"{WATCH_MARK}: revision {watch.revision} regressed: {verdict.reason}"
                     await rollback(
                         self.ctx.js,
                         self.ctx.settings,
@@ -299,9 +341,9 @@ class Deployer:
                 if found is None or found[0].current != watch.revision:
                     return  # replaced or rolled back meanwhile: nothing to say about it any more
                 if verdict.outcome is Outcome.PASSED:
-                    reason = f"post-promotion watch passed after {watch.spec.window:g}s: {verdict.reason}"
+                    reason = f"{WATCH_MARK} passed after {watch.spec.window:g}s: {verdict.reason}"
                 else:
-                    reason = f"post-promotion watch ended without a verdict after {watch.spec.window:g}s: {verdict.reason}"
+                    reason = f"{WATCH_MARK} ended without a verdict after {watch.spec.window:g}s: {verdict.reason}"
                 await record_event(
                     self.store, watch.release, ReleaseEvent(action=ReleaseAction.VERIFIED, revision=watch.revision, reason=reason)
                 )
