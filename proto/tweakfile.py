@@ -783,8 +783,8 @@ class WatchSpec(_Strict):
         default=0.3,
         ge=0,
         le=1,
-        description="Largest total-variation distance between the two revisions' live prediction distributions, "
-        "binned by the probe set (its classes, or its target deciles); null: not judged.",
+        description="Largest rise of the distance (total variation) of the live predictions from the probe set's "
+        "targets (binned by its classes, or its target deciles) over the previous revision's; null: not judged.",
     )
 
     @field_validator("window", mode="before")

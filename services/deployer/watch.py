@@ -8,9 +8,10 @@ compares the new revision with the previous one — the Flagger/Argo analysis st
 * error rate: the new revision's minus the previous one's, against ``max_error_rate_increase``;
 * latency: the p95 ratio against ``max_latency_ratio`` (a rise under ``min_latency_increase_ms``
   is noise, never a regression);
-* prediction shift: the total-variation distance between the two revisions' live prediction
-  distributions, binned by the probe set (its classes, or its target deciles), against
-  ``max_prediction_shift``.
+* prediction shift: how far each revision's live predictions are from the probe set's targets
+  (total-variation distance, binned by the probe set's classes or target deciles); the rise over
+  the previous revision's distance, against ``max_prediction_shift``. A better model that replaces
+  a majority-class one moves its predictions a lot, but towards the probe set: no regression.
 
 No verdict before the new revision has ``min_requests`` answers. Without figures of the previous
 revision (a restarted server, a first release) the error rate is judged against zero and the
@@ -93,31 +94,53 @@ def latency_quantile(figures: RevisionFigures, q: float = 0.95) -> float | None:
     return figures.max_latency_ms
 
 
-def _distribution(figures: RevisionFigures, probe: dict[str, Any]) -> np.ndarray | None:
-    """The revision's live predictions binned by the probe set: per class, or per probe-target decile."""
+def _bins(probe: dict[str, Any]) -> tuple[str, Any] | None:
+    """How predictions are binned: the probe set's classes, or the deciles of its targets."""
     targets = probe.get("targets") or []
     if not targets:
         return None
     if probe.get("task") == "classification":
-        classes = sorted({str(t) for t in targets})
-        counts = [figures.labels.get(c, 0) for c in classes]
-        counts.append(sum(v for k, v in figures.labels.items() if k not in set(classes)))  # classes the probe lacks
-    else:
-        if not figures.sample:
-            return None
-        values = np.asarray(targets, dtype=float)
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, REGRESSION_SHIFT_BINS + 1)[1:-1]))
-        counts = np.bincount(np.searchsorted(edges, np.asarray(figures.sample)), minlength=len(edges) + 1).tolist()
+        return "classes", sorted({str(t) for t in targets})
+    values = np.asarray(targets, dtype=float)
+    return "edges", np.unique(np.quantile(values, np.linspace(0, 1, REGRESSION_SHIFT_BINS + 1)[1:-1]))
+
+
+def _normalised(counts: list[float]) -> np.ndarray | None:
     total = float(sum(counts))
     return None if total == 0 else np.asarray(counts, dtype=float) / total
 
 
-def prediction_shift(new: RevisionFigures, old: RevisionFigures, probe: dict[str, Any]) -> float | None:
-    """Total-variation distance (0: same distribution, 1: disjoint) between the two revisions' predictions."""
-    a, b = _distribution(new, probe), _distribution(old, probe)
-    if a is None or b is None:
+def _binned(labels: dict[str, int], sample: list[float], bins: tuple[str, Any]) -> np.ndarray | None:
+    kind, how = bins
+    if kind == "classes":
+        counts = [labels.get(c, 0) for c in how]
+        counts.append(sum(v for k, v in labels.items() if k not in set(how)))  # values the probe set never has
+        return _normalised(counts)
+    if not sample:
         return None
-    return float(0.5 * np.abs(a - b).sum())
+    return _normalised(np.bincount(np.searchsorted(how, np.asarray(sample)), minlength=len(how) + 1).tolist())
+
+
+def prediction_shift(figures: RevisionFigures, probe: dict[str, Any]) -> float | None:
+    """Total-variation distance (0: same, 1: disjoint) of a revision's live predictions from the probe set's targets.
+
+    A model that predicts what the probe set holds scores near 0 whatever its traffic; one that
+    predicts one class for everything scores high. Both revisions see the same traffic, so the
+    rise from the previous revision's shift is the new revision's own.
+    """
+    bins = _bins(probe)
+    if bins is None:
+        return None
+    kind, how = bins
+    targets = probe["targets"]
+    if kind == "classes":
+        expected = _binned({c: sum(str(t) == c for t in targets) for c in how}, [], bins)
+    else:
+        expected = _binned({}, [float(t) for t in targets], bins)
+    live = _binned(figures.labels, figures.sample, bins)
+    if expected is None or live is None:
+        return None
+    return float(0.5 * np.abs(live - expected).sum())
 
 
 def judge(
@@ -154,17 +177,18 @@ def judge(
                 )
             parts.append(f"p95 {p95:g} ms vs {p95_before:g} ms")
         if spec.max_prediction_shift is not None and probe is not None:
-            shift = prediction_shift(new, baseline, probe)
-            if shift is not None:
-                figures["prediction_shift"] = shift
-                if shift > spec.max_prediction_shift:
+            shift, shift_before = prediction_shift(new, probe), prediction_shift(baseline, probe)
+            if shift is not None and shift_before is not None:
+                figures |= {"prediction_shift": shift, "previous_prediction_shift": shift_before}
+                if shift - shift_before > spec.max_prediction_shift:
                     return Verdict(
                         Outcome.REGRESSED,
-                        f"live prediction distribution shifted by {shift:.2f} (total variation, binned by the probe set) "
-                        f"from revision {baseline.revision}'s, above the allowed {spec.max_prediction_shift:g}",
+                        f"live predictions {shift:.2f} away from the probe set's targets vs {shift_before:.2f} "
+                        f"(revision {baseline.revision}; total variation): a rise of {shift - shift_before:.2f}, "
+                        f"above the allowed {spec.max_prediction_shift:g}",
                         figures,
                     )
-                parts.append(f"prediction shift {shift:.2f}")
+                parts.append(f"prediction shift from the probe set {shift:.2f} vs {shift_before:.2f}")
     else:
         parts.append("no figures of the previous revision for latency and predictions")
     return Verdict(Outcome.PASSED, f"{answered} live requests: " + ", ".join(parts), figures)

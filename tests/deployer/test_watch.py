@@ -28,10 +28,13 @@ def figures(revision: int, *, ok: int = 100, errors: int = 0, ms: float = 4.0, l
 
 
 def test_a_good_revision_passes_with_its_figures() -> None:
-    verdict = judge(figures(2, ms=4.5), figures(1, ms=4.0), SPEC, CLASSES)
+    verdict = judge(figures(2, ok=99, ms=4.5), figures(1, ok=99, ms=4.0), SPEC, CLASSES)  # 99: a third per class
     assert verdict.outcome is Outcome.PASSED, verdict.reason
-    assert verdict.figures["error_rate"] == 0.0 and verdict.figures["p95_ms"] == 5.0 and verdict.figures["prediction_shift"] == 0
-    assert verdict.reason == "100 live requests: error rate 0.0% vs 0.0%, p95 5 ms vs 5 ms, prediction shift 0.00"
+    assert verdict.figures["error_rate"] == 0.0 and verdict.figures["p95_ms"] == 5.0
+    assert verdict.figures["prediction_shift"] == pytest.approx(0.0, abs=0.01)
+    assert verdict.reason == (
+        "99 live requests: error rate 0.0% vs 0.0%, p95 5 ms vs 5 ms, prediction shift from the probe set 0.00 vs 0.00"
+    )
 
 
 def test_too_few_requests_is_no_verdict_yet() -> None:
@@ -71,24 +74,30 @@ def test_a_latency_rise_above_the_ratio_regresses_but_small_rises_are_noise() ->
     assert judge(figures(2, ms=4.5), figures(1, ms=0.8), strict, CLASSES).outcome is Outcome.REGRESSED
 
 
-def test_a_shifted_prediction_distribution_regresses() -> None:
-    old = figures(1, labels={0: 1, 1: 1, 2: 1})
-    shifted = figures(2, labels={2: 1})  # always class 2
-    verdict = judge(shifted, old, SPEC, CLASSES)
+def test_predictions_moving_away_from_the_probe_set_regress_and_towards_it_do_not() -> None:
+    good = figures(1, ok=99, labels={0: 1, 1: 1, 2: 1})  # the probe set's own mix of classes
+    constant = figures(2, labels={2: 1})  # always class 2
+    verdict = judge(constant, good, SPEC, CLASSES)
     assert verdict.outcome is Outcome.REGRESSED
     assert verdict.figures["prediction_shift"] == pytest.approx(2 / 3, abs=0.01)
-    assert "live prediction distribution shifted by 0.67" in verdict.reason and "above the allowed 0.3" in verdict.reason
+    assert verdict.figures["previous_prediction_shift"] == pytest.approx(0.0, abs=0.01)
+    assert verdict.reason.startswith("live predictions 0.67 away from the probe set's targets vs 0.00 (revision 1")
+    assert "a rise of 0.67, above the allowed 0.3" in verdict.reason
+    # The other way round (a good model replacing a majority-class one) is a big move, but towards the probe set.
+    better = judge(figures(3, ok=99, labels={0: 1, 1: 1, 2: 1}), constant, SPEC, CLASSES)
+    assert better.outcome is Outcome.PASSED and "prediction shift from the probe set 0.00 vs 0.67" in better.reason
     off = SPEC.model_copy(update={"max_prediction_shift": None})
-    assert judge(shifted, old, off, CLASSES).outcome is Outcome.PASSED
+    assert judge(constant, good, off, CLASSES).outcome is Outcome.PASSED
 
 
 def test_the_shift_of_a_regression_is_binned_by_the_probe_targets() -> None:
     probe = {"task": "regression", "targets": [float(v) for v in range(100)]}
-    low = RevisionFigures(revision=1, sample=[float(v) for v in range(50)])
-    same = RevisionFigures(revision=2, sample=[float(v) + 0.5 for v in range(50)])
-    high = RevisionFigures(revision=3, sample=[float(v) for v in range(50, 100)])
-    assert prediction_shift(same, low, probe) == pytest.approx(0.0, abs=0.05)
-    assert prediction_shift(high, low, probe) == pytest.approx(1.0)
+    spread = RevisionFigures(revision=1, sample=[float(v) + 0.5 for v in range(100)])
+    low = RevisionFigures(revision=2, sample=[float(v) for v in range(50)])
+    assert prediction_shift(spread, probe) == pytest.approx(0.0, abs=0.05)
+    assert prediction_shift(low, probe) == pytest.approx(0.5, abs=0.05)
+    assert prediction_shift(RevisionFigures(revision=3), probe) is None  # no numeric predictions heard
+    assert judge(figures(2, labels={0: 1}), figures(1), SPEC, {"task": "classification", "targets": []}).outcome is Outcome.PASSED
 
 
 def test_replicas_add_up_and_stale_or_other_releases_do_not_count() -> None:
