@@ -755,6 +755,44 @@ class VerifySpec(_Strict):
         return parse_duration(value)
 
 
+class WatchSpec(_Strict):
+    """The post-promotion watch: the new revision's live figures against the previous revision's.
+
+    For ``window`` after a revision goes live, the deployer compares the model server's own
+    figures of it (error rate, latency, distribution of predictions) with those of the revision
+    it replaced, and rolls back automatically when one regresses beyond its threshold.
+    """
+
+    enabled: bool = Field(default=True, description="Watch the live figures after each promotion.")
+    window: Duration = Field(default=600.0, description="How long after going live the new revision is watched.")
+    min_requests: int = Field(
+        default=20, gt=0, le=1_000_000, description="Live /predict requests the new revision needs before any verdict."
+    )
+    max_error_rate_increase: float = Field(
+        default=0.05, ge=0, le=1, description="Largest rise of the error rate over the previous revision's (a fraction)."
+    )
+    max_latency_ratio: float = Field(
+        default=2.0, ge=1, le=1000, description="Largest ratio of the new revision's p95 latency to the previous one's."
+    )
+    min_latency_increase_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="A p95 latency rise smaller than this is never a regression (noise on fast models).",
+    )
+    max_prediction_shift: float | None = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="Largest rise of the distance (total variation) of the live predictions from the probe set's "
+        "targets (binned by its classes, or its target deciles) over the previous revision's; null: not judged.",
+    )
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
 class DeploySpec(_Strict):
     """Where a promoted model goes."""
 
@@ -772,6 +810,7 @@ class DeploySpec(_Strict):
     )
     helm_timeout: Duration = Field(default=300.0, description="helm: how long an upgrade may wait for readiness.")
     verify: VerifySpec = Field(default_factory=VerifySpec)
+    watch: WatchSpec = Field(default_factory=WatchSpec)
     production_branches: list[str] = Field(
         default_factory=lambda: ["main", "master"],
         description="Branch globs whose pushes may change this release; pull requests and other branches are "
