@@ -46,7 +46,7 @@ def digits_rows(n: int) -> tuple[list[dict[str, float]], list[int]]:
     [
         ("digits-cnn", 6, 3),
         # The script's default alpha (0.1) underfits; the tuned one must beat it on the test split.
-        ("command-script", 10, 9),
+        ("command-script", 6, 5),
     ],
 )
 def test_a_trainer_tunes_prunes_promotes_and_is_served(tmp_path: Path, example: str, trials: int, steps: int) -> None:
