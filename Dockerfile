@@ -31,7 +31,8 @@ COPY helm/model-server/ helm/model-server/
 
 RUN python -m venv /opt/tweakline \
  && python -m pip wheel --no-deps --wheel-dir /tmp/dist . \
- && /opt/tweakline/bin/pip install --constraint constraints.txt /tmp/dist/tweakline-*.whl \
+ && wheel=$(echo /tmp/dist/tweakline-*.whl) \
+ && /opt/tweakline/bin/pip install --constraint constraints.txt "${wheel}[parquet]" \
  && mkdir -p /opt/charts \
  && cp -r helm/model-server /opt/charts/model-server
 

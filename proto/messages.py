@@ -23,7 +23,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, WrapSerializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    WrapSerializer,
+)
 
 from tweakline.proto.ids import ExperimentId, Name, TrialId
 from tweakline.proto.subjects import Subject
@@ -498,6 +506,49 @@ class RollbackCompleted(Message):
     message: str = ""
 
 
+# Bounds of a model server's summary (outside input to the deployer: refused beyond them).
+STATS_MAX_REVISIONS = 4
+STATS_MAX_LABELS = 64
+STATS_MAX_SAMPLE = 256
+STATS_MAX_BUCKETS = 32
+# Upper bounds (ms) of the latency buckets a model server counts /predict answers in; the last
+# bucket of ``latency_counts`` counts the slower ones.
+LATENCY_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
+
+
+class RevisionFigures(Message):
+    """A model server's live figures of one revision since it went live there (cumulative counts)."""
+
+    revision: int = Field(ge=0)
+    requests: int = Field(default=0, ge=0, description="/predict requests the model answered or failed (not 4xx input errors).")
+    errors: int = Field(default=0, ge=0, description="Of them, the model failed (5xx, or the model refused the rows).")
+    latency_buckets_ms: list[float] = Field(
+        default_factory=lambda: list(LATENCY_BUCKETS_MS), max_length=STATS_MAX_BUCKETS, description="Bucket upper bounds."
+    )
+    latency_counts: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, max_length=STATS_MAX_BUCKETS + 1, description="Requests per bucket, then the slower ones."
+    )
+    max_latency_ms: float = Field(default=0.0, ge=0)
+    labels: dict[Annotated[str, StringConstraints(max_length=64)], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, max_length=STATS_MAX_LABELS, description="Predicted values and how often (the first ones seen)."
+    )
+    sample: list[float] = Field(
+        default_factory=list, max_length=STATS_MAX_SAMPLE, description="A uniform sample of numeric predictions."
+    )
+    predictions: int = Field(default=0, ge=0, description="Rows predicted.")
+    since: datetime = Field(default_factory=utcnow, description="When this server started serving the revision.")
+
+
+class ModelStats(Message):
+    """Model server -> deployer: a periodic summary of the live figures of the revisions it served."""
+
+    release: Name
+    instance: str = Field(max_length=200, description="Which server (replica) measured them.")
+    revision: int | None = Field(default=None, description="The revision it serves now.")
+    revisions: list[RevisionFigures] = Field(default_factory=list, max_length=STATS_MAX_REVISIONS)
+    at: datetime = Field(default_factory=utcnow)
+
+
 class DeadLetter(Message):
     """A message a service refused, kept with the reason."""
 
@@ -546,4 +597,5 @@ PAYLOADS: dict[Subject, type[Message]] = {
     Subject.RELEASE_ROLLBACK: RollbackRequested,
     Subject.RELEASE_ROLLED_BACK: RollbackCompleted,
     Subject.DEAD_LETTER: DeadLetter,
+    Subject.MODEL_STATS: ModelStats,
 }

@@ -340,6 +340,7 @@ GRANTS: dict[Identity, list[Grant]] = {
         consumes(Consumer.DEPLOYER),
         consumes(Consumer.DEPLOYER_CONTROL),  # rollback requests (the console's)
         publishes(Subject.DEPLOYMENT_COMPLETED, Subject.RELEASE_ROLLED_BACK),
+        listens(Subject.MODEL_STATS),  # the post-promotion watch
         key_value(Bucket.RELEASES, write=True),
         object_store(Bucket.ARTIFACTS, write=False),  # hash checks before a rollback, probe sets
         dead_letters(),
@@ -347,6 +348,7 @@ GRANTS: dict[Identity, list[Grant]] = {
     Identity.MODEL_SERVER: [
         key_value(Bucket.RELEASES, write=False),
         object_store(Bucket.ARTIFACTS, write=False),
+        publishes(Subject.MODEL_STATS),  # its live figures, for the post-promotion watch
     ],
     # Exactly what `tweakline submit --wait` does: upload datasets, submit, follow the events.
     Identity.SUBMITTER: [

@@ -35,6 +35,9 @@ class Subject(StrEnum):
     RELEASE_ROLLBACK = f"{PREFIX}.releases.rollback"
     RELEASE_ROLLED_BACK = f"{PREFIX}.releases.rolledback"
     DEAD_LETTER = f"{PREFIX}.deadletter"
+    # A model server's periodic summary of its live figures per revision (core NATS, not stored:
+    # a lost summary is replaced by the next); ends with the release name.
+    MODEL_STATS = f"{PREFIX}.models.stats"
 
 
 def subject_for(family: Subject, experiment_id: str) -> str:

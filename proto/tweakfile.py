@@ -25,7 +25,7 @@ KIND = "Experiment"
 
 
 # A dataset uploaded to the object store by its content: object:<format>:<sha256 hex>.
-OBJECT_SOURCE = re.compile(r"^object:csv:[0-9a-f]{64}$")
+OBJECT_SOURCE = re.compile(r"^object:(csv|parquet):[0-9a-f]{64}$")
 
 SKLEARN_DATASETS = ("iris", "digits", "wine", "breast_cancer", "diabetes")
 
@@ -114,10 +114,13 @@ class DatasetSpec(_Strict):
     """Where the data comes from and how the held-out test split is cut."""
 
     source: str = Field(
-        description="sklearn:<iris|digits|wine|breast_cancer|diabetes>, csv:<path> (relative to the tweak file), "
-        "https://<host>/<file>.csv, or object:csv:<sha256> (a file uploaded by 'tweakline submit')."
+        description="sklearn:<iris|digits|wine|breast_cancer|diabetes>, csv:<path> or parquet:<path> (relative to the "
+        "tweak file), https://<host>/<file>.csv, or object:csv:<sha256> / object:parquet:<sha256> (a file uploaded by "
+        "'tweakline submit')."
     )
-    target: str | None = Field(default=None, description="Target column (required for csv:, https: and object: sources).")
+    target: str | None = Field(
+        default=None, description="Target column (required for csv:, parquet:, https: and object: sources)."
+    )
     test_size: float = Field(default=0.2, gt=0, lt=1, description="Fraction held out for the final evaluation.")
     seed: int = Field(
         default=0,
@@ -140,10 +143,15 @@ class DatasetSpec(_Strict):
         elif scheme == "csv":
             if not rest:
                 raise PydanticCustomError("tweakline", "csv: needs a path, e.g. csv:data/train.csv", {})
+        elif scheme == "parquet":
+            if not rest:
+                raise PydanticCustomError("tweakline", "parquet: needs a path, e.g. parquet:data/train.parquet", {})
         elif scheme == "object":
             if not OBJECT_SOURCE.match(value):
                 raise PydanticCustomError(
-                    "tweakline", "'{value}' is not object:csv:<64 hex digits of the file's sha256>", {"value": value}
+                    "tweakline",
+                    "'{value}' is not object:csv:<sha256> or object:parquet:<sha256> (64 hex digits of the file's sha256)",
+                    {"value": value},
                 )
         elif scheme == "https":
             if not rest.startswith("//") or len(rest) <= 2 or not rest.split("?")[0].split("#")[0].endswith(".csv"):
@@ -151,7 +159,8 @@ class DatasetSpec(_Strict):
         else:
             raise PydanticCustomError(
                 "tweakline",
-                "unknown dataset source '{value}', expected sklearn:<name>, csv:<path>, https://<url>.csv or object:csv:<sha256>",
+                "unknown dataset source '{value}', expected sklearn:<name>, csv:<path>, parquet:<path>, https://<url>.csv "
+                "or object:csv:<sha256>",
                 {"value": value},
             )
         return value
@@ -159,12 +168,12 @@ class DatasetSpec(_Strict):
     @property
     def is_table(self) -> bool:
         """Whether the source is a table file (local, uploaded or https), which needs a target column."""
-        return self.source.split(":", 1)[0] in ("csv", "object", "https")
+        return self.source.split(":", 1)[0] in ("csv", "parquet", "object", "https")
 
     @model_validator(mode="after")
     def _csv_needs_target(self) -> DatasetSpec:
         if self.is_table and not self.target:
-            raise problem("target", "required for csv:, https: and object: sources (the name of the target column)")
+            raise problem("target", "required for csv:, parquet:, https: and object: sources (the name of the target column)")
         return self
 
 
@@ -746,6 +755,44 @@ class VerifySpec(_Strict):
         return parse_duration(value)
 
 
+class WatchSpec(_Strict):
+    """The post-promotion watch: the new revision's live figures against the previous revision's.
+
+    For ``window`` after a revision goes live, the deployer compares the model server's own
+    figures of it (error rate, latency, distribution of predictions) with those of the revision
+    it replaced, and rolls back automatically when one regresses beyond its threshold.
+    """
+
+    enabled: bool = Field(default=True, description="Watch the live figures after each promotion.")
+    window: Duration = Field(default=600.0, description="How long after going live the new revision is watched.")
+    min_requests: int = Field(
+        default=20, gt=0, le=1_000_000, description="Live /predict requests the new revision needs before any verdict."
+    )
+    max_error_rate_increase: float = Field(
+        default=0.05, ge=0, le=1, description="Largest rise of the error rate over the previous revision's (a fraction)."
+    )
+    max_latency_ratio: float = Field(
+        default=2.0, ge=1, le=1000, description="Largest ratio of the new revision's p95 latency to the previous one's."
+    )
+    min_latency_increase_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="A p95 latency rise smaller than this is never a regression (noise on fast models).",
+    )
+    max_prediction_shift: float | None = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="Largest rise of the distance (total variation) of the live predictions from the probe set's "
+        "targets (binned by its classes, or its target deciles) over the previous revision's; null: not judged.",
+    )
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
 class DeploySpec(_Strict):
     """Where a promoted model goes."""
 
@@ -763,6 +810,7 @@ class DeploySpec(_Strict):
     )
     helm_timeout: Duration = Field(default=300.0, description="helm: how long an upgrade may wait for readiness.")
     verify: VerifySpec = Field(default_factory=VerifySpec)
+    watch: WatchSpec = Field(default_factory=WatchSpec)
     production_branches: list[str] = Field(
         default_factory=lambda: ["main", "master"],
         description="Branch globs whose pushes may change this release; pull requests and other branches are "

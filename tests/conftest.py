@@ -27,6 +27,21 @@ from tweakline.runtime.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
+# The slow tiers first: xdist hands whole files to its workers in collection order, so the
+# image build and the whole-stack files start at once and the quick files fill the gaps,
+# instead of a lone long file running at the end.
+SLOW_FIRST = ("image", "fault", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the collection: the slow tiers' files first (stable otherwise)."""
+
+    def tier(item: pytest.Item) -> int:
+        marks = {m.name for m in item.iter_markers()}
+        return next((i for i, name in enumerate(SLOW_FIRST) if name in marks), len(SLOW_FIRST))
+
+    items.sort(key=tier)
+
 
 @dataclass
 class NatsFixture:

@@ -6,7 +6,7 @@ from faststream import AckPolicy, FastStream
 from faststream.nats import NatsRouter
 
 from tweakline.deployer.handlers import Deployer
-from tweakline.proto.subjects import Consumer
+from tweakline.proto.subjects import Consumer, Subject, all_of
 from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
 from tweakline.runtime.settings import Settings
 
@@ -35,5 +35,8 @@ def create_app(settings: Settings) -> FastStream:
         **durable_subscription(Consumer.DEPLOYER_CONTROL, batch_size=1),
         ack_policy=AckPolicy.MANUAL,
     )
+    # The model servers' live figures, for the post-promotion watch (core NATS: every deployer
+    # hears them; each judges the watches of the promotions it made).
+    ctx.subscribe(router, deployer.on_model_stats, subject=all_of(Subject.MODEL_STATS))
     broker.include_router(router)
     return make_app(ctx, NAME, start=[deployer.start])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from faststream.nats import NatsMessage
 
@@ -11,6 +12,7 @@ from tweakline.deployer.control import rollback
 from tweakline.deployer.registry import target_for
 from tweakline.deployer.releases import ReleaseError, record_event, record_promotion, set_target_revision
 from tweakline.deployer.verify import load_probe, verify_live
+from tweakline.deployer.watch import LiveBook, Outcome, Verdict, Watch
 from tweakline.observability import telemetry
 from tweakline.promotion.environments import environment_for
 from tweakline.proto.messages import (
@@ -18,6 +20,7 @@ from tweakline.proto.messages import (
     DeploymentCompleted,
     DeploymentStatus,
     EvaluationCompleted,
+    ModelStats,
     ReleaseAction,
     ReleaseEvent,
     ReleaseHistory,
@@ -25,6 +28,7 @@ from tweakline.proto.messages import (
     RollbackCompleted,
     RollbackRequested,
     msg_id,
+    utcnow,
 )
 from tweakline.proto.subjects import Bucket, Stream, Subject, release_subject, subject_for
 from tweakline.runtime.objects import get_artifact
@@ -32,6 +36,9 @@ from tweakline.runtime.records import RecordStore
 from tweakline.runtime.service import ServiceContext, keep_alive
 
 log = logging.getLogger(__name__)
+
+WATCH_MARK = "post-promotion watch"  # how the watch's steps in a release history begin
+RESUME_GRACE_S = 30.0
 
 
 class Deployer:
@@ -42,10 +49,18 @@ class Deployer:
         self.store: RecordStore[ReleaseHistory] | None = None
         # Deployments of one release stay in order; different releases deploy side by side.
         self._releases: dict[str, asyncio.Lock] = {}
+        # The post-promotion watch: the servers' latest figures, and the watch of each release.
+        self.book = LiveBook()
+        self.watches: dict[str, Watch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Bind to the release history bucket."""
+        """Bind to the release history bucket, and pick up the watches a previous process left running."""
         self.store = await RecordStore.open(self.ctx.js, Bucket.RELEASES.value, ReleaseHistory)
+        try:
+            await self.resume_watches()
+        except Exception:  # the watch is a safety net: never a reason not to deploy
+            log.exception("could not resume the post-promotion watches")
 
     async def on_evaluation_completed(self, evaluation: EvaluationCompleted, msg: NatsMessage) -> None:
         """Deploy a promoted model; ignore rejections and errors (nothing to do)."""
@@ -56,6 +71,8 @@ class Deployer:
         try:
             async with self._releases.setdefault(evaluation.release, asyncio.Lock()):
                 status, revision, message = await self._deploy(evaluation)
+                if status is DeploymentStatus.DEPLOYED and revision is not None:
+                    await self._start_watch(evaluation, revision)
         finally:
             beat.cancel()
         await self.ctx.publish(
@@ -212,3 +229,126 @@ class Deployer:
             done.revision.revision,
             f"revision {revision.revision} rolled back to {done.revision.revision}: {reason}",
         )
+
+    # --- the post-promotion watch (tweakline.deployer.watch has the comparison) ---
+
+    async def _start_watch(self, evaluation: EvaluationCompleted, revision: int) -> None:
+        """Watch ``revision``'s live figures against the revision it replaced for ``deploy.watch.window``."""
+        assert self.store is not None and evaluation.release is not None
+        spec = evaluation.deploy
+        if spec is None or not spec.watch.enabled:
+            return
+        running = self.watches.get(evaluation.release)
+        if running is not None and running.revision == revision and not running.concluded:
+            return  # a redelivered promotion: already watched
+        found = await self.store.get(evaluation.release)
+        history = found[0] if found else None
+        promoted = [
+            e for e in (history.events if history else []) if e.action is ReleaseAction.PROMOTED and e.revision == revision
+        ]
+        previous = promoted[-1].previous if promoted else None
+        probe = None
+        if evaluation.probe is not None:
+            try:
+                probe = load_probe(await get_artifact(self.ctx.js, evaluation.probe))
+            except Exception as exc:  # no probe: the shift is not judged, the rest is
+                log.warning("release %s: no probe set for the watch's prediction shift: %s", evaluation.release, exc)
+        self._begin(Watch(evaluation.release, revision, previous, spec.watch, probe, self._now() + spec.watch.window))
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _begin(self, watch: Watch) -> None:
+        self.watches[watch.release] = watch
+        left = watch.deadline - self._now()
+        log.info("release %s: watching revision %s against %s for %.0fs", watch.release, watch.revision, watch.previous, left)
+        self._spawn(self._watch_until_deadline(watch))
+
+    async def resume_watches(self) -> None:
+        """Watch again what a previous deployer process was watching when it stopped (the history says what).
+
+        A release whose live revision was promoted (not rolled back to) with ``deploy.watch`` on,
+        has no watch verdict yet and is still inside its window is watched for the rest of it, and
+        at least :data:`RESUME_GRACE_S` (the servers' next summaries must be heard). The probe set is not in
+        the history, so a resumed watch does not judge the prediction shift.
+        """
+        assert self.store is not None
+        for release in await self.store.keys():
+            found = await self.store.get(release)
+            history = found[0] if found else None
+            live = history.live if history else None
+            if history is None or live is None or live.deploy is None or not live.deploy.watch.enabled:
+                continue
+            moves = [e for e in history.events if e.action is not ReleaseAction.VERIFIED]
+            if not moves or moves[-1].action is not ReleaseAction.PROMOTED or moves[-1].revision != live.revision:
+                continue
+            promoted = moves[-1]
+            after = history.events[history.events.index(promoted) :]
+            if any(e.reason.startswith(WATCH_MARK) for e in after):
+                continue  # judged already
+            began = max(e.at for e in after)  # the post-deploy check's step, if there was one
+            left = live.deploy.watch.window - (utcnow() - began).total_seconds()
+            if left <= 0:
+                continue  # the window closed while no deployer ran: too late to call it a post-promotion regression
+            deadline = self._now() + max(left, RESUME_GRACE_S)
+            self._begin(Watch(release, live.revision, promoted.previous, live.deploy.watch, None, deadline))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def on_model_stats(self, stats: ModelStats) -> None:
+        """A model server's live figures: keep them, and judge the release's watch on them."""
+        self.book.add(stats)
+        watch = self.watches.get(stats.release)
+        if watch is None or watch.concluded:
+            return
+        verdict = self.book.judge(watch)
+        if verdict.outcome is Outcome.REGRESSED:
+            watch.concluded = True  # later summaries change nothing: the rollback is under way
+            self._spawn(self._conclude(watch, verdict))
+
+    async def _watch_until_deadline(self, watch: Watch) -> None:
+        await asyncio.sleep(max(0.0, watch.deadline - asyncio.get_running_loop().time()))
+        if watch.concluded:
+            return
+        watch.concluded = True
+        await self._conclude(watch, self.book.judge(watch))
+
+    async def _conclude(self, watch: Watch, verdict: Verdict) -> None:
+        """Record the watch's verdict; roll a regressed revision back (only if it is still the live one)."""
+        assert self.store is not None
+        if self.watches.get(watch.release) is watch:
+            del self.watches[watch.release]
+        try:
+            async with self._releases.setdefault(watch.release, asyncio.Lock()):
+                if verdict.outcome is Outcome.REGRESSED:
+                    reason = f"{WATCH_MARK}: revision {watch.revision} regressed: {verdict.reason}"
+                    await rollback(
+                        self.ctx.js,
+                        self.ctx.settings,
+                        watch.release,
+                        to=watch.previous,
+                        reason=reason,
+                        by="deployer",
+                        automatic=True,
+                        expect_current=watch.revision,
+                    )
+                    log.warning("release %s: %s; rolled back", watch.release, reason)
+                    return
+                found = await self.store.get(watch.release)
+                if found is None or found[0].current != watch.revision:
+                    return  # replaced or rolled back meanwhile: nothing to say about it any more
+                if verdict.outcome is Outcome.PASSED:
+                    reason = f"{WATCH_MARK} passed after {watch.spec.window:g}s: {verdict.reason}"
+                else:
+                    reason = f"{WATCH_MARK} ended without a verdict after {watch.spec.window:g}s: {verdict.reason}"
+                await record_event(
+                    self.store, watch.release, ReleaseEvent(action=ReleaseAction.VERIFIED, revision=watch.revision, reason=reason)
+                )
+                log.info("release %s: %s", watch.release, reason)
+        except ReleaseError as exc:  # a newer promotion won, or nothing to go back to
+            log.warning("release %s: watch of revision %s: %s", watch.release, watch.revision, exc)
+        except Exception:  # a failed target or store: logged, the deployer carries on
+            log.exception("release %s: concluding the watch of revision %s failed", watch.release, watch.revision)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tweakline.ml.datasets import Split
+from tweakline.ml.encoding import with_encoding
 from tweakline.ml.estimators import build_estimator
 from tweakline.ml.holdout import digest
 from tweakline.ml.metrics import compute_metrics, objective_metrics
@@ -33,9 +34,10 @@ def refit_and_score(split: Split, spec: ExperimentSpec, params: dict[str, Any], 
     """
     metrics = objective_metrics(spec)
     seed = estimator_seed(spec)  # what the trials' CV used
-    best = build_estimator(spec.model, full_params(spec, params), allowed, seed=seed)
+    # text features are one-hot encoded inside the model, as in the trials (tweakline.ml.encoding)
+    best = with_encoding(build_estimator(spec.model, full_params(spec, params), allowed, seed=seed), split.categorical)
     best.fit(split.X_train, split.y_train)
-    default = build_estimator(spec.model, {}, allowed, seed=seed)
+    default = with_encoding(build_estimator(spec.model, {}, allowed, seed=seed), split.categorical)
     default.fit(split.X_train, split.y_train)
     return Refit(
         model=best,
@@ -77,10 +79,15 @@ def probe_set(split: Split, rows: int) -> bytes:
     body = {
         "task": split.task,
         "features": names,
-        "rows": [dict(zip(names, map(float, x))) for x in split.X_test[:n]],
+        "rows": [dict(zip(names, map(_plain, x))) for x in split.X_test[:n]],
         "targets": [v.item() if hasattr(v, "item") else v for v in split.y_test[:n]],
     }
     return json.dumps(body).encode()
+
+
+def _plain(cell: Any) -> Any:
+    """A feature cell as JSON: a text label (or None) as it is, a number as a float."""
+    return cell if cell is None or isinstance(cell, str) else float(cell)
 
 
 @dataclass

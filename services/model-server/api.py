@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import tweakline
 from tweakline.model_server.inputs import InputError, jsonable, rows_to_matrix
 from tweakline.model_server.model import ModelSlot
+from tweakline.model_server.stats import LiveFigures
 from tweakline.validation.json_input import JsonLimitError, parse_json
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,9 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(raw: bytes, features: tuple[str, ...]) -> Any:
+def _parse(raw: bytes, features: tuple[str, ...], text: frozenset[str] = frozenset()) -> Any:
     """The feature matrix of a body (run in a worker thread: a large body takes a while)."""
-    return rows_to_matrix(parse_json(raw), features)
+    return rows_to_matrix(parse_json(raw), features, text)
 
 
 class StatusCounter:
@@ -123,24 +124,35 @@ class StatusCounter:
             raise
 
 
-def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str, *, max_body_bytes: int = MAX_BODY_BYTES) -> ASGIApp:
+def create_http_app(
+    slot: ModelSlot,
+    metrics: ServerMetrics,
+    release: str,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    figures: LiveFigures | None = None,
+) -> ASGIApp:
     """The ASGI app serving whatever model ``slot`` holds at the time of each request.
 
-    Every status it answers is counted in ``tweakline_model_requests_total{endpoint,code}``.
+    Every status it answers is counted in ``tweakline_model_requests_total{endpoint,code}``;
+    ``figures`` (if given) gets each answer the model gave or failed, per revision, for the
+    post-promotion watch (input errors are the client's, not the model's, and are not counted).
     """
+    live = figures if figures is not None else LiveFigures(release)
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         try:
-            response = await _predict(request)
+            response = await _predict(request, started)
         except Exception as exc:  # a bug, not the client's fault: a JSON 500, counted, logged
             log.exception("predict failed")
             response = _error(500, None, f"internal error: {type(exc).__name__}")
         metrics.latency.observe(time.perf_counter() - started)
         return response
 
-    async def _predict(request: Request) -> Response:
+    async def _predict(request: Request, started: float) -> Response:
         loaded = slot.current  # taken once: a swap during this request does not affect it
+        live.current = None if loaded is None else loaded.revision
         if loaded is None:
             return _error(503, None, f"no model loaded yet for release {release}")
         try:
@@ -148,17 +160,23 @@ def create_http_app(slot: ModelSlot, metrics: ServerMetrics, release: str, *, ma
         except _TooLarge as exc:
             return _error(413, None, f"body of at least {exc.size} bytes exceeds {max_body_bytes}")
         try:
-            X = await run_in_threadpool(_parse, raw, loaded.features)
+            X = await run_in_threadpool(_parse, raw, loaded.features, loaded.text_features)
         except JsonLimitError as exc:
             return _error(400, None, str(exc))
         except InputError as exc:
             return _error(422, exc.field, str(exc))
         try:
             predictions = await run_in_threadpool(loaded.model.predict, X)
+            answer = jsonable(predictions)
         except (ValueError, TypeError, FloatingPointError) as exc:  # the estimator refused these values
+            live.record(loaded.revision, ok=False, seconds=time.perf_counter() - started)
             return _error(422, "rows", f"the model cannot predict these rows: {str(exc)[:200]}")
+        except Exception:
+            live.record(loaded.revision, ok=False, seconds=time.perf_counter() - started)
+            raise
         metrics.rows.inc(len(X))
-        return JSONResponse({"release": loaded.release, "revision": loaded.revision, "predictions": jsonable(predictions)})
+        live.record(loaded.revision, ok=True, seconds=time.perf_counter() - started, predictions=answer)
+        return JSONResponse({"release": loaded.release, "revision": loaded.revision, "predictions": answer})
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})

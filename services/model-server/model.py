@@ -17,6 +17,7 @@ from typing import Any
 
 from tweakline.errors import ArtifactError
 from tweakline.ml.artifacts import is_trainer_artifact, load_model, load_trainer_model
+from tweakline.ml.encoding import text_columns
 from tweakline.proto.messages import ArtifactRef, ReleaseRevision
 from tweakline.runtime.objects import get_artifact
 
@@ -35,6 +36,8 @@ class LoadedModel:
     artifact: ArtifactRef
     model: Any = field(repr=False)
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # the inputs the model one-hot encodes itself (text labels, not numbers): read from the model
+    text_features: frozenset[str] = frozenset()
 
     def version(self) -> dict[str, Any]:
         """The ``/version`` body."""
@@ -46,6 +49,7 @@ class LoadedModel:
             "artifact": self.artifact.name,
             "sha256": self.artifact.sha256,
             "features": list(self.features),
+            "text_features": [f for f in self.features if f in self.text_features],
             "loaded_at": self.loaded_at.isoformat(),
         }
 
@@ -85,14 +89,22 @@ async def load_revision(js: Any, release: str, revision: ReleaseRevision, artifa
             f"release {release} revision {revision.revision} records no training feature names; "
             "inputs cannot be validated, refusing to serve it"
         )
+    features = tuple(revision.features)
+    text = text_columns(model)
+    if any(j >= len(features) for j in text):
+        raise ArtifactError(
+            f"release {release} revision {revision.revision} encodes text input {max(text) + 1} "
+            f"but records {len(features)} features; refusing to serve it"
+        )
     return LoadedModel(
         release=release,
         revision=revision.revision,
         experiment_id=revision.experiment_id,
         estimator=revision.estimator,
-        features=tuple(revision.features),
+        features=features,
         artifact=ref,
         model=model,
+        text_features=frozenset(features[j] for j in text),
     )
 
 

@@ -17,6 +17,7 @@ from tweakline.model_server.api import ServerMetrics, create_http_app
 from tweakline.model_server.follow import ReleaseFollower
 from tweakline.model_server.model import ModelSlot
 from tweakline.model_server.settings import ServeSettings
+from tweakline.model_server.stats import LiveFigures, publish_periodically
 from tweakline.proto.permissions import Identity
 from tweakline.runtime.bus import connect
 from tweakline.runtime.endpoints import registration_path
@@ -55,7 +56,11 @@ async def serve(release: str, settings: Settings, serve_settings: ServeSettings)
         sha256=serve_settings.model_sha256,
     )
     following = asyncio.create_task(follower.run())
-    app = create_http_app(slot, metrics, release)
+    figures = LiveFigures(release)
+    publishing = None
+    if serve_settings.stats_interval_s > 0:
+        publishing = asyncio.create_task(publish_periodically(nc, figures, serve_settings.stats_interval_s))
+    app = create_http_app(slot, metrics, release, figures=figures)
     config = uvicorn.Config(
         app,
         host=serve_settings.host(),
@@ -85,6 +90,10 @@ async def serve(release: str, settings: Settings, serve_settings: ServeSettings)
         following.cancel()
         with contextlib.suppress(BaseException):
             await following
+        if publishing is not None:
+            publishing.cancel()
+            with contextlib.suppress(BaseException):
+                await publishing
         if registration is not None:
             with contextlib.suppress(OSError):
                 info = json.loads(registration.read_text())

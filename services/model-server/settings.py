@@ -20,6 +20,12 @@ class ServeSettings(BaseSettings):
         default=None, description="Listen address; default 127.0.0.1, or 0.0.0.0 inside Kubernetes (a pod)."
     )
     serve_port: int = Field(default=8080, ge=0, le=65535, description="Listen port (the chart's containerPort).")
+    stats_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Publish the live figures per revision (for the post-promotion watch) this often; 0: never.",
+    )
 
     def host(self) -> str:
         """The listen address: loopback on a laptop, every interface in a pod (the probes need it)."""

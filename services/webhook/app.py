@@ -53,7 +53,7 @@ from starlette.routing import Route
 
 from tweakline import validation
 from tweakline.client.follow import submit as publish_submission
-from tweakline.client.submission import upload_datasets
+from tweakline.client.submission import upload_code, upload_datasets
 from tweakline.errors import BusError, ConfigurationError, DatasetError, InvalidTweakFileError, Problem
 from tweakline.proto.messages import (
     Decision,
@@ -538,15 +538,13 @@ class Webhook:
         tweak, problems = await asyncio.to_thread(validation.inspect, text, self.settings.allowed_estimators, None, source=where)
         problems = code_trainer_problems(tweak, self.settings.code_trainers, target.repository) + problems
         data: bytes | None = None
-        if tweak is not None and tweak.spec.dataset.source.startswith("csv:"):
+        scheme, _, location = tweak.spec.dataset.source.partition(":") if tweak is not None else ("", "", "")
+        if tweak is not None and scheme in ("csv", "parquet"):
             try:
-                data = await self._repo_csv(tweak.spec.dataset.source[4:], path, target)
+                data = await self._repo_csv(location, path, target, scheme)
+                check = validation.csv_problems if scheme == "csv" else validation.parquet_problems
                 problems += await asyncio.to_thread(
-                    validation.csv_problems,
-                    tweak.spec.dataset,
-                    data,
-                    _repo_path(path, tweak.spec.dataset.source[4:]) or path,
-                    cv=tweak.spec.objective.cv,
+                    check, tweak.spec.dataset, data, _repo_path(path, location) or path, cv=tweak.spec.objective.cv
                 )
             except InvalidTweakFileError as exc:
                 problems += exc.problems
@@ -561,15 +559,71 @@ class Webhook:
             tweak, _uploads = await upload_datasets(tweak, self.ctx.js, read)
         except DatasetError as exc:
             raise InvalidTweakFileError(where, [Problem("spec.dataset.source", str(exc))]) from None
-        return tweak
+        return await self._ship_code(tweak, path, target, where)
 
-    async def _repo_csv(self, location: str, path: str, target: Target) -> bytes:
-        """The bytes of a ``csv:`` dataset in the repository at the pushed commit (relative to the tweak file)."""
+    async def _ship_code(self, tweak: TweakFile, path: str, target: Target, where: str) -> TweakFile:
+        """A code trainer's folder at the pushed commit, shipped as ``submit`` ships it: a content-addressed,
+        size-limited bundle in the object store, and ``model.trainer.code: object:code:<sha256>``.
+
+        The files come from Bitbucket's ``src`` endpoint (directory listings, then each file), never
+        from this machine; the bundle is packed by the same code as ``submit``'s, so the same
+        folder gives the same hash whichever way it was sent.
+        """
+        import tempfile
+
+        from tweakline.errors import ArtifactError
+        from tweakline.ml.artifacts import MAX_CODE_BYTES
+        from tweakline.ml.trainers.bundles import SKIPPED_DIRS
+
+        trainer = tweak.spec.model.trainer
+        if trainer is None or trainer.code.startswith("object:"):
+            return tweak
+        field = "spec.model.trainer.code"
+        folder = _repo_path(path, trainer.code)
+        if folder is None:
+            raise InvalidTweakFileError(
+                where, [Problem(field, f"{trainer.code!r} must be a folder inside the repository, relative to {path}")]
+            )
+        shown = folder if folder != "." else "the repository's root"
+        try:
+            files = await self.bitbucket.folder(
+                target.repository, target.commit, "" if folder == "." else folder, max_bytes=MAX_CODE_BYTES, skip=SKIPPED_DIRS
+            )
+        except FileTooLarge as exc:
+            raise InvalidTweakFileError(
+                where, [Problem(field, f"the code folder {shown} at commit {target.commit[:12]}: {exc}; a bundle is limited")]
+            ) from None
+        except BitbucketError as exc:
+            if exc.status == 404:
+                raise InvalidTweakFileError(
+                    where, [Problem(field, f"no folder {shown} at commit {target.commit[:12]}")]
+                ) from None
+            raise
+        if not files:
+            raise InvalidTweakFileError(
+                where, [Problem(field, f"the code folder {shown} at commit {target.commit[:12]} is empty")]
+            )
+        with tempfile.TemporaryDirectory(prefix="tweakline-code-") as tmp:
+            base = Path(tmp)
+            for relative, data in files.items():
+                destination = base / "code" / relative  # relative: checked inside the folder by the client
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.write_bytes(data)
+            local = tweak.spec.model.model_copy(update={"trainer": trainer.model_copy(update={"code": "code"})})
+            local_tweak = tweak.model_copy(update={"spec": tweak.spec.model_copy(update={"model": local})})
+            try:
+                shipped, _upload = await upload_code(local_tweak, self.ctx.js, base)
+            except ArtifactError as exc:
+                raise InvalidTweakFileError(where, [Problem(field, str(exc))]) from None
+        return shipped
+
+    async def _repo_csv(self, location: str, path: str, target: Target, scheme: str = "csv") -> bytes:
+        """The bytes of a ``csv:`` (or ``parquet:``) dataset in the repository at the pushed commit (relative to the tweak file)."""
         in_repo = _repo_path(path, location)
         if in_repo is None:
             raise InvalidTweakFileError(
                 path,
-                [Problem("spec.dataset.source", f"csv:{location} must be a path inside the repository, relative to {path}")],
+                [Problem("spec.dataset.source", f"{scheme}:{location} must be a path inside the repository, relative to {path}")],
             )
         try:
             return await self.bitbucket.file(target.repository, target.commit, in_repo)

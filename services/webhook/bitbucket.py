@@ -45,6 +45,10 @@ class FileTooLarge(BitbucketError):
     """A file in the repository is larger than the caller accepts (refused while streaming it)."""
 
 
+MAX_FOLDER_FILES = 2000
+"""Most files :meth:`BitbucketClient.folder` reads from one folder."""
+
+
 @dataclass(frozen=True)
 class Target:
     """One commit a delivery asks tweakline to look at."""
@@ -235,6 +239,79 @@ class BitbucketClient:
             next_url = data.get("next")
             pages += 1
         return paths
+
+    async def folder(
+        self,
+        repository: str,
+        commit: str,
+        path: str,
+        *,
+        max_bytes: int,
+        max_files: int = MAX_FOLDER_FILES,
+        skip: frozenset[str] = frozenset(),
+    ) -> dict[str, bytes]:
+        """Every file under the folder ``path`` at ``commit`` (``""``: the repository's root), by path relative to it.
+
+        Walks the ``src`` endpoint's directory listings (paginated ``commit_directory`` and
+        ``commit_file`` entries, whose ``path`` is from the repository's root) and reads each
+        file's raw bytes from the same endpoint. Symbolic links and submodules (the ``link`` and
+        ``subrepository`` attributes) are left out, and so is any directory named in ``skip``.
+
+        Raises:
+            FileTooLarge: the files hold more than ``max_bytes`` together, or are more than ``max_files``.
+            BitbucketError: a call failed (``status`` 404: no such folder at that commit).
+        """
+        root = path.strip("/")
+        files: dict[str, bytes] = {}
+        total = 0
+        pending = [root]
+        while pending:
+            directory = pending.pop()
+            url = f"{self._repo(repository)}/src/{quote(commit, safe='')}/" + (
+                f"{quote(directory, safe='/')}/" if directory else ""
+            )
+            for entry in await self._listing(url):
+                entry_path = entry.get("path")
+                if not isinstance(entry_path, str) or (root and not entry_path.startswith(root + "/")):
+                    continue  # not inside the folder asked for: never written anywhere
+                relative = entry_path[len(root) + 1 :] if root else entry_path
+                if ".." in relative.split("/") or relative.startswith("/"):
+                    continue
+                if entry.get("type") == "commit_directory":
+                    if relative.rsplit("/", 1)[-1] not in skip:
+                        pending.append(entry_path)
+                    continue
+                attributes = entry.get("attributes") or []
+                if entry.get("type") != "commit_file" or "link" in attributes or "subrepository" in attributes:
+                    continue
+                if len(files) >= max_files:
+                    raise FileTooLarge(f"{path or 'the repository'} holds more than {max_files} files", 413)
+                size = entry.get("size")
+                if isinstance(size, int) and total + size > max_bytes:
+                    raise FileTooLarge(f"{path or 'the repository'} holds more than {max_bytes} bytes", 413)
+                try:
+                    data = await self.file(repository, commit, entry_path, max_bytes=max_bytes - total)
+                except FileTooLarge:
+                    raise FileTooLarge(f"{path or 'the repository'} holds more than {max_bytes} bytes", 413) from None
+                total += len(data)
+                files[relative] = data
+        return files
+
+    async def _listing(self, url: str) -> list[dict[str, Any]]:
+        """The entries of a paginated directory listing (at most 100 pages are followed)."""
+        entries: list[dict[str, Any]] = []
+        next_url: str | None = url
+        pages = 0
+        while next_url and pages < 100:
+            if not next_url.startswith("/") and not next_url.startswith(self.base_url + "/"):
+                raise BitbucketError(f"Bitbucket src pagination left {self.base_url}: refusing to follow it")
+            data = (await self._request("GET", next_url, params={"pagelen": 100} if pages == 0 else None)).json()
+            if not isinstance(data, dict):
+                raise BitbucketError(f"Bitbucket src listing {url}: expected a JSON object")
+            entries += [item for item in data.get("values", []) if isinstance(item, dict)]
+            next_url = data.get("next")
+            pages += 1
+        return entries
 
     async def changed_files(self, repository: str, commit: str, previous: str | None) -> list[str]:
         """Files a push changed: ``commit`` against ``previous`` (or against its parent)."""

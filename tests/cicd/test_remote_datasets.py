@@ -70,7 +70,7 @@ def test_object_source_without_a_store_says_so(restore_object_store: None) -> No
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("object:csv:abc", "is not object:csv:<64 hex digits"),
+        ("object:csv:abc", "is not object:csv:<sha256> or object:parquet:<sha256> (64 hex digits"),
         ("https://example.com/data.parquet", "is not an https:// URL of a .csv file"),
         ("http://example.com/data.csv", "unknown dataset source"),
     ],
@@ -95,7 +95,7 @@ spec:
 
 
 def test_remote_table_sources_need_a_target() -> None:
-    with pytest.raises(ValueError, match="required for csv:, https: and object: sources"):
+    with pytest.raises(ValueError, match="required for csv:, parquet:, https: and object: sources"):
         DatasetSpec(source=f"object:csv:{DIGEST}")
 
 

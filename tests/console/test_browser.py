@@ -159,6 +159,9 @@ def test_login_is_refused_without_credentials(browser: webdriver.Chrome, stack: 
         assert secret not in browser.page_source
 
 
+TRIALS = 10  # the live test's experiment
+
+
 def _submit(stack: LocalStack, name: str, delays: list[float], max_trials: int, tf: TweakFile | None = None) -> str:
     async def main() -> str:
         nc = await connect(stack.settings_for(Identity.SUBMITTER), "console-browser-test")
@@ -176,8 +179,9 @@ def test_the_list_and_an_experiment_page_update_live(browser: webdriver.Chrome, 
     assert wait(browser, lambda d: text(d, "#live") == "live" and d, "the list's stream to open")
     browser.execute_script("window.consoleTestMarker = 'no reload';")
 
-    # Trials of ~1 s each, one at a time: the pages are open while they finish.
-    exp_id = _submit(stack, "console-live", [0.4, 0.6], max_trials=6)
+    # Trials of 1-1.5 s each, one at a time (~12 s in all): the pages are open while they finish,
+    # with room for a slow page load on a loaded machine.
+    exp_id = _submit(stack, "console-live", [1.0, 1.5], max_trials=TRIALS)
     row = f"#exp-{exp_id}"
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), "the new experiment's row to appear")
     first = int(wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-done"), "its progress"))
@@ -192,16 +196,16 @@ def test_the_list_and_an_experiment_page_update_live(browser: webdriver.Chrome, 
     wait(browser, lambda d: text(d, "#live") == "live", "the experiment page's stream to open")
     browser.execute_script("window.consoleTestMarker = 'no reload';")
     seen = wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#trials tbody tr")), "the replayed trials")
-    assert seen < 6, "the experiment finished before its page could watch it; make its trials slower"
+    assert seen < TRIALS, "the experiment finished before its page could watch it; make its trials slower"
     wait(
         browser,
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) > seen,
         f"a trial to finish while the page is open (it had {seen})",
     )
     wait(browser, lambda d: text(d, "#status") == "completed", "the experiment to complete on its page")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == 6
-    assert text(browser, "#done") == "6"
-    assert browser.find_element(By.ID, "history").get_attribute("data-points") == "6"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == TRIALS
+    assert text(browser, "#done") == str(TRIALS)
+    assert browser.find_element(By.ID, "history").get_attribute("data-points") == str(TRIALS)
     assert "js-plotly-plot" in browser.find_element(By.ID, "history").get_attribute("class")  # plotly.js drew it
     assert browser.execute_script("return window.consoleTestMarker") == "no reload"
     assert not browser.find_elements(By.ID, "cancel"), "a read-only login gets no cancel button"
@@ -212,7 +216,7 @@ def test_the_list_and_an_experiment_page_update_live(browser: webdriver.Chrome, 
         lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-status") == "completed",
         "the list's final row",
     )
-    assert browser.find_element(By.CSS_SELECTOR, f"{row} .progress").text == "6/6"
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} .progress").text == f"{TRIALS}/{TRIALS}"
 
 
 def test_a_rollback_from_the_release_page_changes_the_live_revision(browser: webdriver.Chrome, stack: LocalStack) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.image.docker import IMAGE_OVERRIDE, Docker, EngineUnavailable, engine, ensure_base
 from tests.image.platform import Platform, container_prefix
@@ -19,24 +20,32 @@ RELEASE = "image-wine"  # the release the containerised model server follows
 
 
 @pytest.fixture(scope="session")
-def docker() -> Docker:
+def one_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> FileLock:
+    """A lock shared by this run's xdist workers: the engine is started, and the image built, once."""
+    return FileLock(tmp_path_factory.getbasetemp().parent / "image-tier.lock")
+
+
+@pytest.fixture(scope="session")
+def docker(one_at_a_time: FileLock) -> Docker:
     """A responding engine; the tier is skipped, with the reason, only where none can be started."""
     try:
-        return engine()
+        with one_at_a_time:
+            return engine()
     except EngineUnavailable as exc:
         pytest.skip(f"image tier: {exc}")
 
 
 @pytest.fixture(scope="session")
-def image(docker: Docker) -> str:
+def image(docker: Docker, one_at_a_time: FileLock) -> str:
     """The image ID of this repository's Dockerfile, built with the legacy builder (or $TWEAKLINE_TEST_IMAGE)."""
     if os.environ.get(IMAGE_OVERRIDE):
         return os.environ[IMAGE_OVERRIDE]
-    try:
-        ensure_base(docker)
-    except EngineUnavailable as exc:
-        pytest.skip(f"image tier: {exc}")
-    return docker.build("tweakline:pytest")
+    with one_at_a_time:  # a second worker waits, then finds every layer cached
+        try:
+            ensure_base(docker)
+        except EngineUnavailable as exc:
+            pytest.skip(f"image tier: {exc}")
+        return docker.build("tweakline:pytest")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,13 @@ def good_spec(scheme: str, tmp_path: Path) -> DatasetSpec:
         table = tmp_path / "tiny.csv"
         table.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(10)))
         return DatasetSpec(source=f"csv:{table}", target="y")
+    if scheme == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = tmp_path / "tiny.parquet"
+        pq.write_table(pa.table({"x": list(range(10)), "y": [i % 2 for i in range(10)]}), table)
+        return DatasetSpec(source=f"parquet:{table}", target="y")
     if scheme == "object":
         return DatasetSpec(source=f"object:csv:{SHA}", target="y")
     if scheme == "https":
@@ -42,10 +49,14 @@ def test_dataset_source_contract(scheme: str, tmp_path: Path) -> None:
     assert (type(loader).__doc__ or "").strip(), f"{type(loader).__qualname__} needs a docstring"
     good = good_spec(scheme, tmp_path)
     assert loader_for(good.source) is loader
-    assert check_dataset(good, tmp_path, task="classification") == [] or scheme not in ("sklearn", "csv")
+    assert check_dataset(good, tmp_path, task="classification") == [] or scheme not in ("sklearn", "csv", "parquet")
     problems = loader.check(bad_spec(scheme, tmp_path), tmp_path, "regression")
     assert isinstance(problems, list) and all(isinstance(p, Problem) and p.path.startswith("spec.dataset") for p in problems)
-    if scheme in ("sklearn", "csv"):  # the offline ones load a tiny dataset; object: and https: need a store or network
+    if scheme in (
+        "sklearn",
+        "csv",
+        "parquet",
+    ):  # the offline ones load a tiny dataset; object: and https: need a store or network
         assert problems, f"{scheme} should report the bad spec"
         data = loader.load(good, tmp_path, None)
         assert isinstance(data, Dataset) and data.n_samples > 0

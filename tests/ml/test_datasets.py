@@ -37,7 +37,7 @@ def csv_spec(name: str = "data.csv", target: str = "y", **kw: object) -> Dataset
 
 
 def test_registry_has_one_loader_per_scheme() -> None:
-    assert set(LOADERS) == {"sklearn", "csv", "object", "https"}
+    assert set(LOADERS) == {"sklearn", "csv", "parquet", "object", "https"}
     for scheme, loader in LOADERS.items():
         assert isinstance(loader, DatasetLoader)
         assert loader.scheme == scheme

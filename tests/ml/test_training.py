@@ -258,7 +258,8 @@ def test_a_dataset_error_for_the_bus_carries_no_file_contents(tmp_path: Any) -> 
     from tweakline.ml.training import public_error
 
     secret = tmp_path / "environ.csv"
-    secret.write_text("AWS_SECRET_ACCESS_KEY=hunter2,label\nTOKEN=abc123,1\n")
+    # a mostly numeric column with one secret cell (a column of words would be a text feature)
+    secret.write_text("AWS_SECRET_ACCESS_KEY=hunter2,label\n1,0\n2,1\nTOKEN=abc123,1\n")
     spec = make_spec(dataset={"source": f"csv:{secret}", "target": "label", "seed": 0}).dataset
     with pytest.raises(DatasetError) as caught:
         load_dataset(spec)

@@ -47,7 +47,14 @@ def rows(n: int = 5, start: int = 0) -> list[dict[str, float]]:
 
 
 async def promote(
-    nats, release: str, experiment_id: str, model: object, *, sha256: str | None = None, tamper_with: object = None
+    nats,
+    release: str,
+    experiment_id: str,
+    model: object,
+    *,
+    sha256: str | None = None,
+    tamper_with: object = None,
+    features: list[str] | None = None,
 ) -> int:
     """Store ``model`` and record it as the new live revision of ``release`` (what evaluator + deployer do).
 
@@ -71,7 +78,7 @@ async def promote(
             artifact=ref,
             release=release,
             target="local",
-            features=FEATURES,
+            features=features or FEATURES,
             candidate_metrics={"accuracy": 0.9},
         )
         _, revision = await record_promotion(await releases(js), release, "local", evaluation, type(model).__name__)

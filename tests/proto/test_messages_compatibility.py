@@ -29,6 +29,8 @@ from tweakline.proto.messages import (
     ExperimentSubmitted,
     GateCheck,
     Message,
+    ModelStats,
+    RevisionFigures,
     RollbackCompleted,
     RollbackRequested,
     Source,
@@ -110,6 +112,9 @@ EXAMPLES: dict[type[Message], Message] = {
     ),
     DeploymentCompleted: DeploymentCompleted(experiment_id="e", release="iris", target="local", status=DeploymentStatus.DEPLOYED),
     DeadLetter: DeadLetter(service="scheduler", subject="s", reason="r", payload="{}"),
+    ModelStats: ModelStats(
+        release="iris", instance="pod-1", revision=2, revisions=[RevisionFigures(revision=2, requests=3, labels={"1": 3})]
+    ),
 }
 STRICT = (TweakFile, ExperimentSpec, GateSpec, DeploySpec)  # written by a person: never widened
 

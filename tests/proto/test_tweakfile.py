@@ -105,7 +105,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("change", "value", "path", "words"), BAD, ids=[f"{c[0]}={c[1]!r}" for c in BAD])
+@pytest.mark.parametrize(
+    ("change", "value", "path", "words"), BAD, ids=[f"{c[0]}=" + ("<deleted>" if c[1] is DELETE else repr(c[1])) for c in BAD]
+)
 def test_invalid_documents_name_field_value_and_rule(change: str, value: object, path: str, words: list[str]) -> None:
     with pytest.raises(InvalidTweakFileError) as info:
         parse_tweak_file(yaml.safe_dump(with_change(change, value)), "bad.yaml")

@@ -33,6 +33,7 @@ class FakeBitbucket:
     diffstats: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)  # (repo, spec) -> [(status, path)]
     pr_diffstats: dict[tuple[str, int], list[tuple[str, str]]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    links: set[tuple[str, str, str]] = field(default_factory=set)  # files listed with the "link" attribute (symlinks)
     fail_diffstat: int = 0  # answer this many diffstat calls with HTTP 500
     url: str = ""
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -69,10 +70,35 @@ class FakeBitbucket:
     async def _src(self, request: Request) -> Response:
         await self._record(request)
         p = request.path_params
-        data = self.files.get((f"{p['ws']}/{p['slug']}", p["commit"], p["path"]))
+        repo = f"{p['ws']}/{p['slug']}"
+        data = self.files.get((repo, p["commit"], p["path"]))
         if data is None:
-            return JSONResponse({"type": "error", "error": {"message": "No such file"}}, status_code=404)
+            return self._directory(request, repo, p["commit"], p["path"].strip("/"))
         return Response(data, media_type="application/octet-stream")
+
+    def _directory(self, request: Request, repo: str, commit: str, folder: str) -> Response:
+        """A directory's listing as Bitbucket documents it: paginated ``commit_directory`` / ``commit_file``
+        entries whose ``path`` is from the repository's root (a few per page, so ``next`` must be followed)."""
+        prefix = f"{folder}/" if folder else ""
+        below = sorted(path for (r, c, path) in self.files if r == repo and c == commit and path.startswith(prefix))
+        if not below:
+            return JSONResponse({"type": "error", "error": {"message": "No such file or directory"}}, status_code=404)
+        entries: dict[str, dict[str, Any]] = {}
+        for path in below:
+            head, _, rest = path[len(prefix) :].partition("/")
+            if rest:
+                entries.setdefault(prefix + head, {"type": "commit_directory", "path": prefix + head})
+            else:
+                attributes = ["link"] if (repo, commit, path) in self.links else []
+                data = self.files[(repo, commit, path)]
+                entries[path] = {"type": "commit_file", "path": path, "size": len(data), "attributes": attributes}
+        values = list(entries.values())
+        pagelen = min(int(request.query_params.get("pagelen", "10")), 3)
+        page = int(request.query_params.get("page", "1"))
+        body: dict[str, Any] = {"pagelen": pagelen, "page": page, "values": values[(page - 1) * pagelen : page * pagelen]}
+        if page * pagelen < len(values):
+            body["next"] = f"{self.url}{request.url.path}?pagelen={pagelen}&page={page + 1}"
+        return JSONResponse(body)
 
     def _page(self, request: Request, entries: list[tuple[str, str]]) -> Response:
         # One entry per page, so that the client must follow "next".

@@ -138,7 +138,7 @@ def asyncapi_document() -> dict[str, Any]:
             schemas.setdefault(name, definition)
         schemas[model.__name__] = schema
         stream = stored_in.get(all_of(family))
-        key = "service" if family is Subject.DEAD_LETTER else "experiment_id"
+        key = "service" if family is Subject.DEAD_LETTER else "release" if family is Subject.MODEL_STATS else "experiment_id"
         channels[channel_id] = {
             "address": f"{family.value}.{{{key}}}",
             "description": (model.__doc__ or "").strip().splitlines()[0]

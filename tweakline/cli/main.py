@@ -195,8 +195,11 @@ def run(
     else:
         root = state_dir or DEFAULT_STATE_DIR
     stack = LocalStack(root, runners=runners, settings=settings, host_paths=True)
-    # SIGTERM (a CI job cancelled) must clean up like Ctrl-C does.
+    # SIGTERM (a CI job cancelled) must clean up like Ctrl-C does. SIGINT gets the same handler:
+    # asyncio.run's own one only cancels the main task, and a cancellation absorbed on the way
+    # (a wait that treats it as a failure) ended a Ctrl-C'd run as an error, not as interrupted.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     code = EXIT_ERROR
     try:
         with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):

@@ -1,8 +1,9 @@
 """Preparing an experiment for a running platform: datasets uploaded by content, and where it came from.
 
-A tweak file that names a local table (``csv:data/train.csv``) cannot be read by a runner in a
-pod, so before submitting, the file's bytes go to the datasets object store under their
-SHA-256 and the tweak file is rewritten to ``object:csv:<sha256>``. The same bytes are never
+A tweak file that names a local table (``csv:data/train.csv``, ``parquet:data/train.parquet``)
+cannot be read by a runner in a pod, so before submitting, the file's bytes go to the datasets
+object store under their SHA-256 and the tweak file is rewritten to ``object:csv:<sha256>``
+(``object:parquet:<sha256>``). The same bytes are never
 sent twice, and runners fetch and cache them by hash. ``tweakline submit`` reads the files from
 disk; the webhook reads them from the repository at the pushed commit.
 """
@@ -29,11 +30,12 @@ class Upload:
     sha256: str
     size: int
     uploaded: bool  # False when the store already had these bytes
+    kind: str = "csv"  # the file's format: csv or parquet
 
     @property
     def source(self) -> str:
         """The rewritten dataset source."""
-        return f"object:csv:{self.sha256}"
+        return f"object:{self.kind}:{self.sha256}"
 
 
 def with_dataset_source(tweak: TweakFile, source: str) -> TweakFile:
@@ -45,21 +47,21 @@ def with_dataset_source(tweak: TweakFile, source: str) -> TweakFile:
 async def upload_datasets(
     tweak: TweakFile, js: JetStreamContext, read: Callable[[str], Awaitable[bytes]]
 ) -> tuple[TweakFile, list[Upload]]:
-    """Upload the tweak file's ``csv:`` dataset by content and point the tweak file at it.
+    """Upload the tweak file's ``csv:`` or ``parquet:`` dataset by content and point the tweak file at it.
 
-    ``read`` returns the bytes of the ``csv:`` location (a path on disk, or in the repository).
+    ``read`` returns the bytes of the location (a path on disk, or in the repository).
     Other sources (``sklearn:``, ``https://``, ``object:``) are left as they are.
     """
     source = tweak.spec.dataset.source
-    if not source.startswith("csv:"):
+    kind, _, location = source.partition(":")
+    if kind not in ("csv", "parquet"):
         return tweak, []
-    location = source[4:]
     data = await read(location)
     try:
         digest, uploaded = await put_dataset(js, data)
     except Exception as exc:  # nats-py raises several error types; the user needs the reason
         raise BusError(f"could not upload the dataset {location} to the object store: {exc}") from exc
-    upload = Upload(location=location, sha256=digest, size=len(data), uploaded=uploaded)
+    upload = Upload(location=location, sha256=digest, size=len(data), uploaded=uploaded, kind=kind)
     return with_dataset_source(tweak, upload.source), [upload]
 
 
@@ -73,7 +75,7 @@ def disk_reader(base_dir: Path) -> Callable[[str], Awaitable[bytes]]:
         try:
             return path.read_bytes()
         except OSError as exc:
-            raise DatasetError(f"csv:{location}: cannot read {path}: {exc.strerror}") from None
+            raise DatasetError(f"{location}: cannot read {path}: {exc.strerror}") from None
 
     return read
 

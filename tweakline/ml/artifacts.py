@@ -45,6 +45,9 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
         # CalibratedClassifierCV (the replacement for SVC(probability=True)).
         "sklearn.calibration._CalibratedClassifier",
         "sklearn.calibration._SigmoidCalibration",
+        # A fitted ColumnTransformer (the one-hot encoding of text features, tweakline.ml.encoding)
+        # records its inputs' dtypes; a dtype is data, it runs nothing when loaded.
+        "numpy.dtype",
     }
 )
 """Types beyond skops' defaults that :func:`load_model` accepts without being told."""

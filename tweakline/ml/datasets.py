@@ -1,9 +1,9 @@
 """Datasets: loaders keyed by URI scheme, the deterministic train/test split, and a process-wide cache.
 
 A dataset source is ``<scheme>:<location>`` (``sklearn:iris``, ``csv:data/train.csv``). Each scheme
-is one :class:`DatasetLoader` subclass registered in :data:`LOADERS`; adding a scheme (say
-``parquet:``) is one new class and one registry line (plus accepting the scheme in
-:class:`tweakline.proto.tweakfile.DatasetSpec`).
+is one :class:`DatasetLoader` subclass registered in :data:`LOADERS`; adding a scheme is one new
+class and its registration, in a module of its own as :mod:`tweakline.ml.datasets_parquet` does
+(plus accepting the scheme in :class:`tweakline.proto.tweakfile.DatasetSpec`).
 
 The held-out test split is cut once by :func:`split_dataset`: a row is a test row when a hash of
 its content salted by the spec's ``seed`` falls below ``test_size`` (:mod:`tweakline.ml.holdout`),
@@ -22,8 +22,12 @@ Task of a dataset:
   regression.
 
 CSV files: UTF-8 (a BOM is ignored), comma-separated, a header row naming the columns. Every
-column except the target is a feature and must be numeric; empty cells and ``NA``/``NaN``/``null``
-in feature columns become NaN (use an imputer step in the pipeline). Every row needs a target.
+column except the target is a feature: numeric, or text (category labels, one-hot encoded by the
+training pipeline, see :mod:`tweakline.ml.tables` and :mod:`tweakline.ml.encoding`); empty cells and
+``NA``/``NaN``/``null`` in feature columns are missing (NaN in a numeric column: use an imputer step
+in the pipeline; ``None`` in a text column: a category of its own). Every row needs a target.
+Tables are bounded in size, rows and columns (:mod:`tweakline.ml.tables`). Parquet files are the
+``parquet:`` scheme (:mod:`tweakline.ml.datasets_parquet`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 
 from tweakline.errors import DatasetError, Problem
+from tweakline.ml import tables
 from tweakline.ml.holdout import HoldoutRule, held_out, row_keys
+from tweakline.ml.tables import check_shape, check_size, feature_matrix, text_column
 from tweakline.proto.tweakfile import DatasetSpec
 
 Task = Literal["classification", "regression"]
@@ -60,13 +66,18 @@ _SHOW = 40  # characters of a cell shown in an error message
 
 @dataclass
 class Dataset:
-    """A whole dataset in memory: features as a 2-D float array, targets, and what they mean."""
+    """A whole dataset in memory: features as a 2-D array, targets, and what they mean.
+
+    ``X`` is float64 when every feature is numeric; with text features (``categorical``: their
+    column positions) it is an object array of floats and strings (``None`` for a missing label).
+    """
 
     X: np.ndarray
     y: np.ndarray
     feature_names: list[str]
     task: Task
     name: str
+    categorical: tuple[int, ...] = ()
 
     @property
     def n_samples(self) -> int:
@@ -88,6 +99,13 @@ class Split:
     train_keys: np.ndarray | None = None
     test_keys: np.ndarray | None = None
     rule: HoldoutRule | None = None
+    # positions of the text feature columns (one-hot encoded by the pipeline, tweakline.ml.encoding)
+    categorical: tuple[int, ...] = ()
+
+    @property
+    def text_features(self) -> list[str]:
+        """Names of the text feature columns."""
+        return [self.feature_names[j] for j in self.categorical]
 
 
 class DatasetLoader(ABC):
@@ -220,6 +238,7 @@ class CsvLoader(DatasetLoader):
         path = self.path(spec, base_dir)
         where = f"{spec.source} ({path})"
         try:
+            check_size(path.stat().st_size, where)
             with path.open(newline="", encoding="utf-8-sig") as handle:
                 header, rows, lines = _read_rows(handle, where)
         except FileNotFoundError:
@@ -241,9 +260,9 @@ class CsvLoader(DatasetLoader):
             raise DatasetError(f"{where}: has no feature columns besides the target '{spec.target}'")
 
         columns = list(zip(*rows))
-        X = np.column_stack([_feature_column(columns[i], header[i], lines, where) for i in features])
+        X, categorical = feature_matrix([_feature_column(columns[i], header[i], lines, where) for i in features])
         y, kind = _target_column(columns[t], spec.target, lines, where, task)
-        return Dataset(X=X, y=y, feature_names=[header[i] for i in features], task=kind, name=path.name)
+        return Dataset(X=X, y=y, feature_names=[header[i] for i in features], task=kind, name=path.name, categorical=categorical)
 
 
 def table_from_text(text: str, target: str, where: str, task: Task | None = None) -> Dataset:
@@ -262,12 +281,14 @@ def table_from_text(text: str, target: str, where: str, task: Task | None = None
     if not features:
         raise DatasetError(f"{where}: has no feature columns besides the target '{target}'")
     columns = list(zip(*rows))
-    X = np.column_stack([_feature_column(columns[i], header[i], lines, where) for i in features])
+    X, categorical = feature_matrix([_feature_column(columns[i], header[i], lines, where) for i in features])
     for j, i in enumerate(features):
-        if np.isnan(X[:, j]).all():
+        if j not in categorical and np.isnan(X[:, j].astype(np.float64)).all():
             raise DatasetError(f"{where}: feature column '{header[i]}' has no values (every cell is empty or NaN)")
     y, kind = _target_column(columns[t], target, lines, where, task)
-    return Dataset(X=X, y=y, feature_names=[header[i] for i in features], task=kind, name=Path(where).name)
+    return Dataset(
+        X=X, y=y, feature_names=[header[i] for i in features], task=kind, name=Path(where).name, categorical=categorical
+    )
 
 
 def _missing_target(target: str | None, columns: list[str], path: Path) -> str:
@@ -285,6 +306,7 @@ def _read_rows(handle: Any, where: str) -> tuple[list[str], list[list[str]], lis
     for i, name in enumerate(header):
         if not name:
             raise DatasetError(f"{where}: column {i + 1} of the header has no name")
+    check_shape(None, len(header), where)
     duplicates = sorted({c for c in header if header.count(c) > 1})
     if duplicates:
         raise DatasetError(f"{where}: duplicate column names in the header: {', '.join(duplicates)}")
@@ -299,14 +321,18 @@ def _read_rows(handle: Any, where: str) -> tuple[list[str], list[list[str]], lis
             )
         rows.append([cell.strip() for cell in row])
         lines.append(reader.line_num)
+        if len(rows) > tables.MAX_ROWS:
+            check_shape(len(rows), None, where)
     return header, rows, lines
 
 
 def _feature_column(cells: tuple[str, ...], name: str, lines: list[int], where: str) -> np.ndarray:
+    """A numeric column (float64, NaN where missing) or a text one (object, see :func:`text_column`)."""
     try:
         values = np.array(cells, dtype=np.float64)  # fast path: clean numbers
     except ValueError:
         values = np.empty(len(cells), dtype=np.float64)
+        words: list[int] = []
         for i, cell in enumerate(cells):
             if cell.lower() in _MISSING:
                 values[i] = np.nan
@@ -314,20 +340,31 @@ def _feature_column(cells: tuple[str, ...], name: str, lines: list[int], where: 
             try:
                 values[i] = float(cell)
             except ValueError:
-                raise DatasetError(
-                    f"{where}: feature column '{name}' is not numeric: line {lines[i]} has '{_show(cell)}' "
-                    "(every column except the target must be a number; encode categories before tuning)"
-                ) from None
+                values[i] = np.nan
+                words.append(i)
+        numbers = int(np.count_nonzero(~np.isnan(values)))
+        if words and numbers >= len(words):
+            # Mostly numbers with a few words is a typo, not a category: say where it is.
+            first = words[0]
+            raise DatasetError(
+                f"{where}: feature column '{name}' is not numeric: line {lines[first]} has '{_show(cells[first])}' "
+                f"but {numbers} of its cells are numbers (a text column, one-hot encoded, must be mostly words; "
+                "fix the cell, or leave it empty for a missing value)"
+            ) from None
+        if words:
+            return text_column([None if c.lower() in _MISSING else c for c in cells], name, lines, where)
     infinite = np.flatnonzero(np.isinf(values))
     if infinite.size:
         raise DatasetError(f"{where}: feature column '{name}' has an infinite value at line {lines[infinite[0]]}")
     return values
 
 
-def _target_column(cells: tuple[str, ...], name: str, lines: list[int], where: str, task: Task | None) -> tuple[np.ndarray, Task]:
+def _target_column(
+    cells: tuple[str, ...] | list[str], name: str, lines: list[int], where: str, task: Task | None, unit: str = "line"
+) -> tuple[np.ndarray, Task]:
     for i, cell in enumerate(cells):
         if cell.lower() in _MISSING:
-            raise DatasetError(f"{where}: target '{name}' is empty at line {lines[i]}; every row needs a target")
+            raise DatasetError(f"{where}: target '{name}' is empty at {unit} {lines[i]}; every row needs a target")
     numbers: list[float] = []
     for i, cell in enumerate(cells):
         try:
@@ -335,13 +372,13 @@ def _target_column(cells: tuple[str, ...], name: str, lines: list[int], where: s
         except ValueError:
             if task == "regression":
                 raise DatasetError(
-                    f"{where}: target '{name}' is not numeric (line {lines[i]} has '{_show(cell)}'), "
+                    f"{where}: target '{name}' is not numeric ({unit} {lines[i]} has '{_show(cell)}'), "
                     "so it cannot be used for regression"
                 ) from None
             labels = np.array(cells, dtype=str)
             return _checked_labels(labels, name, where), "classification"
         if not math.isfinite(value):
-            raise DatasetError(f"{where}: target '{name}' is not finite at line {lines[i]} ('{_show(cell)}')")
+            raise DatasetError(f"{where}: target '{name}' is not finite at {unit} {lines[i]} ('{_show(cell)}')")
         numbers.append(value)
     y = np.array(numbers, dtype=np.float64)
     integral = bool(np.all(y == np.round(y)))
@@ -352,7 +389,7 @@ def _target_column(cells: tuple[str, ...], name: str, lines: list[int], where: s
     if not integral:
         bad = int(np.flatnonzero(y != np.round(y))[0])
         raise DatasetError(
-            f"{where}: target '{name}' has non-integer values (line {lines[bad]} has '{_show(cells[bad])}'); "
+            f"{where}: target '{name}' has non-integer values ({unit} {lines[bad]} has '{_show(cells[bad])}'); "
             "a classifier needs class labels"
         )
     return _checked_labels(y.astype(np.int64), name, where), "classification"
@@ -422,8 +459,17 @@ def _load_csv_file(spec: DatasetSpec, path: Path, task: Task | None, name: str) 
     return dataset
 
 
+def _load_uploaded(spec: DatasetSpec, path: Path, task: Task | None, name: str) -> Dataset:
+    """An uploaded file in the format its source names (``object:csv:`` or ``object:parquet:``)."""
+    if spec.source.startswith("object:parquet:"):
+        from tweakline.ml.datasets_parquet import object_parquet
+
+        return object_parquet(path, spec, task, name)
+    return _load_csv_file(spec, path, task, name)
+
+
 class ObjectLoader(DatasetLoader):
-    """``object:csv:<sha256>``: a csv file uploaded by ``tweakline submit`` (or the webhook) to the
+    """``object:csv:<sha256>`` (or ``object:parquet:<sha256>``): a file uploaded by ``tweakline submit`` (or the webhook) to the
     datasets object store, fetched once into the local :class:`BlobCache` and read from there.
 
     The process configures where the bytes come from with :func:`use_object_store` (the runner and
@@ -448,7 +494,7 @@ class ObjectLoader(DatasetLoader):
         if fetcher is None:
             raise DatasetError(f"{spec.source}: this process has no connection to the datasets object store")
         path = type(self).cache.get(digest, lambda: fetcher(digest), spec.source)
-        return _load_csv_file(spec, path, task, f"sha256:{digest[:12]}")
+        return _load_uploaded(spec, path, task, f"sha256:{digest[:12]}")
 
 
 def prefetch(spec: DatasetSpec) -> None:
@@ -527,7 +573,8 @@ LOADERS: dict[str, DatasetLoader] = {
     ObjectLoader.scheme: ObjectLoader(),
     HttpsLoader.scheme: HttpsLoader(),
 }
-"""Scheme -> loader. A new scheme is one :class:`DatasetLoader` subclass and one line here."""
+"""Scheme -> loader. A new scheme is one :class:`DatasetLoader` subclass registered here (a line
+below, or by its own module, as :mod:`tweakline.ml.datasets_parquet` registers ``parquet:``)."""
 
 
 def loader_for(source: str) -> DatasetLoader:
@@ -596,6 +643,7 @@ def split_dataset(dataset: Dataset, spec: DatasetSpec) -> Split:
         train_keys=keys[train],
         test_keys=keys[test],
         rule=rule,
+        categorical=tuple(dataset.categorical),
     )
 
 
@@ -651,3 +699,8 @@ class DatasetCache:
 
 _shared: DatasetCache | None = None
 _shared_lock = threading.Lock()
+
+
+# Plug-ins in modules of their own register themselves in LOADERS when imported (they import this
+# module, so they come last; a plain module import also works when the plug-in is imported first).
+import tweakline.ml.datasets_parquet  # noqa: E402, F401

@@ -35,11 +35,35 @@ class HoldoutRule:
 
 
 def row_keys(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """One 64-bit content hash per row (features as float64 bytes, then the target's text)."""
+    """One 64-bit content hash per row (features as float64 bytes, then the target's text).
+
+    A table with text features (an object ``X``) hashes each cell on its own, tagged by its kind,
+    so a label can never collide with a number; an all-numeric table keeps the float64 hashing.
+    """
+    X = np.asarray(X)
+    if X.dtype == object:
+        return _mixed_row_keys(X, y)
     features = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
     keys = np.empty(features.shape[0], dtype=np.uint64)
     for i in range(features.shape[0]):
         h = hashlib.sha256(features[i].tobytes())
+        h.update(b"\x00" + str(y[i].item() if hasattr(y[i], "item") else y[i]).encode())
+        keys[i] = int.from_bytes(h.digest()[:8], "big")
+    return keys
+
+
+def _mixed_row_keys(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    keys = np.empty(X.shape[0], dtype=np.uint64)
+    for i in range(X.shape[0]):
+        h = hashlib.sha256()
+        for cell in X[i]:
+            if isinstance(cell, str):
+                text = cell.encode()
+                h.update(b"s" + len(text).to_bytes(4, "big") + text)
+            elif cell is None:
+                h.update(b"n")
+            else:
+                h.update(b"f" + np.float64(cell).tobytes())
         h.update(b"\x00" + str(y[i].item() if hasattr(y[i], "item") else y[i]).encode())
         keys[i] = int.from_bytes(h.digest()[:8], "big")
     return keys

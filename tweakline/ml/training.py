@@ -33,6 +33,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from tweakline.errors import DatasetError, TweaklineError
 from tweakline.ml.datasets import Split
+from tweakline.ml.encoding import with_encoding
 from tweakline.ml.estimators import build_estimator, final_estimator, task_of
 from tweakline.ml.metrics import compute_metrics, objective_metrics
 from tweakline.proto.messages import TrialStatus
@@ -209,16 +210,19 @@ def _at_rung(
     allowed_prefixes: Sequence[str],
     n_jobs: int | None,
     seed: int | None,
+    categorical: Sequence[int] = (),
 ) -> BaseEstimator:
     """The estimator to fit for ``fold`` at ``rung``: the fold's model grown further when it can be, else a new one."""
     if resource.name is ResourceName.FRACTION:
-        return build_estimator(spec.model, params, allowed_prefixes, n_jobs, seed=seed)
+        return with_encoding(build_estimator(spec.model, params, allowed_prefixes, n_jobs, seed=seed), categorical)
     name, amount = resource.name.value, resource.value(rung.amount)
     grown = models[fold]
     if grown is not None:
         final_estimator(grown).set_params(**{name: amount})  # fit() then adds to what it has
         return grown
-    estimator = build_estimator(spec.model, {**params, name: amount}, allowed_prefixes, n_jobs, seed=seed)
+    estimator = with_encoding(
+        build_estimator(spec.model, {**params, name: amount}, allowed_prefixes, n_jobs, seed=seed), categorical
+    )
     if _grows(estimator, resource):
         final_estimator(estimator).set_params(warm_start=True)
         models[fold] = estimator
@@ -273,7 +277,9 @@ def run_trial(
         if resource is None:
             for index, (train, valid) in enumerate(folds):
                 try:
-                    estimator: BaseEstimator = build_estimator(spec.model, params, allowed_prefixes, n_jobs, seed=seed)
+                    estimator: BaseEstimator = with_encoding(
+                        build_estimator(spec.model, params, allowed_prefixes, n_jobs, seed=seed), split.categorical
+                    )
                     estimator.fit(X[train], y[train])
                     values = _scored(estimator, X[valid], y[valid], names, task, objective)
                 except Exception as exc:
@@ -301,7 +307,9 @@ def run_trial(
                     try:
                         # The whole fold in its own order at fraction 1: the last rung is exactly a trial without rungs.
                         rows = train if not orders or rung.amount >= 1 else train[orders[index][: _rows_at(rung, len(train))]]
-                        estimator = _at_rung(models, index, rung, resource, spec, params, allowed_prefixes, n_jobs, seed)
+                        estimator = _at_rung(
+                            models, index, rung, resource, spec, params, allowed_prefixes, n_jobs, seed, split.categorical
+                        )
                         estimator.fit(X[rows], y[rows])
                         values = _scored(estimator, X[valid], y[valid], names, task, objective)
                     except Exception as exc:

@@ -22,12 +22,13 @@ from typing import Any
 from tweakline.errors import InvalidTweakFileError, Problem
 from tweakline.ml.datasets import LOADERS
 from tweakline.proto.tweakfile import TweakFile
-from tweakline.validation.checks import csv_problems, local_csv_problems, spec_problems
+from tweakline.validation.checks import csv_problems, local_csv_problems, parquet_problems, spec_problems
 from tweakline.validation.limits import clip_problem, document_problems
 from tweakline.validation.loading import load_tweak_file, read_tweak_path, read_tweak_text, structure
 
 __all__ = [
     "csv_problems",
+    "parquet_problems",
     "inspect",
     "load_tweak_file",
     "problems_of",
@@ -38,14 +39,15 @@ __all__ = [
 
 
 def resolve_paths(tweak: TweakFile, base_dir: Path) -> TweakFile:
-    """Make a ``csv:`` source absolute (relative paths are relative to the tweak file's folder)."""
+    """Make a ``csv:`` or ``parquet:`` source absolute (relative paths are relative to the tweak file's folder)."""
     source = tweak.spec.dataset.source
-    if not source.startswith("csv:"):
+    scheme, _, location = source.partition(":")
+    if scheme not in ("csv", "parquet"):
         return tweak
-    path = Path(source[4:]).expanduser()
+    path = Path(location).expanduser()
     if not path.is_absolute():
         path = (base_dir / path).resolve()
-    dataset = tweak.spec.dataset.model_copy(update={"source": f"csv:{path}"})
+    dataset = tweak.spec.dataset.model_copy(update={"source": f"{scheme}:{path}"})
     spec = tweak.spec.model_copy(update={"dataset": dataset})
     return tweak.model_copy(update={"spec": spec})
 
@@ -131,7 +133,8 @@ def host_path_problems(tweak: TweakFile) -> list[Problem]:
         Problem(
             "spec.dataset.source",
             f"{source!r} reads the platform's own disk, which only `tweakline run` on the same machine may do; "
-            "expected an uploaded file (tweakline submit uploads csv: files as object:csv:<sha256>), sklearn: or https:",
+            "expected an uploaded file (tweakline submit uploads csv: and parquet: files as object:<format>:<sha256>), "
+            "sklearn: or https:",
         )
     ]
 

@@ -83,7 +83,7 @@ def spec_problems(spec: ExperimentSpec | Any, allowed_estimators: Sequence[str],
     if not parsed:
         return []
     dataset = parsed.get("dataset")
-    if base_dir is None and isinstance(dataset, DatasetSpec) and dataset.source.startswith("csv:"):
+    if base_dir is None and isinstance(dataset, DatasetSpec) and dataset.source.startswith(("csv:", "parquet:")):
         # Not on this disk: the caller checks the file's content (csv_problems).
         parsed = {k: v for k, v in parsed.items() if k != "dataset"}
     problems: list[Problem] = []
@@ -174,6 +174,13 @@ def csv_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int = 5, 
                 )
             ]
     return []
+
+
+def parquet_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int = 5) -> list[Problem]:
+    """Problems of a ``parquet:`` dataset's bytes, read as the runners will (the ``parquet:`` loader's own check)."""
+    from tweakline.ml.datasets_parquet import parquet_problems as check
+
+    return check(dataset, data, shown, cv=cv)
 
 
 def local_csv_problems(tweak: TweakFile) -> list[Problem]:

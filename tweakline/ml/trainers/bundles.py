@@ -17,9 +17,12 @@ import tarfile
 from pathlib import Path
 
 from tweakline.errors import ArtifactError
-from tweakline.ml.artifacts import MAX_CODE_BYTES, _add_tree, sha256_hex
+from tweakline.ml.artifacts import _SKIPPED_DIRS, MAX_CODE_BYTES, _add_tree, sha256_hex
 
 CODE_SOURCE = re.compile(r"^object:code:([0-9a-f]{64})$")
+
+SKIPPED_DIRS: frozenset[str] = _SKIPPED_DIRS
+"""Directory names a bundle leaves out (``.git``, ``.venv``, caches): whoever collects the files can skip them too."""
 
 
 def pack_code(code_dir: Path, limit: int = MAX_CODE_BYTES) -> tuple[bytes, str]:

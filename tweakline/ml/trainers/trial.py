@@ -97,6 +97,16 @@ def _objective_values(result_reports: list[tuple[int, dict[str, float]]], object
     return [m[objective] for _, m in result_reports if objective in m and math.isfinite(m[objective])]
 
 
+def _numeric_only(split: Split) -> None:
+    """Refuse text feature columns for a trainer: only estimator pipelines encode them (tweakline.ml.encoding)."""
+    if split.categorical:
+        raise TrainerError(
+            f"the dataset has text feature columns ({', '.join(split.text_features[:5])}); the platform one-hot "
+            "encodes them only for model.estimator pipelines, a trainer gets numbers: encode them in the data, "
+            "or let the trainer load its own data (model.trainer.data: own)"
+        )
+
+
 def run_trainer_trial(
     split: Split,
     spec: ExperimentSpec,
@@ -129,6 +139,7 @@ def run_trainer_trial(
         if trainer.data is TrainerData.OWN:
             job = _job(spec, params, code_dir, None, None, None, None, None, task, threads)
         else:
+            _numeric_only(split)
             stratify = split.y_train if task == "classification" else None
             X_fit, X_valid, y_fit, y_valid = train_test_split(
                 split.X_train,
@@ -258,6 +269,7 @@ def refit_trainer(
     classes = _classes(split.y_train, task)
     if trainer.data is TrainerData.OWN:
         raise TrainerError("a trainer with data: own cannot be scored on the platform's held-out rows")
+    _numeric_only(split)
     job = _job(
         spec,
         params,
