@@ -127,6 +127,11 @@ class WebhookSettings(BaseSettings):
     )
     webhook_report_dir: Path | None = Field(default=None, description="Write every report under <dir>/<experiment id>/.")
     webhook_max_body_bytes: int = Field(default=1_048_576, gt=0, description="Largest delivery accepted.")
+    webhook_max_dataset_bytes: int = Field(
+        default=256 * 1_048_576,
+        gt=0,
+        description="Largest csv:/parquet: file read from a pushed repository (held in memory to check and upload it).",
+    )
     bitbucket_api_url: str = Field(default="https://api.bitbucket.org/2.0", description="Bitbucket REST API base URL.")
     bitbucket_token: SecretStr | None = Field(default=None, description="Access token (Bearer) or app password.")
     bitbucket_token_file: Path | None = Field(default=None, description="A file holding the token (a mounted Secret).")
@@ -625,8 +630,21 @@ class Webhook:
                 path,
                 [Problem("spec.dataset.source", f"{scheme}:{location} must be a path inside the repository, relative to {path}")],
             )
+        limit = self.hook.webhook_max_dataset_bytes
         try:
-            return await self.bitbucket.file(target.repository, target.commit, in_repo)
+            return await self.bitbucket.file(target.repository, target.commit, in_repo, max_bytes=limit)
+        except FileTooLarge:
+            raise InvalidTweakFileError(
+                path,
+                [
+                    Problem(
+                        "spec.dataset.source",
+                        f"{in_repo} at commit {target.commit[:12]} is larger than the webhook reads "
+                        f"({limit} bytes, TWEAKLINE_WEBHOOK_MAX_DATASET_BYTES); submit it from a pipeline step "
+                        "('tweakline submit' uploads it by content) or use an https: or object: source",
+                    )
+                ],
+            ) from None
         except BitbucketError as exc:
             if exc.status == 404:
                 raise InvalidTweakFileError(

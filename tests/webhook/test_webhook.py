@@ -553,3 +553,22 @@ async def test_pull_request_listing_failure_is_retried_with_the_same_delivery(
     retried = await deliver(webhook, "pullrequest:created", pr_payload(number, full[:12]), request_id=request_id)
     assert retried.status_code == 202, retried.text
     assert len(await submitted_for(nats, {full})) == 1
+
+
+async def test_a_dataset_larger_than_the_webhook_reads_is_refused_naming_the_limit(
+    nats, webhook: Webhook, bitbucket: FakeBitbucket
+) -> None:
+    webhook.hook = webhook.hook.model_copy(update={"webhook_max_dataset_bytes": 1000})  # wine.csv is ~11 KB
+    new, old = commit(), commit()
+    bitbucket.files[(REPO, new, "models/wine.tweak.yaml")] = WINE.encode()
+    bitbucket.files[(REPO, new, "models/data/wine.csv")] = wine_csv()
+    bitbucket.diffstats[(REPO, f"{new}..{old}")] = [("added", "models/wine.tweak.yaml")]
+    response = await deliver(webhook, "repo:push", push_payload(branch_change("main", new, old)))
+    assert response.status_code == 200  # handled: the FAILED build status says why
+    [invalid] = response.json()["invalid"]
+    [problem] = invalid["problems"]
+    assert "spec.dataset.source" in problem and "models/data/wine.csv" in problem, problem
+    assert "1000 bytes" in problem and "TWEAKLINE_WEBHOOK_MAX_DATASET_BYTES" in problem, problem
+    [status] = bitbucket.calls_to(f"/commit/{new}/statuses/build", "POST")
+    assert status.json["state"] == "FAILED"
+    assert await submitted_for(nats, {new}) == []
