@@ -156,8 +156,11 @@ def start_server_on(
     raise AssertionError(f"tweakline serve did not start within {timeout}s:\n{log.read_text()}")
 
 
-async def hammer(server: RunningServer, stop: asyncio.Event, payload: dict) -> list[tuple[int, int | None]]:
-    """POST /predict in a loop until ``stop``: (status code, revision served) of every request."""
+async def hammer(server: RunningServer, stop: asyncio.Event, payload: dict, pause: float = 0.0) -> list[tuple[int, int | None]]:
+    """POST /predict in a loop until ``stop``: (status code, revision served) of every request.
+
+    ``pause``: seconds between requests (a steady trickle rather than a busy loop on a shared machine).
+    """
     seen: list[tuple[int, int | None]] = []
     while not stop.is_set():
         try:
@@ -166,7 +169,7 @@ async def hammer(server: RunningServer, stop: asyncio.Event, payload: dict) -> l
         except httpx.HTTPError as exc:  # a refused connection is a failed request too
             seen.append((-1, None))
             print("request failed:", exc)
-        await asyncio.sleep(0)
+        await asyncio.sleep(pause)
     return seen
 
 
