@@ -15,8 +15,9 @@ Object-level tests (``tests/runtime/test_large_objects.py``) show that every ide
    server serves revision 1 again, with revision 1's model hash.
 
 Requests go to the server throughout both swaps, and none fails while a 50 MiB model loads
-beside the live one. About a minute on a loaded 2-core machine (trees on ~3,000 rows fit in
-about a second; most of the time is the stack and four ~60 MB transfers).
+beside the live one. About a minute of CPU (53-75 s wall on a shared 2-core machine, 3.5 min
+at a load average of 12): trees on ~3,000 rows fit in about a second; most of it is the stack,
+skops and the ~60 MB transfers.
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ def forest(name: str, fixed: dict) -> TweakFile:
             objective={"metric": "accuracy", "cv": 2},
             budget={"max_trials": 2, "parallelism": 2},
             gate={"thresholds": {"accuracy": 0.2}, "beat_production_by": 0.05},
-            deploy={"target": "local", "release": RELEASE},
+            # Latency is not what this story judges: a ~60 MiB forest answers in ~70 ms idle and
+            # several times that on a shared 2-core machine. The post-promotion watch's latency
+            # verdict (p95 of its first 20 requests) rolled revision 2 back by itself in one run
+            # (500 ms vs 100 ms) before the manual rollback; tests/e2e/test_watch_rollback.py owns the watch.
+            deploy={"target": "local", "release": RELEASE, "verify": {"max_latency_ms": 10000}, "watch": {"enabled": False}},
         )
     )
 
@@ -155,6 +160,7 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         assert c.candidate == pytest.approx(ev2.candidate_metrics["accuracy"])
         assert c.difference > 0.05 and c.n >= 900 and c.excluded == 0
         assert second.deployment.status is DeploymentStatus.DEPLOYED and second.deployment.revision == 2
+        assert "post-deploy check passed" in second.deployment.message  # the served 50 MiB model, scored live
         served = await server.wait_for_revision(2, timeout=120)
         assert served["sha256"] == ev2.artifact.sha256 != ev1.artifact.sha256
         await predicts(2)
