@@ -34,6 +34,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.factories import tweak_dict
 from tests.model_server.serving import RunningServer, hammer, start_server_on
+from tests.waiting import until
 from tweakline.client.follow import Outcome, follow, submit
 from tweakline.client.submission import disk_reader, upload_datasets
 from tweakline.proto.messages import Decision, DeploymentStatus, EvaluationCompleted, Source
@@ -143,7 +144,8 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         assert served["sha256"] == ev1.artifact.sha256
         await predicts(1)
         # Requests throughout both swaps: none may fail while a 50 MiB model loads beside the live one.
-        load = asyncio.create_task(hammer(server, stop, PREDICT, pause=0.05))
+        answers: list[tuple[int, int | None]] = []
+        load = asyncio.create_task(hammer(server, stop, PREDICT, pause=0.05, seen=answers))
 
         # 2. The second 50 MiB model is compared with the 50 MiB production model, promoted and served.
         second = await run(STRONG)
@@ -164,6 +166,7 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         served = await server.wait_for_revision(2, timeout=120)
         assert served["sha256"] == ev2.artifact.sha256 != ev1.artifact.sha256
         await predicts(2)
+        await until(lambda: answers and answers[-1][1] == 2, "the requests to reach revision 2", timeout=60)
 
         # 3. Rollback to revision 1: its 50 MiB model is hash-checked and served again.
         env = {"TWEAKLINE_STATE_DIR": str(state), "COLUMNS": "250"}
@@ -173,6 +176,7 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         served = await server.wait_for_revision(1, timeout=120)
         assert served["sha256"] == ev1.artifact.sha256
         await predicts(1)
+        await until(lambda: answers and answers[-1][1] == 1, "the requests to reach revision 1 again", timeout=60)
         stop.set()
         seen = await load
         assert {code for code, _ in seen} == {200}, [s for s in seen if s[0] != 200][:5]

@@ -156,12 +156,19 @@ def start_server_on(
     raise AssertionError(f"tweakline serve did not start within {timeout}s:\n{log.read_text()}")
 
 
-async def hammer(server: RunningServer, stop: asyncio.Event, payload: dict, pause: float = 0.0) -> list[tuple[int, int | None]]:
+async def hammer(
+    server: RunningServer,
+    stop: asyncio.Event,
+    payload: dict,
+    pause: float = 0.0,
+    seen: list[tuple[int, int | None]] | None = None,
+) -> list[tuple[int, int | None]]:
     """POST /predict in a loop until ``stop``: (status code, revision served) of every request.
 
     ``pause``: seconds between requests (a steady trickle rather than a busy loop on a shared machine).
+    ``seen``: the list to append to, to watch the answers while the loop runs.
     """
-    seen: list[tuple[int, int | None]] = []
+    seen = [] if seen is None else seen
     while not stop.is_set():
         try:
             r = await server.client.post("/predict", json=payload)
