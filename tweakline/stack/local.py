@@ -367,7 +367,10 @@ class LocalStack:
         self._write_info()
 
     def _write_info(self) -> None:
-        self.layout.info.write_text(
+        # Replaced in one step: `status`, `submit --state-dir` and the supervisor's readers must never
+        # see a half-written file (an empty read was seen while the supervisor restarted nats-server).
+        partial = self.layout.info.with_name(f".{self.layout.info.name}.{os.getpid()}.part")
+        partial.write_text(
             json.dumps(
                 {
                     "pid": os.getpid(),
@@ -381,6 +384,7 @@ class LocalStack:
                 }
             )
         )
+        os.replace(partial, self.layout.info)
 
     def check(self) -> None:
         """Raise :class:`StackError` with its log tail if a service process died."""
