@@ -83,11 +83,12 @@ def submit(
     if nats_url:
         updates["nats_url"] = nats_url
     elif state_dir is not None:  # the address of the stack running in that directory, as `status` reads it
-        from tweakline.stack.control import stack_url
+        from tweakline.stack.control import stack_pools, stack_url
 
         running = stack_url(state_dir.resolve())
         if running is not None:
             updates["nats_url"] = running
+            updates["pools"] = stack_pools(state_dir.resolve()) or Settings().pools
     if tls_dir is not None:
         updates["tls_dir"] = tls_dir
     if state_dir is not None:
@@ -96,7 +97,7 @@ def submit(
     if settings.state_dir is None:
         settings = settings.model_copy(update={"state_dir": DEFAULT_STATE_DIR})
     try:
-        tweak = validate_tweak_file(file, settings.allowed_estimators)
+        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=settings.pools)
     except InvalidTweakFileError as exc:
         _invalid(exc)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
