@@ -366,15 +366,16 @@ def render_status(report: dict[str, Any]) -> list[Any]:
         )
     parts.append(experiments)
     runners = report["runners"]
-    parts.append(
+    lines = [
         f"Runners: {runners['training']} trial(s) training, {runners['queued']} queued, "
         f"{runners['idle_pulls']} idle pull(s), {runners['redelivered']} redelivered"
-    )
+    ]
     if len(runners.get("pools") or {}) > 1:  # per pool, where there are several
         for pool, queue in runners["pools"].items():
-            parts.append(
+            lines.append(
                 f"  pool {pool}: {queue['training']} training, {queue['queued']} queued, {queue['idle_pulls']} idle pull(s)"
             )
+    parts.append("\n".join(lines))
     dead = Table(title=f"Dead letters ({report['dead_letters']['total']} in total, latest first)")
     for column in ("seq", "service", "subject", "reason"):
         dead.add_column(column, overflow="fold")
