@@ -103,18 +103,30 @@ async def workload(stack: LocalStack, experiments: int, trials: int, parallelism
         procs = processes(stack)
         before, load_before = cpu_seconds(procs), loadavg()
         exp_ids = [f"scale-{stamp}-{i}" for i in range(experiments)]
+        owners: dict[str, str | None] = {}
+        watcher = asyncio.create_task(_record_owners(stack, probe, exp_ids, owners))
         started = time.perf_counter()
         for i, exp_id in enumerate(exp_ids):
             await probe.submit(trivial_tweak(f"scale-{i}", trials, parallelism), exp_id)
         await probe.wait(exp_ids, timeout=max(300.0, experiments * trials / 2))
         wall = time.perf_counter() - started
+        watcher.cancel()
         after = cpu_seconds(procs)
         done = sum(len(probe.trials_of(e)) for e in exp_ids)
         per_process = {k: round(1000 * (after[k] - before.get(k, 0.0)) / max(1, done), 2) for k in after}
         groups: dict[str, float] = {}
         for label, ms in per_process.items():
             groups[_group(label)] = round(groups.get(_group(label), 0.0) + ms, 2)
+        owned: dict[str, int] = {}  # scheduler -> trials of the experiments it owned
+        for exp_id in exp_ids:
+            holder = owners.get(exp_id) or "unknown"
+            owned[holder] = owned.get(holder, 0) + len(probe.trials_of(exp_id))
         return {
+            "owners": owners,
+            "trials_owned_by": owned,
+            "scheduler_cpu_ms_per_owned_trial": {
+                k: round(1000 * (after[k] - before.get(k, 0.0)) / owned[k], 2) for k in after if owned.get(k)
+            },
             "experiments": experiments,
             "trials": done,
             "expected_trials": experiments * trials,
@@ -135,6 +147,19 @@ def _label(stack: LocalStack, holder: str) -> str | None:
     """The service label of a lease holder ("<host>-<pid>-<nonce>", scheduler/ownership.py)."""
     pid = int(holder.split("-")[-2])
     return next((s.name for s in stack.services if s.process.pid == pid), None)
+
+
+async def _record_owners(stack: LocalStack, probe: Probe, exp_ids: list[str], owners: dict[str, str | None]) -> None:
+    """Which scheduler first held each experiment's lease (polled while the workload runs)."""
+    leases = await probe.nc.jetstream().key_value(Bucket.SCHEDULER_LEASES.value)
+    while True:
+        for exp_id in exp_ids:
+            if owners.get(exp_id) is None:
+                try:
+                    owners[exp_id] = _label(stack, (await leases.get(lease_key(exp_id))).value.decode())
+                except KeyNotFoundError:
+                    pass
+        await asyncio.sleep(0.05)
 
 
 async def failover(stack: LocalStack, trials: int = 16, fold_seconds: float = 0.25) -> dict[str, Any]:
@@ -189,7 +214,7 @@ async def failover(stack: LocalStack, trials: int = 16, fold_seconds: float = 0.
 
 def run(quick: bool) -> dict[str, Any]:
     """Every scenario, one stack at a time (they would share the 2 cores)."""
-    experiments, trials, parallelism = (2, 30, 4) if quick else (4, 100, 4)
+    experiments, trials, parallelism = (2, 30, 4) if quick else (4, 60, 4)
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_at_start": loadavg()}, "runners": RUNNERS}
     with scale_stack(cluster=1, schedulers=1) as stack:
         out["one_node_one_scheduler"] = asyncio.run(workload(stack, experiments, trials, parallelism))
@@ -211,7 +236,9 @@ def summary(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"{key}: {r['trials']}/{r['expected_trials']} trials, {r['trials_per_s']} trials/s, CPU ms/trial total "
             f"{r['cpu_ms_per_trial_total']} (nats {g.get('nats')}, schedulers {g.get('schedulers')} = {schedulers}, "
-            f"runners {g.get('runners')}, others {g.get('others')}); load {r['load_before']} -> {r['load_after']}"
+            f"runners {g.get('runners')}, others {g.get('others')}); trials owned {r['trials_owned_by']}, "
+            f"scheduler CPU ms per owned trial {r['scheduler_cpu_ms_per_owned_trial']}; "
+            f"load {r['load_before']} -> {r['load_after']}"
         )
     f = results["failover"]
     lines.append(
