@@ -123,11 +123,13 @@ def validate(
     """Check a tweak file and report every problem with its field path; starts nothing."""
     from tweakline.reporting.console import err
     from tweakline.validation import validate_tweak_file
+    from tweakline.validation.pools import known_pools
     from tweakline.validation.trust import code_trainer_problems
 
     settings = _settings()
     try:
-        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=settings.pools)
+        # The platform's pools when known here (TWEAKLINE_POOLS); else the platform checks the pool.
+        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=known_pools(settings))
         refused = code_trainer_problems(tweak, settings.code_trainers, repository) if platform else []
         if refused:
             raise InvalidTweakFileError(str(file), refused)

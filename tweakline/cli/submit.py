@@ -78,6 +78,7 @@ def submit(
     from tweakline.cli.main import _invalid
     from tweakline.reporting.console import err
     from tweakline.validation import validate_tweak_file
+    from tweakline.validation.pools import known_pools
 
     updates: dict[str, Any] = {"identity": identity}
     if nats_url:
@@ -97,7 +98,8 @@ def submit(
     if settings.state_dir is None:
         settings = settings.model_copy(update={"state_dir": DEFAULT_STATE_DIR})
     try:
-        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=settings.pools)
+        # The pools of the stack in --state-dir, or TWEAKLINE_POOLS; else the platform checks the pool.
+        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=known_pools(settings))
     except InvalidTweakFileError as exc:
         _invalid(exc)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

@@ -63,7 +63,7 @@ def inspect(
     base_dir: Path | None = None,
     *,
     source: str = "<tweak file>",
-    pools: Sequence[str] = DEFAULT_POOLS,
+    pools: Sequence[str] | None = DEFAULT_POOLS,
 ) -> tuple[TweakFile | None, list[Problem]]:
     """Check a tweak file completely and return it (``None`` if its structure is wrong) with every problem.
 
@@ -75,6 +75,7 @@ def inspect(
             this machine's disk (webhook, scheduler): ``csv:`` files are then not looked at.
         source: How to name the file in problems (a path, or ``repo@commit:path``).
         pools: The platform's runner pools (``Settings.pools``); ``spec.resources.pool`` must be one.
+            ``None``: not known here (a client whose platform's pools are not configured), not checked.
 
     Returns:
         The tweak file (``csv:`` paths made absolute when ``base_dir`` is given) or ``None``, and
@@ -114,7 +115,7 @@ def validate(
     base_dir: Path | None = None,
     *,
     source: str = "<tweak file>",
-    pools: Sequence[str] = DEFAULT_POOLS,
+    pools: Sequence[str] | None = DEFAULT_POOLS,
 ) -> TweakFile:
     """:func:`inspect`, raising :class:`InvalidTweakFileError` with every problem when there is any."""
     tweak, problems = inspect(document, allowed_estimators, base_dir, source=source, pools=pools)
@@ -124,7 +125,7 @@ def validate(
 
 
 def problems_of(
-    tweak: TweakFile, allowed_estimators: Sequence[str], *, host_paths: bool = False, pools: Sequence[str] = DEFAULT_POOLS
+    tweak: TweakFile, allowed_estimators: Sequence[str], *, host_paths: bool = False, pools: Sequence[str] | None = DEFAULT_POOLS
 ) -> list[Problem]:
     """The problems of an already parsed tweak file whose data is not on this disk (the scheduler's check).
 
@@ -153,7 +154,7 @@ def host_path_problems(tweak: TweakFile) -> list[Problem]:
 
 
 def validate_tweak_file(
-    path: str | Path, allowed_estimators: Sequence[str], *, pools: Sequence[str] = DEFAULT_POOLS
+    path: str | Path, allowed_estimators: Sequence[str], *, pools: Sequence[str] | None = DEFAULT_POOLS
 ) -> TweakFile:
     """Read a tweak file from disk and check it completely (``csv:`` paths relative to its folder).
 

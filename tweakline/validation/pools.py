@@ -3,6 +3,11 @@
 Which pools exist is platform configuration (``TWEAKLINE_POOLS``; ``tweakline run`` and ``up``
 know theirs from ``--runners``). A trial sent to a pool nobody consumes would wait for ever, so
 an unknown ``spec.resources.pool`` is refused before anything starts, with the pools that exist.
+
+The platform side (the scheduler, the webhook) always knows its pools. A client checks them when
+it knows them too: ``tweakline run`` (its ``--runners``), ``submit`` to a local stack (the stack's),
+or ``TWEAKLINE_POOLS`` set where ``validate`` and ``submit`` run (:func:`known_pools`); otherwise
+the pool is left to the platform, which refuses the submission with the same message.
 """
 
 from __future__ import annotations
@@ -27,10 +32,18 @@ def requested_pool(spec: ExperimentSpec | Any) -> Any:
     return None
 
 
-def pool_problems(spec: ExperimentSpec | Any, pools: Sequence[str]) -> list[Problem]:
-    """A problem naming the field, the value and the platform's pools when the spec asks for another pool."""
+def pool_problems(spec: ExperimentSpec | Any, pools: Sequence[str] | None) -> list[Problem]:
+    """A problem naming the field, the value and the platform's pools when the spec asks for another pool.
+
+    ``pools`` ``None``: the platform's pools are not known here (not checked; the platform checks).
+    """
     pool = requested_pool(spec)
-    if pool is None or not isinstance(pool, str) or pool in pools:
+    if pools is None or pool is None or not isinstance(pool, str) or pool in pools:
         return []  # no pool (the default one), or a wrong type that the structural pass reports
     have = ", ".join(repr(p) for p in pools)
     return [Problem(FIELD, f"no runner pool {pool!r:.60} on this platform; expected one of: {have}")]
+
+
+def known_pools(settings: Any) -> list[str] | None:
+    """The platform's pools if this process was told them (``TWEAKLINE_POOLS``, or set by the caller), else ``None``."""
+    return list(settings.pools) if "pools" in settings.model_fields_set else None
