@@ -539,8 +539,17 @@ class RevisionFigures(Message):
     since: datetime = Field(default_factory=utcnow, description="When this server started serving the revision.")
 
 
+# HTTP header the deployer's post-deploy check sets on its /predict requests: the model server
+# answers them as any other but leaves them out of the live figures (ModelStats), which are the
+# traffic's. The check's batches of probe rows would otherwise count as slow live requests.
+PROBE_HEADER = "X-Tweakline-Probe"
+
+
 class ModelStats(Message):
-    """Model server -> deployer: a periodic summary of the live figures of the revisions it served."""
+    """Model server -> deployer: a periodic summary of the live figures of the revisions it served.
+
+    Requests carrying :data:`PROBE_HEADER` (the deployer's own checks) are not counted.
+    """
 
     release: Name
     instance: str = Field(max_length=200, description="Which server (replica) measured them.")

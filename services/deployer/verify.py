@@ -26,6 +26,7 @@ import numpy as np
 from tweakline.ml.metrics import compute_metrics
 from tweakline.promotion.gate import threshold_checks
 from tweakline.promotion.stats import Outputs, Replay
+from tweakline.proto.messages import PROBE_HEADER
 from tweakline.proto.tweakfile import GateSpec, VerifySpec
 
 # Metrics computable from predicted labels or values alone (the server returns no probabilities).
@@ -68,7 +69,9 @@ async def verify_live(
 ) -> VerifyResult:
     """Send the probe rows to ``endpoint``'s ``/predict`` and judge errors, latency and metrics."""
     timeout = httpx.Timeout(max(5.0, verify.max_latency_ms / 1000 * 5))
-    async with httpx.AsyncClient(base_url=endpoint.rstrip("/"), timeout=timeout) as client:
+    # Marked as the check's own, so the live figures the watch judges stay the traffic's.
+    headers = {PROBE_HEADER: "post-deploy-check"}
+    async with httpx.AsyncClient(base_url=endpoint.rstrip("/"), timeout=timeout, headers=headers) as client:
         not_live = await wait_live(client, revision, verify.timeout)
         if not_live is not None:
             return VerifyResult(False, not_live)

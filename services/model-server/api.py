@@ -18,6 +18,7 @@ import tweakline
 from tweakline.model_server.inputs import InputError, jsonable, rows_to_matrix
 from tweakline.model_server.model import ModelSlot
 from tweakline.model_server.stats import LiveFigures
+from tweakline.proto.messages import PROBE_HEADER
 from tweakline.validation.json_input import JsonLimitError, parse_json
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class ServerMetrics:
             "Revisions that could not be loaded (kept the old one).",
             registry=self.registry,
         )
+
+
+def _not_counted(revision: int, *, ok: bool, seconds: float, predictions: list[Any] | None = None) -> None:
+    """What a probe request records in the live figures: nothing."""
 
 
 def _error(status: int, field: str | None, message: str) -> JSONResponse:
@@ -153,6 +158,8 @@ def create_http_app(
     async def _predict(request: Request, started: float) -> Response:
         loaded = slot.current  # taken once: a swap during this request does not affect it
         live.current = None if loaded is None else loaded.revision
+        # The deployer's own checks are answered but not counted as the traffic's live figures.
+        record = live.record if PROBE_HEADER not in request.headers else _not_counted
         if loaded is None:
             return _error(503, None, f"no model loaded yet for release {release}")
         try:
@@ -169,13 +176,13 @@ def create_http_app(
             predictions = await run_in_threadpool(loaded.model.predict, X)
             answer = jsonable(predictions)
         except (ValueError, TypeError, FloatingPointError) as exc:  # the estimator refused these values
-            live.record(loaded.revision, ok=False, seconds=time.perf_counter() - started)
+            record(loaded.revision, ok=False, seconds=time.perf_counter() - started)
             return _error(422, "rows", f"the model cannot predict these rows: {str(exc)[:200]}")
         except Exception:
-            live.record(loaded.revision, ok=False, seconds=time.perf_counter() - started)
+            record(loaded.revision, ok=False, seconds=time.perf_counter() - started)
             raise
         metrics.rows.inc(len(X))
-        live.record(loaded.revision, ok=True, seconds=time.perf_counter() - started, predictions=answer)
+        record(loaded.revision, ok=True, seconds=time.perf_counter() - started, predictions=answer)
         return JSONResponse({"release": loaded.release, "revision": loaded.revision, "predictions": answer})
 
     async def healthz(_: Request) -> Response:

@@ -19,8 +19,8 @@ from faststream.nats import NatsMessage
 
 from tweakline.errors import ArtifactError
 from tweakline.ml.datasets import prefetch
+from tweakline.ml.outcome import TrialOutcome
 from tweakline.ml.trainers.bundles import fetch_code_bundle
-from tweakline.ml.training import TrialOutcome
 from tweakline.observability import telemetry
 from tweakline.proto.messages import TrialCompleted, TrialProgress, TrialRequested, TrialStatus, msg_id
 from tweakline.proto.subjects import Stream, Subject, subject_for

@@ -47,7 +47,7 @@ from typing import Any
 import psutil
 
 from tweakline.errors import TweaklineError
-from tweakline.ml.training import TrialOutcome
+from tweakline.ml.outcome import TrialOutcome
 from tweakline.proto.messages import TrialRequested, TrialStatus
 from tweakline.search.pruning import pruning_for
 

@@ -39,3 +39,15 @@ def test_a_page_without_the_section_gets_one(tmp_path: Path) -> None:
     write_docs(RESULTS, page)
     text = page.read_text()
     assert text.startswith("# Benchmarks\n\n## Search\n\nkept") and "## Platform" in text and BEGIN in text
+
+
+def test_the_journal_peer_is_reported_with_its_ratio() -> None:
+    from bench.platform import rows
+
+    journal = {"trials": 100, "workers": 2, "trials_per_s": 50.0, "cpu_ms_per_trial": 3.0, "wall_s": 2.0}
+    random = {"trials_per_s": 75.0, "steady_trials_per_s": 80.0, "trials": 100, "parallelism": 32}
+    random |= {"latency_p50_ms": 1.0, "latency_p99_ms": 2.0}
+    orchestration = {"runners": 2, "random": random, "tpe": random}
+    table = {(r[1], r[2], r[4]) for r in rows({**RESULTS, "optuna_journal": journal, "orchestration": orchestration})}
+    assert ("tweakline (mTLS) / Optuna journal mode, trials/s, same run", "1.50x", "[green]met[/green]") in table
+    assert any("JournalStorage" in measure and "50.0 trials/s" in value for measure, value, _ in table)

@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.model_server.serving import hammer, rows, start_server_on
+from tests.waiting import until
 from tweakline.client.follow import Outcome, follow, submit
 from tweakline.proto.messages import Decision, DeploymentStatus, Source
 from tweakline.proto.permissions import Identity
@@ -111,7 +112,8 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         server = start_server_on(stack.url, state, RELEASE, tmp_path, timeout=120)  # a loaded machine
         await server.wait_for_revision(1)
         stop = asyncio.Event()
-        load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}))
+        answers: list[tuple[int, int | None]] = []
+        load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}, seen=answers))
 
         worse = await run_experiment(nc, MINORITY, stack)
         ev = worse.evaluation
@@ -154,6 +156,8 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         back = await asyncio.to_thread(run_cli, "rollback", RELEASE, "--to", "1", "--reason", "drill", env=env)
         assert back.code == 0, back.stderr
         await server.wait_for_revision(1)
+        # A request in flight at the swap may still be answered by the old revision: stop once one has seen it.
+        await until(lambda: answers and answers[-1][1] == 1, "the requests to reach revision 1 again", timeout=60)
         stop.set()
         seen = await load
         assert {code for code, _ in seen} == {200}, [s for s in seen if s[0] != 200][:5]

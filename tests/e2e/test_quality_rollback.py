@@ -76,7 +76,8 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         server = start_server_on(stack.url, state, RELEASE, tmp_path, timeout=120)  # a loaded machine
         await server.wait_for_revision(1)
         stop = asyncio.Event()
-        load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}))
+        answers: list[tuple[int, int | None]] = []
+        load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}, seen=answers))
 
         # The degraded artifact: always class 2 (about a third of wine), far below the gate's 0.9.
         wine = load_wine()
@@ -108,7 +109,8 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         assert "post-deploy check failed" in event.reason
         assert "live metrics on" in event.reason and "below the gate" in event.reason and "accuracy" in event.reason
         await server.wait_for_revision(1)
-
+        # A request in flight at the swap may still be answered by the old revision: stop once one has seen it.
+        await until(lambda: answers and answers[-1][1] == 1, "the requests to reach revision 1 again", timeout=60)
         stop.set()
         seen = await load
         assert {code for code, _ in seen} == {200}, [s for s in seen if s[0] != 200][:5]

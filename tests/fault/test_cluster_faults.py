@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from tests.conftest import REPO
 from tests.fault.conftest import fault_settings, tweak, wait_exit, watching
@@ -102,8 +102,14 @@ def exact(outcome, max_trials: int) -> None:
     assert outcome.evaluation.decision is not None
 
 
+# Every stream the stack has: the event streams and those behind the key-value buckets and object
+# stores (a bucket without a leader after a node restart times out the next test's first request).
+OBJECT_STORES = {Bucket.ARTIFACTS, Bucket.DATASETS}
+ALL_STREAMS = [s.value for s in Stream] + [f"{'OBJ' if b in OBJECT_STORES else 'KV'}_{b.value}" for b in Bucket]
+
+
 async def replicas_current(stack) -> bool:
-    """Whether every stream has all three replicas current (a restarted node caught up).
+    """Whether every stream, buckets' included, has a leader and all three replicas current.
 
     Bounded, and quiet about a connection that breaks while a node restarts (closing it can hang or
     raise from inside asyncio's TLS transport): the caller polls it until a deadline.
@@ -113,11 +119,17 @@ async def replicas_current(stack) -> bool:
         nc = await connect(stack.settings_for(Identity.ADMIN), "fault-test-health", max_reconnect_attempts=0)
         try:
             js = nc.jetstream()
-            for stream in Stream:
-                info = await js.stream_info(stream.value)
+            names = {info.config.name for info in await js.streams_info()} | set(ALL_STREAMS)
+            for name in sorted(names):
+                try:
+                    info = await js.stream_info(name)
+                except NotFoundError:
+                    if name in ALL_STREAMS:  # a bucket the stack creates lazily: not there yet is fine
+                        continue
+                    raise
                 peers = info.cluster.replicas or [] if info.cluster else []
                 if info.cluster is None or info.cluster.leader is None or len(peers) != 2 or not all(p.current for p in peers):
-                    HEALTH["last"] = f"{stream.value}: {info.cluster}"
+                    HEALTH["last"] = f"{name}: {info.cluster}"
                     return False
             return True
         finally:

@@ -156,9 +156,19 @@ def start_server_on(
     raise AssertionError(f"tweakline serve did not start within {timeout}s:\n{log.read_text()}")
 
 
-async def hammer(server: RunningServer, stop: asyncio.Event, payload: dict) -> list[tuple[int, int | None]]:
-    """POST /predict in a loop until ``stop``: (status code, revision served) of every request."""
-    seen: list[tuple[int, int | None]] = []
+async def hammer(
+    server: RunningServer,
+    stop: asyncio.Event,
+    payload: dict,
+    pause: float = 0.0,
+    seen: list[tuple[int, int | None]] | None = None,
+) -> list[tuple[int, int | None]]:
+    """POST /predict in a loop until ``stop``: (status code, revision served) of every request.
+
+    ``pause``: seconds between requests (a steady trickle rather than a busy loop on a shared machine).
+    ``seen``: the list to append to, to watch the answers while the loop runs.
+    """
+    seen = [] if seen is None else seen
     while not stop.is_set():
         try:
             r = await server.client.post("/predict", json=payload)
@@ -166,7 +176,7 @@ async def hammer(server: RunningServer, stop: asyncio.Event, payload: dict) -> l
         except httpx.HTTPError as exc:  # a refused connection is a failed request too
             seen.append((-1, None))
             print("request failed:", exc)
-        await asyncio.sleep(0)
+        await asyncio.sleep(pause)
     return seen
 
 

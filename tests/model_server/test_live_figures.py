@@ -15,7 +15,7 @@ from tests.waiting import until
 from tweakline.model_server.api import ServerMetrics, create_http_app
 from tweakline.model_server.model import LoadedModel, ModelSlot
 from tweakline.model_server.stats import LiveFigures, publish_periodically
-from tweakline.proto.messages import ArtifactRef, ModelStats
+from tweakline.proto.messages import PROBE_HEADER, ArtifactRef, ModelStats
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Subject, release_subject
 from tweakline.runtime.bus import connect
@@ -53,6 +53,20 @@ async def test_answers_are_counted_per_revision_and_input_errors_are_not() -> No
     assert (one.revision, one.requests, one.errors, one.predictions, one.labels) == (1, 2, 0, 3, {"0": 2, "1": 1})
     assert (two.revision, two.requests, two.errors, two.predictions, two.labels) == (2, 2, 1, 2, {"0": 1, "1": 1})
     assert sum(one.latency_counts) == 2 and one.max_latency_ms > 0 and sorted(one.sample) == [0.0, 0.0, 1.0]
+
+
+async def test_the_deployers_probe_requests_are_answered_but_not_counted() -> None:
+    plain, _ = _models()
+    slot, figures = ModelSlot(), LiveFigures("r", "test")
+    slot.swap(LoadedModel("r", 1, "e-1", "LogisticRegression", FEATURES, ARTIFACT, plain))
+    app = create_http_app(slot, ServerMetrics(), "r", figures=figures)
+    good = {"rows": [{"a": 1.2, "b": 1.0}, {"a": 1.9, "b": 1.0}]}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
+        probe = await client.post("/predict", json=good, headers={PROBE_HEADER: "post-deploy-check"})
+        assert probe.status_code == 200 and len(probe.json()["predictions"]) == 2
+        assert (await client.post("/predict", json=good)).status_code == 200
+    (one,) = figures.summary().revisions
+    assert (one.revision, one.requests, one.predictions) == (1, 1, 2)  # the traffic's request only
 
 
 async def test_figures_are_published_on_the_release_subject_as_model_server(nats) -> None:

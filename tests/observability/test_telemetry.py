@@ -77,7 +77,7 @@ def test_traceparent_helpers() -> None:
 
 
 def test_a_trial_span_carries_its_folds_or_its_rungs_and_where_it_was_pruned() -> None:
-    from tweakline.ml.training import TrialOutcome
+    from tweakline.ml.outcome import TrialOutcome
     from tweakline.proto.messages import TrialStatus
 
     exporter = InMemorySpanExporter()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
+import json
 import os
 import uuid
 
 import pytest
+from nats.js import api
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
@@ -71,6 +75,36 @@ async def test_a_poisoned_dataset_name_is_replaced_by_the_next_upload(nats) -> N
         assert await put_dataset(uploader.jetstream(), victim) == (digest, True)  # treated as absent: replaced
         assert await get_dataset(runner.jetstream(), digest) == victim
         assert await put_dataset(uploader.jetstream(), victim) == (digest, False)  # now genuinely stored
+    finally:
+        for nc in (attacker, uploader, runner):
+            await nc.close()
+
+
+async def test_a_dataset_name_forged_without_chunks_is_refused_at_once_and_replaced(nats) -> None:
+    """A meta record whose chunks do not exist: nats-py's reader would wait for them forever (runners and uploads hung)."""
+    victim = b"a,b,label\n" + b"".join(f"{i},{i * 3},{i % 2}\n".encode() for i in range(4000))
+    digest = hashlib.sha256(victim).hexdigest()
+    name, bucket = dataset_object_name(digest), Bucket.DATASETS.value
+    attacker = await connect(nats.settings(Identity.SUBMITTER), "attacker")
+    uploader = await connect(nats.settings(Identity.WEBHOOK), "uploader")
+    runner = await connect(nats.settings(Identity.TRIAL_RUNNER), "runner")
+    try:
+        forged = api.ObjectInfo(
+            name=name,
+            bucket=bucket,
+            nuid=f"nochunks{digest[:12]}",
+            size=len(victim),
+            chunks=1,
+            digest="SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(digest)).decode(),
+        )
+        meta = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+        await attacker.jetstream().publish(meta, json.dumps(forged.as_dict()).encode(), headers={"Nats-Rollup": "sub"})
+        assert (await (await runner.jetstream().object_store(bucket)).get_info(name)).nuid == forged.nuid
+        # wait_for only turns a hang into a failure: both answer at once
+        with pytest.raises(ArtifactError, match=rf"{name} has sha256 .*expected {digest[:12]}"):
+            await asyncio.wait_for(get_dataset(runner.jetstream(), digest), 30)
+        assert await asyncio.wait_for(put_dataset(uploader.jetstream(), victim), 30) == (digest, True)
+        assert await asyncio.wait_for(get_dataset(runner.jetstream(), digest), 30) == victim
     finally:
         for nc in (attacker, uploader, runner):
             await nc.close()

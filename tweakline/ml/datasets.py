@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from sklearn import datasets as sk_datasets
 
 from tweakline.errors import DatasetError, Problem
 from tweakline.ml import tables
@@ -137,12 +136,14 @@ def location_of(source: str) -> str:
 # --------------------------------------------------------------------------------------- sklearn
 
 
-_SKLEARN: dict[str, tuple[Callable[..., Any], Task]] = {
-    "iris": (sk_datasets.load_iris, "classification"),
-    "digits": (sk_datasets.load_digits, "classification"),
-    "wine": (sk_datasets.load_wine, "classification"),
-    "breast_cancer": (sk_datasets.load_breast_cancer, "classification"),
-    "diabetes": (sk_datasets.load_diabetes, "regression"),
+# name -> (the loader's name in sklearn.datasets, task). Named, not imported: scikit-learn (2 CPU-s
+# and ~60 MB) is imported only by the process that loads one, not by every service that validates.
+_SKLEARN: dict[str, tuple[str, Task]] = {
+    "iris": ("load_iris", "classification"),
+    "digits": ("load_digits", "classification"),
+    "wine": ("load_wine", "classification"),
+    "breast_cancer": ("load_breast_cancer", "classification"),
+    "diabetes": ("load_diabetes", "regression"),
 }
 
 
@@ -165,7 +166,9 @@ class SklearnLoader(DatasetLoader):
         loader, known_task = entry
         if task is not None and task != known_task:
             raise DatasetError(f"'{spec.source}' is a {known_task} dataset, it cannot be used for {task}")
-        bunch = loader()
+        from sklearn import datasets as sk_datasets
+
+        bunch = getattr(sk_datasets, loader)()
         X = np.asarray(bunch.data, dtype=np.float64)
         y = np.asarray(bunch.target, dtype=np.int64 if known_task == "classification" else np.float64)
         names = getattr(bunch, "feature_names", None)

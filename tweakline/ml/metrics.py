@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
-from sklearn.exceptions import UndefinedMetricWarning
 
 from tweakline.ml.datasets import Task
 from tweakline.proto.tweakfile import CLASSIFICATION_METRICS, REGRESSION_METRICS, ExperimentSpec
@@ -28,6 +26,13 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("r2", "rmse", "mae"),
 }
 """Always computed for a task, besides the objective and the gate's metrics."""
+
+
+def _skm() -> Any:
+    """``sklearn.metrics``, imported on first use: the deployer and validation need the names, not the code."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def task_of_metric(metric: str) -> Task:
@@ -66,7 +71,7 @@ class _Scores:
     def prf_macro(self, y: np.ndarray) -> tuple[float, float, float]:
         """Macro precision, recall and F1 from one scikit-learn call (each separately costs the same again)."""
         if self._prf is None:
-            p, r, f, _ = skm.precision_recall_fscore_support(y, self.pred, average="macro", zero_division=0)
+            p, r, f, _ = _skm().precision_recall_fscore_support(y, self.pred, average="macro", zero_division=0)
             self._prf = (float(p), float(r), float(f))
         return self._prf
 
@@ -99,16 +104,16 @@ def _roc_auc(s: _Scores, y: np.ndarray) -> float | None:
     if classes.size == 2:
         proba = s.proba()
         if proba is not None:
-            return float(skm.roc_auc_score(y, proba[:, 1]))
+            return float(_skm().roc_auc_score(y, proba[:, 1]))
         decision = s.decision()
         if decision is not None:
-            return float(skm.roc_auc_score(y, decision))
+            return float(_skm().roc_auc_score(y, decision))
         return None
     proba = s.proba()
     if proba is None:
         return None
     try:
-        return float(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes))
+        return float(_skm().roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes))
     except ValueError:  # a class missing from this fold: one-vs-rest AUC undefined for it
         return None
 
@@ -117,20 +122,20 @@ def _log_loss(s: _Scores, y: np.ndarray) -> float | None:
     proba = s.proba()
     if proba is None or s.classes is None:
         return None
-    return float(skm.log_loss(y, proba, labels=s.classes))
+    return float(_skm().log_loss(y, proba, labels=s.classes))
 
 
 _METRICS: dict[str, Callable[[_Scores, np.ndarray], float | None]] = {
-    "accuracy": lambda s, y: skm.accuracy_score(y, s.pred),
-    "balanced_accuracy": lambda s, y: skm.balanced_accuracy_score(y, s.pred),
+    "accuracy": lambda s, y: _skm().accuracy_score(y, s.pred),
+    "balanced_accuracy": lambda s, y: _skm().balanced_accuracy_score(y, s.pred),
     "precision_macro": lambda s, y: s.prf_macro(y)[0],
     "recall_macro": lambda s, y: s.prf_macro(y)[1],
     "f1_macro": lambda s, y: s.prf_macro(y)[2],
     "roc_auc": _roc_auc,
     "log_loss": _log_loss,
-    "r2": lambda s, y: skm.r2_score(y, s.pred),
-    "rmse": lambda s, y: skm.root_mean_squared_error(y, s.pred),
-    "mae": lambda s, y: skm.mean_absolute_error(y, s.pred),
+    "r2": lambda s, y: _skm().r2_score(y, s.pred),
+    "rmse": lambda s, y: _skm().root_mean_squared_error(y, s.pred),
+    "mae": lambda s, y: _skm().mean_absolute_error(y, s.pred),
 }
 
 
@@ -151,6 +156,8 @@ def compute_metrics(estimator: Any, X: np.ndarray, y: np.ndarray, metrics: Seque
     for name in metrics:
         if task_of_metric(name) != task:
             raise ValueError(f"'{name}' is not a {task} metric; expected one of {', '.join(family)}")
+    from sklearn.exceptions import UndefinedMetricWarning
+
     scores = _Scores(estimator, X)
     result: dict[str, float] = {}
     with warnings.catch_warnings():

@@ -23,7 +23,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from tweakline.ml.datasets import Split
 from tweakline.ml.encoding import with_encoding
 from tweakline.ml.estimators import build_estimator, final_estimator, task_of
 from tweakline.ml.metrics import compute_metrics, objective_metrics
+from tweakline.ml.outcome import TrialOutcome
 from tweakline.proto.messages import TrialStatus
 from tweakline.proto.tweakfile import ExperimentSpec, ResourceName, ResourceSpec, Rung
 
@@ -45,35 +45,6 @@ MAX_WARNINGS = 5
 OnFold = Callable[[int, float], "bool | None"]
 """``on_fold(stage, objective_value)`` after each fold (or, with ``search.resource``, each rung);
 returning True stops the trial (pruned)."""
-
-
-@dataclass
-class TrialOutcome:
-    """What one trial produced.
-
-    Attributes:
-        status: ``ok``, ``pruned`` (stopped by ``on_fold``) or ``failed``.
-        score: Mean objective over the completed folds (None when failed or no fold completed).
-        metrics: Mean of every metric over the folds where it was defined.
-        fold_scores: The objective value of each completed fold, in order (with ``search.resource``:
-            the folds of the last rung trained).
-        rung_scores: With ``search.resource``, the CV score of each completed rung, in order.
-        duration_s: Wall-clock seconds.
-        cpu_s: CPU seconds of this process during the trial (``time.process_time``; it includes
-            the estimator's worker threads, and would include concurrent trials of the same process).
-        error: One line (exception type, message, where it was raised) when failed.
-        warnings: Distinct warnings raised during the trial (``Category: message``), at most a few.
-    """
-
-    status: TrialStatus
-    score: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    fold_scores: list[float] = field(default_factory=list)
-    rung_scores: list[float] = field(default_factory=list)
-    duration_s: float = 0.0
-    cpu_s: float = 0.0
-    error: str | None = None
-    warnings: list[str] = field(default_factory=list)
 
 
 class UndefinedObjectiveError(ValueError):

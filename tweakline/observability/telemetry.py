@@ -157,6 +157,8 @@ def setup_telemetry(service: str, settings: Settings) -> Telemetry:
     global _current
     if _current is not None:
         return _current
+    # The service starts now (a process forked from a pre-imported parent imported this earlier).
+    _utilisation.started = time.monotonic()
     resource = Resource.create(
         {
             "service.name": f"tweakline-{service}",

@@ -26,11 +26,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from tweakline.ml.metrics import compute_metrics
 from tweakline.proto.messages import Comparison
 from tweakline.proto.tweakfile import LOWER_IS_BETTER
+
+
+def _sps() -> Any:
+    """``scipy.stats``, imported on first use (a second of CPU the deployer's start need not pay)."""
+    from scipy import stats
+
+    return stats
+
 
 MCNEMAR = "mcnemar-midp"
 BOOTSTRAP = "paired-bootstrap"
@@ -88,8 +95,8 @@ def mcnemar(y: np.ndarray, candidate: np.ndarray, production: np.ndarray) -> tup
     n = b + c
     if n == 0:
         return b, c, 1.0, 1.0
-    exact = float(sps.binom.sf(b - 1, n, 0.5))  # P(X >= b)
-    mid = exact - 0.5 * float(sps.binom.pmf(b, n, 0.5))
+    exact = float(_sps().binom.sf(b - 1, n, 0.5))  # P(X >= b)
+    mid = exact - 0.5 * float(_sps().binom.pmf(b, n, 0.5))
     return b, c, min(1.0, mid), min(1.0, exact)
 
 
@@ -132,7 +139,7 @@ def _resampled(statistic: Any, rows: np.ndarray, resamples: int, seed: int) -> l
     # scipy.stats.bootstrap draws the resamples (the same rows for both models: one sample of
     # row indices) and keeps the distribution; we take the percentiles ourselves so that a
     # resample where the metric is undefined can be dropped instead of failing the whole run.
-    result = sps.bootstrap(
+    result = _sps().bootstrap(
         (rows,),
         statistic,
         n_resamples=resamples,

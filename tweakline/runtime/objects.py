@@ -9,6 +9,11 @@ stored garbage there, "store poisoning") is treated as absent: the uploader writ
 bytes under the name again without purging (:func:`_write_new`: new chunks, then a meta record
 that rolls the old one up; the garbage chunks are left unreferenced), and a reader refuses it
 with a clear error.
+
+A read is also bounded in time by its progress, not its size: a meta record whose chunks do not
+exist (forged: nats-py would wait for them forever) counts as foreign content, and a read that
+receives no chunk for :data:`READ_STALL_S` (a missing flow-control grant, a lost consumer) ends
+with an :class:`ArtifactError` saying how far it got, while a slow but moving 500 MB read goes on.
 """
 
 from __future__ import annotations
@@ -18,16 +23,20 @@ import base64
 import hashlib
 import io
 import json
+import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadObjectMetaError, DigestMismatchError, ObjectNotFoundError
+from nats.js.errors import BadObjectMetaError, DigestMismatchError, NotFoundError, ObjectNotFoundError
 
 from tweakline.errors import ArtifactError
 from tweakline.proto.messages import ArtifactRef
 from tweakline.proto.subjects import Bucket, dataset_object_name
 
 CHUNK_BYTES = 128 * 1024  # nats-py's default chunk size
+READ_STALL_S = 60.0
+"""Seconds without a chunk after which a read is stuck, not slow (chunks of a healthy read arrive in milliseconds)."""
 
 
 def content_name(name: str, digest: str) -> str:
@@ -43,8 +52,53 @@ def content_name(name: str, digest: str) -> str:
     return f"{folder}{slash}{stem}/{digest}.{ext}"
 
 
-async def _read(js: JetStreamContext, bucket: str, name: str) -> bytes | None:
-    """The bytes stored under ``name`` (``None`` if there is no such object)."""
+class _Sink(io.BytesIO):
+    """An object's bytes as its chunks arrive, and when the last one came (to tell stuck from slow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progressed = time.monotonic()
+
+    def write(self, data) -> int:  # nats-py calls it from a worker thread, once per chunk
+        self.progressed = time.monotonic()
+        return super().write(data)
+
+
+async def _has_chunks(js: JetStreamContext, bucket: str, nuid: str | None) -> bool:
+    """Whether the chunks a meta record points at exist (writers store them before the meta record)."""
+    if not nuid or not nuid.isalnum():  # a forged nuid could name every chunk of the bucket (``>``)
+        return False
+    try:
+        await js.get_last_msg(f"OBJ_{bucket}", f"$O.{bucket}.C.{nuid}")
+    except NotFoundError:
+        return False
+    return True
+
+
+async def _progressing(read: Awaitable[object], sink: _Sink, stall_s: float, what: str, size: int) -> None:
+    """Await ``read`` while chunks keep arriving in ``sink``; :class:`ArtifactError` once none came for ``stall_s``."""
+    task = asyncio.ensure_future(read)
+    try:
+        while not task.done():
+            idle = time.monotonic() - sink.progressed
+            if idle >= stall_s:
+                raise ArtifactError(
+                    f"reading {what} stalled: {sink.tell()} of {size} bytes arrived, then nothing for {stall_s:g} s "
+                    "(does this identity have JetStream flow control on the store?)"
+                )
+            await asyncio.wait({task}, timeout=stall_s - idle)
+        task.result()
+    finally:
+        if not task.done():  # stalled, or we are cancelled: stop nats-py's read (its outcome is not wanted)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            task.cancel()
+
+
+async def _read(js: JetStreamContext, bucket: str, name: str, stall_s: float = READ_STALL_S) -> bytes | None:
+    """The bytes stored under ``name`` (``None`` if there is no such object, ``b""`` for foreign content).
+
+    :class:`ArtifactError` if no chunk arrives for ``stall_s`` seconds.
+    """
     store = await js.object_store(bucket)
     try:
         info = await store.get_info(name)
@@ -52,9 +106,11 @@ async def _read(js: JetStreamContext, bucket: str, name: str) -> bytes | None:
         return None
     if info.options is not None and info.options.link is not None:
         return b""  # a link is never what we stored: treat it as foreign content
-    sink = io.BytesIO()  # nats-py appends bytes chunk by chunk otherwise (quadratic for big models)
+    if info.size and not await _has_chunks(js, bucket, info.nuid):
+        return b""  # a meta record without its chunks (forged): nats-py would wait for them forever
+    sink = _Sink()  # nats-py appends bytes chunk by chunk otherwise (quadratic for big models)
     try:
-        await store.get(name, writeinto=sink)
+        await _progressing(store.get(name, writeinto=sink), sink, stall_s, f"{bucket}/{name}", info.size or 0)
     except ObjectNotFoundError:
         return None
     except (DigestMismatchError, BadObjectMetaError):  # chunks that do not match their own meta record

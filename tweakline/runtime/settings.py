@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     health_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve /healthz and /readyz on this port (the chart's probes); off when unset."
     )
+    fork_server: bool = Field(
+        default=True,
+        description="Local stack: fork its services from one pre-imported process (each starts in a fraction "
+        "of the time and shares the imported pages); off: every service is a fresh interpreter.",
+    )
     insecure_plaintext_for_benchmarks: bool = Field(
         default=False,
         description="DEV/BENCHMARK ONLY: run the embedded server and every client without TLS or "

@@ -31,6 +31,7 @@ from tweakline.runtime.bus import connect, ensure_topology
 from tweakline.runtime.natsserver import EmbeddedCluster, EmbeddedNatsServer, ServerConfig
 from tweakline.runtime.pki import TlsFiles, ensure_pki
 from tweakline.runtime.settings import Settings
+from tweakline.stack.forkserver import ForkedProcess, ForkServer, ForkServerError
 from tweakline.stack.runners import runner_pools
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ServiceProcess:
     """One started service process and its log."""
 
     name: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     log_path: Path
     log_handle: IO[bytes] = field(repr=False)
 
@@ -138,6 +139,7 @@ class LocalStack:
         self.console_url: str | None = None
         self.server: EmbeddedNatsServer | None = None
         self.services: list[ServiceProcess] = []
+        self.forks: ForkServer | None = None  # the pre-imported parent services are forked from
         self.url: str | None = None
         self._lock_fd: int | None = None
 
@@ -181,6 +183,8 @@ class LocalStack:
         self._acquire_lock()
         try:
             ca = ensure_pki(self.layout.pki)
+            self.layout.logs.mkdir(parents=True, exist_ok=True)
+            self._start_fork_server()  # its imports overlap with the certificates, the server's start and the topology
             for pool in self.base_settings.pools:  # each pool's runners have their own identity
                 if not TlsFiles(self.layout.pki / runner_identity(pool)).exists():
                     ca.issue(runner_identity(pool))
@@ -199,7 +203,6 @@ class LocalStack:
                 self.server = EmbeddedNatsServer(config, self.layout.run)
                 self.url = self.server.start()
             asyncio.run(self._topology())
-            self.layout.logs.mkdir(parents=True, exist_ok=True)
             for index in range(self.schedulers):
                 self._spawn("scheduler", index)
             for name in ("evaluator", "deployer"):
@@ -225,27 +228,41 @@ class LocalStack:
         finally:
             await nc.close()
 
-    def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None, *, label: str | None = None) -> None:
-        identity = Identity(service)
-        label = label or (service if service != "trial-runner" else f"trial-runner-{index}")
-        if service == "scheduler" and index:  # the first is "scheduler", as with one
-            label = f"scheduler-{index}"
-        settings = self.settings_for(identity)
+    def _common_env(self) -> dict[str, str]:
+        """The environment every process of this stack starts with (the fork server's too)."""
         env = dict(os.environ)
         env.update(
             {
-                "TWEAKLINE_NATS_URL": settings.nats_url,
-                "TWEAKLINE_IDENTITY": identity.value,
                 "TWEAKLINE_STATE_DIR": str(self.layout.root),
                 "PYTHONUNBUFFERED": "1",
                 # Children follow this stack's (benchmark-only) transport, not the ambient environment.
-                "TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS": str(settings.insecure_plaintext_for_benchmarks).lower(),
+                "TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS": str(self.base_settings.insecure_plaintext_for_benchmarks).lower(),
                 # One trial per runner process: BLAS threads would fight over the cores.
                 "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
                 "OPENBLAS_NUM_THREADS": env.get("OPENBLAS_NUM_THREADS", "1"),
                 "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1"),
             }
         )
+        return env
+
+    def _start_fork_server(self) -> None:
+        """Start the fork server services are forked from (if enabled); without one, each is a fresh interpreter."""
+        if not self.base_settings.fork_server:
+            return
+        try:
+            self.forks = ForkServer(self._common_env(), self.layout.logs / "fork-server.log", preexec_fn=_die_with_parent)
+        except (ForkServerError, OSError) as exc:
+            log.warning("services start as separate interpreters: %s", exc)
+            self.forks = None
+
+    def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None, *, label: str | None = None) -> None:
+        identity = Identity(service)
+        label = label or (service if service != "trial-runner" else f"trial-runner-{index}")
+        if service == "scheduler" and index:  # the first is "scheduler", as with one
+            label = f"scheduler-{index}"
+        settings = self.settings_for(identity)
+        env = self._common_env()
+        env.update({"TWEAKLINE_NATS_URL": settings.nats_url, "TWEAKLINE_IDENTITY": identity.value})
         env.update(self._settings_env())
         env.pop("TWEAKLINE_TLS_DIR", None)
         env.update(extra or {})
@@ -255,14 +272,21 @@ class LocalStack:
             env["TWEAKLINE_METRICS_PORT"] = str(settings.metrics_port + len(self.services))
         log_path = self.layout.logs / f"{label}.log"
         handle = open(log_path, "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tweakline", "service", service],
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=_die_with_parent,
-        )
+        process: subprocess.Popen[bytes] | ForkedProcess | None = None
+        if self.forks is not None and self.forks.alive():
+            try:
+                process = self.forks.spawn(label, ["service", service], env, log_path)
+            except ForkServerError as exc:
+                log.warning("starting %s as a separate interpreter: %s", label, exc)
+        if process is None:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tweakline", "service", service],
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
         self.services.append(ServiceProcess(label, process, log_path, handle))
 
     def _spawn_runner(self, pool: str, index: int) -> None:
@@ -369,7 +393,10 @@ class LocalStack:
         self._write_info()
 
     def _write_info(self) -> None:
-        self.layout.info.write_text(
+        # Replaced in one step: `status`, `submit --state-dir` and the supervisor's readers must never
+        # see a half-written file (an empty read was seen while the supervisor restarted nats-server).
+        partial = self.layout.info.with_name(f".{self.layout.info.name}.{os.getpid()}.part")
+        partial.write_text(
             json.dumps(
                 {
                     "pid": os.getpid(),
@@ -378,12 +405,14 @@ class LocalStack:
                     "nodes": self.cluster.pids if self.cluster else [],
                     "restarts": self.restarts,
                     "services": {s.name: s.process.pid for s in self.services},
+                    "fork_server": self.forks.process.pid if self.forks else None,
                     "console": self.console_url,
                     "runner_pools": self.pool_of,  # runner label -> pool
                     "pools": list(self.base_settings.pools),  # the pools this stack's platform has
                 }
             )
         )
+        os.replace(partial, self.layout.info)
 
     def check(self) -> None:
         """Raise :class:`StackError` with its log tail if a service process died."""
@@ -416,6 +445,9 @@ class LocalStack:
                 service.process.wait(5)
             service.log_handle.close()
         self.services.clear()
+        if self.forks is not None:
+            self.forks.stop()
+            self.forks = None
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -432,6 +464,7 @@ class LocalStack:
         """Process ids of everything this stack started (server first)."""
         pids = [self.server.pid] if self.server and self.server.pid else []
         pids += [pid for pid in (self.cluster.pids if self.cluster else []) if pid]
+        pids += [self.forks.process.pid] if self.forks else []
         return pids + [s.process.pid for s in self.services]
 
     def __enter__(self) -> LocalStack:

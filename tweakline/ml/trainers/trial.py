@@ -23,9 +23,10 @@ from sklearn.model_selection import train_test_split
 
 from tweakline.ml.datasets import Split
 from tweakline.ml.metrics import compute_metrics, objective_metrics, task_of_metric
+from tweakline.ml.outcome import TrialOutcome
 from tweakline.ml.trainers.bundles import cached_code
 from tweakline.ml.trainers.sandbox import TrainerError, TrainerJob, TrainerResult, run_trainer
-from tweakline.ml.training import TrialOutcome, describe_error
+from tweakline.ml.training import describe_error
 from tweakline.proto.messages import TrialStatus
 from tweakline.proto.tweakfile import ExperimentSpec, TrainerData, TrainerSpec
 
