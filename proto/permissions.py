@@ -24,12 +24,22 @@ written in a layout that never needs a purge (names are never reused), so no wri
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tweakline.proto.subjects import CONSUMER_FILTERS, Bucket, Consumer, Stream, Subject, all_of
+from tweakline.proto.subjects import (
+    CONSUMER_FILTERS,
+    DEFAULT_POOL,
+    Bucket,
+    Consumer,
+    Stream,
+    Subject,
+    all_of,
+    check_pool,
+    pool_consumer,
+)
 
 
 class Identity(StrEnum):
@@ -245,11 +255,20 @@ def looks_up(stream: Stream) -> Grant:
 def consumes(consumer: Consumer) -> Grant:
     """Create/bind and pull from one durable consumer, and ack its messages."""
     stream, _filter = CONSUMER_FILTERS[consumer]
-    names = {"stream": stream.value, "consumer": consumer.value}
+    return _consumes(stream, consumer.value)
+
+
+def _consumes(stream: Stream, consumer: str) -> Grant:
+    names = {"stream": stream.value, "consumer": consumer}
     ops = (Op.CONSUMER_CREATE, Op.CONSUMER_INFO, Op.CONSUMER_NEXT, Op.ACK)
     subjects = _api(Op.STREAM_INFO, stream=stream.value) + [s for op in ops for s in _api(op, **names)]
-    caps = {(op, f"{stream.value}/{consumer.value}") for op in ops} | {(Op.STREAM_INFO, stream.value)}
-    return Grant(f"consumes {consumer.value}", publish=tuple(subjects), capabilities=frozenset(caps))
+    caps = {(op, f"{stream.value}/{consumer}") for op in ops} | {(Op.STREAM_INFO, stream.value)}
+    return Grant(f"consumes {consumer}", publish=tuple(subjects), capabilities=frozenset(caps))
+
+
+def consumes_pool(pool: str) -> Grant:
+    """Create/bind and pull from runner pool ``pool``'s durable consumer (:func:`pool_consumer`), and ack."""
+    return _consumes(Stream.TRIALS, pool_consumer(pool))
 
 
 def key_value(bucket: Bucket, *, write: bool) -> Grant:
@@ -298,7 +317,7 @@ def dead_letters() -> Grant:
     return publishes(Subject.DEAD_LETTER)
 
 
-def _base(identity: Identity) -> Grant:
+def _base(identity: Identity | str) -> Grant:
     # Replies (JetStream acks, API responses, pushed messages) arrive on the identity's own inbox.
     return Grant(
         "own inbox",
@@ -321,8 +340,10 @@ GRANTS: dict[Identity, list[Grant]] = {
         follows(Stream.EVENTS),  # the owner reads its experiments' results (scheduler/ownership.py)
         dead_letters(),
     ],
+    # The runners of the default pool; every other pool's runners are runner_identity(pool) with
+    # the same grants but their own pool's consumer (runner_grants).
     Identity.TRIAL_RUNNER: [
-        consumes(Consumer.TRIAL_RUNNERS),
+        consumes_pool(DEFAULT_POOL),
         publishes(Subject.TRIAL_COMPLETED, Subject.TRIAL_PROGRESS),
         listens(Subject.TRIAL_CONTROL),
         object_store(Bucket.DATASETS, write=False),
@@ -380,12 +401,35 @@ GRANTS: dict[Identity, list[Grant]] = {
 }
 
 
-def grants(identity: Identity) -> list[Grant]:
-    """Every grant of a limited identity, its own inbox first."""
-    return [_base(identity), *GRANTS[identity]]
+def runner_identity(pool: str) -> str:
+    """The certificate identity (``CN``) of runner pool ``pool``'s runners.
+
+    ``trial-runner`` for the default pool (as before pools existed), ``trial-runner-<pool>`` for
+    any other: each pool's runners hold their own certificate, which lets them consume their own
+    pool's consumer and no other.
+    """
+    return Identity.TRIAL_RUNNER.value if check_pool(pool) == DEFAULT_POOL else f"{Identity.TRIAL_RUNNER.value}-{pool}"
 
 
-def allowed_operations(identity: Identity) -> set[Capability]:
+def runner_grants(pool: str) -> list[Grant]:
+    """The grants of pool ``pool``'s runners: the default runner's, with their own pool's consumer only."""
+    own = consumes_pool(pool)
+    default = consumes_pool(DEFAULT_POOL)
+    return [own if grant == default else grant for grant in GRANTS[Identity.TRIAL_RUNNER]]
+
+
+def grants(identity: Identity | str) -> list[Grant]:
+    """Every grant of a limited identity (a pool runner's, :func:`runner_identity`, included), its own inbox first."""
+    if identity in GRANTS:
+        return [_base(identity), *GRANTS[Identity(identity)]]
+    prefix = f"{Identity.TRIAL_RUNNER.value}-"
+    if isinstance(identity, str) and identity.startswith(prefix):
+        pool = identity.removeprefix(prefix)
+        return [_base(identity), *runner_grants(pool)]
+    raise KeyError(f"no grants for identity {identity!r}")
+
+
+def allowed_operations(identity: Identity | str) -> set[Capability]:
     """The operations ``identity`` may do: what the matrix test expects and the docs table shows."""
     caps: set[Capability] = set()
     for grant in grants(identity):
@@ -393,7 +437,7 @@ def allowed_operations(identity: Identity) -> set[Capability]:
     return caps
 
 
-def _permissions(identity: Identity) -> Permissions:
+def _permissions(identity: Identity | str) -> Permissions:
     perms = Permissions()
     owned = {
         c.value
@@ -410,9 +454,16 @@ def _permissions(identity: Identity) -> Permissions:
     return perms
 
 
-def permission_map() -> dict[Identity, Permissions]:
-    """Publish/subscribe permissions per identity: least privilege for every service."""
-    perms = {identity: _permissions(identity) for identity in GRANTS}
+def permission_map(pools: Sequence[str] = (DEFAULT_POOL,)) -> dict[Identity | str, Permissions]:
+    """Publish/subscribe permissions per identity: least privilege for every service.
+
+    ``pools``: the platform's runner pools; each pool but the default adds its runners' identity
+    (:func:`runner_identity`), allowed to consume that pool's trials only.
+    """
+    perms: dict[Identity | str, Permissions] = {identity: _permissions(identity) for identity in GRANTS}
+    for pool in pools:
+        if check_pool(pool) != DEFAULT_POOL:
+            perms[runner_identity(pool)] = _permissions(runner_identity(pool))
     # The operator's identity: creates the topology, reads everything, manual rollbacks.
     perms[Identity.ADMIN] = Permissions(publish=[">"], subscribe=[">"])
     return perms
@@ -440,7 +491,7 @@ def nats_user(identity: str) -> str:
     return f"CN={identity}"
 
 
-def nats_authorization(perms: dict[Identity, Permissions] | None = None) -> dict[str, Any]:
+def nats_authorization(perms: dict[Any, Permissions] | None = None) -> dict[str, Any]:
     """The NATS ``authorization`` block as a JSON document (NATS config syntax accepts JSON)."""
     perms = perms if perms is not None else permission_map()
     users = []
@@ -449,6 +500,6 @@ def nats_authorization(perms: dict[Identity, Permissions] | None = None) -> dict
         if p.publish_deny:
             publish["deny"] = list(p.publish_deny)
         users.append(
-            {"user": nats_user(identity.value), "permissions": {"publish": publish, "subscribe": {"allow": list(p.subscribe)}}}
+            {"user": nats_user(str(identity)), "permissions": {"publish": publish, "subscribe": {"allow": list(p.subscribe)}}}
         )
     return {"authorization": {"users": users}}

@@ -59,6 +59,43 @@ def release_subject(family: Subject, release: str) -> str:
     return f"{family.value}.{release}"
 
 
+DEFAULT_POOL = "default"
+
+
+def check_pool(pool: str) -> str:
+    """``pool`` if it is a valid runner-pool name (one safe subject token), else an error naming it."""
+    if not isinstance(pool, str) or not re.fullmatch(NAME_PATTERN, pool):
+        raise InvalidIdentifierError(
+            f"runner pool {pool!r:.60} is not valid: expected a Kubernetes-style name (lower-case letters, digits and '-')"
+        )
+    return pool
+
+
+def trial_subject(pool: str, experiment_id: str) -> str:
+    """The subject of one experiment's trial request for runner pool ``pool``.
+
+    ``tweakline.trials.requested.<pool>.<experiment_id>``: the pool is a token of its own so each
+    pool's durable consumer filters on it (:func:`pool_filter`); the experiment id stays last.
+    """
+    return f"{Subject.TRIAL_REQUESTED.value}.{check_pool(pool)}.{check_experiment_id(experiment_id)}"
+
+
+def pool_filter(pool: str) -> str:
+    """The filter subject of runner pool ``pool``'s durable consumer on :attr:`Stream.TRIALS`."""
+    return f"{Subject.TRIAL_REQUESTED.value}.{check_pool(pool)}.>"
+
+
+def pool_consumer(pool: str) -> str:
+    """The durable consumer of runner pool ``pool`` on :attr:`Stream.TRIALS`.
+
+    The ``default`` pool keeps the name every runner shared before pools existed
+    (:attr:`Consumer.TRIAL_RUNNERS`), so a platform with one pool keeps its objects (the chart's
+    scaler names it); any other pool's is ``trial-runners-<pool>``.
+    """
+    check_pool(pool)
+    return Consumer.TRIAL_RUNNERS.value if pool == DEFAULT_POOL else f"{Consumer.TRIAL_RUNNERS.value}-{pool}"
+
+
 def all_of(family: Subject) -> str:
     """The wildcard matching every experiment's messages in ``family``."""
     return f"{family.value}.>"
@@ -115,7 +152,9 @@ class Consumer(StrEnum):
 CONSUMER_FILTERS: dict[Consumer, tuple[Stream, str]] = {
     Consumer.SCHEDULER_INTAKE: (Stream.EVENTS, all_of(Subject.EXPERIMENT_SUBMITTED)),
     Consumer.SCHEDULER_CONTROL: (Stream.EVENTS, all_of(Subject.EXPERIMENT_CANCEL)),
-    Consumer.TRIAL_RUNNERS: (Stream.TRIALS, all_of(Subject.TRIAL_REQUESTED)),
+    # The default runner pool's; other pools' consumers are named by pool_consumer() and filtered by
+    # pool_filter(), made for the pools a platform has (ensure_topology).
+    Consumer.TRIAL_RUNNERS: (Stream.TRIALS, f"{Subject.TRIAL_REQUESTED.value}.{DEFAULT_POOL}.>"),
     Consumer.EVALUATOR: (Stream.EVENTS, all_of(Subject.EXPERIMENT_COMPLETED)),
     Consumer.DEPLOYER: (Stream.EVENTS, all_of(Subject.EVALUATION_COMPLETED)),
     Consumer.DEPLOYER_CONTROL: (Stream.EVENTS, all_of(Subject.RELEASE_ROLLBACK)),

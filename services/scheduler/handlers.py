@@ -27,7 +27,7 @@ from tweakline.proto.messages import (
     msg_id,
     trial_id,
 )
-from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
+from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for, trial_subject
 from tweakline.runtime.bus import SERVICE_MAX_DELIVER
 from tweakline.runtime.records import RecordStore, StaleRecordError
 from tweakline.runtime.service import ServiceContext
@@ -35,6 +35,7 @@ from tweakline.scheduler import cancel
 from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.lineage import LineageStore, lineage_of, select
 from tweakline.scheduler.ownership import Ownership
+from tweakline.scheduler.pools import run_pool
 from tweakline.validation import intake
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,7 @@ class Scheduler:
 
     async def _publish_trials(self, run: ExperimentRun, numbers: list[int]) -> None:
         exp_id = run.state.experiment_id
+        pool = run_pool(run.spec, self.ctx.settings)
 
         async def _one(number: int) -> None:
             tid = trial_id(exp_id, number)
@@ -435,7 +437,8 @@ class Scheduler:
                     spec=run.spec,
                     resources=run.spec.resources,
                 ),
-                subject_for(Subject.TRIAL_REQUESTED, exp_id),
+                # The pool's token routes it to that pool's runners only (their own consumer).
+                trial_subject(pool, exp_id),
                 msg_id=msg_id("trial", tid),
                 stream=Stream.TRIALS,
                 trace_parent=run.state.traceparent,  # each dispatch is a child of the experiment

@@ -1,4 +1,4 @@
-"""The trial-runner service: a long-lived process pulling trials from the shared work queue."""
+"""The trial-runner service: a long-lived process pulling its pool's trials from the shared work queue."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from faststream import AckPolicy, FastStream
 from faststream.nats import NatsRouter
 
 from tweakline.ml.uploads import use_uploaded_datasets
-from tweakline.proto.subjects import Consumer, Subject, all_of
-from tweakline.runtime.service import ServiceContext, durable_subscription, make_app, make_broker
+from tweakline.proto.subjects import Subject, all_of
+from tweakline.runtime.service import ServiceContext, make_app, make_broker, pool_subscription
 from tweakline.runtime.settings import Settings
 from tweakline.trial_runner.handlers import TrialRunner
 
@@ -23,7 +23,8 @@ def create_app(settings: Settings) -> FastStream:
     ctx.subscribe(
         router,
         runner.on_trial_requested,
-        **durable_subscription(Consumer.TRIAL_RUNNERS, batch_size=1),
+        # Only this runner's pool's trials (TWEAKLINE_RUNNER_POOL): its own durable consumer.
+        **pool_subscription(settings.runner_pool, batch_size=1),
         ack_policy=AckPolicy.MANUAL,
     )
     # Early stopping: verdicts for this runner's trials.

@@ -540,7 +540,9 @@ class Webhook:
         except LimitError as exc:
             raise InvalidTweakFileError(where, [exc.problem]) from None
         # No base directory: csv: files live in the repository, read below, never on this disk.
-        tweak, problems = await asyncio.to_thread(validation.inspect, text, self.settings.allowed_estimators, None, source=where)
+        tweak, problems = await asyncio.to_thread(
+            validation.inspect, text, self.settings.allowed_estimators, None, source=where, pools=self.settings.pools
+        )
         problems = code_trainer_problems(tweak, self.settings.code_trainers, target.repository) + problems
         data: bytes | None = None
         scheme, _, location = tweak.spec.dataset.source.partition(":") if tweak is not None else ("", "", "")

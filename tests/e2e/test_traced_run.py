@@ -115,7 +115,9 @@ def test_one_trace_spans_all_four_services_with_parent_links(traced_run) -> None
         consumer = chain[0]
         assert consumer.name == "tweakline.trials.requested.{experiment} process"
         assert consumer.attributes["messaging.system"] == "nats"
-        assert consumer.attributes["messaging.destination_publish.name"] == f"tweakline.trials.requested.{exp_id}"
+        assert (
+            consumer.attributes["messaging.destination_publish.name"] == f"tweakline.trials.requested.default.{exp_id}"
+        )  # the default runner pool
         assert run.events.count("fold") == 3
 
     evaluation = next(s for s in trace if s.name == "evaluation")

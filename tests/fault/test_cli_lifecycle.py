@@ -112,7 +112,8 @@ def _answers(url: str) -> bool:
 
 def test_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    up = run_cli("up", "--state-dir", str(state), "--runners", "1", env=ENV, timeout=300)
+    # runner pools: one runner of the default pool and one of pool "large" (through the supervisor's argv)
+    up = run_cli("up", "--state-dir", str(state), "--runners", "default=1,large=1", env=ENV, timeout=300)
     try:
         assert up.code == 0, up.stderr
         assert "TWEAKLINE_NATS_URL=tls://127.0.0.1:" in up.stdout
@@ -132,7 +133,10 @@ def test_up_status_down(tmp_path: Path) -> None:
         status = run_cli("status", "--state-dir", str(state), "--json", env=ENV)
         assert status.code == 0, status.stderr
         report = status.json()
-        assert set(report["stack"]["services"]) == {"scheduler", "evaluator", "deployer", "trial-runner-0", "console"}
+        services = report["stack"]["services"]
+        assert set(services) == {"scheduler", "evaluator", "deployer", "trial-runner-0", "trial-runner-large-1", "console"}
+        assert services["trial-runner-0"]["pool"] == "default" and services["trial-runner-large-1"]["pool"] == "large"
+        assert set(report["runners"]["pools"]) == {"default", "large"}
         assert all(proc["alive"] for proc in report["stack"]["services"].values())
         assert report["experiments"] == []
         assert report["dead_letters"]["total"] == 1

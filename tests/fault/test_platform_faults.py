@@ -12,7 +12,7 @@ from nats.js import api
 from tests.fault.conftest import kill, tweak, wait_exit, watching
 from tweakline.proto.messages import DeadLetter, ExperimentState, TrialStatus
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
+from tweakline.proto.subjects import DEFAULT_POOL, Bucket, Stream, Subject, subject_for, trial_subject
 from tweakline.runtime.bus import connect
 from tweakline.runtime.records import RecordStore
 
@@ -107,14 +107,19 @@ async def test_poison_messages_on_every_subject_go_to_dead_letters(make_stack) -
     try:
         for family in CONSUMED:
             for kind, payload in POISON.items():
-                subject = subject_for(family, f"poison-{kind}")
+                # trial requests carry the runner pool: the default pool's runner reads them
+                exp = f"poison-{kind}"
+                subject = trial_subject(DEFAULT_POOL, exp) if family is Subject.TRIAL_REQUESTED else subject_for(family, exp)
                 await js.publish(subject, payload, stream=STORED_IN.get(family, Stream.EVENTS).value)
         await asyncio.wait_for(got.wait(), 240)
     finally:
         await sub.unsubscribe()
         await nc.close()
 
-    seen = {(letter.subject.rsplit(".", 1)[0], letter.subject.split(".poison-", 1)[-1]): letter for letter in letters}
+    seen = {
+        (letter.subject.rsplit(".", 1)[0].removesuffix(f".{DEFAULT_POOL}"), letter.subject.split(".poison-", 1)[-1]): letter
+        for letter in letters
+    }
     assert len(letters) == expected
     for family in CONSUMED:
         for kind in POISON:

@@ -32,6 +32,7 @@ CASES: list[tuple[str, str | None]] = [
     ("tweakline", "ci/full-values.yaml"),
     ("tweakline", "ci/external-nats-values.yaml"),
     ("tweakline", "ci/minimal-values.yaml"),
+    ("tweakline", "ci/pools-values.yaml"),
     ("model-server", None),
     ("model-server", "ci/full-values.yaml"),
 ]

@@ -49,7 +49,9 @@ def test_json_schema_rejects_unknown_keys_and_wrong_kind() -> None:
 def test_asyncapi_describes_every_subject_family_and_who_may_use_it() -> None:
     doc = yaml.safe_load((ROOT / generate.ASYNCAPI).read_text())
     assert doc["asyncapi"].startswith("3.")
-    addresses = {channel["address"].rsplit(".", 1)[0] for channel in doc["channels"].values()}
+    # every address is <family>.{...}; trial requests carry the runner pool before the experiment id
+    addresses = {channel["address"].rsplit(".", 1)[0].removesuffix(".{pool}") for channel in doc["channels"].values()}
+    assert doc["channels"]["trials_requested"]["address"] == "tweakline.trials.requested.{pool}.{experiment_id}"
     assert addresses == {family.value for family in Subject} == {family.value for family in PAYLOADS}
     operations = {(op["summary"].split()[0], op["action"], op["channel"]["$ref"]) for op in doc["operations"].values()}
     assert ("trial-runner", "receive", "#/channels/trials_requested") in operations

@@ -38,7 +38,7 @@ from tweakline.proto.messages import (
     TrialRequested,
 )
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import Stream, Subject, subject_for
+from tweakline.proto.subjects import DEFAULT_POOL, Stream, Subject, subject_for, trial_subject
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.service import ServiceContext, make_app, make_broker
 from tweakline.scheduler.app import create_app as scheduler_app
@@ -183,6 +183,11 @@ MALFORMED = {
 }
 
 
+def published_subject(case: Case) -> str:
+    """Where the case's message is published: trial requests carry the runner pool (the default one here)."""
+    return trial_subject(DEFAULT_POOL, EXP) if case.family is Subject.TRIAL_REQUESTED else subject_for(case.family, EXP)
+
+
 @dataclass
 class Recorded:
     """What the app did with the published messages."""
@@ -226,7 +231,7 @@ async def _publish(
     async with TestNatsBroker(app.broker) as broker:
         await broker.publish(
             body,
-            subject_for(case.family, EXP),
+            published_subject(case),
             headers=headers,
             stream=case.stream.value if case.stream else None,
         )
@@ -250,7 +255,7 @@ async def test_a_malformed_payload_is_dead_lettered_once_and_never_handled(
     assert recorded.payloads == [], "the handler must not see a payload it cannot take"
     [letter] = recorded.letters
     assert letter.service == case.service
-    assert letter.subject == subject_for(case.family, EXP)
+    assert letter.subject == published_subject(case)
     assert reason.format(model=type(case.good).__name__) in letter.reason
     assert letter.payload == body[:2048].decode()
     assert recorded.rejected == [body], "terminated (never redelivered)"

@@ -116,7 +116,9 @@ def _operations(family: Subject, perms: dict[Identity, Permissions]) -> list[tup
         if wildcard in p.publish:
             found.append((identity, "send"))
         pulls = any(
-            filter_ == wildcard and f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}" in p.publish
+            # a consumer of the family or of a part of it (each runner pool's, tweakline.trials.requested.<pool>.>)
+            (filter_ == wildcard or filter_.startswith(f"{family.value}."))
+            and f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}" in p.publish
             for consumer, (stream, filter_) in CONSUMER_FILTERS.items()
         )
         if pulls or wildcard in p.subscribe:
@@ -139,11 +141,18 @@ def asyncapi_document() -> dict[str, Any]:
         schemas[model.__name__] = schema
         stream = stored_in.get(all_of(family))
         key = "service" if family is Subject.DEAD_LETTER else "release" if family is Subject.MODEL_STATS else "experiment_id"
+        parameters = {key: {"description": f"The {key.replace('_', ' ')}."}}
+        address = f"{family.value}.{{{key}}}"
+        if family is Subject.TRIAL_REQUESTED:  # routed by runner pool (proto.subjects.trial_subject)
+            parameters = {
+                "pool": {"description": "The runner pool (spec.resources.pool, else the platform's default)."}
+            } | parameters
+            address = f"{family.value}.{{pool}}.{{{key}}}"
         channels[channel_id] = {
-            "address": f"{family.value}.{{{key}}}",
+            "address": address,
             "description": (model.__doc__ or "").strip().splitlines()[0]
             + (f" Stored in JetStream stream {stream}." if stream else " Core NATS (not stored)."),
-            "parameters": {key: {"description": f"The {key.replace('_', ' ')}."}},
+            "parameters": parameters,
             "messages": {model.__name__: {"$ref": f"#/components/messages/{model.__name__}"}},
         }
         for identity, action in _operations(family, perms):

@@ -13,7 +13,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, cast
 
 import typer
 
@@ -21,8 +21,10 @@ from tweakline import __version__
 from tweakline.cli.bus import bus_app
 from tweakline.cli.report import report as report_command
 from tweakline.errors import InvalidTweakFileError, TweaklineError
+from tweakline.proto.subjects import DEFAULT_POOL
 from tweakline.runtime.settings import DEFAULT_STATE_DIR, Settings
 from tweakline.stack import control as stackctl
+from tweakline.stack.runners import RUNNERS_HELP, runners_callback
 
 app = typer.Typer(
     name="tweakline",
@@ -121,11 +123,13 @@ def validate(
     """Check a tweak file and report every problem with its field path; starts nothing."""
     from tweakline.reporting.console import err
     from tweakline.validation import validate_tweak_file
+    from tweakline.validation.pools import known_pools
     from tweakline.validation.trust import code_trainer_problems
 
     settings = _settings()
     try:
-        tweak = validate_tweak_file(file, settings.allowed_estimators)
+        # The platform's pools when known here (TWEAKLINE_POOLS); else the platform checks the pool.
+        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=known_pools(settings))
         refused = code_trainer_problems(tweak, settings.code_trainers, repository) if platform else []
         if refused:
             raise InvalidTweakFileError(str(file), refused)
@@ -156,9 +160,7 @@ def run(
     ephemeral: Annotated[
         bool, typer.Option("--ephemeral", help="Run on a throwaway state directory (no history is kept).")
     ] = False,
-    runners: Annotated[
-        int | None, typer.Option("--runners", min=1, help="Trial-runner processes (default: number of cores).")
-    ] = None,
+    runners: Annotated[str | None, typer.Option("--runners", help=RUNNERS_HELP, callback=runners_callback)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; progress goes to stderr.")] = False,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Give up (exit 2) if no decision after this many seconds.")
@@ -174,8 +176,10 @@ def run(
     from tweakline.validation import validate_tweak_file
 
     settings = _settings()
+    pools = cast("dict[str, int] | None", runners)  # parsed by runners_callback
     try:
-        tweak = validate_tweak_file(file, settings.allowed_estimators)
+        # The stack's pools are the ones --runners starts (the default pool when it names none).
+        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=list(pools or {DEFAULT_POOL: 1}))
     except InvalidTweakFileError as exc:
         _invalid(exc)
     if tweak.spec.model.trainer is not None:
@@ -194,7 +198,7 @@ def run(
         root = Path(tmp.name)
     else:
         root = state_dir or DEFAULT_STATE_DIR
-    stack = LocalStack(root, runners=runners, settings=settings, host_paths=True)
+    stack = LocalStack(root, runners=pools, settings=settings, host_paths=True)
     # SIGTERM (a CI job cancelled) must clean up like Ctrl-C does. SIGINT gets the same handler:
     # asyncio.run's own one only cancels the main task, and a cancellation absorbed on the way
     # (a wait that treats it as a failure) ended a Ctrl-C'd run as an error, not as interrupted.

@@ -78,16 +78,18 @@ def submit(
     from tweakline.cli.main import _invalid
     from tweakline.reporting.console import err
     from tweakline.validation import validate_tweak_file
+    from tweakline.validation.pools import known_pools
 
     updates: dict[str, Any] = {"identity": identity}
     if nats_url:
         updates["nats_url"] = nats_url
     elif state_dir is not None:  # the address of the stack running in that directory, as `status` reads it
-        from tweakline.stack.control import stack_url
+        from tweakline.stack.control import stack_pools, stack_url
 
         running = stack_url(state_dir.resolve())
         if running is not None:
             updates["nats_url"] = running
+            updates["pools"] = stack_pools(state_dir.resolve()) or Settings().pools
     if tls_dir is not None:
         updates["tls_dir"] = tls_dir
     if state_dir is not None:
@@ -96,7 +98,8 @@ def submit(
     if settings.state_dir is None:
         settings = settings.model_copy(update={"state_dir": DEFAULT_STATE_DIR})
     try:
-        tweak = validate_tweak_file(file, settings.allowed_estimators)
+        # The pools of the stack in --state-dir, or TWEAKLINE_POOLS; else the platform checks the pool.
+        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=known_pools(settings))
     except InvalidTweakFileError as exc:
         _invalid(exc)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

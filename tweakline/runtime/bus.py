@@ -20,6 +20,7 @@ from tweakline.errors import BusError, ConfigurationError
 from tweakline.proto.permissions import inbox_prefix
 from tweakline.proto.subjects import (
     CONSUMER_FILTERS,
+    DEFAULT_POOL,
     DUPLICATE_WINDOW_S,
     SCHEDULER_LEASE_TTL_S,
     STREAM_SUBJECTS,
@@ -27,6 +28,8 @@ from tweakline.proto.subjects import (
     Bucket,
     Consumer,
     Stream,
+    pool_consumer,
+    pool_filter,
 )
 from tweakline.runtime.pki import TlsFiles
 from tweakline.runtime.settings import Settings
@@ -73,7 +76,7 @@ def connect_options(settings: Settings, name: str) -> dict[str, Any]:
             "tls": None,
             "tls_hostname": None,
             "name": name,
-            "inbox_prefix": inbox_prefix(settings.identity),
+            "inbox_prefix": inbox_prefix(settings.principal()),
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.5,
             "connect_timeout": 5,
@@ -84,7 +87,7 @@ def connect_options(settings: Settings, name: str) -> dict[str, Any]:
         "tls_hostname": "localhost" if "127.0.0.1" in settings.nats_url or "localhost" in settings.nats_url else None,
         "name": name,
         # Replies come to this identity's own inbox: the only one its permissions let it read.
-        "inbox_prefix": inbox_prefix(settings.identity),
+        "inbox_prefix": inbox_prefix(settings.principal()),
         "max_reconnect_attempts": -1,  # a restarted server is waited for, never given up on
         "reconnect_time_wait": 0.5,
         "connect_timeout": 5,
@@ -106,26 +109,35 @@ async def connect(settings: Settings, name: str, **overrides: Any) -> Client:
     try:
         return await nats.connect(**options)
     except Exception as exc:  # nats-py raises a mix of ssl, OSError and its own errors
-        raise BusError(f"cannot connect to {settings.nats_url} as {settings.identity}: {exc}") from exc
+        raise BusError(f"cannot connect to {settings.nats_url} as {settings.principal()}: {exc}") from exc
+
+
+def pool_consumer_config(pool: str, settings: Settings) -> api.ConsumerConfig:
+    """Runner pool ``pool``'s durable consumer on the trials work queue: only its own pool's trials."""
+    return _runner_consumer_config(pool_consumer(pool), pool_filter(pool), settings)
+
+
+def _runner_consumer_config(name: str, subject: str, settings: Settings) -> api.ConsumerConfig:
+    # A runner heartbeats (in_progress) while training, so ack_wait bounds a *dead* runner.
+    # Deliveries are unlimited here on purpose: the runner itself fails a trial delivered more
+    # than trial_max_deliver times. With a server-side limit, a runner dying on the last
+    # delivery would leave the trial undelivered and unreported for ever.
+    return api.ConsumerConfig(
+        durable_name=name,
+        filter_subject=subject,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=settings.trial_ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=1024,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
 
 
 def consumer_config(consumer: Consumer, settings: Settings) -> api.ConsumerConfig:
     """The durable consumer's configuration: explicit acks, bounded redelivery with back-off."""
     _stream, subject = CONSUMER_FILTERS[consumer]
     if consumer is Consumer.TRIAL_RUNNERS:
-        # A runner heartbeats (in_progress) while training, so ack_wait bounds a *dead* runner.
-        # Deliveries are unlimited here on purpose: the runner itself fails a trial delivered more
-        # than trial_max_deliver times. With a server-side limit, a runner dying on the last
-        # delivery would leave the trial undelivered and unreported for ever.
-        return api.ConsumerConfig(
-            durable_name=consumer.value,
-            filter_subject=subject,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=settings.trial_ack_wait_s,
-            max_deliver=-1,
-            max_ack_pending=1024,
-            deliver_policy=api.DeliverPolicy.ALL,
-        )
+        return _runner_consumer_config(consumer.value, subject, settings)
     return api.ConsumerConfig(
         durable_name=consumer.value,
         filter_subject=subject,
@@ -198,17 +210,20 @@ async def ensure_topology(js: JetStreamContext, settings: Settings, replicas: in
         replicas = settings.stream_replicas or cluster_replicas(js._nc)
     for stream in Stream:
         await _ensure_stream(js, stream_config(stream, replicas))
-    for consumer, (stream, _subject) in CONSUMER_FILTERS.items():
-        config = consumer_config(consumer, settings)
+    consumers = [(stream, consumer_config(consumer, settings)) for consumer, (stream, _s) in CONSUMER_FILTERS.items()]
+    # One consumer per runner pool the platform has (the default pool's is Consumer.TRIAL_RUNNERS).
+    consumers += [(Stream.TRIALS, pool_consumer_config(pool, settings)) for pool in settings.pools if pool != DEFAULT_POOL]
+    for stream, config in consumers:
+        name = config.durable_name or ""
         try:
-            await js.consumer_info(stream.value, consumer.value)
+            await js.consumer_info(stream.value, name)
         except NotFoundError:
             await js.add_consumer(stream.value, config)
             continue
-        try:  # bring an existing consumer's editable settings (ack_wait, max_deliver) up to date
+        try:  # bring an existing consumer's editable settings (ack_wait, max_deliver, filter) up to date
             await js.add_consumer(stream.value, config)
         except BadRequestError as exc:
-            log.warning("consumer %s kept as is: %s", consumer.value, exc.description)
+            log.warning("consumer %s kept as is: %s", name, exc.description)
     file = api.StorageType.FILE
     await js.create_key_value(api.KeyValueConfig(bucket=Bucket.EXPERIMENTS.value, history=5, storage=file, replicas=replicas))
     await js.create_key_value(api.KeyValueConfig(bucket=Bucket.RELEASES.value, history=20, storage=file, replicas=replicas))

@@ -36,7 +36,7 @@ from tweakline.errors import BusError, ConfigurationError
 from tweakline.observability import telemetry
 from tweakline.proto.messages import DeadLetter, Message
 from tweakline.proto.permissions import inbox_prefix
-from tweakline.proto.subjects import CONSUMER_FILTERS, Consumer, Stream, Subject
+from tweakline.proto.subjects import CONSUMER_FILTERS, Consumer, Stream, Subject, pool_consumer, pool_filter
 from tweakline.runtime.bus import connect_options
 from tweakline.runtime.health import start_health_server
 from tweakline.runtime.pki import TlsFiles
@@ -188,12 +188,21 @@ def make_app(ctx: ServiceContext, title: str, *, start: Iterable[Hook] = (), sto
 def durable_subscription(consumer: Consumer, *, batch_size: int = 1, timeout: float = 1.0) -> dict[str, Any]:
     """Arguments binding a FastStream subscriber to a durable consumer made by ``ensure_topology``."""
     stream, subject = CONSUMER_FILTERS[consumer]
-    if (stream.value, consumer.value) not in _consumed:
-        _consumed.append((stream.value, consumer.value))
+    return _durable(stream, consumer.value, subject, batch_size=batch_size, timeout=timeout)
+
+
+def pool_subscription(pool: str, *, batch_size: int = 1, timeout: float = 1.0) -> dict[str, Any]:
+    """Arguments binding a FastStream subscriber to runner pool ``pool``'s consumer (made by ``ensure_topology``)."""
+    return _durable(Stream.TRIALS, pool_consumer(pool), pool_filter(pool), batch_size=batch_size, timeout=timeout)
+
+
+def _durable(stream: Stream, durable: str, subject: str, *, batch_size: int, timeout: float) -> dict[str, Any]:
+    if (stream.value, durable) not in _consumed:
+        _consumed.append((stream.value, durable))
     return {
         "subject": subject,
         "stream": JStream(name=stream.value, declare=False),
-        "durable": consumer.value,
+        "durable": durable,
         "pull_sub": PullSub(batch_size=batch_size, timeout=timeout),
     }
 
@@ -217,7 +226,7 @@ class ServiceContext:
         self.payloads[handler.__name__] = model
         if "pull_sub" in subscription:
             # nats-py gives pull subscriptions the default "_INBOX." unless told: use this identity's own.
-            subscription.setdefault("inbox_prefix", f"{inbox_prefix(self.settings.identity)}.".encode())
+            subscription.setdefault("inbox_prefix", f"{inbox_prefix(self.settings.principal())}.".encode())
         router.subscriber(**subscription)(handler)
 
     @property

@@ -6,13 +6,17 @@ Business logic receives these values as arguments and never reads the environmen
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tweakline.proto.permissions import Identity
+from tweakline.proto.ids import NAME_PATTERN
+from tweakline.proto.permissions import Identity, runner_identity
+from tweakline.proto.subjects import DEFAULT_POOL
 
 DEFAULT_STATE_DIR = Path(".tweakline")
 
@@ -43,6 +47,16 @@ class Settings(BaseSettings):
         default=[],
         description="Repositories (shell patterns, '*' for all) whose tweak files may run their own code as "
         "model.trainer; empty: estimators only (a shared platform's default; 'tweakline run' allows '*').",
+    )
+    pools: Annotated[list[str], NoDecode] = Field(
+        default=[DEFAULT_POOL],
+        description="The platform's runner pools, comma-separated (e.g. default,small,large): the pools a tweak file's "
+        "spec.resources.pool may name. Trials without a pool go to 'default' if listed, else to the first.",
+    )
+    runner_pool: str = Field(
+        default=DEFAULT_POOL,
+        pattern=NAME_PATTERN,
+        description="Runner: the pool whose trials this runner takes (it connects as that pool's identity).",
     )
     trial_ack_wait_s: float = Field(default=30.0, gt=0, description="Redeliver a trial not heartbeated for this long.")
     trial_max_deliver: int = Field(
@@ -109,6 +123,32 @@ class Settings(BaseSettings):
         "per-identity permissions, to measure what mTLS costs (bench/platform.py). Never set in a deployment.",
     )
 
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _parse_pools(cls, value: Any) -> Any:
+        """``default,small,large`` (or a JSON list): valid, distinct names, at least one."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"pools: expected at least one pool name, got {value!r:.80}")
+        for pool in value:
+            if not isinstance(pool, str) or not re.fullmatch(NAME_PATTERN, pool):
+                raise ValueError(f"pools: {pool!r:.60} is not a pool name (lower-case letters, digits and '-')")
+        if len(set(value)) != len(value):
+            raise ValueError(f"pools: {value!r:.80} names a pool twice")
+        return value
+
+    def default_pool(self) -> str:
+        """Where trials whose tweak file names no pool go: ``default`` if the platform has it, else its first pool."""
+        return DEFAULT_POOL if DEFAULT_POOL in self.pools else self.pools[0]
+
+    def principal(self) -> str:
+        """The certificate identity this process connects as: a pool's runners hold their pool's own."""
+        if self.identity is Identity.TRIAL_RUNNER:
+            return runner_identity(self.runner_pool)
+        return self.identity.value
+
     def tls_path(self) -> Path:
         """Directory of this identity's certificate files."""
-        return self.tls_dir if self.tls_dir is not None else self.state_dir / "pki" / self.identity.value
+        return self.tls_dir if self.tls_dir is not None else self.state_dir / "pki" / self.principal()

@@ -17,14 +17,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import psutil
 import typer
 
 from tweakline.errors import StackError
 from tweakline.runtime.settings import DEFAULT_STATE_DIR, Settings
+from tweakline.stack.runners import RUNNERS_HELP, format_runners, parse_runners, runners_callback
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,16 @@ def stack_url(root: Path) -> str | None:
     return None if info is None else info.get("url")
 
 
+def stack_pools(root: Path) -> list[str] | None:
+    """The runner pools of the stack a supervisor runs in ``root`` (``None``: no stack there)."""
+    info = _info(root)
+    return None if info is None else info.get("pools")
+
+
 # ------------------------------------------------------------------------------ the supervisor
 
 
-def supervise(root: Path, runners: int | None, cluster: int = 1, schedulers: int = 1) -> int:
+def supervise(root: Path, runners: int | Mapping[str, int] | None, cluster: int = 1, schedulers: int = 1) -> int:
     """Run the stack in the foreground until SIGTERM/SIGINT, restarting services that die."""
     from tweakline.stack.local import LocalStack
 
@@ -135,7 +143,7 @@ def supervise(root: Path, runners: int | None, cluster: int = 1, schedulers: int
 
 def up(
     state_dir: StateDir = None,
-    runners: Annotated[int | None, typer.Option("--runners", min=1, help="Trial-runner processes (default: cores).")] = None,
+    runners: Annotated[str | None, typer.Option("--runners", help=RUNNERS_HELP, callback=runners_callback)] = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops the stack.")] = False,
     cluster: Annotated[
         int, typer.Option("--cluster", min=1, max=5, help="nats-servers in a JetStream cluster (3: R3 storage).")
@@ -148,14 +156,15 @@ def up(
 
     root = _root(state_dir)
     if foreground:
-        raise typer.Exit(supervise(root, runners, cluster, schedulers))
+        raise typer.Exit(supervise(root, cast("dict[str, int] | None", runners), cluster, schedulers))
     existing = _info(root)
     if existing is not None:
         err.print(f"already up: {existing['url']} (supervisor pid {existing['pid']}, state {root})", highlight=False)
         return
     layout = StackLayout(root)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "tweakline.stack.control", str(root), str(runners or 0), str(cluster), str(schedulers)]
+    pools = cast("dict[str, int] | None", runners)  # parsed by runners_callback
+    command = [sys.executable, "-m", "tweakline.stack.control", str(root), format_runners(pools), str(cluster), str(schedulers)]
     with open(layout.logs / "supervisor.log", "ab") as handle:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -216,6 +225,8 @@ def status(
     elif state_dir is not None:
         settings = settings.model_copy(update={"state_dir": root})
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if info is not None and info.get("pools"):
+        settings = settings.model_copy(update={"pools": info["pools"]})
     report = asyncio.run(collect_status(settings, letters))
     report["stack"] = _processes(info)
     if as_json:
@@ -244,16 +255,19 @@ def _processes(info: dict[str, Any] | None) -> dict[str, Any] | None:
         except psutil.Error:
             alive = False
         services[name] = {"pid": pid, "alive": alive, "restarts": restarts.get(name, 0)}
+        pool = (info.get("runner_pools") or {}).get(name)
+        if pool is not None:
+            services[name]["pool"] = pool
     return {"url": info.get("url"), "supervisor": info.get("pid"), "servers": servers, "services": services}
 
 
 async def collect_status(settings: Settings, letters: int = 10) -> dict[str, Any]:
-    """What the bus knows: running experiments (KV), the runners' consumer, recent dead letters."""
+    """What the bus knows: running experiments (KV), each runner pool's consumer, recent dead letters."""
     from nats.js.errors import BadRequestError, NotFoundError
 
     from tweakline.proto.messages import DeadLetter, ExperimentState, ExperimentStatus
     from tweakline.proto.permissions import Identity
-    from tweakline.proto.subjects import Bucket, Consumer, Stream
+    from tweakline.proto.subjects import Bucket, Stream, pool_consumer
     from tweakline.runtime.bus import connect
     from tweakline.runtime.records import RecordStore
 
@@ -291,13 +305,21 @@ async def collect_status(settings: Settings, letters: int = 10) -> dict[str, Any
                     "in_flight": len(set(state.issued) - set(state.results)),
                 }
             )
-        queue = await js.consumer_info(Stream.TRIALS.value, Consumer.TRIAL_RUNNERS.value)
-        runners = {
-            "queued": queue.num_pending,
-            "training": queue.num_ack_pending,
-            "idle_pulls": queue.num_waiting,
-            "redelivered": queue.num_redelivered,
-        }
+        pools: dict[str, dict[str, int]] = {}
+        for pool in settings.pools:  # one consumer per runner pool
+            try:
+                queue = await js.consumer_info(Stream.TRIALS.value, pool_consumer(pool))
+            except NotFoundError:
+                continue  # a pool configured here but not (yet) on this bus
+            pools[pool] = {
+                "queued": queue.num_pending,
+                "training": queue.num_ack_pending,
+                "idle_pulls": queue.num_waiting,
+                "redelivered": queue.num_redelivered,
+            }
+        fields = ("queued", "training", "idle_pulls", "redelivered")
+        runners: dict[str, Any] = {f: sum(p[f] for p in pools.values()) for f in fields}
+        runners["pools"] = pools
         recent: list[dict[str, Any]] = []
         try:
             stream = await js.stream_info(Stream.DEAD_LETTERS.value)
@@ -330,9 +352,10 @@ def render_status(report: dict[str, Any]) -> list[Any]:
         table.add_column("pid", justify="right")
         table.add_column("state")
         table.add_column("restarts", justify="right")
+        table.add_column("pool")
         for name, proc in {**stack.get("servers", {}), **stack["services"]}.items():
             state = "[green]running[/green]" if proc["alive"] else "[red]down (restarting)[/red]"
-            table.add_row(name, str(proc["pid"]), state, str(proc.get("restarts", 0)))
+            table.add_row(name, str(proc["pid"]), state, str(proc.get("restarts", 0)), proc.get("pool", ""))
         parts.append(table)
     experiments = Table(title="Running experiments")
     for column in ("experiment", "name", "results", "in flight", "started"):
@@ -343,10 +366,16 @@ def render_status(report: dict[str, Any]) -> list[Any]:
         )
     parts.append(experiments)
     runners = report["runners"]
-    parts.append(
+    lines = [
         f"Runners: {runners['training']} trial(s) training, {runners['queued']} queued, "
         f"{runners['idle_pulls']} idle pull(s), {runners['redelivered']} redelivered"
-    )
+    ]
+    if len(runners.get("pools") or {}) > 1:  # per pool, where there are several
+        for pool, queue in runners["pools"].items():
+            lines.append(
+                f"  pool {pool}: {queue['training']} training, {queue['queued']} queued, {queue['idle_pulls']} idle pull(s)"
+            )
+    parts.append("\n".join(lines))
     dead = Table(title=f"Dead letters ({report['dead_letters']['total']} in total, latest first)")
     for column in ("seq", "service", "subject", "reason"):
         dead.add_column(column, overflow="fold")
@@ -368,4 +397,5 @@ if __name__ == "__main__":  # the background supervisor started by 'tweakline up
 
     setup_logging("supervisor", Settings())
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]) or None, *(int(a) for a in sys.argv[3:5])))
+    pools = None if sys.argv[2] == "0" else parse_runners(sys.argv[2])
+    sys.exit(supervise(Path(sys.argv[1]), pools, *(int(a) for a in sys.argv[3:5])))

@@ -18,18 +18,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlparse
 
 from tweakline.errors import StackError
-from tweakline.proto.permissions import Identity
+from tweakline.proto.permissions import Identity, permission_map, runner_identity
+from tweakline.proto.subjects import DEFAULT_POOL
 from tweakline.runtime.bus import connect, ensure_topology
 from tweakline.runtime.natsserver import EmbeddedCluster, EmbeddedNatsServer, ServerConfig
 from tweakline.runtime.pki import TlsFiles, ensure_pki
 from tweakline.runtime.settings import Settings
 from tweakline.stack.forkserver import ForkedProcess, ForkServer, ForkServerError
+from tweakline.stack.runners import runner_pools
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ class LocalStack:
         self,
         state_dir: Path,
         *,
-        runners: int | None = None,
+        runners: int | Mapping[str, int] | None = None,
         port: int = -1,
         settings: Settings | None = None,
         monitor_port: int | None = None,
@@ -114,7 +117,10 @@ class LocalStack:
         schedulers: int = 1,
     ):
         self.layout = StackLayout(state_dir.resolve())
-        self.runners = runners if runners is not None else max(1, os.cpu_count() or 1)
+        # {pool: runners}; a count is that many runners of the default pool (as before pools existed).
+        self.pools = runner_pools(runners, default=max(1, os.cpu_count() or 1))
+        self.runners = sum(self.pools.values())
+        self.pool_of: dict[str, str] = {}  # runner label -> its pool (shown by `status`)
         self.cluster_size = cluster  # > 1: a JetStream cluster of that many nats-servers, R3 storage
         self.schedulers = schedulers  # scheduler replicas sharing the experiments through leases
         self.cluster: EmbeddedCluster | None = None
@@ -122,6 +128,9 @@ class LocalStack:
         self.port = port
         self.monitor_port = monitor_port  # NATS HTTP monitoring (what KEDA reads in a cluster); off by default
         self.base_settings = settings or Settings()
+        if self.pools and set(self.pools) != {DEFAULT_POOL}:
+            # The stack's platform has exactly the pools it runs runners for (validation refuses others).
+            self.base_settings = self.base_settings.model_copy(update={"pools": list(self.pools)})
         # `tweakline run`'s private stack: its scheduler accepts csv: paths (every client that can
         # reach it holds this user's own state directory); `tweakline up` and a platform refuse them.
         self.host_paths = host_paths
@@ -173,14 +182,18 @@ class LocalStack:
         """Start everything; return the NATS URL. On any failure, stop what was started."""
         self._acquire_lock()
         try:
-            ensure_pki(self.layout.pki)
+            ca = ensure_pki(self.layout.pki)
             self.layout.logs.mkdir(parents=True, exist_ok=True)
-            self._start_fork_server()  # its imports overlap with the server's start and the topology
+            self._start_fork_server()  # its imports overlap with the certificates, the server's start and the topology
+            for pool in self.base_settings.pools:  # each pool's runners have their own identity
+                if not TlsFiles(self.layout.pki / runner_identity(pool)).exists():
+                    ca.issue(runner_identity(pool))
             config = ServerConfig(
                 store_dir=self.layout.jetstream,
                 tls=TlsFiles(self.layout.pki / Identity.NATS_SERVER),
                 port=self.port,
                 monitor_port=self.monitor_port,
+                permissions=permission_map(self.base_settings.pools),
                 insecure_plaintext_for_benchmarks=self.base_settings.insecure_plaintext_for_benchmarks,
             )
             if self.cluster_size > 1:
@@ -194,8 +207,11 @@ class LocalStack:
                 self._spawn("scheduler", index)
             for name in ("evaluator", "deployer"):
                 self._spawn(name)
-            for index in range(self.runners):
-                self._spawn("trial-runner", index)
+            index = 0
+            for pool, count in self.pools.items():
+                for _ in range(count):
+                    self._spawn_runner(pool, index)
+                    index += 1
             if self.console_port is not None:
                 self._spawn_console()
             self._write_info()
@@ -239,9 +255,9 @@ class LocalStack:
             log.warning("services start as separate interpreters: %s", exc)
             self.forks = None
 
-    def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None) -> None:
+    def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None, *, label: str | None = None) -> None:
         identity = Identity(service)
-        label = service if service != "trial-runner" else f"trial-runner-{index}"
+        label = label or (service if service != "trial-runner" else f"trial-runner-{index}")
         if service == "scheduler" and index:  # the first is "scheduler", as with one
             label = f"scheduler-{index}"
         settings = self.settings_for(identity)
@@ -272,6 +288,12 @@ class LocalStack:
                 preexec_fn=_die_with_parent,
             )
         self.services.append(ServiceProcess(label, process, log_path, handle))
+
+    def _spawn_runner(self, pool: str, index: int) -> None:
+        """Start runner ``index`` of ``pool``: ``trial-runner-<index>``, or ``trial-runner-<pool>-<index>`` off the default pool."""
+        label = f"trial-runner-{index}" if pool == DEFAULT_POOL else f"trial-runner-{pool}-{index}"
+        self.pool_of[label] = pool
+        self._spawn("trial-runner", index, {"TWEAKLINE_RUNNER_POOL": pool}, label=label)
 
     def _spawn_console(self) -> None:
         from tweakline.stack.console import console_credentials, pick_port
@@ -307,6 +329,10 @@ class LocalStack:
         self.restarts[label] = self.restarts.get(label, 0) + 1
         if label == "console":
             self._spawn_console()
+            self._write_info()
+            return self.services[-1]
+        if label in self.pool_of:
+            self._spawn_runner(self.pool_of[label], int(label.rpartition("-")[2]))
             self._write_info()
             return self.services[-1]
         service, _, index = label.partition("-runner-")
@@ -381,6 +407,8 @@ class LocalStack:
                     "services": {s.name: s.process.pid for s in self.services},
                     "fork_server": self.forks.process.pid if self.forks else None,
                     "console": self.console_url,
+                    "runner_pools": self.pool_of,  # runner label -> pool
+                    "pools": list(self.base_settings.pools),  # the pools this stack's platform has
                 }
             )
         )

@@ -21,10 +21,15 @@ from typing import Any
 
 from tweakline.errors import InvalidTweakFileError, Problem
 from tweakline.ml.datasets import LOADERS
+from tweakline.proto.subjects import DEFAULT_POOL
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.validation.checks import csv_problems, local_csv_problems, parquet_problems, spec_problems
 from tweakline.validation.limits import clip_problem, document_problems
 from tweakline.validation.loading import load_tweak_file, read_tweak_path, read_tweak_text, structure
+from tweakline.validation.pools import pool_problems
+
+# The runner pools of a platform that configures none (TWEAKLINE_POOLS' default).
+DEFAULT_POOLS: tuple[str, ...] = (DEFAULT_POOL,)
 
 __all__ = [
     "csv_problems",
@@ -58,6 +63,7 @@ def inspect(
     base_dir: Path | None = None,
     *,
     source: str = "<tweak file>",
+    pools: Sequence[str] | None = DEFAULT_POOLS,
 ) -> tuple[TweakFile | None, list[Problem]]:
     """Check a tweak file completely and return it (``None`` if its structure is wrong) with every problem.
 
@@ -68,6 +74,8 @@ def inspect(
         base_dir: The tweak file's folder, for ``csv:`` paths; ``None`` where the data is not on
             this machine's disk (webhook, scheduler): ``csv:`` files are then not looked at.
         source: How to name the file in problems (a path, or ``repo@commit:path``).
+        pools: The platform's runner pools (``Settings.pools``); ``spec.resources.pool`` must be one.
+            ``None``: not known here (a client whose platform's pools are not configured), not checked.
 
     Returns:
         The tweak file (``csv:`` paths made absolute when ``base_dir`` is given) or ``None``, and
@@ -93,6 +101,9 @@ def inspect(
         # A field pydantic already refused is reported once, with pydantic's reason.
         if p.path not in {q.path for q in problems}
     ]
+    problems += [
+        p for p in pool_problems(tweak.spec if tweak is not None else raw, pools) if p.path not in {q.path for q in problems}
+    ]
     if tweak is not None and base_dir is not None and not problems:
         problems += local_csv_problems(tweak)
     return tweak, [clip_problem(p) for p in problems]
@@ -104,22 +115,25 @@ def validate(
     base_dir: Path | None = None,
     *,
     source: str = "<tweak file>",
+    pools: Sequence[str] | None = DEFAULT_POOLS,
 ) -> TweakFile:
     """:func:`inspect`, raising :class:`InvalidTweakFileError` with every problem when there is any."""
-    tweak, problems = inspect(document, allowed_estimators, base_dir, source=source)
+    tweak, problems = inspect(document, allowed_estimators, base_dir, source=source, pools=pools)
     if problems or tweak is None:
         raise InvalidTweakFileError(source, problems)
     return tweak
 
 
-def problems_of(tweak: TweakFile, allowed_estimators: Sequence[str], *, host_paths: bool = False) -> list[Problem]:
+def problems_of(
+    tweak: TweakFile, allowed_estimators: Sequence[str], *, host_paths: bool = False, pools: Sequence[str] | None = DEFAULT_POOLS
+) -> list[Problem]:
     """The problems of an already parsed tweak file whose data is not on this disk (the scheduler's check).
 
     ``host_paths``: whether a dataset source may read this machine's own files (``csv:``
     paths). Only ``tweakline run``'s private stack allows it; on a platform such a submission
     is refused, whoever sent it (``tweakline submit`` and the webhook upload the file instead).
     """
-    problems = inspect(tweak, allowed_estimators, None)[1]
+    problems = inspect(tweak, allowed_estimators, None, pools=pools)[1]
     return problems + ([] if host_paths else host_path_problems(tweak))
 
 
@@ -139,7 +153,9 @@ def host_path_problems(tweak: TweakFile) -> list[Problem]:
     ]
 
 
-def validate_tweak_file(path: str | Path, allowed_estimators: Sequence[str]) -> TweakFile:
+def validate_tweak_file(
+    path: str | Path, allowed_estimators: Sequence[str], *, pools: Sequence[str] | None = DEFAULT_POOLS
+) -> TweakFile:
     """Read a tweak file from disk and check it completely (``csv:`` paths relative to its folder).
 
     Raises:
@@ -147,7 +163,7 @@ def validate_tweak_file(path: str | Path, allowed_estimators: Sequence[str]) -> 
     """
     path = Path(path)
     text = read_tweak_text_from(path)
-    return validate(text, allowed_estimators, path.resolve().parent, source=str(path))
+    return validate(text, allowed_estimators, path.resolve().parent, source=str(path), pools=pools)
 
 
 def read_tweak_text_from(path: Path) -> str:

@@ -27,7 +27,11 @@ async def refusal(ctx: ServiceContext, msg: NatsMessage, tweak: TweakFile, repos
     # check_spec imports and constructs estimators: off the event loop.
     problems = code_trainer_problems(tweak, ctx.settings.code_trainers, repository)
     problems += await asyncio.to_thread(
-        problems_of, tweak, ctx.settings.allowed_estimators, host_paths=ctx.settings.allow_host_paths
+        problems_of,
+        tweak,
+        ctx.settings.allowed_estimators,
+        host_paths=ctx.settings.allow_host_paths,
+        pools=ctx.settings.pools,
     )
     if not problems:
         return None

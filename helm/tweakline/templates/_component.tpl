@@ -9,13 +9,17 @@ port "http", Prometheus metrics on port "metrics"). Input: dict
   ports      extra container ports (list)
   env        extra env map (merged under the component's env)
   volumes    extra volumes (list), mounted per volumeMounts (list)
+  values     the component's values (default: .Values.<key>; a runner pool's merged ones)
+  instance   name of its objects, labels and certificate identity (default: the component;
+             a runner pool's "trial-runner-<pool>")
 */}}
 {{- define "tweakline.component" -}}
 {{- $root := .root }}
-{{- $v := get $root.Values .key }}
+{{- $v := .values | default (get $root.Values .key) }}
 {{- $component := get (include "tweakline.components" $root | fromYaml) .key }}
-{{- $name := include "tweakline.resourceName" (dict "root" $root "suffix" $component) }}
-{{- $ctx := dict "root" $root "component" $component }}
+{{- $instance := .instance | default $component }}
+{{- $name := include "tweakline.resourceName" (dict "root" $root "suffix" $instance) }}
+{{- $ctx := dict "root" $root "component" $instance }}
 {{- $image := .image | default dict }}
 apiVersion: v1
 kind: ServiceAccount
@@ -118,7 +122,7 @@ spec:
             {{- toYaml . | nindent 12 }}
             {{- end }}
       volumes:
-        {{- include "tweakline.volumes" (dict "root" $root "identity" $component) | trim | nindent 8 }}
+        {{- include "tweakline.volumes" (dict "root" $root "identity" $instance) | trim | nindent 8 }}
         {{- with .volumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

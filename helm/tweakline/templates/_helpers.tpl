@@ -81,7 +81,7 @@ per identity in tweakline.proto.permissions.permission_map()), so proto stays th
 Output: a JSON list of identity names.
 */}}
 {{- define "tweakline.identities" -}}
-{{- $auth := .Files.Get "files/nats-authorization.json" | fromJson }}
+{{- $auth := include "tweakline.natsAuthorization" . | fromJson }}
 {{- if not (and $auth $auth.authorization) }}
 {{- fail "files/nats-authorization.json is missing or invalid: run `python -m tweakline.cli.generate`" }}
 {{- end }}
@@ -100,6 +100,60 @@ Output: a JSON list of identity names.
 {{- $ids = without $ids "console" }}
 {{- end }}
 {{- toJson $ids }}
+{{- end }}
+
+{{/*
+Runner pools (runner.pools): a JSON map pool -> its settings, the pool's entry merged over the
+runner's own (runner.pools itself left out). Input: the root context.
+*/}}
+{{- define "tweakline.runnerPools" -}}
+{{- $base := omit .Values.runner "pools" }}
+{{- $pools := dict }}
+{{- range $pool, $values := .Values.runner.pools }}
+{{- $_ := set $pools $pool (mergeOverwrite (deepCopy $base) (deepCopy ($values | default dict))) }}
+{{- end }}
+{{- toJson $pools }}
+{{- end }}
+
+{{/*
+What a runner pool's objects and certificate are called: "trial-runner" for the default pool (as
+before pools existed), "trial-runner-<pool>" for any other (tweakline.proto.permissions.runner_identity).
+Input: the pool name.
+*/}}
+{{- define "tweakline.runnerInstance" -}}
+{{- if eq . "default" }}trial-runner{{ else }}trial-runner-{{ . }}{{ end }}
+{{- end }}
+
+{{/* A runner pool's durable consumer (tweakline.proto.subjects.pool_consumer). Input: the pool name. */}}
+{{- define "tweakline.poolConsumer" -}}
+{{- if eq . "default" }}trial-runners{{ else }}trial-runners-{{ . }}{{ end }}
+{{- end }}
+
+{{/*
+The NATS authorisation map: files/nats-authorization.json (generated from proto with the default
+pool), plus, for every other runner pool, the user of that pool's runners: the default runner's
+permissions with its own consumer and inbox (as tweakline.proto.permissions.permission_map(pools)
+renders it; tests/helm checks the two agree). Output: JSON text.
+*/}}
+{{- define "tweakline.natsAuthorization" -}}
+{{- $text := .Files.Get "files/nats-authorization.json" }}
+{{- $pools := without (keys .Values.runner.pools | sortAlpha) "default" }}
+{{- if not $pools }}
+{{- $text }}
+{{- else }}
+{{- $auth := $text | fromJson }}
+{{- $users := $auth.authorization.users }}
+{{- $runner := dict }}
+{{- range $users }}{{ if eq .user "CN=trial-runner" }}{{ $runner = . }}{{ end }}{{ end }}
+{{- if not $runner }}
+{{- fail "files/nats-authorization.json has no trial-runner user: run `python -m tweakline.cli.generate`" }}
+{{- end }}
+{{- range $pool := $pools }}
+{{- $json := toJson $runner | replace "\"CN=trial-runner\"" (printf "\"CN=trial-runner-%s\"" $pool) | replace "TWEAKLINE_TRIALS.trial-runners" (printf "TWEAKLINE_TRIALS.trial-runners-%s" $pool) | replace "\"_INBOX.trial-runner." (printf "\"_INBOX.trial-runner-%s." $pool) }}
+{{- $users = append $users ($json | fromJson) }}
+{{- end }}
+{{- toPrettyJson (dict "authorization" (dict "users" $users)) }}
+{{- end }}
 {{- end }}
 
 {{/* Name of the Secret cert-manager writes for an identity. Input: dict root, identity. */}}
@@ -233,6 +287,13 @@ Precedence: component env > global env > chart settings.
 }}
 {{- if .probes }}
 {{- $_ := set $settings "TWEAKLINE_HEALTH_PORT" (toString $v.health.port) }}
+{{- end }}
+{{- $pools := keys $v.runner.pools | sortAlpha }}
+{{- if ne (join "," $pools) "default" }}
+{{- /* the platform's runner pools: what tweak files may ask for (validation) and where unpooled trials go */}}
+{{- $ordered := without $pools "default" }}
+{{- if has "default" $pools }}{{ $ordered = prepend $ordered "default" }}{{ end }}
+{{- $_ := set $settings "TWEAKLINE_POOLS" (join "," $ordered) }}
 {{- end }}
 {{- $attrs := list (printf "service.namespace=%s" $v.otel.serviceNamespace) (printf "k8s.namespace.name=%s" $root.Release.Namespace) "k8s.pod.name=$(POD_NAME)" }}
 {{- range $key, $value := $v.otel.resourceAttributes }}
