@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,16 @@ def test_the_layering_contracts_hold(staged: Path) -> None:
     result = lint_imports(staged)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "broken" not in result.stdout.lower().replace("0 broken", "")
+
+
+def test_every_optional_layer_exists_where_the_contract_is_checked(staged: Path) -> None:
+    # The services and proto are optional layers only so a bare `lint-imports` works in a checkout;
+    # on the wheel's layout each must exist, or the contract above would skip it silently.
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    optional = [m for c in contracts for layer in c.get("layers", []) for m in re.findall(r"\(([\w.]+)\)", layer)]
+    assert "tweakline.proto" in optional and "tweakline.scheduler" in optional
+    missing = [m for m in optional if not (staged / m.replace(".", "/") / "__init__.py").is_file()]
+    assert not missing, f"optional layers missing from the wheel's layout: {missing}"
 
 
 @pytest.mark.parametrize(
