@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
+from tests.e2e.stories import run_story
 from tests.factories import tweak_dict
 from tests.model_server.serving import RunningServer, hammer, start_server_on
 from tests.waiting import until
@@ -96,13 +97,7 @@ PREDICT = {"rows": [{f"f{i}": float(v) for i, v in enumerate(row)} for row in np
 
 def test_a_50_mb_model_is_promoted_compared_served_and_rolled_back(tmp_path: Path) -> None:
     (tmp_path / "noisy.csv").write_bytes(noisy_csv())
-    state = tmp_path / "state"
-    stack = LocalStack(state, runners=1)
-    stack.start()
-    try:
-        asyncio.run(_story(stack, state, tmp_path))
-    finally:
-        stack.stop()
+    run_story(tmp_path, _story)
 
 
 async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:

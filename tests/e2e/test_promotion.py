@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.e2e.stories import run_story
 from tests.model_server.serving import hammer, rows, start_server_on
 from tests.waiting import until
 from tweakline.client.follow import Outcome, follow, submit
@@ -87,13 +88,7 @@ async def run_experiment(nc, tweak_file: TweakFile, stack: LocalStack) -> Outcom
 
 
 def test_gate_server_post_deploy_check_and_rollbacks(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    stack = LocalStack(state, runners=1)
-    stack.start()
-    try:
-        asyncio.run(_story(stack, state, tmp_path))
-    finally:
-        stack.stop()
+    state = run_story(tmp_path, _story)
     # With the stack stopped, history still reads the state directory (nats-server started just for it).
     later = run_cli("history", RELEASE, "--json", env={"TWEAKLINE_STATE_DIR": str(state)})
     assert later.code == 0, later.stderr

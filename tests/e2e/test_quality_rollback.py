@@ -20,6 +20,7 @@ import pytest
 from sklearn.datasets import load_wine
 from sklearn.dummy import DummyClassifier
 
+from tests.e2e.stories import run_story
 from tests.model_server.serving import hammer, rows, start_server_on
 from tests.waiting import until
 from tweakline.client.follow import Outcome, follow, submit
@@ -55,13 +56,7 @@ GOOD = TweakFile.model_validate(
 
 
 def test_a_live_model_worse_than_the_gate_is_rolled_back_automatically(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    stack = LocalStack(state, runners=1)
-    stack.start()
-    try:
-        asyncio.run(_story(stack, state, tmp_path))
-    finally:
-        stack.stop()
+    run_story(tmp_path, _story)
 
 
 async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:

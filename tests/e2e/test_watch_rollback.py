@@ -27,6 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
+from tests.e2e.stories import run_story
 from tests.model_server.serving import RunningServer, rows, start_server_on
 from tests.waiting import until
 from tweakline.client.follow import Outcome, follow, submit
@@ -67,13 +68,7 @@ TWEAK = TweakFile.model_validate(
 
 
 def test_the_watch_rolls_back_a_live_regression_and_leaves_a_good_revision_alone(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    stack = LocalStack(state, runners=1)
-    stack.start()
-    try:
-        asyncio.run(_story(stack, state, tmp_path))
-    finally:
-        stack.stop()
+    run_story(tmp_path, _story)
 
 
 async def _traffic(server: RunningServer, stop: asyncio.Event, payload: dict, seen: list[tuple[int, int | None]]) -> None:
