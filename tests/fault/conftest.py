@@ -22,11 +22,12 @@ from nats.aio.client import Client
 
 from tests.conftest import REPO
 from tweakline.client.follow import Outcome, follow, submit
-from tweakline.proto.messages import Source, TrialProgress
+from tweakline.proto.messages import ExperimentState, Source, TrialProgress
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import Subject, all_of
+from tweakline.proto.subjects import Bucket, Subject, all_of
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.bus import connect
+from tweakline.runtime.records import RecordStore
 from tweakline.runtime.settings import Settings
 from tweakline.stack.local import LocalStack
 
@@ -200,3 +201,15 @@ async def wait_exit(stack: LocalStack, label: str, timeout: float = WAIT) -> int
 def kill(stack: LocalStack, label: str, sig: signal.Signals = signal.SIGKILL) -> None:
     """Send ``sig`` to service ``label``."""
     os.kill(stack.service(label).process.pid, sig)
+
+
+async def stored_state(stack, exp_id: str) -> ExperimentState:
+    """The experiment's state as the scheduler stored it in KV (read as the admin identity)."""
+    nc = await connect(stack.settings_for(Identity.ADMIN), "fault-test-kv")
+    try:
+        store = await RecordStore.open(nc.jetstream(), Bucket.EXPERIMENTS.value, ExperimentState)
+        found = await store.get(exp_id)
+        assert found is not None
+        return found[0]
+    finally:
+        await nc.close()

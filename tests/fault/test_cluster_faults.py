@@ -21,13 +21,12 @@ import pytest
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from tests.conftest import REPO
-from tests.fault.conftest import fault_settings, tweak, wait_exit, watching
+from tests.fault.conftest import fault_settings, stored_state, tweak, wait_exit, watching
 from tests.waiting import until
-from tweakline.proto.messages import ExperimentState, TrialRequested, TrialStatus
+from tweakline.proto.messages import TrialRequested, TrialStatus
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import SCHEDULER_LEASE_TTL_S, Bucket, Stream, Subject, all_of, lease_key
 from tweakline.runtime.bus import connect
-from tweakline.runtime.records import RecordStore
 from tweakline.scheduler.ownership import CLAIM_INTERVAL_S
 from tweakline.stack.local import LocalStack
 
@@ -80,17 +79,6 @@ async def stack(cluster_stack: LocalStack) -> LocalStack:
             cluster_stack.respawn(service.name)
     await caught_up(cluster_stack, "every stream's replicas current")
     return cluster_stack
-
-
-async def stored_state(stack, exp_id: str) -> ExperimentState:
-    nc = await connect(stack.settings_for(Identity.ADMIN), "fault-test-kv")
-    try:
-        store = await RecordStore.open(nc.jetstream(), Bucket.EXPERIMENTS.value, ExperimentState)
-        found = await store.get(exp_id)
-        assert found is not None
-        return found[0]
-    finally:
-        await nc.close()
 
 
 def exact(outcome, max_trials: int) -> None:

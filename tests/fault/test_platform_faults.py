@@ -9,25 +9,13 @@ import signal
 import pytest
 from nats.js import api
 
-from tests.fault.conftest import kill, tweak, wait_exit, watching
-from tweakline.proto.messages import DeadLetter, ExperimentState, TrialStatus
+from tests.fault.conftest import kill, stored_state, tweak, wait_exit, watching
+from tweakline.proto.messages import DeadLetter, TrialStatus
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import DEFAULT_POOL, Bucket, Stream, Subject, subject_for, trial_subject
+from tweakline.proto.subjects import DEFAULT_POOL, Stream, Subject, subject_for, trial_subject
 from tweakline.runtime.bus import connect
-from tweakline.runtime.records import RecordStore
 
 pytestmark = pytest.mark.fault
-
-
-async def recorded_state(stack, exp_id: str) -> ExperimentState:
-    nc = await connect(stack.settings_for(Identity.ADMIN), "fault-test-kv")
-    try:
-        store = await RecordStore.open(nc.jetstream(), Bucket.EXPERIMENTS.value, ExperimentState)
-        found = await store.get(exp_id)
-        assert found is not None
-        return found[0]
-    finally:
-        await nc.close()
 
 
 async def test_sigkill_scheduler_mid_experiment_and_restart(make_stack) -> None:
@@ -43,7 +31,7 @@ async def test_sigkill_scheduler_mid_experiment_and_restart(make_stack) -> None:
     trials = outcome.completed.trials
     assert sorted(t.number for t in trials) == list(range(8))  # none lost, none counted twice
     assert all(t.status is TrialStatus.OK for t in trials)
-    state = await recorded_state(stack, exp)
+    state = await stored_state(stack, exp)
     assert state.status.value == "completed"
     assert sorted(state.results) == list(range(8)) and sorted(state.issued) == list(range(8))
 
