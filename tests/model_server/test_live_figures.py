@@ -32,11 +32,16 @@ def _models() -> tuple[object, object]:
     return plain, fragile
 
 
+def _serving(model: object) -> tuple[ModelSlot, LiveFigures, object]:
+    """A model server's app serving ``model`` as revision 1 of release ``r``, with its live figures."""
+    slot, figures = ModelSlot(), LiveFigures("r", "test")
+    slot.swap(LoadedModel("r", 1, "e-1", "LogisticRegression", FEATURES, ARTIFACT, model))
+    return slot, figures, create_http_app(slot, ServerMetrics(), "r", figures=figures)
+
+
 async def test_answers_are_counted_per_revision_and_input_errors_are_not() -> None:
     plain, fragile = _models()
-    slot, figures = ModelSlot(), LiveFigures("r", "test")
-    slot.swap(LoadedModel("r", 1, "e-1", "LogisticRegression", FEATURES, ARTIFACT, plain))
-    app = create_http_app(slot, ServerMetrics(), "r", figures=figures)
+    slot, figures, app = _serving(plain)
     good = {"rows": [{"a": 1.2, "b": 1.0}, {"a": 1.9, "b": 1.0}]}
     negative = {"rows": [{"a": -1.0, "b": 1.0}]}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
@@ -57,9 +62,7 @@ async def test_answers_are_counted_per_revision_and_input_errors_are_not() -> No
 
 async def test_the_deployers_probe_requests_are_answered_but_not_counted() -> None:
     plain, _ = _models()
-    slot, figures = ModelSlot(), LiveFigures("r", "test")
-    slot.swap(LoadedModel("r", 1, "e-1", "LogisticRegression", FEATURES, ARTIFACT, plain))
-    app = create_http_app(slot, ServerMetrics(), "r", figures=figures)
+    _, figures, app = _serving(plain)
     good = {"rows": [{"a": 1.2, "b": 1.0}, {"a": 1.9, "b": 1.0}]}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://m") as client:
         probe = await client.post("/predict", json=good, headers={PROBE_HEADER: "post-deploy-check"})
