@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from nats.aio.client import Client
 
 from bench.estimators import ALLOW_PREFIX
@@ -189,3 +190,26 @@ class Probe:
 
     async def close(self) -> None:
         await self.nc.drain()
+
+
+def stack_processes(stack: LocalStack) -> dict[str, psutil.Process]:
+    """Every process of the stack by label: ``nats-server`` or ``nats-<i>``, then the services."""
+    procs: dict[str, psutil.Process] = {}
+    if stack.server is not None and stack.server.pid:
+        procs["nats-server"] = psutil.Process(stack.server.pid)
+    if stack.cluster is not None:
+        procs.update({f"nats-{i}": psutil.Process(pid) for i, pid in enumerate(stack.cluster.pids) if pid})
+    procs.update({s.name: psutil.Process(s.process.pid) for s in stack.services})
+    return procs
+
+
+def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    """User + system CPU seconds of each process so far (0 for one that is gone)."""
+    out = {}
+    for label, proc in procs.items():
+        try:
+            times = proc.cpu_times()
+            out[label] = times.user + times.system
+        except psutil.Error:
+            out[label] = 0.0
+    return out

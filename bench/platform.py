@@ -51,7 +51,18 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import REPO, Probe, bench_stack, loadavg, percentile, prepare_environment, trivial_tweak, wait_ready
+from bench.harness import (
+    REPO,
+    Probe,
+    bench_stack,
+    cpu_seconds,
+    loadavg,
+    percentile,
+    prepare_environment,
+    stack_processes,
+    trivial_tweak,
+    wait_ready,
+)
 from tweakline.client.follow import Outcome, follow
 from tweakline.proto.permissions import Identity
 from tweakline.runtime.natsserver import nats_server_binary
@@ -98,30 +109,12 @@ QUICK = Sizes(
 # ------------------------------------------------------------------------------ 1. orchestration
 
 
-def stack_processes(stack: Any) -> dict[str, psutil.Process]:
-    """The stack's processes by label (nats-server, scheduler, ..., trial-runner-N)."""
-    procs = {"nats-server": psutil.Process(stack.server.pid)} if stack.server and stack.server.pid else {}
-    procs.update({s.name: psutil.Process(s.process.pid) for s in stack.services})
-    return procs
-
-
-def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    out = {}
-    for label, proc in procs.items():
-        try:
-            t = proc.cpu_times()
-            out[label] = t.user + t.system
-        except psutil.Error:
-            out[label] = 0.0
-    return out
-
-
 async def _trivial_run(
     probe: Probe, name: str, trials: int, parallelism: int, algorithm: str, procs: dict[str, psutil.Process] | None = None
 ) -> dict[str, Any]:
     exp_id = f"{name}-{int(time.time() * 1000) % 10**8}"
     load_before = loadavg()
-    cpu_before = _cpu(procs or {})
+    cpu_before = cpu_seconds(procs or {})
     started = await probe.submit(trivial_tweak(name, trials, parallelism, algorithm=algorithm), exp_id)
     await probe.wait([exp_id], timeout=max(120.0, trials / 5))
     done = probe.experiments_done[exp_id]
@@ -129,7 +122,7 @@ async def _trivial_run(
     latencies = probe.latencies(exp_id)
     first = min(probe.requested[t] for t in seen if t in probe.requested)
     last = max(probe.completed[t][0] for t in seen)
-    cpu_after = _cpu(procs or {})
+    cpu_after = cpu_seconds(procs or {})
     # CPU milliseconds each process spent per trial: independent of the machine's load, and on
     # 2 cores 2000 / (their sum) bounds the trials per second any scheduling could reach.
     cpu_ms = {k: round(1000 * (cpu_after[k] - cpu_before.get(k, 0.0)) / max(1, len(seen)), 2) for k in cpu_after}
@@ -421,11 +414,11 @@ def _realistic_once(sizes: Sizes, tweak_path: Path, plaintext: bool, measure_mem
                 load_before = loadavg()
                 exp_id = f"bench-digits-{int(time.time() * 1000) % 10**8}"
                 outcome = Outcome(experiment_id=exp_id, tweak=tweak)
-                cpu_before = _cpu(procs)
+                cpu_before = cpu_seconds(procs)
                 started = await probe.submit(tweak, exp_id)
                 await follow(probe.nc, outcome, timeout=900, alive=stack.check)
                 finished = time.perf_counter()
-                cpu_after = _cpu(procs)
+                cpu_after = cpu_seconds(procs)
                 return {
                     "cpu_s": round(sum(cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after), 2),
                     "transport": "plaintext" if plaintext else "mtls",

@@ -33,10 +33,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 from nats.js.errors import KeyNotFoundError
 
-from bench.harness import ALLOWED, REPO, Probe, loadavg, prepare_environment, trivial_tweak, wait_ready
+from bench.harness import (
+    ALLOWED,
+    REPO,
+    Probe,
+    cpu_seconds,
+    loadavg,
+    prepare_environment,
+    stack_processes,
+    trivial_tweak,
+    wait_ready,
+)
 from tweakline.proto.subjects import SCHEDULER_LEASE_TTL_S, Bucket, lease_key
 from tweakline.runtime.settings import Settings
 from tweakline.stack.local import LocalStack
@@ -58,29 +67,6 @@ def scale_stack(*, cluster: int, schedulers: int) -> Iterator[LocalStack]:
             stack.stop(grace=5.0)
 
 
-def processes(stack: LocalStack) -> dict[str, psutil.Process]:
-    """Every process of the stack by label: ``nats-server`` or ``nats-<i>``, then the services."""
-    procs: dict[str, psutil.Process] = {}
-    if stack.server is not None and stack.server.pid:
-        procs["nats-server"] = psutil.Process(stack.server.pid)
-    if stack.cluster is not None:
-        procs.update({f"nats-{i}": psutil.Process(pid) for i, pid in enumerate(stack.cluster.pids) if pid})
-    procs.update({s.name: psutil.Process(s.process.pid) for s in stack.services})
-    return procs
-
-
-def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    """User + system CPU seconds of each process so far (0 for one that is gone)."""
-    out = {}
-    for label, proc in procs.items():
-        try:
-            times = proc.cpu_times()
-            out[label] = times.user + times.system
-        except psutil.Error:
-            out[label] = 0.0
-    return out
-
-
 def _group(label: str) -> str:
     if label.startswith("nats"):
         return "nats"
@@ -100,7 +86,7 @@ async def workload(stack: LocalStack, experiments: int, trials: int, parallelism
         warm = f"warmup-{stamp}"  # imports, dataset caches, JIT-free but first-touch costs
         await probe.submit(trivial_tweak("warmup", 20, 4), warm)
         await probe.wait([warm], timeout=300)
-        procs = processes(stack)
+        procs = stack_processes(stack)
         before, load_before = cpu_seconds(procs), loadavg()
         exp_ids = [f"scale-{stamp}-{i}" for i in range(experiments)]
         owners: dict[str, str | None] = {}
