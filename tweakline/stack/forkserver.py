@@ -66,13 +66,13 @@ def _prctl(option: int, value: Any) -> None:
 # ------------------------------------------------------------------------------------------ server
 
 
-def _child(request: dict[str, Any], server_pid: int, keep_out: list[int]) -> None:  # pragma: no cover - after fork
+def _child(request: dict[str, Any], server_pid: int, server_fds: list[int]) -> None:  # pragma: no cover - after fork
     """Become the requested service: its session, environment, log and arguments; never returns."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        for fd in keep_out:  # 0-2 are replaced below (closing them first would hand their numbers out)
+        for fd in server_fds:  # the server's own pipes; 0-2 are replaced below (closing them first would hand their numbers out)
             if fd > 2:
                 with contextlib.suppress(OSError):
                     os.close(fd)
