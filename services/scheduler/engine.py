@@ -30,6 +30,9 @@ from tweakline.search.space import distributions_of, suggest
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+# How many of the latest results size a batch of trials (see ExperimentRun.batch_size).
+BATCH_SAMPLE = 16
+
 _TELL_STATE = {TrialStatus.OK: TrialState.COMPLETE, TrialStatus.FAILED: TrialState.FAIL, TrialStatus.PRUNED: TrialState.PRUNED}
 
 
@@ -210,6 +213,21 @@ class ExperimentRun:
             issued.append((number, params))
             slots -= 1
         return issued
+
+    def batch_size(self, batch_max: int, target_s: float) -> int:
+        """How many trials one request should carry (``TWEAKLINE_TRIAL_BATCH_MAX``, ``_TARGET_S``).
+
+        As many as train in ``target_s`` by the measured durations of the latest results, so only
+        fast trials share a request; at most a quarter of ``budget.parallelism``, so several
+        requests are out at once and every runner has the next one queued; 1 until a result has
+        come back (the first trials' cost is unknown).
+        """
+        cap = min(batch_max, self.spec.budget.parallelism // 4)
+        if cap <= 1 or not self.state.results:
+            return 1
+        recent = list(self.state.results.values())[-BATCH_SAMPLE:]
+        mean = sum(r.duration_s for r in recent) / len(recent)
+        return max(1, min(cap, math.floor(target_s / max(mean, 1e-4) + 1e-9)))  # 0.25 / 0.05 is 5, not 4.99
 
     def report(self, number: int, fold: int, value: float) -> bool | None:
         """A stage's score of an in-flight trial (a fold, or a rung with search.resource): whether the
