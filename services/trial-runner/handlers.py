@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from faststream.nats import NatsMessage
@@ -30,6 +31,9 @@ from tweakline.trial_runner.early_stopping import EarlyStopping, TrialWatch
 from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig, awaits_verdict
 
 log = logging.getLogger(__name__)
+
+# Without a pruner, a trial's fold scores go on the bus only once it has trained this long.
+LIVE_PROGRESS_AFTER_S = 1.0
 
 
 class TrialRunner:
@@ -73,10 +77,12 @@ class TrialRunner:
         """Stop ``trial_id`` if this runner is training it; its result is then ``pruned`` with ``reason``."""
         return self.worker.cancel(trial_id, reason)
 
-    async def _fold(self, request: TrialRequested, watch: TrialWatch, fold: int, value: float) -> bool:
+    async def _fold(self, request: TrialRequested, watch: TrialWatch, fold: int, value: float, started: float) -> bool:
         """Report a fold; with a pruner, wait briefly for the scheduler's verdict. True: stop (pruned)."""
         wait = awaits_verdict(request, fold)
-        if pruning_for(request.spec).enabled:  # only the scheduler's pruner reads fold scores
+        # Fold scores go out for the pruner, and as live progress of a long trial; a fast trial
+        # without a pruner sends none (they were two messages per trivial trial for no reader).
+        if pruning_for(request.spec).enabled or time.monotonic() - started >= LIVE_PROGRESS_AFTER_S:
             await self._progress(request, fold, value, awaits=wait)
         if wait:
             return await watch.answered(fold, self.ctx.settings.prune_verdict_wait_s)
@@ -162,10 +168,11 @@ class TrialRunner:
                 return self._refused
             # The child trains; each fold's score is published from here, and a prune verdict on
             # trials.control reaches the child through early stopping's registry -> self.cancel.
+            started = time.monotonic()
             with self.early.watch(request) as watch, telemetry.span("trial.run") as run_span:
                 outcome = await self.worker.run(
                     request,
-                    on_fold=lambda fold, value: self._fold(request, watch, fold, value),
+                    on_fold=lambda fold, value: self._fold(request, watch, fold, value, started),
                     timeout=request.spec.budget.trial_timeout,
                 )
                 telemetry.trial_outcome(run_span, outcome)

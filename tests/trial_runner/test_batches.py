@@ -16,7 +16,7 @@ import pytest
 
 from tests.factories import make_spec
 from tests.waiting import until
-from tweakline.proto.messages import BatchedTrial, TrialCompleted, TrialRequested, TrialStatus, trial_id
+from tweakline.proto.messages import BatchedTrial, TrialCompleted, TrialProgress, TrialRequested, TrialStatus, trial_id
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Subject
 from tweakline.runtime.bus import connect
@@ -56,7 +56,7 @@ def batch(exp_id: str, count: int) -> TrialRequested:
 
 
 @pytest.fixture
-async def runner(nats) -> AsyncIterator[SimpleNamespace]:
+async def served(nats) -> AsyncIterator[SimpleNamespace]:
     """A started runner (training child warm), every result it publishes by experiment, and the watching client."""
     settings = nats.settings(Identity.TRIAL_RUNNER)
     broker = make_broker(settings, "trial-runner")
@@ -70,18 +70,24 @@ async def runner(nats) -> AsyncIterator[SimpleNamespace]:
         result = TrialCompleted.model_validate_json(msg.data)
         results.setdefault(result.experiment_id, []).append(result)
 
+    progress: list[TrialProgress] = []
+
+    async def on_progress(msg: Any) -> None:
+        progress.append(TrialProgress.model_validate_json(msg.data))
+
     await watcher.subscribe(f"{Subject.TRIAL_COMPLETED.value}.>", cb=on_result)
+    await watcher.subscribe(f"{Subject.TRIAL_PROGRESS.value}.>", cb=on_progress)
     await watcher.flush()
     try:
-        yield SimpleNamespace(runner=runner, results=results, watcher=watcher)
+        yield SimpleNamespace(runner=runner, results=results, progress=progress, watcher=watcher)
     finally:
         await runner.worker.close()
         await watcher.close()
         await broker.stop()
 
 
-async def test_every_trial_of_a_batch_is_reported_once_then_the_request_is_acked(runner) -> None:
-    runner, results = runner.runner, runner.results
+async def test_every_trial_of_a_batch_is_reported_once_then_the_request_is_acked(served) -> None:
+    runner, results = served.runner, served.results
     delivered = Request()
     await runner.on_trial_requested(batch("batch-ok", 3), delivered)
     assert delivered.acks == ["ack"]
@@ -89,10 +95,12 @@ async def test_every_trial_of_a_batch_is_reported_once_then_the_request_is_acked
     got = sorted(results["batch-ok"], key=lambda r: r.number)
     assert [(r.number, r.params, r.status) for r in got] == [(n, {"C": float(n + 1)}, TrialStatus.OK) for n in range(3)]
     assert all(r.score is not None and 0 < r.score <= 1 for r in got)
+    await served.watcher.flush()
+    assert not served.progress, "fast trials without a pruner send no fold scores (nobody reads them)"
 
 
-async def test_a_runner_stopping_mid_batch_keeps_what_finished_and_hands_the_rest_back(runner) -> None:
-    runner, results, watcher = runner.runner, runner.results, runner.watcher
+async def test_a_runner_stopping_mid_batch_keeps_what_finished_and_hands_the_rest_back(served) -> None:
+    runner, results, watcher = served.runner, served.results, served.watcher
     run_one = runner._run_one
 
     async def then_stop(*args: Any, **kwargs: Any) -> Any:
@@ -109,8 +117,8 @@ async def test_a_runner_stopping_mid_batch_keeps_what_finished_and_hands_the_res
     assert [r.number for r in results["batch-stop"]] == [0]
 
 
-async def test_trials_of_a_cancelled_experiment_are_skipped_and_the_rest_reported(runner) -> None:
-    runner, results = runner.runner, runner.results
+async def test_trials_of_a_cancelled_experiment_are_skipped_and_the_rest_reported(served) -> None:
+    runner, results = served.runner, served.results
     runner.early._cancelled[trial_id("batch-cancel", 1)] = "cancelled by a test"  # as trials.control would
     delivered = Request()
     await runner.on_trial_requested(batch("batch-cancel", 3), delivered)
