@@ -198,12 +198,20 @@ class ExperimentRun:
         deadline = self.deadline
         return deadline is not None and (now or datetime.now(UTC)) >= deadline
 
-    def next_trials(self, now: datetime | None = None) -> list[tuple[int, dict[str, Any]]]:
-        """Ask for as many new trials as parallelism and budget allow; record them as issued."""
+    def next_trials(self, now: datetime | None = None, batch: int = 1) -> list[tuple[int, dict[str, Any]]]:
+        """Ask for as many new trials as parallelism and budget allow; record them as issued.
+
+        With ``batch`` > 1, whole batches only (unless the budget's last trials are fewer): freed
+        slots wait for a full batch, so batches grow to their size instead of staying as small as
+        the results that happened to come back together. Runners still have work queued then:
+        a batch is at most a quarter of the parallelism (:meth:`batch_size`).
+        """
         if self.state.status is not ExperimentStatus.RUNNING or self.expired(now):
             return []
         issued: list[tuple[int, dict[str, Any]]] = []
         slots = self.spec.budget.parallelism - len(self.in_flight())
+        if batch > 1 and self.limit - len(self.state.issued) > slots:
+            slots -= slots % batch
         while slots > 0 and len(self.state.issued) < self.limit:
             number = max(self.state.issued, default=-1) + 1
             trial = self.study.ask()

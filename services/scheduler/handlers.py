@@ -394,10 +394,11 @@ class Scheduler:
         # The sampler (TPE's cost grows with history) runs off the event loop, so other
         # experiments' results and acks keep flowing; the experiment's lock, held here,
         # serialises every use of its study.
-        issued = await asyncio.to_thread(run.next_trials, now)
+        size = run.batch_size(self.ctx.settings.trial_batch_max, self.ctx.settings.trial_batch_target_s)
+        issued = await asyncio.to_thread(run.next_trials, now, size)
         if issued:
             await self._save(exp_id)
-            await self._publish_trials(run, [number for number, _ in issued])
+            await self._publish_trials(run, [number for number, _ in issued], size)
         else:
             await self._save(exp_id)
 
@@ -423,10 +424,11 @@ class Scheduler:
         deadline = run.deadline
         return deadline is not None and (now or datetime.now(UTC)) >= deadline + DEADLINE_GRACE
 
-    async def _publish_trials(self, run: ExperimentRun, numbers: list[int]) -> None:
+    async def _publish_trials(self, run: ExperimentRun, numbers: list[int], size: int | None = None) -> None:
         exp_id = run.state.experiment_id
         pool = run_pool(run.spec, self.ctx.settings)
-        size = run.batch_size(self.ctx.settings.trial_batch_max, self.ctx.settings.trial_batch_target_s)
+        if size is None:
+            size = run.batch_size(self.ctx.settings.trial_batch_max, self.ctx.settings.trial_batch_target_s)
 
         async def _one(batch: list[int]) -> None:
             first, rest = batch[0], batch[1:]

@@ -98,3 +98,30 @@ async def test_the_scheduler_sends_fast_trials_in_batches_each_trial_once(schedu
             assert trial.params == state.issued[trial.number] and trial.trial_id == trial_id(exp_id, trial.number)
         assert message_id == "trial:" + ":".join([message.trial_id, *(str(t.number) for t in message.batch)])
     assert len({message_id for _, message_id in sent}) == 4
+
+
+def test_freed_slots_wait_for_a_whole_batch_until_the_budgets_last_trials() -> None:
+    run = _run(parallelism=16)
+    first = run.next_trials()
+    assert len(first) == 16
+
+    def finish(count: int) -> None:
+        for number in sorted(run.in_flight())[:count]:
+            run.record(
+                TrialCompleted(
+                    experiment_id="batches-1",
+                    trial_id=trial_id("batches-1", number),
+                    number=number,
+                    status=TrialStatus.OK,
+                    params=run.state.issued[number],
+                    score=0.5,
+                )
+            )
+
+    finish(3)
+    assert run.next_trials(batch=4) == [], "3 free slots: not a whole batch of 4 yet (13 still in flight)"
+    finish(2)
+    assert len(run.next_trials(batch=4)) == 4, "5 free slots: one batch of 4, the fifth waits"
+    run.limit = len(run.state.issued) + 3  # the budget's last 3 trials
+    finish(3)
+    assert len(run.next_trials(batch=4)) == 3, "the last trials go out even though they are fewer than a batch"
