@@ -135,6 +135,7 @@ class Probe:
     completed: dict[str, tuple[float, bytes]] = field(default_factory=dict)
     experiments_done: dict[str, float] = field(default_factory=dict)
     waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+    evaluated: dict[str, asyncio.Event] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, stack: LocalStack, name: str = "bench-probe") -> Probe:
@@ -144,6 +145,7 @@ class Probe:
         await nc.subscribe(all_of(Subject.TRIAL_REQUESTED), cb=probe._on_requested)
         await nc.subscribe(all_of(Subject.TRIAL_COMPLETED), cb=probe._on_completed)
         await nc.subscribe(all_of(Subject.EXPERIMENT_COMPLETED), cb=probe._on_experiment)
+        await nc.subscribe(all_of(Subject.EVALUATION_COMPLETED), cb=probe._on_evaluation)
         await nc.flush()
         return probe
 
@@ -155,7 +157,12 @@ class Probe:
     async def _on_requested(self, msg: Any) -> None:
         if self.first_requested_body is None:
             self.first_requested_body = msg.data
-        self.requested.setdefault(self._key(msg), time.perf_counter())
+        # A batch's id is "trial:<first trial id>:<number>:<number>...": every trial it carries.
+        first, *more = self._key(msg).split(":")
+        now = time.perf_counter()
+        experiment = first.rsplit(".", 1)[0]
+        for tid in [first, *(f"{experiment}.{n}" for n in more)]:
+            self.requested.setdefault(tid, now)
 
     async def _on_completed(self, msg: Any) -> None:
         self.completed.setdefault(self._key(msg), (time.perf_counter(), msg.data))
@@ -164,6 +171,13 @@ class Probe:
         exp_id = msg.subject.rsplit(".", 1)[-1]
         self.experiments_done.setdefault(exp_id, time.perf_counter())
         self.waiters.setdefault(exp_id, asyncio.Event()).set()
+
+    async def _on_evaluation(self, msg: Any) -> None:
+        self.evaluated.setdefault(msg.subject.rsplit(".", 1)[-1], asyncio.Event()).set()
+
+    async def wait_evaluated(self, exp_id: str, timeout: float = 120.0) -> None:
+        """Wait for the evaluator's verdict on ``exp_id`` (so its work is not counted in the next run)."""
+        await asyncio.wait_for(self.evaluated.setdefault(exp_id, asyncio.Event()).wait(), timeout)
 
     async def submit(self, tweak: TweakFile, exp_id: str) -> float:
         """Submit an experiment; return the time just before publishing."""
@@ -199,7 +213,13 @@ def stack_processes(stack: LocalStack) -> dict[str, psutil.Process]:
         procs["nats-server"] = psutil.Process(stack.server.pid)
     if stack.cluster is not None:
         procs.update({f"nats-{i}": psutil.Process(pid) for i, pid in enumerate(stack.cluster.pids) if pid})
-    procs.update({s.name: psutil.Process(s.process.pid) for s in stack.services})
+    for service in stack.services:
+        proc = psutil.Process(service.process.pid)
+        procs[service.name] = proc
+        # A runner trains in its own child process: its CPU is the trial's, so it counts too.
+        children = [c for c in proc.children(recursive=True) if "resource_tracker" not in " ".join(c.cmdline())]
+        for index, child in enumerate(children):
+            procs[f"{service.name}/training" + (f"-{index}" if index else "")] = child
     return procs
 
 

@@ -127,6 +127,7 @@ async def _trivial_run(
     # 2 cores 2000 / (their sum) bounds the trials per second any scheduling could reach.
     cpu_ms = {k: round(1000 * (cpu_after[k] - cpu_before.get(k, 0.0)) / max(1, len(seen)), 2) for k in cpu_after}
     return {
+        "experiment_id": exp_id,
         "cpu_ms_per_trial": cpu_ms,
         "cpu_ms_per_trial_total": round(sum(cpu_ms.values()), 2),
         "algorithm": algorithm,
@@ -152,7 +153,8 @@ def orchestration(sizes: Sizes) -> dict[str, Any]:
                 probe = await Probe.open(stack)
                 try:
                     await wait_ready(probe.nc, sizes.runners)
-                    await _trivial_run(probe, "bench-warmup", 40, 8, "random")  # imports, dataset cache
+                    warm = await _trivial_run(probe, "bench-warmup", 40, 8, "random")  # imports, dataset cache
+                    await probe.wait_evaluated(warm["experiment_id"])  # its evaluation is not the next run's cost
                     procs = stack_processes(stack)
                     out = {
                         "random": await _trivial_run(

@@ -31,6 +31,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StringConstraints,
     WrapSerializer,
+    model_validator,
 )
 
 from tweakline.proto.ids import ExperimentId, Name, TrialId
@@ -92,8 +93,27 @@ class TrialStatus(StrEnum):
     PRUNED = "pruned"
 
 
+# The most trials one request may carry (a bound on what a runner accepts from the bus).
+MAX_TRIAL_BATCH = 64
+
+
+class BatchedTrial(Message):
+    """One more trial carried by a :class:`TrialRequested` (a batch of fast trials)."""
+
+    trial_id: TrialId
+    number: int
+    params: dict[str, Any]
+
+
 class TrialRequested(Message):
-    """Scheduler -> runners (work queue): train and score these parameters."""
+    """Scheduler -> runners (work queue): train and score these parameters.
+
+    Fast trials travel in batches: ``batch`` holds further trials of the same experiment, run in
+    order after this one by the same runner, each recorded, pruned and reported on its own (one
+    ``TrialCompleted`` per trial); the request is acknowledged once all of them are reported.
+    A runner from before batches ignores ``batch``: upgrade runners before schedulers, or run the
+    schedulers with ``TWEAKLINE_TRIAL_BATCH_MAX=1`` until they are (docs/reliability.md).
+    """
 
     experiment_id: ExperimentId
     trial_id: TrialId
@@ -104,6 +124,30 @@ class TrialRequested(Message):
     resources: ResourcesSpec | None = Field(
         default=None, description="spec.resources, on the envelope so pools can route without reading the spec."
     )
+    batch: list[BatchedTrial] = Field(
+        default_factory=list,
+        max_length=MAX_TRIAL_BATCH - 1,
+        description="Further trials to run after this one, in order (fast trials share one request).",
+    )
+
+    @model_validator(mode="after")
+    def _one_experiment(self) -> TrialRequested:
+        numbers = {self.number}
+        for t in self.batch:
+            if t.trial_id != f"{self.experiment_id}.{t.number}" or t.number in numbers:
+                raise ValueError(f"batch: trial {t.trial_id!r} is not a distinct trial of experiment {self.experiment_id!r}")
+            numbers.add(t.number)
+        return self
+
+    def trials(self) -> list[TrialRequested]:
+        """Every trial of this request, first this one, each as a request of its own (no batch)."""
+        if not self.batch:
+            return [self]
+        first = self.model_copy(update={"batch": []})
+        return [first] + [
+            self.model_copy(update={"trial_id": t.trial_id, "number": t.number, "params": t.params, "batch": []})
+            for t in self.batch
+        ]
 
 
 class TrialProgress(Message):

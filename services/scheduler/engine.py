@@ -30,6 +30,9 @@ from tweakline.search.space import distributions_of, suggest
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+# How many of the latest results size a batch of trials (see ExperimentRun.batch_size).
+BATCH_SAMPLE = 16
+
 _TELL_STATE = {TrialStatus.OK: TrialState.COMPLETE, TrialStatus.FAILED: TrialState.FAIL, TrialStatus.PRUNED: TrialState.PRUNED}
 
 
@@ -195,12 +198,20 @@ class ExperimentRun:
         deadline = self.deadline
         return deadline is not None and (now or datetime.now(UTC)) >= deadline
 
-    def next_trials(self, now: datetime | None = None) -> list[tuple[int, dict[str, Any]]]:
-        """Ask for as many new trials as parallelism and budget allow; record them as issued."""
+    def next_trials(self, now: datetime | None = None, batch: int = 1) -> list[tuple[int, dict[str, Any]]]:
+        """Ask for as many new trials as parallelism and budget allow; record them as issued.
+
+        With ``batch`` > 1, whole batches only (unless the budget's last trials are fewer): freed
+        slots wait for a full batch, so batches grow to their size instead of staying as small as
+        the results that happened to come back together. Runners still have work queued then:
+        a batch is at most a quarter of the parallelism (:meth:`batch_size`).
+        """
         if self.state.status is not ExperimentStatus.RUNNING or self.expired(now):
             return []
         issued: list[tuple[int, dict[str, Any]]] = []
         slots = self.spec.budget.parallelism - len(self.in_flight())
+        if batch > 1 and self.limit - len(self.state.issued) > slots:
+            slots -= slots % batch
         while slots > 0 and len(self.state.issued) < self.limit:
             number = max(self.state.issued, default=-1) + 1
             trial = self.study.ask()
@@ -210,6 +221,21 @@ class ExperimentRun:
             issued.append((number, params))
             slots -= 1
         return issued
+
+    def batch_size(self, batch_max: int, target_s: float) -> int:
+        """How many trials one request should carry (``TWEAKLINE_TRIAL_BATCH_MAX``, ``_TARGET_S``).
+
+        As many as train in ``target_s`` by the measured durations of the latest results, so only
+        fast trials share a request; at most a quarter of ``budget.parallelism``, so several
+        requests are out at once and every runner has the next one queued; 1 until a result has
+        come back (the first trials' cost is unknown).
+        """
+        cap = min(batch_max, self.spec.budget.parallelism // 4)
+        if cap <= 1 or not self.state.results:
+            return 1
+        recent = list(self.state.results.values())[-BATCH_SAMPLE:]
+        mean = sum(r.duration_s for r in recent) / len(recent)
+        return max(1, min(cap, math.floor(target_s / max(mean, 1e-4) + 1e-9)))  # 0.25 / 0.05 is 5, not 4.99
 
     def report(self, number: int, fold: int, value: float) -> bool | None:
         """A stage's score of an in-flight trial (a fold, or a rung with search.resource): whether the

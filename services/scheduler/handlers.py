@@ -15,6 +15,7 @@ from faststream.nats import NatsMessage
 
 from tweakline.observability import telemetry
 from tweakline.proto.messages import (
+    BatchedTrial,
     CancelExperiment,
     ExperimentState,
     ExperimentStatus,
@@ -393,10 +394,11 @@ class Scheduler:
         # The sampler (TPE's cost grows with history) runs off the event loop, so other
         # experiments' results and acks keep flowing; the experiment's lock, held here,
         # serialises every use of its study.
-        issued = await asyncio.to_thread(run.next_trials, now)
+        size = run.batch_size(self.ctx.settings.trial_batch_max, self.ctx.settings.trial_batch_target_s)
+        issued = await asyncio.to_thread(run.next_trials, now, size)
         if issued:
             await self._save(exp_id)
-            await self._publish_trials(run, [number for number, _ in issued])
+            await self._publish_trials(run, [number for number, _ in issued], size)
         else:
             await self._save(exp_id)
 
@@ -422,31 +424,36 @@ class Scheduler:
         deadline = run.deadline
         return deadline is not None and (now or datetime.now(UTC)) >= deadline + DEADLINE_GRACE
 
-    async def _publish_trials(self, run: ExperimentRun, numbers: list[int]) -> None:
+    async def _publish_trials(self, run: ExperimentRun, numbers: list[int], size: int | None = None) -> None:
         exp_id = run.state.experiment_id
         pool = run_pool(run.spec, self.ctx.settings)
+        if size is None:
+            size = run.batch_size(self.ctx.settings.trial_batch_max, self.ctx.settings.trial_batch_target_s)
 
-        async def _one(number: int) -> None:
-            tid = trial_id(exp_id, number)
+        async def _one(batch: list[int]) -> None:
+            first, rest = batch[0], batch[1:]
+            tid = trial_id(exp_id, first)
             await self.ctx.publish(
                 TrialRequested(
                     experiment_id=exp_id,
                     trial_id=tid,
-                    number=number,
-                    params=run.state.issued[number],
+                    number=first,
+                    params=run.state.issued[first],
                     spec=run.spec,
                     resources=run.spec.resources,
+                    batch=[BatchedTrial(trial_id=trial_id(exp_id, n), number=n, params=run.state.issued[n]) for n in rest],
                 ),
                 # The pool's token routes it to that pool's runners only (their own consumer).
                 trial_subject(pool, exp_id),
-                msg_id=msg_id("trial", tid),
+                # A batch's id names its trials: the same request re-sent after a restart is stored once.
+                msg_id=msg_id("trial", tid) if not rest else msg_id("trial", tid, *rest),
                 stream=Stream.TRIALS,
                 trace_parent=run.state.traceparent,  # each dispatch is a child of the experiment
             )
 
-        # Concurrently: one round trip for the lot instead of one per trial (order is irrelevant
+        # Concurrently: one round trip for the lot instead of one per request (order is irrelevant
         # on the work queue; each is de-duplicated by its message id if re-sent).
-        await asyncio.gather(*(_one(number) for number in numbers))
+        await asyncio.gather(*(_one(numbers[i : i + size]) for i in range(0, len(numbers), size)))
 
     async def _tick(self) -> None:
         """Close experiments whose time budget ran out with nothing left to wait for."""

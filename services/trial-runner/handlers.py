@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from faststream.nats import NatsMessage
@@ -25,10 +26,14 @@ from tweakline.observability import telemetry
 from tweakline.proto.messages import TrialCompleted, TrialProgress, TrialRequested, TrialStatus, msg_id
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.runtime.service import ServiceContext, keep_alive
+from tweakline.search.pruning import pruning_for
 from tweakline.trial_runner.early_stopping import EarlyStopping, TrialWatch
 from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig, awaits_verdict
 
 log = logging.getLogger(__name__)
+
+# Without a pruner, a trial's fold scores go on the bus only once it has trained this long.
+LIVE_PROGRESS_AFTER_S = 1.0
 
 
 class TrialRunner:
@@ -49,6 +54,7 @@ class TrialRunner:
         )
         self.early = EarlyStopping(ctx, on_cancel=self.cancel)  # verdicts in on trials.control
         self.stopping = False
+        self._refused: TrialOutcome | None = None  # the current request's code bundle was refused
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -71,10 +77,13 @@ class TrialRunner:
         """Stop ``trial_id`` if this runner is training it; its result is then ``pruned`` with ``reason``."""
         return self.worker.cancel(trial_id, reason)
 
-    async def _fold(self, request: TrialRequested, watch: TrialWatch, fold: int, value: float) -> bool:
+    async def _fold(self, request: TrialRequested, watch: TrialWatch, fold: int, value: float, started: float) -> bool:
         """Report a fold; with a pruner, wait briefly for the scheduler's verdict. True: stop (pruned)."""
         wait = awaits_verdict(request, fold)
-        await self._progress(request, fold, value, awaits=wait)
+        # Fold scores go out for the pruner, and as live progress of a long trial; a fast trial
+        # without a pruner sends none (they were two messages per trivial trial for no reader).
+        if pruning_for(request.spec).enabled or time.monotonic() - started >= LIVE_PROGRESS_AFTER_S:
+            await self._progress(request, fold, value, awaits=wait)
         if wait:
             return await watch.answered(fold, self.ctx.settings.prune_verdict_wait_s)
         return watch.cancelled
@@ -94,7 +103,7 @@ class TrialRunner:
             log.debug("could not publish progress of %s", request.trial_id, exc_info=True)
 
     async def on_trial_requested(self, request: TrialRequested, msg: NatsMessage) -> None:
-        """Run one trial and publish its result before acknowledging it."""
+        """Run the request's trials (one, or a batch of fast ones) and publish each result before acknowledging."""
         if self.stopping:  # shutting down: leave it to another runner at once
             await msg.nack()
             return
@@ -106,49 +115,75 @@ class TrialRunner:
 
     async def _handle(self, msg: NatsMessage, request: TrialRequested) -> None:
         attempt = msg.raw_message.metadata.num_delivered or 1
-        cancelled = self.early.cancelled(request.trial_id)
-        if cancelled is not None:  # fetched just as its experiment was cancelled: nothing to report to
-            log.info("trial %s skipped: %s", request.trial_id, cancelled)
-            await msg.ack()
+        # Trials of a batch run one after the other; their results go out together (one round of
+        # the scheduler's group commit), each under its own message id, and only then is the request acked.
+        done: list[tuple[TrialRequested, TrialOutcome]] = []
+        beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
+        try:
+            trials = request.trials()
+            for index, trial in enumerate(trials):
+                if index and self.stopping:  # the rest of the batch goes to another runner
+                    raise TrialAbortedError("the runner is stopping")
+                outcome = await self._run_one(trial, attempt, first=index == 0)
+                if outcome is not None:
+                    done.append((trial, outcome))
+        except TrialAbortedError:
+            await self._publish(done, attempt)  # what finished is kept; the request goes back for the rest
+            log.info("trial %s handed back", request.trial_id)
+            await msg.nack()
             return
+        except _RetryError as exc:
+            await self._publish(done, attempt)
+            log.warning("trial %s attempt %d failed, will retry: %s", exc.trial_id, attempt, exc.__cause__)
+            await msg.nack(delay=min(30.0, 2.0**attempt))
+            return
+        finally:
+            beat.cancel()
+        await self._publish(done, attempt)
+        await msg.ack()  # only now: a runner dying before this point means redelivery, not loss
+
+    async def _run_one(self, request: TrialRequested, attempt: int, *, first: bool) -> TrialOutcome | None:
+        """One trial's outcome; ``None`` when its experiment was cancelled (nothing to report to).
+
+        Raises :class:`TrialAbortedError` (hand the request back) and :class:`_RetryError`
+        (infrastructure trouble: the request is retried with back-off).
+        """
+        cancelled = self.early.cancelled(request.trial_id)
+        if cancelled is not None:  # fetched just as its experiment was cancelled
+            log.info("trial %s skipped: %s", request.trial_id, cancelled)
+            return None
         if attempt > self.ctx.settings.trial_max_deliver:
             # Every runner that took it stopped before reporting (killed, evicted, crashed): record it once.
             error = (
                 f"gave up after {attempt - 1} deliveries: every runner that took this trial stopped "
                 "before reporting a result (killed, evicted or out of memory)"
             )
-            await self._report(msg, request, TrialOutcome(status=TrialStatus.FAILED, error=error), attempt)
-            return
+            return TrialOutcome(status=TrialStatus.FAILED, error=error)
         log.info("trial %s started (attempt %d)", request.trial_id, attempt)
-        beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
         try:
-            await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
-            refused = await self._fetch_code(request)
-            if refused is not None:
-                outcome = refused
-            else:
-                # The child trains; each fold's score is published from here, and a prune verdict on
-                # trials.control reaches the child through early stopping's registry -> self.cancel.
-                with self.early.watch(request) as watch, telemetry.span("trial.run") as run_span:
-                    outcome = await self.worker.run(
-                        request,
-                        on_fold=lambda fold, value: self._fold(request, watch, fold, value),
-                        timeout=request.spec.budget.trial_timeout,
-                    )
-                    telemetry.trial_outcome(run_span, outcome)
+            if first:  # a batch shares its experiment's dataset and code
+                await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
+                self._refused = await self._fetch_code(request)
+            if self._refused is not None:
+                return self._refused
+            # The child trains; each fold's score is published from here, and a prune verdict on
+            # trials.control reaches the child through early stopping's registry -> self.cancel.
+            started = time.monotonic()
+            with self.early.watch(request) as watch, telemetry.span("trial.run") as run_span:
+                outcome = await self.worker.run(
+                    request,
+                    on_fold=lambda fold, value: self._fold(request, watch, fold, value, started),
+                    timeout=request.spec.budget.trial_timeout,
+                )
+                telemetry.trial_outcome(run_span, outcome)
+            return outcome
         except TrialAbortedError:
-            log.info("trial %s handed back", request.trial_id)
-            await msg.nack()
-            return
+            raise
         except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
             if attempt < self.ctx.settings.trial_max_deliver:
-                log.warning("trial %s attempt %d failed, will retry: %s", request.trial_id, attempt, exc, exc_info=True)
-                await msg.nack(delay=min(30.0, 2.0**attempt))
-                return
-            outcome = TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            beat.cancel()
-        await self._report(msg, request, outcome, attempt)
+                raise _RetryError(request.trial_id) from exc
+            log.warning("trial %s attempt %d failed: %s", request.trial_id, attempt, exc, exc_info=True)
+            return TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _fetch_code(self, request: TrialRequested) -> TrialOutcome | None:
         """Fetch a shipped code bundle (hash-checked) for the child; a failed outcome if it is refused."""
@@ -161,7 +196,11 @@ class TrialRunner:
             return TrialOutcome(status=TrialStatus.FAILED, error=str(exc))
         return None
 
-    async def _report(self, msg: NatsMessage, request: TrialRequested, outcome: TrialOutcome, attempt: int) -> None:
+    async def _publish(self, done: list[tuple[TrialRequested, TrialOutcome]], attempt: int) -> None:
+        """Publish every finished trial's result (concurrently: one round trip for a batch)."""
+        await asyncio.gather(*(self._report(request, outcome, attempt) for request, outcome in done))
+
+    async def _report(self, request: TrialRequested, outcome: TrialOutcome, attempt: int) -> None:
         result = TrialCompleted(
             experiment_id=request.experiment_id,
             trial_id=request.trial_id,
@@ -184,5 +223,12 @@ class TrialRunner:
             msg_id=msg_id("trial-completed", request.trial_id),
             stream=Stream.EVENTS,
         )
-        await msg.ack()  # only now: a runner dying before this point means redelivery, not loss
         log.info("trial %s %s score=%s in %.2fs", request.trial_id, outcome.status, outcome.score, outcome.duration_s)
+
+
+class _RetryError(Exception):
+    """A trial met infrastructure trouble (not a bad trial): its request is retried with back-off."""
+
+    def __init__(self, trial_id: str):
+        super().__init__(trial_id)
+        self.trial_id = trial_id

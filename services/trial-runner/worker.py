@@ -223,6 +223,7 @@ class _Running:
     cancel_reason: str | None = None
     cancel_deadline: float | None = None
     aborted: bool = False
+    memory_sampled_at: float = 0.0  # last memory sample (monotonic): one per MEMORY_POLL_S, not per message
 
 
 class TrialWorker:
@@ -348,7 +349,7 @@ class TrialWorker:
         self._running = running
         self._cancel.clear()
         self._wake.clear()
-        started = time.monotonic()
+        started = running.memory_sampled_at = time.monotonic()
         deadline = started + timeout if timeout is not None else None
         try:
             self._conn.send(request.model_dump_json())
@@ -411,7 +412,15 @@ class TrialWorker:
                 error=f"trial exceeded its time limit of {deadline - started:g}s (budget.trial_timeout); stopped after {elapsed:.1f}s",
             )
         limit = running.memory_limit_mb
-        if limit is not None and self._process is not None and self._process.pid is not None:
+        # Sampling walks /proc for the child's descendants: at most once per MEMORY_POLL_S (it cost
+        # half the runner's CPU when done on every message of a fast trial).
+        if (
+            limit is not None
+            and now - running.memory_sampled_at >= MEMORY_POLL_S
+            and self._process is not None
+            and self._process.pid is not None
+        ):
+            running.memory_sampled_at = now
             try:
                 rss_mb = _tree_rss_mb(self._process.pid)
             except psutil.Error:

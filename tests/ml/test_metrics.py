@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -140,3 +141,54 @@ def test_predictions(iris_model: tuple[Any, np.ndarray, np.ndarray]) -> None:
     pred = predictions(model, X)
     assert isinstance(pred, np.ndarray)
     np.testing.assert_array_equal(pred, model.predict(X))
+
+
+class _Fixed:
+    """A fitted stand-in that predicts the given labels (to compare metrics on chosen label sets)."""
+
+    def __init__(self, pred: np.ndarray):
+        self.pred = pred
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.pred
+
+
+def _label_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    cases = []
+    for classes in (2, 3, 7):
+        y = rng.integers(0, classes, 60)
+        cases.append((f"{classes} classes", y, np.where(rng.random(60) < 0.7, y, rng.integers(0, classes, 60))))
+    y = rng.integers(0, 4, 40)
+    cases.append(("a class never predicted", y, np.where(y == 3, 0, y)))
+    cases.append(("a label only predicted", y, np.where(rng.random(40) < 0.2, 9, y)))
+    cases.append(("every prediction wrong", np.zeros(10, int), np.ones(10, int)))
+    words = np.array(["cat", "dog", "emu"])
+    yi = rng.integers(0, 3, 50)
+    cases.append(("text labels", words[yi], words[np.where(rng.random(50) < 0.6, yi, rng.integers(0, 3, 50))]))
+    cases.append(("text labels as objects", words[yi].astype(object), np.roll(words[yi], 3).astype(object)))
+    cases.append(("booleans", rng.random(30) < 0.5, rng.random(30) < 0.5))
+    cases.append(("float labels", rng.integers(0, 3, 30).astype(float), rng.integers(0, 3, 30).astype(float)))
+    return cases
+
+
+@pytest.mark.parametrize(("y", "pred"), [(y, p) for _, y, p in _label_cases()], ids=[n for n, _, _ in _label_cases()])
+def test_label_metrics_from_one_confusion_matrix_equal_scikit_learns(y: np.ndarray, pred: np.ndarray) -> None:
+    names = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro"]
+    got = compute_metrics(_Fixed(pred), np.zeros((len(y), 1)), y, names, "classification")
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns about the undefined per-label values
+        expected = {
+            "accuracy": skm.accuracy_score(y, pred),
+            "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+            "precision_macro": skm.precision_score(y, pred, average="macro", zero_division=0),
+            "recall_macro": skm.recall_score(y, pred, average="macro", zero_division=0),
+            "f1_macro": skm.f1_score(y, pred, average="macro", zero_division=0),
+        }
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_labels_of_mixed_kinds_are_left_to_scikit_learn() -> None:
+    y, pred = np.array(["a", "b", "a"], dtype=object), np.array([0, 1, 0], dtype=object)
+    with pytest.raises(ValueError, match="[Mm]ix"):
+        compute_metrics(_Fixed(pred), np.zeros((3, 1)), y, ["accuracy", "f1_macro"], "classification")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -398,3 +399,15 @@ def test_the_final_model_gets_the_whole_resource() -> None:
     assert refit.model.n_estimators == 90 and refit.model.n_estimators_ == 90
     fraction = gbc_spec({"name": "fraction", "min": 0.1})
     assert full_params(fraction, {"learning_rate": 0.1}) == {"learning_rate": 0.1}
+
+
+def test_a_trial_scores_the_same_on_cached_folds_as_on_fresh_ones() -> None:
+    """Folds are computed once per dataset and reused by the next trials; a copy of the data gets its own."""
+    spec = make_spec(dataset={"source": "sklearn:iris", "seed": 3}, objective={"metric": "accuracy", "cv": 4})
+    split = split_of(spec)
+    first = run_trial(split, spec, {"C": 0.3}, ALLOWED, seed=0)
+    again = run_trial(split, spec, {"C": 0.3}, ALLOWED, seed=0)
+    copied = dataclasses.replace(split, X_train=split.X_train.copy(), y_train=split.y_train.copy())
+    fresh = run_trial(copied, spec, {"C": 0.3}, ALLOWED, seed=0)
+    assert first.status == "ok" and len(first.fold_scores) == 4
+    assert first.fold_scores == again.fold_scores == fresh.fold_scores

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from nats.js.api import DeliverPolicy
 
 from tweakline.proto.messages import DeadLetter, ExperimentSubmitted, TrialCompleted, TrialStatus, trial_id
@@ -23,7 +21,6 @@ from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.bus import SERVICE_MAX_DELIVER, connect
-from tweakline.runtime.service import ServiceContext, make_broker
 from tweakline.scheduler.handlers import Scheduler
 
 
@@ -63,27 +60,6 @@ def _tweak(parallelism: int) -> TweakFile:
             },
         }
     )
-
-
-@pytest.fixture
-async def idle_scheduler(nats) -> AsyncIterator[Scheduler]:
-    """A scheduler connected to the real bus, not yet started (the test starts it, or the fixture below)."""
-    settings = nats.settings(Identity.SCHEDULER)
-    broker = make_broker(settings, "scheduler")
-    await broker.connect()
-    scheduler = Scheduler(ServiceContext(settings, broker, "scheduler"))
-    try:
-        yield scheduler
-    finally:
-        await scheduler.stop()
-        await broker.stop()
-
-
-@pytest.fixture
-async def scheduler(idle_scheduler: Scheduler) -> Scheduler:
-    """A started scheduler on the real bus."""
-    await idle_scheduler.start()
-    return idle_scheduler
 
 
 def submission(prefix: str, parallelism: int) -> tuple[str, Delivered]:

@@ -67,13 +67,36 @@ class _Scores:
         self._proba: np.ndarray | None = None
         self._decision: np.ndarray | None = None
         self._prf: tuple[float, float, float] | None = None
+        self._confusion: np.ndarray | bool | None = None  # False: not computable here
 
     def prf_macro(self, y: np.ndarray) -> tuple[float, float, float]:
-        """Macro precision, recall and F1 from one scikit-learn call (each separately costs the same again)."""
+        """Macro precision, recall and F1 (zero where undefined), from one confusion matrix."""
         if self._prf is None:
-            p, r, f, _ = _skm().precision_recall_fscore_support(y, self.pred, average="macro", zero_division=0)
-            self._prf = (float(p), float(r), float(f))
+            table = self.confusion(y)
+            if table is None:
+                p, r, f, _ = _skm().precision_recall_fscore_support(y, self.pred, average="macro", zero_division=0)
+                self._prf = (float(p), float(r), float(f))
+            else:
+                tp = np.diag(table).astype(float)
+                predicted, actual = table.sum(axis=0), table.sum(axis=1)
+                self._prf = (
+                    float(np.mean(_ratio(tp, predicted))),
+                    float(np.mean(_ratio(tp, actual))),
+                    float(np.mean(_ratio(2 * tp, predicted + actual))),
+                )
         return self._prf
+
+    def confusion(self, y: np.ndarray) -> np.ndarray | None:
+        """The confusion matrix (true label x predicted label, over the sorted union of both).
+
+        Computed once with numpy for every label metric: scikit-learn's metric functions each
+        re-validate their input, which was most of a fast trial's CPU (profiled in
+        docs/benchmarks.md). ``None`` for labels it does not handle as scikit-learn does
+        (mixed or non-finite); scikit-learn's own functions then decide.
+        """
+        if self._confusion is None:
+            self._confusion = _confusion(np.asarray(y), self.pred)
+        return self._confusion if self._confusion is not False else None
 
     @property
     def pred(self) -> np.ndarray:
@@ -95,6 +118,49 @@ class _Scores:
     def classes(self) -> np.ndarray | None:
         classes = getattr(self.estimator, "classes_", None)
         return None if classes is None else np.asarray(classes)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise ``numerator / denominator``, 0 where the denominator is 0 (``zero_division=0``)."""
+    out = np.zeros_like(numerator, dtype=float)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray) -> np.ndarray | bool:
+    """Confusion matrix over the sorted union of labels, or ``False`` to leave it to scikit-learn."""
+    if y.ndim != 1 or pred.ndim != 1 or y.shape != pred.shape or y.size == 0:
+        return False
+    kinds = {y.dtype.kind, pred.dtype.kind}
+    if kinds <= set("biu") or (kinds <= set("biuf") and np.isfinite(y).all() and np.isfinite(pred).all()):
+        pass  # numbers: compared by value, as scikit-learn does
+    elif kinds <= set("US") or (kinds <= set("USO") and all(isinstance(v, str) for v in (*y, *pred))):
+        pass  # text labels
+    else:
+        return False
+    try:
+        labels, index = np.unique(np.concatenate([y, pred]), return_inverse=True)
+    except TypeError:
+        return False
+    n = labels.size
+    true_index, pred_index = index[: y.size], index[y.size :]
+    return np.bincount(true_index * n + pred_index, minlength=n * n).reshape(n, n)
+
+
+def _accuracy(s: _Scores, y: np.ndarray) -> float:
+    table = s.confusion(y)
+    if table is None:
+        return float(_skm().accuracy_score(y, s.pred))
+    return float(np.trace(table) / table.sum())
+
+
+def _balanced_accuracy(s: _Scores, y: np.ndarray) -> float:
+    table = s.confusion(y)
+    if table is None:
+        return float(_skm().balanced_accuracy_score(y, s.pred))
+    actual = table.sum(axis=1)
+    present = actual > 0  # a label only ever predicted has no recall (scikit-learn leaves it out too)
+    return float(np.mean(np.diag(table)[present] / actual[present]))
 
 
 def _roc_auc(s: _Scores, y: np.ndarray) -> float | None:
@@ -126,8 +192,8 @@ def _log_loss(s: _Scores, y: np.ndarray) -> float | None:
 
 
 _METRICS: dict[str, Callable[[_Scores, np.ndarray], float | None]] = {
-    "accuracy": lambda s, y: _skm().accuracy_score(y, s.pred),
-    "balanced_accuracy": lambda s, y: _skm().balanced_accuracy_score(y, s.pred),
+    "accuracy": _accuracy,
+    "balanced_accuracy": _balanced_accuracy,
     "precision_macro": lambda s, y: s.prf_macro(y)[0],
     "recall_macro": lambda s, y: s.prf_macro(y)[1],
     "f1_macro": lambda s, y: s.prf_macro(y)[2],

@@ -200,6 +200,26 @@ def _at_rung(
     return estimator
 
 
+# The latest datasets' folds: a runner's child trains many trials of one experiment on the same
+# arrays, and StratifiedKFold's split was a tenth of a fast trial's CPU. Keyed by the arrays'
+# identity (kept alive by the entry, so an id is never reused while cached) and the splitter.
+_FOLDS: dict[tuple[int, int, str, int, int], tuple[Any, Any, list[tuple[np.ndarray, np.ndarray]]]] = {}
+_FOLDS_KEPT = 4
+
+
+def _folds(spec: ExperimentSpec, task: str, X: Any, y: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The cross-validation folds of ``(X, y)`` for ``spec`` (computed once per dataset and splitter)."""
+    key = (id(X), id(y), task, spec.objective.cv, spec.dataset.seed)
+    cached = _FOLDS.get(key)
+    if cached is not None and cached[0] is X and cached[1] is y:
+        return cached[2]
+    folds = list(cv_splitter(spec, task).split(X, y))
+    while len(_FOLDS) >= _FOLDS_KEPT:
+        _FOLDS.pop(next(iter(_FOLDS)))
+    _FOLDS[key] = (X, y, folds)
+    return folds
+
+
 def run_trial(
     split: Split,
     spec: ExperimentSpec,
@@ -240,7 +260,7 @@ def run_trial(
         X, y = split.X_train, split.y_train
         try:
             task = task_of(spec.model, allowed_prefixes)
-            folds = list(cv_splitter(spec, task).split(X, y))
+            folds = _folds(spec, task, X, y)
         except Exception as exc:
             status, error, folds = TrialStatus.FAILED, describe_error(exc), []
 

@@ -62,6 +62,18 @@ class Settings(BaseSettings):
     trial_max_deliver: int = Field(
         default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners)."
     )
+    trial_batch_max: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="Scheduler: the most trials one request may carry. Fast trials are batched (sized from the "
+        "experiment's observed trial durations); 1 turns batching off (needed while runners from before batches run).",
+    )
+    trial_batch_target_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="Scheduler: the training time one batch of trials should take, from the trials' measured durations.",
+    )
     stream_replicas: int = Field(
         default=0,
         ge=0,

@@ -1,0 +1,127 @@
+"""A runner's side of a batch of trials, over a real mTLS nats-server with a real training child.
+
+One request carries several trials: each is trained and reported on its own (one
+``TrialCompleted`` each, on the events stream), and the request is acknowledged once, after
+every result is stored. A runner that stops mid-batch keeps what finished and hands the rest back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.factories import make_spec
+from tests.waiting import until
+from tweakline.proto.messages import BatchedTrial, TrialCompleted, TrialProgress, TrialRequested, TrialStatus, trial_id
+from tweakline.proto.permissions import Identity
+from tweakline.proto.subjects import Subject
+from tweakline.runtime.bus import connect
+from tweakline.runtime.service import ServiceContext, make_broker
+from tweakline.trial_runner.handlers import TrialRunner
+
+SPEC = make_spec(objective={"metric": "accuracy", "cv": 2})
+
+
+@dataclass
+class Request:
+    """A delivered trials.requested message as the handler sees it (ack, nack, heartbeat)."""
+
+    acks: list[str] = field(default_factory=list)
+
+    @property
+    def raw_message(self) -> SimpleNamespace:
+        return SimpleNamespace(metadata=SimpleNamespace(num_delivered=1))
+
+    async def ack(self) -> None:
+        self.acks.append("ack")
+
+    async def nack(self, delay: float | None = None) -> None:
+        self.acks.append("nack")
+
+    async def in_progress(self) -> None:
+        """A heartbeat: nothing to record."""
+
+
+def batch(exp_id: str, count: int) -> TrialRequested:
+    """One request carrying trials 0..count-1 of ``exp_id`` (C = 1, 2, 3, ...)."""
+    trials = [BatchedTrial(trial_id=trial_id(exp_id, n), number=n, params={"C": float(n + 1)}) for n in range(count)]
+    first = trials[0]
+    return TrialRequested(
+        experiment_id=exp_id, trial_id=first.trial_id, number=0, params=first.params, spec=SPEC, batch=trials[1:]
+    )
+
+
+@pytest.fixture
+async def served(nats) -> AsyncIterator[SimpleNamespace]:
+    """A started runner (training child warm), every result it publishes by experiment, and the watching client."""
+    settings = nats.settings(Identity.TRIAL_RUNNER)
+    broker = make_broker(settings, "trial-runner")
+    await broker.connect()
+    runner = TrialRunner(ServiceContext(settings, broker, "trial-runner"))
+    await runner.start()
+    results: dict[str, list[TrialCompleted]] = {}
+    watcher = await connect(nats.settings(Identity.ADMIN), "test-results")
+
+    async def on_result(msg: Any) -> None:
+        result = TrialCompleted.model_validate_json(msg.data)
+        results.setdefault(result.experiment_id, []).append(result)
+
+    progress: list[TrialProgress] = []
+
+    async def on_progress(msg: Any) -> None:
+        progress.append(TrialProgress.model_validate_json(msg.data))
+
+    await watcher.subscribe(f"{Subject.TRIAL_COMPLETED.value}.>", cb=on_result)
+    await watcher.subscribe(f"{Subject.TRIAL_PROGRESS.value}.>", cb=on_progress)
+    await watcher.flush()
+    try:
+        yield SimpleNamespace(runner=runner, results=results, progress=progress, watcher=watcher)
+    finally:
+        await runner.worker.close()
+        await watcher.close()
+        await broker.stop()
+
+
+async def test_every_trial_of_a_batch_is_reported_once_then_the_request_is_acked(served) -> None:
+    runner, results = served.runner, served.results
+    delivered = Request()
+    await runner.on_trial_requested(batch("batch-ok", 3), delivered)
+    assert delivered.acks == ["ack"]
+    await until(lambda: len(results.get("batch-ok", [])) >= 3, timeout=30, what="three results on the bus")
+    got = sorted(results["batch-ok"], key=lambda r: r.number)
+    assert [(r.number, r.params, r.status) for r in got] == [(n, {"C": float(n + 1)}, TrialStatus.OK) for n in range(3)]
+    assert all(r.score is not None and 0 < r.score <= 1 for r in got)
+    await served.watcher.flush()
+    assert not served.progress, "fast trials without a pruner send no fold scores (nobody reads them)"
+
+
+async def test_a_runner_stopping_mid_batch_keeps_what_finished_and_hands_the_rest_back(served) -> None:
+    runner, results, watcher = served.runner, served.results, served.watcher
+    run_one = runner._run_one
+
+    async def then_stop(*args: Any, **kwargs: Any) -> Any:
+        outcome = await run_one(*args, **kwargs)
+        runner.stopping = True  # SIGTERM arrives while the first trial trains
+        return outcome
+
+    runner._run_one = then_stop  # type: ignore[method-assign]
+    delivered = Request()
+    await runner.on_trial_requested(batch("batch-stop", 3), delivered)
+    assert delivered.acks == ["nack"], "handed back for another runner, not acknowledged"
+    await until(lambda: results.get("batch-stop"), timeout=30, what="the first trial's result")
+    await watcher.flush()  # anything published before the nack has arrived by now
+    assert [r.number for r in results["batch-stop"]] == [0]
+
+
+async def test_trials_of_a_cancelled_experiment_are_skipped_and_the_rest_reported(served) -> None:
+    runner, results = served.runner, served.results
+    runner.early._cancelled[trial_id("batch-cancel", 1)] = "cancelled by a test"  # as trials.control would
+    delivered = Request()
+    await runner.on_trial_requested(batch("batch-cancel", 3), delivered)
+    assert delivered.acks == ["ack"]
+    await until(lambda: len(results.get("batch-cancel", [])) >= 2, timeout=30, what="two results")
+    assert sorted(r.number for r in results["batch-cancel"]) == [0, 2]
