@@ -5,6 +5,7 @@ Messages state the rule and the value received; the CLI prints them without a tr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -21,6 +22,14 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def unknown_name(value: object, registered: Iterable[str]) -> str:
+    """``Input should be 'a', 'b' or 'c', got 'x'``: the registered plug-in names, then the value
+    received (the words pydantic used when these names were enums in the tweak file)."""
+    names = [f"'{n}'" for n in registered]
+    expected = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f"Input should be {expected}, got {value!r}"
 
 
 class InvalidTweakFileError(TweaklineError):

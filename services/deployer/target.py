@@ -1,7 +1,8 @@
 """The deploy-target plug-in interface: what every way of putting a model into production must do.
 
-A target is one module with a subclass of :class:`DeployTarget`, registered by name in
-:mod:`tweakline.deployer.registry` (``spec.deploy.target``).
+A target is one module with a subclass of :class:`DeployTarget`, registered in
+:mod:`tweakline.deployer.registry` against a name of :mod:`tweakline.promotion.targets` (which
+also holds the rules of the target's settings, checked before anything runs).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from tweakline.errors import Problem
 from tweakline.proto.messages import ReleaseHistory, ReleaseRevision
 from tweakline.proto.tweakfile import DeploySpec
 from tweakline.runtime.settings import Settings
@@ -33,13 +33,6 @@ class DeployTarget(ABC):
     @abstractmethod
     async def rollback(self, spec: DeploySpec, history: ReleaseHistory, revision: ReleaseRevision) -> None:
         """Make the earlier ``revision`` live again."""
-
-    def check(self, spec: DeploySpec) -> list[Problem]:
-        """Problems with the ``spec.deploy`` settings only this target reads (paths from the tweak file's root).
-
-        Default: none; rules that hold for every target stay in ``tweakline.proto.tweakfile.DeploySpec``.
-        """
-        return []
 
     def endpoint(self, spec: DeploySpec) -> str | None:
         """Base URL of the live model server for the post-deploy check; ``None`` if none is known."""

@@ -546,7 +546,9 @@ class Webhook:
         problems = code_trainer_problems(tweak, self.settings.code_trainers, target.repository) + problems
         data: bytes | None = None
         scheme, _, location = tweak.spec.dataset.source.partition(":") if tweak is not None else ("", "", "")
-        if tweak is not None and scheme in ("csv", "parquet"):
+        # A source its plug-in refused (no path, say) is not looked for in the repository.
+        malformed = any(p.path.startswith("spec.dataset.") for p in problems)
+        if tweak is not None and scheme in ("csv", "parquet") and not malformed:
             try:
                 data = await self._repo_csv(location, path, target, scheme)
                 check = validation.csv_problems if scheme == "csv" else validation.parquet_problems

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from tweakline.errors import DatasetError
-from tweakline.ml.datasets import DatasetCache, ObjectLoader, use_object_store
+from tweakline.ml.datasets import DatasetCache, ObjectLoader, check_dataset, use_object_store
 from tweakline.proto.permissions import Identity
 from tweakline.proto.tweakfile import DatasetSpec
 from tweakline.runtime.bus import connect
 from tweakline.runtime.objects import blocking_dataset_fetcher, put_dataset
-from tweakline.validation.loading import parse_tweak_file
+from tweakline.validation import validate
 
 CSV = b"a,b,y\n" + b"".join(f"{i},{i % 7},{i % 2}\n".encode() for i in range(60))
 DIGEST = hashlib.sha256(CSV).hexdigest()
@@ -89,14 +89,17 @@ spec:
   objective: {{metric: accuracy}}
 """
     with pytest.raises(InvalidTweakFileError) as info:
-        parse_tweak_file(text)
+        validate(text, ["sklearn."])
     [problem] = info.value.problems
     assert problem.path == "spec.dataset.source" and message in problem.message
 
 
 def test_remote_table_sources_need_a_target() -> None:
-    with pytest.raises(ValueError, match="required for csv:, parquet:, https: and object: sources"):
-        DatasetSpec(source=f"object:csv:{DIGEST}")
+    # The tweak file keeps the source a string; the source's plug-in says a table needs a target.
+    problems = check_dataset(DatasetSpec(source=f"object:csv:{DIGEST}"))
+    assert [(p.path, p.message) for p in problems] == [
+        ("spec.dataset.target", "required for csv:, parquet:, https: and object: sources (the name of the target column)")
+    ]
 
 
 async def test_runner_identity_reads_what_a_submitter_uploaded(nats, tmp_path: Path, restore_object_store: None) -> None:
@@ -139,11 +142,11 @@ def test_https_loader_downloads_and_checks_a_pinned_hash(
     http_server: tuple[str, list[str]], tmp_path: Path, restore_object_store: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The scheme is https:; the test server speaks plain HTTP on loopback, so the URL is mapped.
-    import tweakline.ml.datasets as datasets
+    import tweakline.ml.sources.https_url as https_url
 
     base, requests = http_server
-    real = datasets._download
-    monkeypatch.setattr(datasets, "_download", lambda url: real(url.replace("https://data.test", base)))
+    real = https_url._download
+    monkeypatch.setattr(https_url, "_download", lambda url: real(url.replace("https://data.test", base)))
     use_object_store(None, tmp_path / "cache")
     pinned = DatasetSpec(source=f"https://data.test/data.csv#sha256={DIGEST}", target="y")
     assert DatasetCache().get(pinned).X_train.shape[1] == 2

@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.e2e.stories import run_story
+from tests.factories import make_tweak
 from tests.model_server.serving import hammer, rows, start_server_on
 from tests.waiting import until
 from tweakline.client.follow import Outcome, follow, submit
@@ -41,21 +42,15 @@ def tweak(name: str, model: dict, space: dict, verify: dict | None = None) -> Tw
     deploy = {"target": "local", "release": RELEASE}
     if verify:
         deploy["verify"] = verify
-    return TweakFile.model_validate(
-        {
-            "apiVersion": "tweakline/v1",
-            "kind": "Experiment",
-            "metadata": {"name": name},
-            "spec": {
-                "dataset": {"source": "sklearn:wine", "test_size": 0.25, "seed": 0},
-                "model": model,
-                "search": {"algorithm": "random", "seed": 0, "space": space},
-                "objective": {"metric": "accuracy", "cv": 2},
-                "budget": {"max_trials": 1, "parallelism": 1},
-                "gate": {"thresholds": {"accuracy": 0.2}, "beat_production_by": 0.01},
-                "deploy": deploy,
-            },
-        }
+    return make_tweak(
+        name,
+        dataset={"source": "sklearn:wine", "test_size": 0.25, "seed": 0},
+        model=model,
+        search={"algorithm": "random", "seed": 0, "space": space},
+        objective={"metric": "accuracy", "cv": 2},
+        budget={"max_trials": 1, "parallelism": 1},
+        gate={"thresholds": {"accuracy": 0.2}, "beat_production_by": 0.01},
+        deploy=deploy,
     )
 
 

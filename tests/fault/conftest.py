@@ -21,6 +21,7 @@ import pytest
 from nats.aio.client import Client
 
 from tests.conftest import REPO
+from tests.factories import make_tweak
 from tweakline.client.follow import Outcome, follow, submit
 from tweakline.proto.messages import ExperimentState, Source, TrialProgress
 from tweakline.proto.permissions import Identity
@@ -42,23 +43,12 @@ def tweak(
 
     ``hold``: a file that, while it exists, keeps every trial from starting its fit.
     """
-    return TweakFile.model_validate(
-        {
-            "apiVersion": "tweakline/v1",
-            "kind": "Experiment",
-            "metadata": {"name": name},
-            "spec": {
-                "dataset": {"source": "sklearn:iris", "seed": 0},
-                "model": {"estimator": SLEEPY, "fixed": {"hold": str(hold)} if hold else {}},
-                "search": {
-                    "algorithm": "random",
-                    "seed": 3,
-                    "space": {"delay": {"type": "categorical", "choices": delays}},
-                },
-                "objective": {"metric": "accuracy", "cv": 2},
-                "budget": {"max_trials": max_trials, "parallelism": parallelism, **budget},
-            },
-        }
+    return make_tweak(
+        name,
+        model={"estimator": SLEEPY, "fixed": {"hold": str(hold)} if hold else {}},
+        search={"algorithm": "random", "seed": 3, "space": {"delay": {"type": "categorical", "choices": delays}}},
+        objective={"metric": "accuracy", "cv": 2},
+        budget={"max_trials": max_trials, "parallelism": parallelism, **budget},
     )
 
 

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -35,14 +34,15 @@ ENV = {
 
 def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 240) -> dict:
     """The JSON in ``path`` once the stack wrote it (fails early if ``process`` died)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def written() -> dict | None:
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
-            time.sleep(0.2)
-    raise AssertionError(f"{path} never appeared")
+            return None
+
+    return wait_until(written, f"{path} to appear", timeout, interval=0.2)
 
 
 async def first_progress(state: Path, url: str, timeout: float = 240) -> None:

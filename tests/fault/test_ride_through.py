@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,9 @@ import yaml
 
 from tests.conftest import run_cli
 from tests.e2e.test_run import leftover_processes
+from tests.factories import tweak_dict
 from tests.fault.test_cli_lifecycle import ENV
+from tests.waiting import wait_until
 from tweakline.proto.messages import TrialCompleted
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Subject, all_of
@@ -32,22 +33,12 @@ EXIT_CODES = {"promote": 0, "reject": 1, "error": 2}
 def _tweak_file(path: Path) -> Path:
     path.write_text(
         yaml.safe_dump(
-            {
-                "apiVersion": "tweakline/v1",
-                "kind": "Experiment",
-                "metadata": {"name": "ride-through"},
-                "spec": {
-                    "dataset": {"source": "sklearn:iris", "seed": 0},
-                    "model": {"estimator": "sklearn.tree.DecisionTreeClassifier"},
-                    "search": {
-                        "algorithm": "random",
-                        "seed": 1,
-                        "space": {"max_depth": {"type": "int", "low": 1, "high": 6}},
-                    },
-                    "objective": {"metric": "accuracy", "cv": 3},
-                    "budget": {"max_trials": 8, "parallelism": 1},
-                },
-            }
+            tweak_dict(
+                "ride-through",
+                model={"estimator": "sklearn.tree.DecisionTreeClassifier"},
+                search={"algorithm": "random", "seed": 1, "space": {"max_depth": {"type": "int", "low": 1, "high": 6}}},
+                budget={"max_trials": 8, "parallelism": 1},
+            )
         )
     )
     return path
@@ -93,10 +84,7 @@ def test_nats_server_sigkilled_under_submit_wait(tmp_path: Path) -> None:
         assert submit.poll() is None, "the kill below must happen while submit --wait follows"
         os.kill(info["server"], signal.SIGKILL)
         # The supervisor notices and starts nats-server again (a new pid), and says so in status.
-        deadline = time.monotonic() + 120
-        while _info(state).get("server") in (None, info["server"]):
-            assert time.monotonic() < deadline, "nats-server was not restarted"
-            time.sleep(0.2)
+        wait_until(lambda: _info(state).get("server") not in (None, info["server"]), "nats-server to be restarted", 120, 0.2)
         status = run_cli("status", "--state-dir", str(state), "--json", env=ENV)
         assert status.code == 0, status.stderr
         servers = status.json()["stack"]["servers"]

@@ -13,7 +13,7 @@ from tests.ml.tables_data import shop_rows, write_shop_csv, write_shop_parquet
 from tweakline.errors import DatasetError
 from tweakline.ml import tables
 from tweakline.ml.datasets import ObjectLoader, check_dataset, load_dataset, split_dataset, use_object_store
-from tweakline.ml.datasets_parquet import parquet_problems
+from tweakline.ml.sources.parquet_file import parquet_problems
 from tweakline.proto.tweakfile import DatasetSpec
 
 

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tweakline.errors import ConfigurationError
-from tweakline.observability import telemetry
+from tweakline.observability import exporters, telemetry
 from tweakline.proto.permissions import Identity
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,23 +47,23 @@ def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_nothing_is_exported_unless_asked(clean_otel_env: pytest.MonkeyPatch) -> None:
-    assert telemetry._exporters("TRACES") == [] and telemetry._exporters("METRICS") == []
+    assert exporters._exporters("TRACES") == [] and exporters._exporters("METRICS") == []
 
 
 def test_an_otlp_endpoint_turns_otlp_on(clean_otel_env: pytest.MonkeyPatch) -> None:
     clean_otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-    assert telemetry._exporters("TRACES") == ["otlp"]
+    assert exporters._exporters("TRACES") == ["otlp"]
     clean_otel_env.setenv("OTEL_TRACES_EXPORTER", "console,none")
-    assert telemetry._exporters("TRACES") == ["console"]
+    assert exporters._exporters("TRACES") == ["console"]
 
 
 def test_unknown_exporter_and_missing_grpc_are_clear_errors(clean_otel_env: pytest.MonkeyPatch) -> None:
     clean_otel_env.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     with pytest.raises(ConfigurationError, match="OTEL_TRACES_EXPORTER=zipkin.*expected otlp, console or none"):
-        telemetry._exporters("TRACES")
+        exporters._exporters("TRACES")
     clean_otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
     with pytest.raises(ConfigurationError, match="carrier-pigeon"):
-        telemetry._otlp_span_exporter()
+        exporters._otlp_span_exporter()
 
 
 def test_traceparent_helpers() -> None:
@@ -171,7 +171,7 @@ def metric_names(text: str) -> set[str]:
 # Every kind of event the services publish, through the real meters and Prometheus exporter.
 EMIT_EVERYTHING = """
 import sys, time
-from tweakline.observability import telemetry
+from tweakline.observability import instruments, telemetry
 from tweakline.runtime.settings import Settings
 from tweakline.proto.messages import *
 from tweakline.validation.loading import parse_tweak_file
@@ -182,7 +182,7 @@ for decision in ("promote", "reject", "error"):
     telemetry.observe_published(EvaluationCompleted(experiment_id="e", decision=decision))
 for status in ("deployed", "failed", "rolled_back"):
     telemetry.observe_published(DeploymentCompleted(experiment_id="e", release="r", target="local", status=status))
-telemetry._queues["trial-runners"] = (3, 1)
+instruments._queues["trial-runners"] = (3, 1)
 telemetry.observe_dead_letter("scheduler")
 print("ready", flush=True)
 time.sleep(60)

@@ -85,16 +85,12 @@ BAD = [
     ("spec.budget.parallelism", -2, "spec.budget.parallelism", ["greater than 0", "-2"]),
     ("spec.budget.timeout", "15x", "spec.budget.timeout", ["duration", "15x"]),
     ("spec.budget.timeout", "-5m", "spec.budget.timeout", ["duration", "-5m"]),
-    ("spec.dataset.source", "sklearn:mnist", "spec.dataset.source", ["mnist", "digits"]),
-    ("spec.dataset.source", "s3://bucket/x.csv", "spec.dataset.source", ["s3://bucket/x.csv", "csv:<path>"]),
-    ("spec.dataset.source", "csv:data.csv", "spec.dataset.target", ["required for csv"]),
     ("spec.dataset.test_size", 1.5, "spec.dataset.test_size", ["less than 1", "1.5"]),
     ("spec.model.estimator", "not a path", "spec.model.estimator", ["dotted import path", "not a path"]),
     ("spec.model.pipeline", ["ok.Path", "bad path"], "spec.model.pipeline", ["bad path"]),
     ("spec.gate.thresholds", {"accuracyy": 0.9}, "spec.gate.thresholds", ["accuracyy"]),
     ("spec.gate.thresholds", {"r2": 0.9}, "spec.gate.thresholds.r2", ["regression", "accuracy"]),
     ("spec.gate.beat_production_by", -0.1, "spec.gate.beat_production_by", ["greater than or equal to 0", "-0.1"]),
-    ("spec.deploy.target", "k8s", "spec.deploy.target", ["k8s", "local", "helm"]),
     ("spec.deploy.release", "Bad_Name", "spec.deploy.release", ["Bad_Name", "pattern"]),
     ("metadata.name", "Digits SVC", "metadata.name", ["Digits SVC", "pattern"]),
     ("apiVersion", "tweakline/v2", "apiVersion", ["tweakline/v1", "tweakline/v2"]),
@@ -120,11 +116,11 @@ def test_invalid_documents_name_field_value_and_rule(change: str, value: object,
 def test_every_problem_is_reported_at_once() -> None:
     doc = with_change("spec.budget.max_trials", 0)
     doc["spec"]["objective"]["metric"] = "nope"
-    doc["spec"]["dataset"]["source"] = "sklearn:nope"
+    doc["spec"]["dataset"]["test_size"] = 2
     with pytest.raises(InvalidTweakFileError) as info:
         parse_tweak_file(yaml.safe_dump(doc))
     paths = {p.path for p in info.value.problems}
-    assert {"spec.budget.max_trials", "spec.objective.metric", "spec.dataset.source"} <= paths
+    assert {"spec.budget.max_trials", "spec.objective.metric", "spec.dataset.test_size"} <= paths
 
 
 def test_yaml_syntax_error_gives_the_line() -> None:

@@ -7,10 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
+from tests.waiting import wait_until
 from tweakline.proto.permissions import Identity
 
 
@@ -49,11 +49,12 @@ def test_service_answers_probes_once_connected(nats) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while _status(f"{base}/readyz") != 200:
+
+        def ready() -> bool:
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the service never became ready"
-            time.sleep(0.1)
+            return _status(f"{base}/readyz") == 200
+
+        wait_until(ready, "the service to become ready", 60, 0.1)
         assert _status(f"{base}/healthz") == 200
         assert _status(f"{base}/nope") == 404
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.factories import make_tweak
 from tweakline.proto.messages import (
     ExperimentState,
     LineageHistory,
@@ -51,20 +52,14 @@ def tweak(space: dict[str, Any], **search: Any) -> TweakFile:
     gate = search.pop("gate", {})
     dataset = search.pop("dataset", {"source": "sklearn:iris"})
     model = search.pop("model", {"estimator": "sklearn.svm.SVC"})
-    return TweakFile.model_validate(
-        {
-            "apiVersion": "tweakline/v1",
-            "kind": "Experiment",
-            "metadata": {"name": "svc"},
-            "spec": {
-                "dataset": dataset,
-                "model": model,
-                "search": {"space": space, "seed": search.pop("seed", 3), **search},
-                "objective": objective,
-                "budget": budget,
-                "gate": gate,
-            },
-        }
+    return make_tweak(
+        "svc",
+        dataset=dataset,
+        model=model,
+        search={"space": space, "seed": search.pop("seed", 3), **search},
+        objective=objective,
+        budget=budget,
+        gate=gate,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from nats.js.api import DeliverPolicy
 
+from tests.factories import make_tweak
 from tweakline.proto.messages import DeadLetter, ExperimentSubmitted, TrialCompleted, TrialStatus, trial_id
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
@@ -46,19 +47,11 @@ class Delivered:
 
 
 def _tweak(parallelism: int) -> TweakFile:
-    return TweakFile.model_validate(
-        {
-            "apiVersion": "tweakline/v1",
-            "kind": "Experiment",
-            "metadata": {"name": "group-commit"},
-            "spec": {
-                "dataset": {"source": "sklearn:iris"},
-                "model": {"estimator": "sklearn.svm.SVC"},
-                "search": {"algorithm": "random", "seed": 0, "space": {"C": {"type": "float", "low": 0.1, "high": 10}}},
-                "objective": {"metric": "accuracy", "cv": 2},
-                "budget": {"max_trials": 100, "parallelism": parallelism},
-            },
-        }
+    return make_tweak(
+        "group-commit",
+        search={"algorithm": "random", "seed": 0, "space": {"C": {"type": "float", "low": 0.1, "high": 10}}},
+        objective={"metric": "accuracy", "cv": 2},
+        budget={"max_trials": 100, "parallelism": parallelism},
     )
 
 

@@ -1,7 +1,7 @@
 """One validation entry point: ``tweakline validate`` and the webhook's intake accept the same files.
 
 The corpus (``corpus/``) holds good tweak files and bad ones covering structure, estimator,
-search and dataset problems; each bad file says in its first line what is wrong with it.
+search, dataset and deploy-target problems; each bad file says in its first line what is wrong with it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ BAD = {f.name for f in FILES if f.name.startswith("bad-")}
 
 def test_the_corpus_covers_every_kind_of_problem() -> None:
     assert len(GOOD) >= 3 and len(BAD) >= 12
-    for kind in ("structure", "estimator", "search", "dataset"):
+    for kind in ("structure", "estimator", "search", "dataset", "deploy"):
         assert any(name.startswith(f"bad-{kind}-") for name in BAD), kind
 
 

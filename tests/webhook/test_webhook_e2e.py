@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.waiting import until
 from tests.webhook.bitbucket_fake import FakeBitbucket
 from tests.webhook.test_webhook import IRIS, REPO, SECRET, TOKEN, branch_change, commit, push_payload, sign
 from tweakline.proto.permissions import Identity
@@ -32,19 +33,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 async def _wait_healthy(url: str, proc: asyncio.subprocess.Process, timeout: float = 60.0) -> None:
-    async def _poll() -> None:
-        async with httpx.AsyncClient() as client:
-            while True:
-                if proc.returncode is not None:
-                    raise AssertionError(f"webhook exited with {proc.returncode}")
-                try:
-                    if (await client.get(url)).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+    async with httpx.AsyncClient() as client:
 
-    await asyncio.wait_for(_poll(), timeout)
+        async def healthy() -> bool:
+            if proc.returncode is not None:
+                raise AssertionError(f"webhook exited with {proc.returncode}")
+            try:
+                return (await client.get(url)).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await until(healthy, f"the webhook to answer {url}", timeout, 0.1)
 
 
 async def test_push_to_decision_through_the_webhook_process(stack: LocalStack, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from tweakline import __version__
+from tweakline.promotion.targets import DEPLOY_TARGETS
 from tweakline.proto.messages import PAYLOADS
 from tweakline.proto.permissions import Identity, Permissions, nats_authorization, permission_map, render_identity_table
 from tweakline.proto.subjects import CONSUMER_FILTERS, STREAM_SUBJECTS, Subject, all_of
@@ -77,6 +78,7 @@ def plugin_names() -> dict[tuple[str, str], list[str]]:
         ("SearchSpec", "algorithm"): list(STRATEGIES),
         ("SearchSpec", "pruner"): list(PRUNERS),
         ("EarlyStoppingSpec", "algorithm"): list(PRUNERS),
+        ("DeploySpec", "target"): list(DEPLOY_TARGETS),
     }
 
 

@@ -1,12 +1,11 @@
-"""How an unknown plug-in name is reported: the same words pydantic used for the former enums."""
+"""How an unknown plug-in name is reported: the same words pydantic used for the former enums.
+
+The wording lives with :class:`tweakline.errors.Problem` (:func:`tweakline.errors.unknown_name`),
+so every registry (search algorithms, pruners, deploy targets) reports an unknown name alike.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from tweakline.errors import unknown_name
 
-
-def unknown_name(value: object, registered: Iterable[str]) -> str:
-    """``Input should be 'a', 'b' or 'c', got 'x'``: the registered names, then the value received."""
-    names = [f"'{n}'" for n in registered]
-    expected = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-    return f"Input should be {expected}, got {value!r}"
+__all__ = ["unknown_name"]

@@ -47,7 +47,7 @@ def resolve_paths(tweak: TweakFile, base_dir: Path) -> TweakFile:
     """Make a ``csv:`` or ``parquet:`` source absolute (relative paths are relative to the tweak file's folder)."""
     source = tweak.spec.dataset.source
     scheme, _, location = source.partition(":")
-    if scheme not in ("csv", "parquet"):
+    if scheme not in ("csv", "parquet") or not location:  # no path: the source's plug-in says so
         return tweak
     path = Path(location).expanduser()
     if not path.is_absolute():

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 from tweakline.errors import DatasetError, Problem
 from tweakline.proto.tweakfile import (
+    DEFAULT_DEPLOY_TARGET,
     DatasetSpec,
+    DeploySpec,
     ExperimentSpec,
     GateSpec,
     ModelSpec,
@@ -80,8 +82,14 @@ def spec_problems(spec: ExperimentSpec | Any, allowed_estimators: Sequence[str],
     else:
         parsed = _sections(spec)
         whole = False
+    deploy = _deploy_problems(spec)
     if not parsed:
-        return []
+        return deploy
+    # The source's own rules (its plug-in's), wherever the data is: a dataset that breaks them is
+    # checked no further.
+    source = _source_problems(spec, parsed)
+    if source:
+        parsed = {k: v for k, v in parsed.items() if k != "dataset"}
     dataset = parsed.get("dataset")
     if base_dir is None and isinstance(dataset, DatasetSpec) and dataset.source.startswith(("csv:", "parquet:")):
         # Not on this disk: the caller checks the file's content (csv_problems).
@@ -116,7 +124,42 @@ def spec_problems(spec: ExperimentSpec | Any, allowed_estimators: Sequence[str],
         )
         problems += check_search(searched)
     # Problems in a placeholder section mean nothing: pydantic reported that section already.
-    return [p for p in problems if _section_of(p.path) in parsed]
+    return source + [p for p in problems if _section_of(p.path) in parsed] + deploy
+
+
+def _deploy_problems(spec: ExperimentSpec | Any) -> list[Problem]:
+    """The deploy target's name against the registry and the target's own rules (also when
+    ``spec.deploy`` did not parse for another reason: its target name is still judged)."""
+    from tweakline.promotion.targets import target_problems
+
+    if isinstance(spec, ExperimentSpec):
+        return target_problems(spec.deploy)
+    raw = spec.get("deploy") if isinstance(spec, dict) else None
+    if not isinstance(raw, dict):
+        return []
+    try:
+        return target_problems(DeploySpec.model_validate(raw))
+    except ValidationError:
+        name = raw.get("target", DEFAULT_DEPLOY_TARGET)
+        if not isinstance(name, str):
+            return []
+        found = target_problems(DeploySpec.model_construct(target=name))
+        return [p for p in found if p.path == "spec.deploy.target"]
+
+
+def _source_problems(spec: ExperimentSpec | Any, parsed: dict[str, BaseModel]) -> list[Problem]:
+    """The dataset source's plug-in rules (scheme, location, target), also when ``spec.dataset``
+    did not parse for another reason (its source is still a string to judge)."""
+    from tweakline.ml.sources import source_problems
+
+    dataset = parsed.get("dataset")
+    if isinstance(dataset, DatasetSpec):
+        return source_problems(dataset.source, dataset.target)
+    raw = spec.get("dataset") if isinstance(spec, dict) else None
+    if isinstance(raw, dict) and isinstance(raw.get("source"), str):
+        # The target rule waits for a section that parses (pydantic reports what is wrong with it).
+        return [p for p in source_problems(raw["source"], None) if p.path == "spec.dataset.source"]
+    return []
 
 
 def _section_of(path: str) -> str:
@@ -178,7 +221,7 @@ def csv_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int = 5, 
 
 def parquet_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int = 5) -> list[Problem]:
     """Problems of a ``parquet:`` dataset's bytes, read as the runners will (the ``parquet:`` loader's own check)."""
-    from tweakline.ml.datasets_parquet import parquet_problems as check
+    from tweakline.ml.sources.parquet_file import parquet_problems as check
 
     return check(dataset, data, shown, cv=cv)
 

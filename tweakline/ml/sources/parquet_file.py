@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from tweakline.errors import DatasetError, Problem
-from tweakline.ml.datasets import LOADERS, CsvLoader, Dataset, DatasetLoader, Task, _missing_target, _target_column
+from tweakline.ml.sources.base import Dataset, DatasetLoader, Task, location_of, register_source
+from tweakline.ml.sources.csv_file import CsvLoader, missing_target, target_column
 from tweakline.ml.tables import check_shape, check_size, feature_matrix, text_column
 from tweakline.proto.tweakfile import DatasetSpec
 
@@ -72,7 +73,7 @@ def _columns(parquet: Any, target: str | None, where: str) -> tuple[list[str], l
     if duplicates:
         raise DatasetError(f"{where}: duplicate column names: {', '.join(duplicates)}")
     if target not in names:
-        raise DatasetError(f"{where}: {_missing_target(target, names, Path(where))}")
+        raise DatasetError(f"{where}: {missing_target(target, names, Path(where))}")
     for field in schema:
         if _kind(pa, field.type) is None:
             role = "target" if field.name == target else "feature column"
@@ -107,7 +108,7 @@ def read_parquet(source: Any, target: str | None, where: str, name: str, task: T
     rows = range(1, n + 1)
     columns = [_feature(pa, table.column(f), f, rows, where) for f in features]
     X, categorical = feature_matrix(columns)
-    y, kind = _target_column(_target_cells(pa, table.column(target)), str(target), list(rows), where, task, unit="row")
+    y, kind = target_column(_target_cells(pa, table.column(target)), str(target), list(rows), where, task, unit="row")
     return Dataset(X=X, y=y, feature_names=features, task=kind, name=name, categorical=categorical)
 
 
@@ -132,11 +133,17 @@ def _target_cells(pa: Any, column: Any) -> list[str]:
     return ["" if v is None else (repr(float(v)) if isinstance(v, float) else str(v)) for v in column.to_pylist()]
 
 
+@register_source
 class ParquetLoader(DatasetLoader):
     """``parquet:<path>``: a Parquet file; the path is relative to the tweak file."""
 
     scheme = "parquet"
+    form = "parquet:<path>"
     reads_host_files = True
+
+    def source_problem(self, source: str) -> str | None:
+        return None if location_of(source) else "parquet: needs a path, e.g. parquet:data/train.parquet"
+
     path = staticmethod(CsvLoader.path)
 
     def fingerprint(self, spec: DatasetSpec, base_dir: Path | None) -> Hashable:
@@ -201,6 +208,3 @@ def object_parquet(path: Path, spec: DatasetSpec, task: Task | None, name: str) 
     """An uploaded (``object:parquet:``) file, already fetched to ``path``."""
     check_size(path.stat().st_size, spec.source)
     return read_parquet(str(path), spec.target, spec.source, name, task)
-
-
-LOADERS[ParquetLoader.scheme] = ParquetLoader()

@@ -1,0 +1,104 @@
+"""Traces: tweakline's own spans, and the W3C trace context carried between processes.
+
+One experiment is one trace. FastStream's telemetry middleware (:mod:`tweakline.observability.messaging`)
+carries ``traceparent`` in NATS headers for handled messages; the explicit spans (experiment, trial
+dispatch, trial run, evaluation, deployment) come from :func:`span`, and a ``traceparent`` kept in
+a record hangs later work under the experiment's span (:func:`context_of`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+import tweakline
+from tweakline.observability.attributes import EXPERIMENT_ID, INSTRUMENTATION, RELEASE, TRIAL_ID, handled_ids, log_ids
+
+
+def tracer() -> trace.Tracer:
+    """The tracer for tweakline's own spans."""
+    return trace.get_tracer(INSTRUMENTATION, tweakline.__version__)
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, or ``None`` outside any span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def context_of(traceparent: str | None) -> otel_context.Context | None:
+    """A context whose parent is the span named by ``traceparent`` (``None`` if there is none)."""
+    if not traceparent:
+        return None
+    return propagate.extract({"traceparent": traceparent})
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex trace id inside a ``traceparent``."""
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+def inject_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Add the current trace context to outgoing NATS headers (for publishers outside FastStream)."""
+    propagate.inject(headers)
+    return headers
+
+
+def _attributes(
+    experiment_id: str | None, trial_id: str | None, release: str | None, extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    if experiment_id:
+        attrs[EXPERIMENT_ID] = experiment_id
+    if trial_id:
+        attrs[TRIAL_ID] = trial_id
+    if release:
+        attrs[RELEASE] = release
+    attrs.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return attrs
+
+
+@contextlib.contextmanager
+def span(
+    name: str,
+    *,
+    parent: str | None = None,
+    experiment_id: str | None = None,
+    trial_id: str | None = None,
+    release: str | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A span of tweakline's own, current inside the block.
+
+    ``parent`` (a ``traceparent``) hangs it under the experiment's span when the caller runs
+    outside the experiment's context, e.g. the scheduler dispatching a trial after another
+    trial's result, or its deadline ticker. An exception marks the span as an error.
+    """
+    ctx = context_of(parent)
+    handled = handled_ids.get()  # ids of the message being handled, when the caller names none
+    experiment_id = experiment_id or handled.get("experiment_id")
+    trial_id = trial_id or (handled.get("trial_id") if experiment_id == handled.get("experiment_id") else None)
+    release = release or handled.get("release")
+    with tracer().start_as_current_span(
+        name, context=ctx, kind=kind, attributes=_attributes(experiment_id, trial_id, release, attributes)
+    ) as current_span:
+        token = handled_ids.set({**handled, **log_ids(experiment_id, trial_id)})
+        try:
+            yield current_span
+        finally:
+            handled_ids.reset(token)
+
+
+def mark_error(current_span: Span, message: str) -> None:
+    """Record a failure on a span without an exception (e.g. a failed trial)."""
+    current_span.set_status(Status(StatusCode.ERROR, message))
