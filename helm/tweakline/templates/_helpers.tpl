@@ -281,6 +281,7 @@ Precedence: component env > global env > chart settings.
   "TWEAKLINE_ALLOWED_ESTIMATORS" (toJson $v.config.allowedEstimators)
   "TWEAKLINE_TRIAL_ACK_WAIT_S" (toString $v.config.trialAckWaitSeconds)
   "TWEAKLINE_TRIAL_MAX_DELIVER" (int64 $v.config.trialMaxDeliver | toString)
+  "TWEAKLINE_TRIAL_BATCH_MAX" (int64 $v.config.trialBatchMax | toString)
   "TWEAKLINE_MAX_PAYLOAD_BYTES" (int64 $v.config.maxPayloadBytes | toString)
   "TWEAKLINE_TLS_RELOAD_INTERVAL_S" (toString $v.config.tlsReloadIntervalSeconds)
   "OTEL_SERVICE_NAME" (printf "tweakline-%s" .identity)
