@@ -181,36 +181,19 @@ class TrialControl(Message):
     reason: str = ""
 
 
-class TrialCompleted(Message):
-    """Runner -> scheduler: the result of one trial."""
+class TrialRecord(Message):
+    """One trial's result as kept in experiment state and shown on the leaderboard.
 
-    experiment_id: ExperimentId
-    trial_id: TrialId
+    The fields every shape of a trial's result shares, spelled once: :class:`TrialCompleted`
+    (on the bus) is this record plus the trial's identity and delivery, and the ML library's
+    ``TrialOutcome`` is what training measured, before it has a number or a runner.
+    """
+
     number: int
-    status: TrialStatus
     params: dict[str, Any]
+    status: TrialStatus
     score: float | None = Field(default=None, description="Mean CV value of the objective metric.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Mean CV value of every metric computed.")
-    fold_scores: list[float] = Field(default_factory=list)
-    rung_scores: list[float] = Field(
-        default_factory=list, description="With search.resource: the CV score of each rung completed."
-    )
-    duration_s: float = 0.0
-    cpu_s: float = 0.0
-    runner: str = ""
-    attempt: int = 1
-    error: str | None = None
-    finished_at: datetime = Field(default_factory=utcnow)
-
-
-class TrialRecord(Message):
-    """One trial as kept in experiment state and shown on the leaderboard."""
-
-    number: int
-    params: dict[str, Any]
-    status: TrialStatus
-    score: float | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
     duration_s: float = 0.0
     cpu_s: float = 0.0
     runner: str = ""
@@ -222,20 +205,17 @@ class TrialRecord(Message):
 
     @classmethod
     def from_result(cls, result: TrialCompleted) -> TrialRecord:
-        """The record kept for a trial's result."""
-        return cls(
-            number=result.number,
-            params=result.params,
-            status=result.status,
-            score=result.score,
-            metrics=result.metrics,
-            fold_scores=result.fold_scores,
-            rung_scores=result.rung_scores,
-            duration_s=result.duration_s,
-            cpu_s=result.cpu_s,
-            runner=result.runner,
-            error=result.error,
-        )
+        """The record kept for a trial's result (its record fields, without identity and delivery)."""
+        return cls(**{name: getattr(result, name) for name in TrialRecord.model_fields})
+
+
+class TrialCompleted(TrialRecord):
+    """Runner -> scheduler: the result of one trial (its record, plus which trial and which delivery)."""
+
+    experiment_id: ExperimentId
+    trial_id: TrialId
+    attempt: int = 1
+    finished_at: datetime = Field(default_factory=utcnow)
 
 
 class ExperimentStatus(StrEnum):
