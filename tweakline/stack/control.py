@@ -367,7 +367,8 @@ def render_status(report: dict[str, Any]) -> list[Any]:
     parts.append(experiments)
     runners = report["runners"]
     lines = [
-        f"Runners: {runners['training']} trial(s) training, {runners['queued']} queued, "
+        # Counted in requests: one trial, or a batch of fast ones (docs/architecture.md, Performance).
+        f"Runners: {runners['training']} request(s) training, {runners['queued']} queued, "
         f"{runners['idle_pulls']} idle pull(s), {runners['redelivered']} redelivered"
     ]
     if len(runners.get("pools") or {}) > 1:  # per pool, where there are several
