@@ -76,3 +76,24 @@ def test_children_die_with_the_server_and_a_dead_server_refuses_to_spawn(server:
     assert sleeper.wait(30) < 0
     with pytest.raises(ForkServerError):
         server.spawn("late", ["--version"], dict(os.environ), tmp_path / "late.log")
+
+
+def test_extra_modules_come_preloaded_and_pin_the_blas_thread_settings(tmp_path: Path) -> None:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    forks = ForkServer(env, tmp_path / "server.log", extra=("colorsys",))
+    try:
+        log = tmp_path / "preloaded.log"
+        assert forks.spawn("preloaded", [], dict(env), log, entry=f"{TARGET}:preloaded").wait(60) == 0
+        assert log.read_text().strip() == "colorsys=True"
+        # A BLAS library loaded with one thread setting is not handed to a child that asks for another.
+        with pytest.raises(ForkServerError, match="OPENBLAS_NUM_THREADS"):
+            forks.spawn("other", [], {**env, "OPENBLAS_NUM_THREADS": "4"}, tmp_path / "other.log", entry=f"{TARGET}:preloaded")
+        assert not (tmp_path / "other.log").exists()
+    finally:
+        forks.stop()
+
+
+def test_without_extra_modules_nothing_more_is_preloaded(server: ForkServer, tmp_path: Path) -> None:
+    log = tmp_path / "preloaded.log"
+    assert server.spawn("preloaded", [], dict(os.environ), log, entry=f"{TARGET}:preloaded").wait(60) == 0
+    assert log.read_text().strip() == "colorsys=False"

@@ -5,10 +5,15 @@ tweakline's runtime before it does anything (about a second of CPU and 60 MB eac
 starts one fork server, which pays that once, and forks every service from it: a service then
 starts in a fraction of the time, and its imported pages are shared copy-on-write.
 
-What is preloaded is chosen to be safe to fork: pure-Python libraries that start no threads and
-read no environment at import. numpy, scikit-learn and Optuna are not preloaded (a BLAS library
-sizes its thread pool from the environment when it is loaded), so each service imports them with
-its own environment, after the fork.
+What is always preloaded is safe to fork: pure-Python libraries that start no threads and read no
+environment at import. The stack also asks for the service modules themselves (``extra``: Optuna,
+numpy, SciPy and scikit-learn with them), so the scheduler validates a submission and the
+evaluator starts without importing scikit-learn on their own, and every service shares those pages
+instead of holding a copy each. A BLAS library sizes its thread pool from the environment when it
+is loaded, so such a server pins the thread variables (:data:`THREAD_ENV`) it was started with and
+refuses to fork a service whose environment sets them differently (the stack then starts that one
+as a fresh interpreter); with the stack's one thread per process, no BLAS thread exists to be lost
+in a fork.
 
 The protocol is private to this module and the stack that started it: JSON lines on the server's
 stdin (spawn requests) and stdout (the pid of each spawned service, and each one's exit status as
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -51,6 +57,9 @@ PRELOAD = (
     "tweakline.observability.telemetry",
     "tweakline.proto.messages",
 )
+
+# The variables a BLAS library (numpy's OpenBLAS, MKL, OpenMP) reads once, when it is loaded.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # What a forked child runs: the command line, as `python -m tweakline ARGV` would.
 DEFAULT_ENTRY = "tweakline.cli.main:main"
@@ -116,10 +125,17 @@ def _status(raw: int) -> int:
     return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
 
 
-def serve() -> int:
-    """The server's loop: fork on each request, report pids and exits; exit when stdin closes."""
-    for name in PRELOAD:
+def serve(extra: tuple[str, ...] = ()) -> int:
+    """The server's loop: fork on each request, report pids and exits; exit when stdin closes.
+
+    ``extra``: modules to preload after :data:`PRELOAD` (the stack's service modules).
+    """
+    for name in (*PRELOAD, *extra):
         __import__(name)
+    # The preloaded objects never die: out of the collector's sight, a child's collections do not
+    # write to (and so copy) the pages it shares with the server and its siblings.
+    gc.collect()
+    gc.freeze()
     out = sys.stdout.fileno()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -228,10 +244,18 @@ class ForkServerError(RuntimeError):
 class ForkServer:
     """The stack's side of a fork server: start it, spawn services through it, stop it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, preexec_fn: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        preexec_fn: Callable[[], None] | None = None,
+        extra: tuple[str, ...] = (),
+    ):
         self._log: IO[bytes] = open(log_path, "ab")
+        # With modules that load a BLAS library, a child must see the thread settings the server loaded it with.
+        self._pinned = {name: env.get(name) for name in THREAD_ENV} if extra else {}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tweakline.stack.forkserver"],
+            [sys.executable, "-m", "tweakline.stack.forkserver", *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -298,6 +322,11 @@ class ForkServer:
         entry: str = DEFAULT_ENTRY,
     ) -> ForkedProcess:
         """Fork ``name`` running ``tweakline ARGV`` (or ``entry``, a ``module:function``) with ``env``, output to ``log_path``."""
+        differ = [name for name, value in self._pinned.items() if env.get(name) != value]
+        if differ:
+            raise ForkServerError(
+                f"{name} sets {', '.join(differ)} unlike the fork server, which loaded its BLAS library with them"
+            )
         if not self._ready.wait(timeout) or self._closed:
             raise ForkServerError(f"the fork server is not ready (exit {self.process.poll()}); see {self._log_path}")
         with self._lock:
@@ -345,4 +374,4 @@ class ForkServer:
 
 
 if __name__ == "__main__":
-    sys.exit(serve())
+    sys.exit(serve(tuple(sys.argv[1:])))

@@ -250,10 +250,17 @@ class LocalStack:
         if not self.base_settings.fork_server:
             return
         try:
-            self.forks = ForkServer(self._common_env(), self.layout.logs / "fork-server.log", preexec_fn=_die_with_parent)
+            self.forks = ForkServer(
+                self._common_env(), self.layout.logs / "fork-server.log", preexec_fn=_die_with_parent, extra=self._preload()
+            )
         except (ForkServerError, OSError) as exc:
             log.warning("services start as separate interpreters: %s", exc)
             self.forks = None
+
+    def _preload(self) -> tuple[str, ...]:
+        """The service modules the fork server imports for its children (shared pages, no import after the fork)."""
+        names = ["scheduler", "evaluator", "deployer", "trial-runner"] + (["console"] if self.console_port is not None else [])
+        return tuple(f"tweakline.{name.replace('-', '_')}.app" for name in names)  # services/<name>/ is tweakline.<name>
 
     def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None, *, label: str | None = None) -> None:
         identity = Identity(service)
