@@ -6,14 +6,15 @@ starts one fork server, which pays that once, and forks every service from it: a
 starts in a fraction of the time, and its imported pages are shared copy-on-write.
 
 What is always preloaded is safe to fork: pure-Python libraries that start no threads and read no
-environment at import. The stack also asks for the service modules themselves (``extra``: Optuna,
-numpy, SciPy and scikit-learn with them), so the scheduler validates a submission and the
-evaluator starts without importing scikit-learn on their own, and every service shares those pages
-instead of holding a copy each. A BLAS library sizes its thread pool from the environment when it
-is loaded, so such a server pins the thread variables (:data:`THREAD_ENV`) it was started with and
-refuses to fork a service whose environment sets them differently (the stack then starts that one
-as a fresh interpreter); with the stack's one thread per process, no BLAS thread exists to be lost
-in a fork.
+environment at import. A spawn request may name more modules to import first (``preload``): the
+stack asks for the scheduler's and the evaluator's modules (Optuna, numpy, SciPy and scikit-learn
+with them) when it forks those two, after the runners and the deployer, which do not need them
+and start at once. So the scheduler checks a submission without importing scikit-learn, and the
+two share those pages instead of holding a copy each. A BLAS library sizes its thread pool from
+the environment when it is loaded, so once such modules are asked for, the server's thread
+variables (:data:`THREAD_ENV`, as it was started) are pinned: a service whose environment sets
+them differently is refused (the stack then starts that one as a fresh interpreter). With the
+stack's one thread per process, no BLAS thread exists to be lost in a fork.
 
 The protocol is private to this module and the stack that started it: JSON lines on the server's
 stdin (spawn requests) and stdout (the pid of each spawned service, and each one's exit status as
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import importlib
 import json
 import os
@@ -125,17 +125,10 @@ def _status(raw: int) -> int:
     return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
 
 
-def serve(extra: tuple[str, ...] = ()) -> int:
-    """The server's loop: fork on each request, report pids and exits; exit when stdin closes.
-
-    ``extra``: modules to preload after :data:`PRELOAD` (the stack's service modules).
-    """
-    for name in (*PRELOAD, *extra):
+def serve() -> int:
+    """The server's loop: fork on each request, report pids and exits; exit when stdin closes."""
+    for name in PRELOAD:
         __import__(name)
-    # The preloaded objects never die: out of the collector's sight, a child's collections do not
-    # write to (and so copy) the pages it shares with the server and its siblings.
-    gc.collect()
-    gc.freeze()
     out = sys.stdout.fileno()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -183,6 +176,12 @@ def serve(extra: tuple[str, ...] = ()) -> int:
                 request = json.loads(line)
             except ValueError:
                 send({"error": "not a JSON request"})
+                continue
+            try:  # what this child (and every later one) needs beyond PRELOAD, imported here once
+                for name in request.get("preload") or ():
+                    importlib.import_module(name)
+            except Exception as exc:
+                send({"id": request.get("id"), "error": f"cannot preload for {request.get('name')}: {exc!r}"})
                 continue
             sys.stdout.flush()
             sys.stderr.flush()
@@ -244,18 +243,13 @@ class ForkServerError(RuntimeError):
 class ForkServer:
     """The stack's side of a fork server: start it, spawn services through it, stop it."""
 
-    def __init__(
-        self,
-        env: dict[str, str],
-        log_path: Path,
-        preexec_fn: Callable[[], None] | None = None,
-        extra: tuple[str, ...] = (),
-    ):
+    def __init__(self, env: dict[str, str], log_path: Path, preexec_fn: Callable[[], None] | None = None):
         self._log: IO[bytes] = open(log_path, "ab")
-        # With modules that load a BLAS library, a child must see the thread settings the server loaded it with.
-        self._pinned = {name: env.get(name) for name in THREAD_ENV} if extra else {}
+        # Once a BLAS library may be loaded (a preload), a child must see the thread settings it was loaded with.
+        self._threads = {name: env.get(name) for name in THREAD_ENV}
+        self._pinned = False
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tweakline.stack.forkserver", *extra],
+            [sys.executable, "-m", "tweakline.stack.forkserver"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -320,13 +314,15 @@ class ForkServer:
         log_path: Path,
         timeout: float = 60.0,
         entry: str = DEFAULT_ENTRY,
+        preload: tuple[str, ...] = (),
     ) -> ForkedProcess:
-        """Fork ``name`` running ``tweakline ARGV`` (or ``entry``, a ``module:function``) with ``env``, output to ``log_path``."""
-        differ = [name for name, value in self._pinned.items() if env.get(name) != value]
-        if differ:
-            raise ForkServerError(
-                f"{name} sets {', '.join(differ)} unlike the fork server, which loaded its BLAS library with them"
-            )
+        """Fork ``name`` running ``tweakline ARGV`` (or ``entry``, a ``module:function``) with ``env``, output to ``log_path``.
+
+        ``preload``: modules the server imports before this fork (kept for later children too).
+        """
+        differ = [var for var, value in self._threads.items() if env.get(var) != value]
+        if differ and (self._pinned or preload):
+            raise ForkServerError(f"{name} sets {', '.join(differ)} unlike the fork server, which loads BLAS libraries with them")
         if not self._ready.wait(timeout) or self._closed:
             raise ForkServerError(f"the fork server is not ready (exit {self.process.poll()}); see {self._log_path}")
         with self._lock:
@@ -340,6 +336,7 @@ class ForkServer:
                 "log": str(log_path),
                 "cwd": os.getcwd(),
                 "entry": entry,
+                "preload": list(preload),
             }
             try:
                 self._stdin.write((json.dumps(request) + "\n").encode())
@@ -350,6 +347,7 @@ class ForkServer:
                 if not self._replied.wait_for(lambda: ident in self._replies or self._closed, timeout):
                     raise ForkServerError(f"the fork server did not answer within {timeout:.0f} s")
                 reply = self._replies.pop(ident, None)
+                self._pinned = self._pinned or bool(preload)
                 if reply is None or "pid" not in reply:
                     raise ForkServerError(f"the fork server could not start {name}: {reply}")
                 child = ForkedProcess(reply["pid"], name)
@@ -374,4 +372,4 @@ class ForkServer:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(tuple(sys.argv[1:])))
+    sys.exit(serve())

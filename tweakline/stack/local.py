@@ -203,15 +203,18 @@ class LocalStack:
                 self.server = EmbeddedNatsServer(config, self.layout.run)
                 self.url = self.server.start()
             asyncio.run(self._topology())
-            for index in range(self.schedulers):
-                self._spawn("scheduler", index)
-            for name in ("evaluator", "deployer"):
-                self._spawn(name)
+            # Runners first: their training children (fresh interpreters importing scikit-learn) are
+            # the longest start; then the deployer; then what waits for the fork server's import of
+            # scikit-learn (PRELOADED).
             index = 0
             for pool, count in self.pools.items():
                 for _ in range(count):
                     self._spawn_runner(pool, index)
                     index += 1
+            self._spawn("deployer")
+            for index in range(self.schedulers):
+                self._spawn("scheduler", index)
+            self._spawn("evaluator")
             if self.console_port is not None:
                 self._spawn_console()
             self._write_info()
@@ -250,17 +253,18 @@ class LocalStack:
         if not self.base_settings.fork_server:
             return
         try:
-            self.forks = ForkServer(
-                self._common_env(), self.layout.logs / "fork-server.log", preexec_fn=_die_with_parent, extra=self._preload()
-            )
+            self.forks = ForkServer(self._common_env(), self.layout.logs / "fork-server.log", preexec_fn=_die_with_parent)
         except (ForkServerError, OSError) as exc:
             log.warning("services start as separate interpreters: %s", exc)
             self.forks = None
 
-    def _preload(self) -> tuple[str, ...]:
-        """The service modules the fork server imports for its children (shared pages, no import after the fork)."""
-        names = ["scheduler", "evaluator", "deployer", "trial-runner"] + (["console"] if self.console_port is not None else [])
-        return tuple(f"tweakline.{name.replace('-', '_')}.app" for name in names)  # services/<name>/ is tweakline.<name>
+    # What the fork server imports before forking these (services/<name>/ is tweakline.<name>): the
+    # scheduler checks submissions with scikit-learn and the evaluator refits, so both share one
+    # import of them; runners and the deployer do not use them and are forked before it.
+    PRELOADED = {
+        "scheduler": ("tweakline.scheduler.app", "tweakline.evaluator.app"),
+        "evaluator": ("tweakline.scheduler.app", "tweakline.evaluator.app"),
+    }
 
     def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None, *, label: str | None = None) -> None:
         identity = Identity(service)
@@ -282,7 +286,10 @@ class LocalStack:
         process: subprocess.Popen[bytes] | ForkedProcess | None = None
         if self.forks is not None and self.forks.alive():
             try:
-                process = self.forks.spawn(label, ["service", service], env, log_path)
+                preload = self.PRELOADED.get(service, ())
+                # A preload is an import of scikit-learn first: slow on a loaded machine, still bounded.
+                timeout = 180.0 if preload else 60.0
+                process = self.forks.spawn(label, ["service", service], env, log_path, timeout=timeout, preload=preload)
             except ForkServerError as exc:
                 log.warning("starting %s as a separate interpreter: %s", label, exc)
         if process is None:
