@@ -74,3 +74,21 @@ def test_a_refused_file_is_what_the_user_sees_even_when_the_stack_failed_too() -
     stack = Recorder(fail=True)
     with pytest.raises(InvalidTweakFileError):
         start_while_checking(stack.start, stack.stop, refusing(stack))
+
+
+def test_a_refusal_makes_a_start_under_way_give_up() -> None:
+    abandoned = threading.Event()
+    events: list[str] = []
+
+    def start() -> None:
+        if abandoned.wait(WAIT_S):
+            events.append("gave up")
+            raise StackError("the start was abandoned")
+        events.append("finished")
+
+    def check() -> None:
+        raise InvalidTweakFileError("bad.yaml", [Problem("spec.model.estimator", "no such estimator, got 'x'")])
+
+    with pytest.raises(InvalidTweakFileError):
+        start_while_checking(start, lambda: events.append("stop"), check, abandon=abandoned.set)
+    assert events == ["gave up"]

@@ -105,3 +105,10 @@ def test_without_a_preload_nothing_more_is_preloaded(server: ForkServer, tmp_pat
     log = tmp_path / "preloaded.log"
     assert server.spawn("preloaded", [], dict(os.environ), log, entry=f"{TARGET}:preloaded").wait(60) == 0
     assert log.read_text().strip() == "colorsys=False"
+
+
+def test_an_interrupted_server_refuses_spawns_at_once(server: ForkServer, tmp_path: Path) -> None:
+    server.interrupt()
+    with pytest.raises(ForkServerError, match="interrupted"):
+        server.spawn("late", ["--version"], dict(os.environ), tmp_path / "late.log", timeout=600)
+    assert not (tmp_path / "late.log").exists()

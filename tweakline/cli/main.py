@@ -218,7 +218,7 @@ def run(
     try:
         with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):
             # The stack starts while the file is checked; nothing is submitted unless the check passed.
-            start_while_checking(stack.start, stack.stop, check)
+            start_while_checking(stack.start, stack.stop, check, abandon=stack.abandon)
         code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout, report_dir, report))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: stopping the local stack[/yellow]")

@@ -19,8 +19,16 @@ from collections.abc import Callable
 from tweakline.errors import InvalidTweakFileError
 
 
-def start_while_checking(start: Callable[[], object], stop: Callable[[], None], check: Callable[[], object]) -> None:
+def start_while_checking(
+    start: Callable[[], object],
+    stop: Callable[[], None],
+    check: Callable[[], object],
+    abandon: Callable[[], None] | None = None,
+) -> None:
     """Run ``check`` in a thread while ``start`` runs in this one; return once both are done.
+
+    ``abandon`` is called from the check's thread as soon as the file is refused, so that a
+    start still under way can give up at its next step (it then raises) instead of finishing.
 
     Raises:
         InvalidTweakFileError: ``check`` refused the file; what ``start`` started is stopped first
@@ -34,6 +42,8 @@ def start_while_checking(start: Callable[[], object], stop: Callable[[], None], 
             check()
         except BaseException as exc:  # handed to this thread, which decides what the user sees
             refused.append(exc)
+            if abandon is not None and isinstance(exc, InvalidTweakFileError):
+                abandon()
 
     checker = threading.Thread(target=_check, name="tweak-file-check", daemon=True)
     checker.start()

@@ -267,6 +267,7 @@ class ForkServer:
         self._next = 0
         self._closed = False
         self._ready = threading.Event()  # set once the preload is done (or the server is gone)
+        self._interrupted = False  # interrupt(): spawns stop waiting
         self._log_path = log_path
         # Not waited for here: the preload overlaps with whatever the stack starts meanwhile.
         self._reader = threading.Thread(target=self._read, name="fork-server-reader", daemon=True)
@@ -276,10 +277,18 @@ class ForkServer:
         """Whether the server still runs and answers."""
         return self.process.poll() is None and not self._closed
 
+    def interrupt(self) -> None:
+        """Make every spawn waiting for the server (in other threads), and every later one, give up at once."""
+        with self._replied:
+            self._interrupted = True
+            self._replied.notify_all()
+
     def _read(self) -> None:
         first = self._stdout.readline()
         if first.startswith(b'{"ready"'):
             self._ready.set()
+            with self._replied:
+                self._replied.notify_all()
         for line in self._stdout if self._ready.is_set() else ():
             try:
                 message = json.loads(line)
@@ -323,7 +332,11 @@ class ForkServer:
         differ = [var for var, value in self._threads.items() if env.get(var) != value]
         if differ and (self._pinned or preload):
             raise ForkServerError(f"{name} sets {', '.join(differ)} unlike the fork server, which loads BLAS libraries with them")
-        if not self._ready.wait(timeout) or self._closed:
+        with self._replied:
+            self._replied.wait_for(lambda: self._ready.is_set() or self._interrupted, timeout)
+        if self._interrupted:
+            raise ForkServerError(f"{name}: the fork server was interrupted")
+        if not self._ready.is_set() or self._closed:
             raise ForkServerError(f"the fork server is not ready (exit {self.process.poll()}); see {self._log_path}")
         with self._lock:
             self._next += 1
@@ -344,7 +357,7 @@ class ForkServer:
             except (BrokenPipeError, ValueError) as exc:
                 raise ForkServerError(f"the fork server is gone: {exc}") from None
             with self._replied:
-                if not self._replied.wait_for(lambda: ident in self._replies or self._closed, timeout):
+                if not self._replied.wait_for(lambda: ident in self._replies or self._closed or self._interrupted, timeout):
                     raise ForkServerError(f"the fork server did not answer within {timeout:.0f} s")
                 reply = self._replies.pop(ident, None)
                 self._pinned = self._pinned or bool(preload)
