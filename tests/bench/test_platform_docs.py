@@ -51,3 +51,15 @@ def test_the_journal_peer_is_reported_with_its_ratio() -> None:
     table = {(r[1], r[2], r[4]) for r in rows({**RESULTS, "optuna_journal": journal, "orchestration": orchestration})}
     assert ("tweakline (mTLS) / Optuna journal mode, trials/s, same run", "1.50x", "[green]met[/green]") in table
     assert any("JournalStorage" in measure and "50.0 trials/s" in value for measure, value, _ in table)
+
+
+def test_the_stack_footprint_is_reported_against_the_pss_target() -> None:
+    from bench.platform import rows
+
+    memory = {"runners": 2, "up_total_mib": 250.0, "peak_total_mib": 310.5, "target_mib": 300}
+    memory |= {"peak_mib": {"trial-runner-0/child-2": 100.0, "evaluator": 80.0}}
+    (row,) = [r for r in rows({**RESULTS, "memory": memory}) if r[0] == "5 memory"]
+    assert "250.0 / 310.5" in row[2] and "trial-runner-0/child-2 100.0" in row[2]
+    assert row[3] == "<= 300 MiB at peak" and row[4] == "[red]missed[/red]"
+    (met,) = [r for r in rows({**RESULTS, "memory": memory | {"peak_total_mib": 299.0}}) if r[0] == "5 memory"]
+    assert met[4] == "[green]met[/green]"

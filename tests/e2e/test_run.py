@@ -6,6 +6,7 @@ service as its own process, exactly as the README's demo does.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import psutil
@@ -100,6 +101,55 @@ def test_invalid_tweak_file_starts_nothing(tmp_path: Path) -> None:
     assert "spec.search.space.C.low: must be > 0 when log is true, got -1" in done.stderr
     assert "Traceback" not in done.stderr
     assert not state.exists()
+
+
+def test_a_file_refused_while_the_stack_starts_submits_nothing_and_leaves_nothing(tmp_path: Path) -> None:
+    # Sound in structure, refused only by the checks that import scikit-learn: those run while the
+    # stack starts (the overlapped start-up), and the stack that started is stopped unused.
+    text = (EXAMPLES / "wine-svc.tweak.yaml").read_text().replace("gamma: {", "gamma_typo: {")
+    bad = tmp_path / "bad.tweak.yaml"
+    bad.write_text(text)
+    fresh = tmp_path / "fresh"
+    done = run_cli("run", str(bad), "--state-dir", str(fresh))
+    assert done.code == 2
+    assert "spec.search.space.gamma_typo: SVC has no parameter 'gamma_typo'" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not fresh.exists()  # a state directory the refused run made is removed again
+    assert not leftover_processes(fresh)
+
+    # On a state directory that exists, the stack started (a store and service logs) and got no submission.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    again = run_cli("run", str(bad), "--state-dir", str(kept))
+    assert again.code == 2, again.stderr
+    assert (kept / "jetstream").is_dir() and (kept / "logs" / "scheduler.log").is_file()
+    assert not (kept / "run" / "stack.json").exists()
+    assert not leftover_processes(kept)
+    assert asyncio.run(submissions_in(kept)) == 0
+
+
+async def submissions_in(state_dir: Path) -> int:
+    """How many submissions the EVENTS stream of the stack in ``state_dir`` holds (its nats-server started alone)."""
+    from tweakline.proto.permissions import Identity
+    from tweakline.proto.subjects import Stream, Subject, all_of
+    from tweakline.runtime.bus import connect
+    from tweakline.runtime.natsserver import EmbeddedNatsServer, ServerConfig
+    from tweakline.runtime.pki import TlsFiles
+    from tweakline.runtime.settings import Settings
+
+    server = EmbeddedNatsServer(
+        ServerConfig(store_dir=state_dir / "jetstream", tls=TlsFiles(state_dir / "pki" / Identity.NATS_SERVER)), state_dir / "run"
+    )
+    url = server.start()
+    try:
+        nc = await connect(Settings(nats_url=url, identity=Identity.ADMIN, state_dir=state_dir), "test-submissions")
+        try:
+            info = await nc.jetstream().stream_info(Stream.EVENTS, subjects_filter=all_of(Subject.EXPERIMENT_SUBMITTED))
+            return sum((info.state.subjects or {}).values())
+        finally:
+            await nc.close()
+    finally:
+        server.stop()
 
 
 def test_csv_dataset_relative_to_the_tweak_file(tmp_path: Path) -> None:

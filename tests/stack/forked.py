@@ -22,3 +22,8 @@ def sleep() -> None:
     print("sleeping", flush=True)
     while True:
         time.sleep(1)
+
+
+def preloaded() -> None:
+    """Print whether ``colorsys`` (imported by no one here) came with the fork, preloaded by the server."""
+    print(f"colorsys={'colorsys' in sys.modules}")

@@ -76,3 +76,39 @@ def test_children_die_with_the_server_and_a_dead_server_refuses_to_spawn(server:
     assert sleeper.wait(30) < 0
     with pytest.raises(ForkServerError):
         server.spawn("late", ["--version"], dict(os.environ), tmp_path / "late.log")
+
+
+def test_a_preload_comes_with_the_fork_and_pins_the_blas_thread_settings(tmp_path: Path) -> None:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    forks = ForkServer(env, tmp_path / "server.log")
+    try:
+        before = tmp_path / "before.log"
+        assert forks.spawn("before", [], {**env, "OPENBLAS_NUM_THREADS": "4"}, before, entry=f"{TARGET}:preloaded").wait(60) == 0
+        assert before.read_text().strip() == "colorsys=False"  # nothing preloaded yet, nothing pinned
+        log = tmp_path / "preloaded.log"
+        assert forks.spawn("preloaded", [], dict(env), log, entry=f"{TARGET}:preloaded", preload=("colorsys",)).wait(60) == 0
+        assert log.read_text().strip() == "colorsys=True"
+        later = tmp_path / "later.log"
+        assert forks.spawn("later", [], dict(env), later, entry=f"{TARGET}:preloaded").wait(60) == 0
+        assert later.read_text().strip() == "colorsys=True"  # kept for later children
+        # Once a library may have loaded BLAS, a child asking for other thread settings is refused.
+        with pytest.raises(ForkServerError, match="OPENBLAS_NUM_THREADS"):
+            forks.spawn("other", [], {**env, "OPENBLAS_NUM_THREADS": "4"}, tmp_path / "other.log", entry=f"{TARGET}:preloaded")
+        assert not (tmp_path / "other.log").exists()
+        with pytest.raises(ForkServerError, match="cannot preload"):
+            forks.spawn("missing", [], dict(env), tmp_path / "missing.log", preload=("tweakline_no_such_module",))
+    finally:
+        forks.stop()
+
+
+def test_without_a_preload_nothing_more_is_preloaded(server: ForkServer, tmp_path: Path) -> None:
+    log = tmp_path / "preloaded.log"
+    assert server.spawn("preloaded", [], dict(os.environ), log, entry=f"{TARGET}:preloaded").wait(60) == 0
+    assert log.read_text().strip() == "colorsys=False"
+
+
+def test_an_interrupted_server_refuses_spawns_at_once(server: ForkServer, tmp_path: Path) -> None:
+    server.interrupt()
+    with pytest.raises(ForkServerError, match="interrupted"):
+        server.spawn("late", ["--version"], dict(os.environ), tmp_path / "late.log", timeout=600)
+    assert not (tmp_path / "late.log").exists()

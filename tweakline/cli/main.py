@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -171,15 +172,18 @@ def run(
     report: Annotated[Path | None, typer.Option("--report", help="Write the HTML report here at the end.")] = None,
 ) -> None:
     """Run an experiment end to end on the embedded local stack (NATS with mTLS and every service)."""
+    from tweakline.cli.overlap import start_while_checking
     from tweakline.reporting.console import err
     from tweakline.stack.local import LocalStack
-    from tweakline.validation import validate_tweak_file
+    from tweakline.validation import precheck_tweak_file, validate
 
     settings = _settings()
     pools = cast("dict[str, int] | None", runners)  # parsed by runners_callback
+    # The stack's pools are the ones --runners starts (the default pool when it names none).
+    pool_names = list(pools or {DEFAULT_POOL: 1})
     try:
-        # The stack's pools are the ones --runners starts (the default pool when it names none).
-        tweak = validate_tweak_file(file, settings.allowed_estimators, pools=list(pools or {DEFAULT_POOL: 1}))
+        # Refused here (limits, structure, pools, a csv: file's content): nothing starts at all.
+        tweak = precheck_tweak_file(file, settings.allowed_estimators, pools=pool_names)
     except InvalidTweakFileError as exc:
         _invalid(exc)
     if tweak.spec.model.trainer is not None:
@@ -198,6 +202,7 @@ def run(
         root = Path(tmp.name)
     else:
         root = state_dir or DEFAULT_STATE_DIR
+    created = not root.exists()  # removed again if the file is refused after the stack started
     stack = LocalStack(root, runners=pools, settings=settings, host_paths=True)
     # SIGTERM (a CI job cancelled) must clean up like Ctrl-C does. SIGINT gets the same handler:
     # asyncio.run's own one only cancels the main task, and a cancellation absorbed on the way
@@ -205,21 +210,36 @@ def run(
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     code = EXIT_ERROR
+    refused: InvalidTweakFileError | None = None
+
+    def check() -> None:  # the checks that import scikit-learn, on the tweak file submitted below
+        validate(tweak, settings.allowed_estimators, file.resolve().parent, source=str(file), pools=pool_names)
+
     try:
         with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):
-            stack.start()
+            # The stack starts while the file is checked; nothing is submitted unless the check passed.
+            start_while_checking(stack.start, stack.stop, check, abandon=stack.abandon)
         code = asyncio.run(_run_experiment(stack, tweak, file, as_json, timeout, report_dir, report))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: stopping the local stack[/yellow]")
         code = 130
+    except InvalidTweakFileError as exc:
+        refused = exc
     except TweaklineError as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         code = EXIT_ERROR
     finally:
-        with err.status("stopping the local stack"):
+        if refused is None:
+            with err.status("stopping the local stack"):
+                stack.stop()
+        else:  # the stack (already stopped) leaves no trace of a refused file: no state directory it made
             stack.stop()
+            if created:
+                shutil.rmtree(root, ignore_errors=True)
         if tmp is not None:
             tmp.cleanup()
+    if refused is not None:
+        _invalid(refused)
     raise typer.Exit(code)
 
 

@@ -5,10 +5,16 @@ tweakline's runtime before it does anything (about a second of CPU and 60 MB eac
 starts one fork server, which pays that once, and forks every service from it: a service then
 starts in a fraction of the time, and its imported pages are shared copy-on-write.
 
-What is preloaded is chosen to be safe to fork: pure-Python libraries that start no threads and
-read no environment at import. numpy, scikit-learn and Optuna are not preloaded (a BLAS library
-sizes its thread pool from the environment when it is loaded), so each service imports them with
-its own environment, after the fork.
+What is always preloaded is safe to fork: pure-Python libraries that start no threads and read no
+environment at import. A spawn request may name more modules to import first (``preload``): the
+stack asks for the scheduler's and the evaluator's modules (Optuna, numpy, SciPy and scikit-learn
+with them) when it forks those two, after the runners and the deployer, which do not need them
+and start at once. So the scheduler checks a submission without importing scikit-learn, and the
+two share those pages instead of holding a copy each. A BLAS library sizes its thread pool from
+the environment when it is loaded, so once such modules are asked for, the server's thread
+variables (:data:`THREAD_ENV`, as it was started) are pinned: a service whose environment sets
+them differently is refused (the stack then starts that one as a fresh interpreter). With the
+stack's one thread per process, no BLAS thread exists to be lost in a fork.
 
 The protocol is private to this module and the stack that started it: JSON lines on the server's
 stdin (spawn requests) and stdout (the pid of each spawned service, and each one's exit status as
@@ -51,6 +57,9 @@ PRELOAD = (
     "tweakline.observability.telemetry",
     "tweakline.proto.messages",
 )
+
+# The variables a BLAS library (numpy's OpenBLAS, MKL, OpenMP) reads once, when it is loaded.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # What a forked child runs: the command line, as `python -m tweakline ARGV` would.
 DEFAULT_ENTRY = "tweakline.cli.main:main"
@@ -168,6 +177,12 @@ def serve() -> int:
             except ValueError:
                 send({"error": "not a JSON request"})
                 continue
+            try:  # what this child (and every later one) needs beyond PRELOAD, imported here once
+                for name in request.get("preload") or ():
+                    importlib.import_module(name)
+            except Exception as exc:
+                send({"id": request.get("id"), "error": f"cannot preload for {request.get('name')}: {exc!r}"})
+                continue
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
@@ -230,6 +245,9 @@ class ForkServer:
 
     def __init__(self, env: dict[str, str], log_path: Path, preexec_fn: Callable[[], None] | None = None):
         self._log: IO[bytes] = open(log_path, "ab")
+        # Once a BLAS library may be loaded (a preload), a child must see the thread settings it was loaded with.
+        self._threads = {name: env.get(name) for name in THREAD_ENV}
+        self._pinned = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tweakline.stack.forkserver"],
             stdin=subprocess.PIPE,
@@ -249,6 +267,7 @@ class ForkServer:
         self._next = 0
         self._closed = False
         self._ready = threading.Event()  # set once the preload is done (or the server is gone)
+        self._interrupted = False  # interrupt(): spawns stop waiting
         self._log_path = log_path
         # Not waited for here: the preload overlaps with whatever the stack starts meanwhile.
         self._reader = threading.Thread(target=self._read, name="fork-server-reader", daemon=True)
@@ -258,10 +277,18 @@ class ForkServer:
         """Whether the server still runs and answers."""
         return self.process.poll() is None and not self._closed
 
+    def interrupt(self) -> None:
+        """Make every spawn waiting for the server (in other threads), and every later one, give up at once."""
+        with self._replied:
+            self._interrupted = True
+            self._replied.notify_all()
+
     def _read(self) -> None:
         first = self._stdout.readline()
         if first.startswith(b'{"ready"'):
             self._ready.set()
+            with self._replied:
+                self._replied.notify_all()
         for line in self._stdout if self._ready.is_set() else ():
             try:
                 message = json.loads(line)
@@ -296,9 +323,20 @@ class ForkServer:
         log_path: Path,
         timeout: float = 60.0,
         entry: str = DEFAULT_ENTRY,
+        preload: tuple[str, ...] = (),
     ) -> ForkedProcess:
-        """Fork ``name`` running ``tweakline ARGV`` (or ``entry``, a ``module:function``) with ``env``, output to ``log_path``."""
-        if not self._ready.wait(timeout) or self._closed:
+        """Fork ``name`` running ``tweakline ARGV`` (or ``entry``, a ``module:function``) with ``env``, output to ``log_path``.
+
+        ``preload``: modules the server imports before this fork (kept for later children too).
+        """
+        differ = [var for var, value in self._threads.items() if env.get(var) != value]
+        if differ and (self._pinned or preload):
+            raise ForkServerError(f"{name} sets {', '.join(differ)} unlike the fork server, which loads BLAS libraries with them")
+        with self._replied:
+            self._replied.wait_for(lambda: self._ready.is_set() or self._interrupted, timeout)
+        if self._interrupted:
+            raise ForkServerError(f"{name}: the fork server was interrupted")
+        if not self._ready.is_set() or self._closed:
             raise ForkServerError(f"the fork server is not ready (exit {self.process.poll()}); see {self._log_path}")
         with self._lock:
             self._next += 1
@@ -311,6 +349,7 @@ class ForkServer:
                 "log": str(log_path),
                 "cwd": os.getcwd(),
                 "entry": entry,
+                "preload": list(preload),
             }
             try:
                 self._stdin.write((json.dumps(request) + "\n").encode())
@@ -318,9 +357,10 @@ class ForkServer:
             except (BrokenPipeError, ValueError) as exc:
                 raise ForkServerError(f"the fork server is gone: {exc}") from None
             with self._replied:
-                if not self._replied.wait_for(lambda: ident in self._replies or self._closed, timeout):
+                if not self._replied.wait_for(lambda: ident in self._replies or self._closed or self._interrupted, timeout):
                     raise ForkServerError(f"the fork server did not answer within {timeout:.0f} s")
                 reply = self._replies.pop(ident, None)
+                self._pinned = self._pinned or bool(preload)
                 if reply is None or "pid" not in reply:
                     raise ForkServerError(f"the fork server could not start {name}: {reply}")
                 child = ForkedProcess(reply["pid"], name)

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -142,6 +143,7 @@ class LocalStack:
         self.forks: ForkServer | None = None  # the pre-imported parent services are forked from
         self.url: str | None = None
         self._lock_fd: int | None = None
+        self._abandoned = threading.Event()  # set by abandon(): a start under way gives up
 
     # -- settings for this stack's clients ---------------------------------------------------
 
@@ -178,6 +180,17 @@ class LocalStack:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def abandon(self) -> None:
+        """Make a :meth:`start` under way (in another thread) give up at its next step: it stops what it started and raises."""
+        self._abandoned.set()
+        forks = self.forks
+        if forks is not None:  # a spawn waiting for the fork server's preload stops waiting
+            forks.interrupt()
+
+    def _go_on(self) -> None:
+        if self._abandoned.is_set():
+            raise StackError("the start was abandoned")
+
     def start(self) -> str:
         """Start everything; return the NATS URL. On any failure, stop what was started."""
         self._acquire_lock()
@@ -196,22 +209,31 @@ class LocalStack:
                 permissions=permission_map(self.base_settings.pools),
                 insecure_plaintext_for_benchmarks=self.base_settings.insecure_plaintext_for_benchmarks,
             )
+            self._go_on()
             if self.cluster_size > 1:
                 self.cluster = EmbeddedCluster(config, self.layout.run, size=self.cluster_size)
                 self.url = self.cluster.start()
             else:
                 self.server = EmbeddedNatsServer(config, self.layout.run)
                 self.url = self.server.start()
+            self._go_on()
             asyncio.run(self._topology())
-            for index in range(self.schedulers):
-                self._spawn("scheduler", index)
-            for name in ("evaluator", "deployer"):
-                self._spawn(name)
+            # Runners first: their training children (fresh interpreters importing scikit-learn) are
+            # the longest start; then the deployer; then what waits for the fork server's import of
+            # scikit-learn (PRELOADED).
             index = 0
             for pool, count in self.pools.items():
                 for _ in range(count):
+                    self._go_on()
                     self._spawn_runner(pool, index)
                     index += 1
+            self._go_on()
+            self._spawn("deployer")
+            for index in range(self.schedulers):
+                self._go_on()
+                self._spawn("scheduler", index)
+            self._go_on()
+            self._spawn("evaluator")
             if self.console_port is not None:
                 self._spawn_console()
             self._write_info()
@@ -255,6 +277,14 @@ class LocalStack:
             log.warning("services start as separate interpreters: %s", exc)
             self.forks = None
 
+    # What the fork server imports before forking these (services/<name>/ is tweakline.<name>): the
+    # scheduler checks submissions with scikit-learn and the evaluator refits, so both share one
+    # import of them; runners and the deployer do not use them and are forked before it.
+    PRELOADED = {
+        "scheduler": ("tweakline.scheduler.app", "tweakline.evaluator.app"),
+        "evaluator": ("tweakline.scheduler.app", "tweakline.evaluator.app"),
+    }
+
     def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None, *, label: str | None = None) -> None:
         identity = Identity(service)
         label = label or (service if service != "trial-runner" else f"trial-runner-{index}")
@@ -275,8 +305,12 @@ class LocalStack:
         process: subprocess.Popen[bytes] | ForkedProcess | None = None
         if self.forks is not None and self.forks.alive():
             try:
-                process = self.forks.spawn(label, ["service", service], env, log_path)
+                preload = self.PRELOADED.get(service, ())
+                # A preload is an import of scikit-learn first: slow on a loaded machine, still bounded.
+                timeout = 180.0 if preload else 60.0
+                process = self.forks.spawn(label, ["service", service], env, log_path, timeout=timeout, preload=preload)
             except ForkServerError as exc:
+                self._go_on()  # interrupted by abandon(): no fallback, the start gives up
                 log.warning("starting %s as a separate interpreter: %s", label, exc)
         if process is None:
             process = subprocess.Popen(

@@ -36,6 +36,7 @@ __all__ = [
     "parquet_problems",
     "inspect",
     "load_tweak_file",
+    "precheck_tweak_file",
     "problems_of",
     "resolve_paths",
     "validate",
@@ -64,6 +65,7 @@ def inspect(
     *,
     source: str = "<tweak file>",
     pools: Sequence[str] | None = DEFAULT_POOLS,
+    deep: bool = True,
 ) -> tuple[TweakFile | None, list[Problem]]:
     """Check a tweak file completely and return it (``None`` if its structure is wrong) with every problem.
 
@@ -76,6 +78,8 @@ def inspect(
         source: How to name the file in problems (a path, or ``repo@commit:path``).
         pools: The platform's runner pools (``Settings.pools``); ``spec.resources.pool`` must be one.
             ``None``: not known here (a client whose platform's pools are not configured), not checked.
+        deep: Whether to run the checks that import scikit-learn and the search plug-ins
+            (:func:`spec_problems`); ``False`` leaves them to a later :func:`validate` of the result.
 
     Returns:
         The tweak file (``csv:`` paths made absolute when ``base_dir`` is given) or ``None``, and
@@ -95,12 +99,9 @@ def inspect(
         tweak, problems, raw = structure(document)
     if tweak is not None and base_dir is not None:
         tweak = resolve_paths(tweak, base_dir)
-    problems = problems + [
-        p
-        for p in spec_problems(tweak.spec if tweak is not None else raw, allowed_estimators, base_dir)
-        # A field pydantic already refused is reported once, with pydantic's reason.
-        if p.path not in {q.path for q in problems}
-    ]
+    deep_problems = spec_problems(tweak.spec if tweak is not None else raw, allowed_estimators, base_dir) if deep else []
+    # A field pydantic already refused is reported once, with pydantic's reason.
+    problems = problems + [p for p in deep_problems if p.path not in {q.path for q in problems}]
     problems += [
         p for p in pool_problems(tweak.spec if tweak is not None else raw, pools) if p.path not in {q.path for q in problems}
     ]
@@ -164,6 +165,29 @@ def validate_tweak_file(
     path = Path(path)
     text = read_tweak_text_from(path)
     return validate(text, allowed_estimators, path.resolve().parent, source=str(path), pools=pools)
+
+
+def precheck_tweak_file(
+    path: str | Path, allowed_estimators: Sequence[str], *, pools: Sequence[str] | None = DEFAULT_POOLS
+) -> TweakFile:
+    """Read and check a tweak file without the checks that import scikit-learn: what `run` does before it starts anything.
+
+    The bounded read, the structure, the pools and a ``csv:`` file's content are checked here;
+    the estimator, dataset and search checks (:func:`spec_problems`, a second or more of imports)
+    are left to :func:`validate` of the returned tweak file, which `run` does while its stack
+    starts. A file refused here is refused with every problem, the deep ones included, exactly as
+    :func:`validate_tweak_file` would refuse it.
+
+    Raises:
+        InvalidTweakFileError: listing every problem found.
+    """
+    path = Path(path)
+    text = read_tweak_text_from(path)
+    base_dir = path.resolve().parent
+    tweak, problems = inspect(text, allowed_estimators, base_dir, source=str(path), pools=pools, deep=False)
+    if problems or tweak is None:
+        return validate(text, allowed_estimators, base_dir, source=str(path), pools=pools)  # raises, naming them all
+    return tweak
 
 
 def read_tweak_text_from(path: Path) -> str:
