@@ -13,9 +13,25 @@
 ARG PYTHON_VERSION=3.11
 
 ########################################
-# builder: build the wheel, install it into a virtual environment
+# requirements: the project's dependencies (and the parquet extra) read from pyproject.toml
 ########################################
-FROM python:${PYTHON_VERSION}-slim AS builder
+# A stage of its own so the dependency layer below is keyed on this list, not on the whole
+# pyproject.toml (whose tool settings change far more often than its dependencies). The list is
+# written as a stub project depending on it: installed and then uninstalled, it leaves the
+# dependencies exactly as installing the wheel does (pip marks nothing REQUESTED).
+FROM python:${PYTHON_VERSION}-slim AS requirements
+COPY pyproject.toml /src/pyproject.toml
+RUN mkdir /stub && python -c 'import json, tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
+print("[project]\nname = \"tweakline-requirements\"\nversion = \"0\"\ndependencies = " \
+      + json.dumps(p["dependencies"] + p["optional-dependencies"]["parquet"]) \
+      + "\n[tool.setuptools]\npackages = []")' > /stub/pyproject.toml
+
+########################################
+# dependencies: the virtual environment with every dependency, before any of the sources
+########################################
+# Installed before the sources are copied, so a change to the code rebuilds only the small
+# layers of the wheel: the dependency (and Helm) layers come from the build cache.
+FROM python:${PYTHON_VERSION}-slim AS dependencies
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -23,18 +39,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
-COPY tweakline/ tweakline/
-COPY proto/ proto/
-COPY services/ services/
-COPY helm/model-server/ helm/model-server/
-
+COPY constraints.txt ./
+COPY --from=requirements /stub/ /tmp/stub/
 RUN python -m venv /opt/tweakline \
- && python -m pip wheel --no-deps --wheel-dir /tmp/dist . \
- && wheel=$(echo /tmp/dist/tweakline-*.whl) \
- && /opt/tweakline/bin/pip install --constraint constraints.txt "${wheel}[parquet]" \
- && mkdir -p /opt/charts \
- && cp -r helm/model-server /opt/charts/model-server
+ && /opt/tweakline/bin/pip install --constraint constraints.txt /tmp/stub \
+ && /opt/tweakline/bin/pip uninstall --yes tweakline-requirements \
+ && rm -rf /tmp/stub
 
 # Declared after the main install on purpose: a build argument's value is part of the cache key of
 # every later RUN, so both variants share the layer above and WITH_HELM=true adds only this one.
@@ -47,6 +57,23 @@ RUN if [ "$WITH_HELM" = "true" ]; then \
                if cmp -s "$copy" "$versioned"; then ln -sf "$(basename "$versioned")" "$copy"; fi; \
            done; \
     fi
+
+########################################
+# builder: the wheel of the sources
+########################################
+FROM python:${PYTHON_VERSION}-slim AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY tweakline/ tweakline/
+COPY proto/ proto/
+COPY services/ services/
+COPY helm/model-server/ helm/model-server/
+RUN python -m pip wheel --no-deps --wheel-dir /tmp/dist .
 
 ########################################
 # runtime: the interpreter, the virtual environment and the model-server chart; no build tools
@@ -71,8 +98,16 @@ RUN groupadd --system --gid 10001 tweakline \
  && mkdir -p /var/lib/tweakline /etc/tweakline/tls \
  && chown 10001:10001 /var/lib/tweakline
 
-COPY --from=builder /opt/tweakline /opt/tweakline
-COPY --from=builder /opt/charts /usr/share/tweakline/charts
+# The dependencies first (a cached layer while they do not change), then the wheel installed
+# over them from the index-less wheel directory: a dependency missing above fails the build
+# here rather than being fetched.
+COPY --from=dependencies /opt/tweakline /opt/tweakline
+COPY --from=builder /tmp/dist/ /tmp/dist/
+RUN wheel=$(echo /tmp/dist/tweakline-*.whl) \
+ && PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
+        /opt/tweakline/bin/pip install --no-index "${wheel}[parquet]" \
+ && rm -rf /tmp/dist
+COPY helm/model-server/ /usr/share/tweakline/charts/model-server/
 COPY tools/docker/entrypoint.sh /usr/local/bin/tweakline-entrypoint
 
 ENV PATH=/opt/tweakline/bin:$PATH \

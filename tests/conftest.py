@@ -43,6 +43,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=tier)
 
 
+# One xdist work unit for the whole image tier, instead of one per file: its files share the
+# session-scoped image build and platform, which a second worker would wait for on the build lock
+# (idle for the length of the build) and then start a second platform of its own.
+IMAGE_TIER = "tests/image/"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadfile``, but with the image tier's files as one unit (on one worker)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class TierScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return IMAGE_TIER if nodeid.startswith(IMAGE_TIER) else super()._split_scope(nodeid)
+
+    return TierScheduling(config, log)
+
+
 @dataclass
 class NatsFixture:
     """A running nats-server and the PKI its clients use."""

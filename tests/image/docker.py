@@ -10,8 +10,10 @@ makes a stand-in with debootstrap (it trusts this host's local CAs: never push i
 
 Builds use the legacy builder (``DOCKER_BUILDKIT=0``: BuildKit fetches the ``# syntax=``
 frontend from a registry) and ``--network host`` (the private engine has no bridge). The
-engine's build cache is kept, so a rebuild after a change to the sources re-runs only the
-install layer, and an unchanged tree rebuilds in about a second.
+engine's build cache is kept, and the Dockerfile installs the dependencies before it copies the
+sources, so a rebuild after a change to the sources re-runs only the wheel's small layers (the
+dependencies, and the Helm variant's engine, come from the cache while the pins do not change),
+and an unchanged tree rebuilds in about a second.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The deployer's image variant (``--build-arg WITH_HELM=true``) builds, and its Helm engine loads and renders.
 
-The variant shares every layer of the default image up to the helm-python-sdk install (the build
-argument is declared after the main install), so it costs one pip install and one copy. The
+The variant shares the default image's dependency layer and wheel (the build argument is declared
+after the dependency install), so it costs one pip install, cached while the pins do not change,
+and the wheel's install over it. The
 check is the deployer's own: it creates the engine the helm target uses (which refuses to start
 without helm-python-sdk), then renders the model-server chart the image ships through it.
 """
