@@ -103,9 +103,11 @@ RUN groupadd --system --gid 10001 tweakline \
 # here rather than being fetched.
 COPY --from=dependencies /opt/tweakline /opt/tweakline
 COPY --from=builder /tmp/dist/ /tmp/dist/
+COPY constraints.txt /tmp/dist/
+WORKDIR /tmp/dist
 RUN wheel=$(echo /tmp/dist/tweakline-*.whl) \
  && PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
-        /opt/tweakline/bin/pip install --no-index "${wheel}[parquet]" \
+        /opt/tweakline/bin/pip install --no-index --constraint constraints.txt "${wheel}[parquet]" \
  && rm -rf /tmp/dist
 COPY helm/model-server/ /usr/share/tweakline/charts/model-server/
 COPY tools/docker/entrypoint.sh /usr/local/bin/tweakline-entrypoint

@@ -159,7 +159,7 @@ class TrialRunner:
                 "before reporting a result (killed, evicted or out of memory)"
             )
             return TrialOutcome(status=TrialStatus.FAILED, error=error)
-        log.debug("trial %s started (attempt %d)", request.trial_id, attempt)  # its result line is at INFO
+        log.info("trial %s started (attempt %d)", request.trial_id, attempt)
         try:
             if first:  # a batch shares its experiment's dataset and code
                 await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
