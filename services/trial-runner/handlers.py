@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 # Without a pruner, a trial's fold scores go on the bus only once it has trained this long.
 LIVE_PROGRESS_AFTER_S = 1.0
+# A handed-back request is delivered again after this delay: long enough for the stopping runner,
+# whose pull loop runs until its connection closes, not to fetch it again itself (each fetch is a
+# delivery, and deliveries are bounded by trial_max_deliver); a full test run caught one burnt.
+HAND_BACK_DELAY_S = 5.0
+# After the shutdown grace and the hand-back, how long the stop waits for the handler to return.
+HAND_BACK_WAIT_S = 30.0
 
 
 class TrialRunner:
@@ -70,7 +76,10 @@ class TrialRunner:
         except TimeoutError:
             log.warning("trial %s did not finish within the shutdown grace: handing it back", self.worker.current)
             self.worker.abort()
-            await self._idle.wait()
+            try:  # bounded: a handler stuck outside training (a fetch, a publish) must not hold the stop
+                await asyncio.wait_for(self._idle.wait(), HAND_BACK_WAIT_S)
+            except TimeoutError:
+                log.error("the trial handler did not stop within %gs of the hand-back; stopping anyway", HAND_BACK_WAIT_S)
         await self.worker.close()
 
     def cancel(self, trial_id: str, reason: str) -> bool:
@@ -104,8 +113,8 @@ class TrialRunner:
 
     async def on_trial_requested(self, request: TrialRequested, msg: NatsMessage) -> None:
         """Run the request's trials (one, or a batch of fast ones) and publish each result before acknowledging."""
-        if self.stopping:  # shutting down: leave it to another runner at once
-            await msg.nack()
+        if self.stopping:  # shutting down: leave it to another runner
+            await msg.nack(delay=HAND_BACK_DELAY_S)
             return
         self._idle.clear()
         try:
@@ -130,7 +139,7 @@ class TrialRunner:
         except TrialAbortedError:
             await self._publish(done, attempt)  # what finished is kept; the request goes back for the rest
             log.info("trial %s handed back", request.trial_id)
-            await msg.nack()
+            await msg.nack(delay=HAND_BACK_DELAY_S)
             return
         except _RetryError as exc:
             await self._publish(done, attempt)
