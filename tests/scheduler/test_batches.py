@@ -26,20 +26,23 @@ def _run(parallelism: int) -> ExperimentRun:
     return ExperimentRun(ExperimentState(experiment_id="batches-1", tweak=tweak))
 
 
+def _result(run: ExperimentRun, number: int, duration_s: float = 0.0) -> TrialCompleted:
+    """A successful result of in-flight trial ``number``, trained in ``duration_s``."""
+    return TrialCompleted(
+        experiment_id="batches-1",
+        trial_id=trial_id("batches-1", number),
+        number=number,
+        status=TrialStatus.OK,
+        params=run.state.issued[number],
+        score=0.5,
+        duration_s=duration_s,
+    )
+
+
 def _finish(run: ExperimentRun, duration_s: float) -> None:
     """Issue what the slots allow and record every one as done in ``duration_s``."""
-    for number, params in run.next_trials():
-        run.record(
-            TrialCompleted(
-                experiment_id="batches-1",
-                trial_id=trial_id("batches-1", number),
-                number=number,
-                status=TrialStatus.OK,
-                params=params,
-                score=0.5,
-                duration_s=duration_s,
-            )
-        )
+    for number, _ in run.next_trials():
+        run.record(_result(run, number, duration_s))
 
 
 def test_no_batch_before_a_result_has_come_back() -> None:
@@ -107,16 +110,7 @@ def test_freed_slots_wait_for_a_whole_batch_until_the_budgets_last_trials() -> N
 
     def finish(count: int) -> None:
         for number in sorted(run.in_flight())[:count]:
-            run.record(
-                TrialCompleted(
-                    experiment_id="batches-1",
-                    trial_id=trial_id("batches-1", number),
-                    number=number,
-                    status=TrialStatus.OK,
-                    params=run.state.issued[number],
-                    score=0.5,
-                )
-            )
+            run.record(_result(run, number))
 
     finish(3)
     assert run.next_trials(batch=4) == [], "3 free slots: not a whole batch of 4 yet (13 still in flight)"

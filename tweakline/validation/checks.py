@@ -8,7 +8,6 @@ in a placeholder are dropped (pydantic already reported that section).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -186,6 +185,7 @@ def csv_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int = 5, 
             row count is not judged).
     """
     from tweakline.ml.datasets import table_from_text
+    from tweakline.ml.sources.base import too_few_rows
 
     if len(data) > CSV_CHECK_BYTES:
         data, complete = data[:CSV_CHECK_BYTES], False
@@ -206,17 +206,7 @@ def csv_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int = 5, 
         message = str(exc).removeprefix(f"{shown}: ")
         field = "spec.dataset.target" if f"'{dataset.target}' not found" in message else "spec.dataset.source"
         return [Problem(field, f"{shown}: {message}")]
-    if complete:
-        needed = max(math.ceil(cv / (1 - dataset.test_size)), math.ceil(2 / dataset.test_size), cv + 2)
-        if table.n_samples < needed:
-            return [
-                Problem(
-                    "spec.dataset.source",
-                    f"{shown} has {table.n_samples} data row(s); expected at least {needed} "
-                    f"for {cv}-fold cross-validation and a test split of {dataset.test_size}",
-                )
-            ]
-    return []
+    return too_few_rows(dataset, table.n_samples, shown, cv) if complete else []
 
 
 def parquet_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int = 5) -> list[Problem]:

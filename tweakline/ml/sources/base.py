@@ -11,6 +11,7 @@ decorated with :func:`register_source`, imported by :mod:`tweakline.ml.sources`.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -129,3 +130,17 @@ def loader_for(source: str) -> DatasetLoader:
     if why is not None:
         raise DatasetError(why)
     return loader
+
+
+def too_few_rows(dataset: DatasetSpec, rows: int, shown: str, cv: int) -> list[Problem]:
+    """A problem if a table of ``rows`` data rows cannot give ``cv`` folds and the test split."""
+    needed = max(math.ceil(cv / (1 - dataset.test_size)), math.ceil(2 / dataset.test_size), cv + 2)
+    if rows >= needed:
+        return []
+    return [
+        Problem(
+            "spec.dataset.source",
+            f"{shown} has {rows} data row(s); expected at least {needed} "
+            f"for {cv}-fold cross-validation and a test split of {dataset.test_size}",
+        )
+    ]

@@ -13,7 +13,6 @@ runs every other source and says which extra to install.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tweakline.errors import DatasetError, Problem
-from tweakline.ml.sources.base import Dataset, DatasetLoader, Task, location_of, register_source
+from tweakline.ml.sources.base import Dataset, DatasetLoader, Task, location_of, register_source, too_few_rows
 from tweakline.ml.sources.csv_file import CsvLoader, missing_target, target_column
 from tweakline.ml.tables import check_shape, check_size, feature_matrix, text_column
 from tweakline.proto.tweakfile import DatasetSpec
@@ -192,16 +191,7 @@ def parquet_problems(dataset: DatasetSpec, data: bytes, shown: str, *, cv: int =
     except DatasetError as exc:
         field = "spec.dataset.target" if f"'{dataset.target}' not found" in str(exc) else "spec.dataset.source"
         return [Problem(field, str(exc))]
-    needed = max(math.ceil(cv / (1 - dataset.test_size)), math.ceil(2 / dataset.test_size), cv + 2)
-    if table.n_samples < needed:
-        return [
-            Problem(
-                "spec.dataset.source",
-                f"{shown} has {table.n_samples} data row(s); expected at least {needed} "
-                f"for {cv}-fold cross-validation and a test split of {dataset.test_size}",
-            )
-        ]
-    return []
+    return too_few_rows(dataset, table.n_samples, shown, cv)
 
 
 def object_parquet(path: Path, spec: DatasetSpec, task: Task | None, name: str) -> Dataset:
