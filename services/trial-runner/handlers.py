@@ -127,13 +127,15 @@ class TrialRunner:
         # Trials of a batch run one after the other; their results go out together (one round of
         # the scheduler's group commit), each under its own message id, and only then is the request acked.
         done: list[tuple[TrialRequested, TrialOutcome]] = []
+        prepared = False  # the dataset fetched and the code bundle checked, once per request
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
         try:
             trials = request.trials()
             for index, trial in enumerate(trials):
                 if index and self.stopping:  # the rest of the batch goes to another runner
                     raise TrialAbortedError("the runner is stopping")
-                outcome = await self._run_one(trial, attempt, first=index == 0)
+                outcome = await self._run_one(trial, attempt, first=not prepared)
+                prepared = prepared or outcome is not None  # a skipped (cancelled) trial prepared nothing
                 if outcome is not None:
                     done.append((trial, outcome))
         except TrialAbortedError:
@@ -171,6 +173,7 @@ class TrialRunner:
         log.info("trial %s started (attempt %d)", request.trial_id, attempt)
         try:
             if first:  # a batch shares its experiment's dataset and code
+                self._refused = None
                 await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
                 self._refused = await self._fetch_code(request)
             if self._refused is not None:

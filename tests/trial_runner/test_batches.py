@@ -119,9 +119,11 @@ async def test_a_runner_stopping_mid_batch_keeps_what_finished_and_hands_the_res
 
 async def test_trials_of_a_cancelled_experiment_are_skipped_and_the_rest_reported(served) -> None:
     runner, results = served.runner, served.results
-    runner.early._cancelled[trial_id("batch-cancel", 1)] = "cancelled by a test"  # as trials.control would
+    for number in (0, 2):  # the first one too: the next trial then prepares the data itself
+        runner.early._cancelled[trial_id("batch-cancel", number)] = "cancelled by a test"  # as trials.control would
     delivered = Request()
-    await runner.on_trial_requested(batch("batch-cancel", 3), delivered)
+    await runner.on_trial_requested(batch("batch-cancel", 4), delivered)
     assert delivered.acks == ["ack"]
     await until(lambda: len(results.get("batch-cancel", [])) >= 2, timeout=30, what="two results")
-    assert sorted(r.number for r in results["batch-cancel"]) == [0, 2]
+    await served.watcher.flush()
+    assert sorted((r.number, r.status) for r in results["batch-cancel"]) == [(1, TrialStatus.OK), (3, TrialStatus.OK)]
