@@ -250,12 +250,18 @@ class Ownership:
             return await self._create(experiment_id)
 
     async def _create(self, experiment_id: str) -> bool:
-        try:
-            self.leases[experiment_id] = await self.kv.create(lease_key(experiment_id), self.ident.encode())
-        except KeyWrongLastSequenceError:
-            return False
-        log.info("scheduler %s owns experiment %s", self.ident, experiment_id)
-        return True
+        # nats-py's create is two steps (a create, then a look at what is in the way); a lease that
+        # expires between them surfaces as "key not found": the key is free then, so try once more.
+        for _ in range(2):
+            try:
+                self.leases[experiment_id] = await self.kv.create(lease_key(experiment_id), self.ident.encode())
+            except KeyWrongLastSequenceError:
+                return False
+            except KeyNotFoundError:
+                continue
+            log.info("scheduler %s owns experiment %s", self.ident, experiment_id)
+            return True
+        return False
 
     async def follow(self, experiment_id: str) -> None:
         """Start reading the owned experiment's results (idempotent)."""
