@@ -19,6 +19,8 @@ def create_app(settings: Settings) -> FastStream:
     broker = make_broker(settings, NAME)
     ctx = ServiceContext(settings, broker, NAME)
     runner = TrialRunner(ctx)
+    # The training zygote is forked here, before the broker's threads and event loop exist.
+    runner.worker.prepare()
     router = NatsRouter()
     ctx.subscribe(
         router,
