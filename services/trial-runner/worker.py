@@ -67,7 +67,7 @@ CANCEL_GRACE_S = 1.0
 START_TIMEOUT_S = 180.0
 # What the zygote imports before its first fork, so every child shares it (already imported, and
 # so free, when the local stack's fork server preloaded it).
-TRAINING_MODULES = ("tweakline.ml.datasets", "tweakline.ml.training", "sklearn.svm", "sklearn.linear_model")
+TRAINING_MODULES = ("tweakline.ml.datasets", "tweakline.ml.training", "sklearn.datasets", "sklearn.svm", "sklearn.linear_model")
 
 OnFold = Callable[[int, float], Awaitable[bool | None] | bool | None]
 """``on_fold(fold_index, value)`` in the parent, after each fold the child finished; True stops

@@ -286,6 +286,7 @@ class LocalStack:
             "tweakline.trial_runner.app",
             "tweakline.trial_runner.worker",
             "tweakline.ml.training",
+            "sklearn.datasets",  # the bundled datasets: each process loading one would import it (~5 MiB)
             "tweakline.deployer.app",
             "tweakline.scheduler.app",
             "tweakline.evaluator.app",
