@@ -57,6 +57,13 @@ PRELOAD = (
     "tweakline.runtime.bus",
     "tweakline.observability.telemetry",
     "tweakline.proto.messages",
+    # Imported by every service only once it connects (found with PYTHONPROFILEIMPORTTIME in the
+    # services' logs): each import after a fork copies pages of the import system's state too.
+    "anyio._core._sockets",
+    "anyio.streams.memory",
+    "encodings.idna",
+    "faststream.nats.opentelemetry.provider",
+    "importlib.readers",
 )
 
 # The variables a BLAS library (numpy's OpenBLAS, MKL, OpenMP) reads once, when it is loaded.
