@@ -54,6 +54,7 @@ import psutil
 from tweakline.errors import TweaklineError
 from tweakline.ml.outcome import TrialOutcome
 from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.runtime.settings import Settings
 from tweakline.search.pruning import pruning_for
 from tweakline.trial_runner.zygote import ForkedChild, Zygote, ZygoteError
 
@@ -102,6 +103,17 @@ class WorkerConfig:
     dataset_cache_dir: str | None = None
     # Where shipped code bundles (model.trainer.code: object:code:<sha256>) are unpacked by the parent.
     code_cache_dir: str | None = None
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    """The runner's training configuration, from its settings."""
+    return WorkerConfig(
+        allowed_estimators=tuple(settings.allowed_estimators),
+        n_jobs=settings.runner_threads,
+        memory_limit_mb=settings.trial_memory_mb,
+        dataset_cache_dir=str(settings.state_dir / "cache" / "datasets"),
+        code_cache_dir=str(settings.state_dir / "cache" / "code"),
+    )
 
 
 # ----------------------------------------------------------------------------------- the child
