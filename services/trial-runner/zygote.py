@@ -11,8 +11,9 @@ generations, so a child's collections never write to (and so never unshare) the 
 objects.
 
 Lifetimes: the zygote dies with the runner and a child with the zygote (``PR_SET_PDEATHSIG``),
-so a SIGKILLed runner leaves no orphan. The runner signals a child through a pidfd (no pid-reuse
-race) and learns its exit status from the zygote, which reaps it when asked.
+so a SIGKILLed runner leaves no orphan. The zygote reaps a child only when the runner asks, so
+the runner may signal it by pid (it cannot be reused meanwhile); it waits on a pidfd where Linux
+has them (5.3+) and learns the exit status from the zygote.
 
 Protocol (private to this module, over a ``SOCK_SEQPACKET`` socket pair: one JSON message per
 packet): ``{"op": "spawn"}`` with the child's end of its pipe attached as a file descriptor,
@@ -33,15 +34,19 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
+
+import psutil
 
 from tweakline.errors import TweaklineError
 
 PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 4096  # requests and replies are a few bytes of JSON
 REPLY_TIMEOUT_S = 30.0  # a fork or a reap is milliseconds; bounded in case the zygote hangs
+POLL_S = 0.02  # without a pidfd, how often a wait looks at the child's state
 
 
 class ZygoteError(TweaklineError):
@@ -137,26 +142,39 @@ class ForkedChild:
         self.pid = pid
         self.exitcode: int | None = None
         self._zygote = zygote
-        # Held from the start: the zygote reaps the child only when asked, so the pid cannot be reused meanwhile.
-        self._pidfd: int | None = os.pidfd_open(pid)
+        # The zygote reaps the child only when asked (join), so until then its pid cannot be
+        # reused: signalling it by pid is safe. A pidfd (Linux 5.3+) lets a wait sleep until the exit.
+        self._pidfd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfd = os.pidfd_open(pid)
+        self._closed = False
 
     def _exited(self, timeout: float = 0.0) -> bool:
-        if self.exitcode is not None:
+        if self.exitcode is not None or self._closed:
             return True
-        if self._pidfd is None:
-            return True
-        readable, _, _ = select.select([self._pidfd], [], [], max(0.0, timeout))
-        return bool(readable)
+        if self._pidfd is not None:
+            readable, _, _ = select.select([self._pidfd], [], [], max(0.0, timeout))
+            return bool(readable)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:  # no pidfd: poll the process state (a zombie has exited)
+            try:
+                if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.NoSuchProcess:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
 
     def is_alive(self) -> bool:
         """Whether the child still runs."""
         return not self._exited()
 
     def kill(self) -> None:
-        """SIGKILL the child, unless it exited already."""
-        if self.exitcode is None and self._pidfd is not None:
+        """SIGKILL the child, unless it was reaped already."""
+        if self.exitcode is None and not self._closed:
             with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait up to ``timeout`` seconds for the exit; once exited, :attr:`exitcode` is set."""
@@ -168,7 +186,8 @@ class ForkedChild:
             self.exitcode = -signal.SIGKILL
 
     def close(self) -> None:
-        """Release the pidfd."""
+        """Release the pidfd; the handle is no longer used."""
+        self._closed = True
         if self._pidfd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
@@ -229,15 +248,7 @@ class Zygote:
 
     def spawn(self, conn: Connection) -> ForkedChild:
         """Fork a child that runs the target on ``conn`` (the caller then closes its copy)."""
-        pid = int(self._ask({"op": "spawn"}, conn.fileno())["pid"])
-        try:
-            return ForkedChild(self, pid)
-        except OSError as exc:  # no pidfd: kill it through the zygote's reap path rather than leak it
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ZygoteError):
-                self.reap(pid)
-            raise ZygoteError(f"cannot watch training child {pid}: {exc!r}") from None
+        return ForkedChild(self, int(self._ask({"op": "spawn"}, conn.fileno())["pid"]))
 
     def reap(self, pid: int) -> int:
         """The exit status of child ``pid``, which has exited (waits for it otherwise)."""

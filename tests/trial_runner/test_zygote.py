@@ -3,6 +3,8 @@ a dead zygote is replaced, and nothing outlives a SIGKILLed runner."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -15,7 +17,7 @@ import pytest
 from tests.trial_runner.test_worker import ALLOWED, request
 from tests.waiting import until, wait_until
 from tweakline.proto.messages import TrialStatus
-from tweakline.trial_runner.worker import TrialWorker, WorkerConfig, _tree_memory_mb
+from tweakline.trial_runner.worker import TrialWorker, WorkerConfig, WorkerCrashedError, _tree_memory_mb
 
 
 @pytest.fixture
@@ -92,3 +94,22 @@ def test_a_sigkilled_runner_leaves_neither_zygote_nor_child() -> None:
     finally:
         runner.kill()
         runner.wait(30)
+
+
+async def test_without_pidfds_children_are_still_waited_for_killed_and_reported(
+    worker: TrialWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open is not implemented")  # Linux before 5.3
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    outcome = await worker.run(request({"delay": 60.0}), timeout=1.0)
+    assert outcome.status is TrialStatus.FAILED and "time limit" in (outcome.error or "")
+    req = request({"delay": 30.0}, number=1)
+    task = asyncio.create_task(worker.run(req))
+    await until(lambda: worker.current == req.trial_id, what="the trial to start", timeout=60)
+    assert worker._process is not None and worker._process._pidfd is None
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashedError, match="killed by SIGKILL"):
+        await asyncio.wait_for(task, 60)
+    assert (await worker.run(request({"delay": 0.0}, number=2))).status is TrialStatus.OK
