@@ -8,7 +8,7 @@ machine (what ``smem`` reports; psutil's ``memory_full_info().pss``, from ``/pro
 The scenario starts a stack with 2 runners (``bench_stack``), waits until every service is
 subscribed, then runs the digits SVC example (40 trials, evaluation and deployment) while a thread
 samples every process of the stack every 0.25 s: nats-server, the fork server, the services, and
-their children (the runners' training children and multiprocessing's resource trackers). It reports
+their children (each runner's training zygote and training child). It reports
 the total at "all services up", its peak during the run, and each process's own peak.
 """
 

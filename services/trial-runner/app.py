@@ -10,15 +10,20 @@ from tweakline.proto.subjects import Subject, all_of
 from tweakline.runtime.service import ServiceContext, make_app, make_broker, pool_subscription
 from tweakline.runtime.settings import Settings
 from tweakline.trial_runner.handlers import TrialRunner
+from tweakline.trial_runner.worker import TrialWorker, worker_config
 
 NAME = "trial-runner"
 
 
 def create_app(settings: Settings) -> FastStream:
     """Build the runner's broker, router (work queue, one trial at a time; prune verdicts) and app."""
+    # The training zygote is forked first: before the broker's threads and event loop exist, and
+    # before the broker loads this identity's TLS key (training processes never hold a copy).
+    worker = TrialWorker(worker_config(settings))
+    worker.prepare()
     broker = make_broker(settings, NAME)
     ctx = ServiceContext(settings, broker, NAME)
-    runner = TrialRunner(ctx)
+    runner = TrialRunner(ctx, worker)
     router = NatsRouter()
     ctx.subscribe(
         router,

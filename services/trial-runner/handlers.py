@@ -28,7 +28,7 @@ from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.runtime.service import ServiceContext, keep_alive
 from tweakline.search.pruning import pruning_for
 from tweakline.trial_runner.early_stopping import EarlyStopping, TrialWatch
-from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig, awaits_verdict
+from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, awaits_verdict, worker_config
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,10 @@ HAND_BACK_WAIT_S = 30.0
 class TrialRunner:
     """Trains the trials handed out by the shared work queue."""
 
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: ServiceContext, worker: TrialWorker | None = None):
         self.ctx = ctx
         self.name = f"{socket.gethostname()}-{os.getpid()}"
-        settings = ctx.settings
-        self.worker = TrialWorker(
-            WorkerConfig(
-                allowed_estimators=tuple(settings.allowed_estimators),
-                n_jobs=settings.runner_threads,
-                memory_limit_mb=settings.trial_memory_mb,
-                dataset_cache_dir=str(settings.state_dir / "cache" / "datasets"),
-                code_cache_dir=str(settings.state_dir / "cache" / "code"),
-            )
-        )
+        self.worker = worker or TrialWorker(worker_config(ctx.settings))
         self.early = EarlyStopping(ctx, on_cancel=self.cancel)  # verdicts in on trials.control
         self.stopping = False
         self._refused: TrialOutcome | None = None  # the current request's code bundle was refused

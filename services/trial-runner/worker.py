@@ -25,7 +25,10 @@ killer) or could not load the data: infrastructure trouble the caller may retry 
 the trial back).
 
 Parent and child talk over a private ``multiprocessing`` pipe (local, never the bus). The child
-asks Linux to kill it when its parent dies, so a SIGKILLed runner leaves no training orphans.
+is forked by the runner's zygote (:mod:`tweakline.trial_runner.zygote`: a single-threaded process
+the worker forks when it is prepared, with scikit-learn imported), so it shares those pages
+instead of importing its own copy; the zygote dies with the runner and the child with the zygote,
+so a SIGKILLed runner leaves no training orphans.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
+import mmap
 import multiprocessing
 import os
 import signal
@@ -49,7 +54,9 @@ import psutil
 from tweakline.errors import TweaklineError
 from tweakline.ml.outcome import TrialOutcome
 from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.runtime.settings import Settings
 from tweakline.search.pruning import pruning_for
+from tweakline.trial_runner.zygote import ForkedChild, Zygote, ZygoteError
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +64,11 @@ log = logging.getLogger(__name__)
 MEMORY_POLL_S = 0.2
 # After cancel(), how long the child may take to reach a fold boundary before it is killed.
 CANCEL_GRACE_S = 1.0
-# A new child imports scikit-learn: slow on a busy machine, but bounded.
+# A new child is forked with scikit-learn imported (the zygote's import, slow on a busy machine, may still run): bounded.
 START_TIMEOUT_S = 180.0
+# What the zygote imports before its first fork, so every child shares it (already imported, and
+# so free, when the local stack's fork server preloaded it).
+TRAINING_MODULES = ("tweakline.ml.datasets", "tweakline.ml.training", "sklearn.datasets", "sklearn.svm", "sklearn.linear_model")
 
 OnFold = Callable[[int, float], Awaitable[bool | None] | bool | None]
 """``on_fold(fold_index, value)`` in the parent, after each fold the child finished; True stops
@@ -93,6 +103,17 @@ class WorkerConfig:
     dataset_cache_dir: str | None = None
     # Where shipped code bundles (model.trainer.code: object:code:<sha256>) are unpacked by the parent.
     code_cache_dir: str | None = None
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    """The runner's training configuration, from its settings."""
+    return WorkerConfig(
+        allowed_estimators=tuple(settings.allowed_estimators),
+        n_jobs=settings.runner_threads,
+        memory_limit_mb=settings.trial_memory_mb,
+        dataset_cache_dir=str(settings.state_dir / "cache" / "datasets"),
+        code_cache_dir=str(settings.state_dir / "cache" / "code"),
+    )
 
 
 # ----------------------------------------------------------------------------------- the child
@@ -203,13 +224,41 @@ def _trainer_trial(
 # ---------------------------------------------------------------------------------- the parent
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Resident memory of the child and its descendants (a trainer runs in a grandchild), MiB."""
+class SharedFlag:
+    """A flag the parent sets and a forked child reads: one byte of anonymous shared memory.
+
+    Made before the zygote is forked, so the zygote's children inherit it (a ``multiprocessing``
+    Event would start a resource tracker process per runner for its semaphore).
+    """
+
+    def __init__(self) -> None:
+        self._byte = mmap.mmap(-1, 1)
+
+    def set(self) -> None:
+        """Raise the flag."""
+        self._byte[0] = 1
+
+    def clear(self) -> None:
+        """Lower the flag."""
+        self._byte[0] = 0
+
+    def is_set(self) -> bool:
+        """Whether the flag is raised."""
+        return self._byte[0] == 1
+
+
+def _tree_memory_mb(pid: int) -> float:
+    """Memory the child and its descendants (a trainer runs in a grandchild) hold on their own, MiB.
+
+    The unique set size (psutil's ``uss``, from ``/proc/<pid>/smaps_rollup``): what a trial
+    allocated or changed, not the pre-imported libraries a forked child still shares with the
+    zygote (its resident set counts those in full: ~170 MiB before any work).
+    """
     root = psutil.Process(pid)
-    total = root.memory_info().rss
+    total = root.memory_full_info().uss
     for proc in root.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
+            total += proc.memory_full_info().uss
     return total / 2**20
 
 
@@ -231,10 +280,10 @@ class TrialWorker:
 
     def __init__(self, config: WorkerConfig):
         self.config = config
-        self._ctx = multiprocessing.get_context("spawn")  # no fork of a threaded asyncio process
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._zygote: Zygote | None = None  # forks the children (prepare())
+        self._process: ForkedChild | None = None
         self._conn: Connection | None = None
-        self._cancel = self._ctx.Event()
+        self._cancel = SharedFlag()
         self._running: _Running | None = None
         self._wake = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
@@ -252,6 +301,28 @@ class TrialWorker:
         """The id of the trial being trained, if any."""
         return self._running.trial_id if self._running else None
 
+    def prepare(self) -> None:
+        """Fork the zygote that training children are forked from, unless it runs.
+
+        Call it before the process starts threads (the runner does, when it builds its app): a
+        fork copies only the calling thread, and a lock another thread held would stay locked.
+        :meth:`start` calls it too, to replace a zygote that died.
+        """
+        if self._zygote is not None:
+            if self._zygote.alive():
+                return
+            log.warning("the training zygote %s exited: forking a new one", self._zygote.pid)
+            self._zygote.close()
+        target = functools.partial(
+            _child_main,
+            cancel=self._cancel,
+            allowed=list(self.config.allowed_estimators),
+            n_jobs=self.config.n_jobs,
+            dataset_cache_dir=self.config.dataset_cache_dir,
+            code_cache_dir=self.config.code_cache_dir,
+        )
+        self._zygote = Zygote(target, preload=TRAINING_MODULES)
+
     async def start(self) -> None:
         """Start the child (if not running) and wait until it is ready to train (safe to call concurrently)."""
         if self._start_lock is None:
@@ -260,23 +331,17 @@ class TrialWorker:
             if self._process is not None and self._process.is_alive():
                 return
             self._discard()
-            parent_end, child_end = self._ctx.Pipe(duplex=True)
+            self.prepare()
+            assert self._zygote is not None
+            parent_end, child_end = multiprocessing.Pipe(duplex=True)
             self._cancel.clear()
-            process = self._ctx.Process(
-                target=_child_main,
-                args=(
-                    child_end,
-                    self._cancel,
-                    list(self.config.allowed_estimators),
-                    self.config.n_jobs,
-                    self.config.dataset_cache_dir,
-                    self.config.code_cache_dir,
-                ),
-                name="tweakline-trial-worker",
-                daemon=True,
-            )
-            process.start()
-            child_end.close()  # so the parent sees EOF when the child dies
+            try:
+                process = self._zygote.spawn(child_end)
+            except ZygoteError as exc:
+                parent_end.close()
+                raise WorkerCrashedError(str(exc)) from None
+            finally:
+                child_end.close()  # so the parent sees EOF when the child dies
             self._process, self._conn = process, parent_end
             self.spawned += 1
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -295,6 +360,9 @@ class TrialWorker:
                 self._conn.send(None)
             await asyncio.to_thread(self._process.join, 2.0)
         self._discard()
+        if self._zygote is not None:
+            await asyncio.to_thread(self._zygote.close)
+            self._zygote = None
 
     def _discard(self) -> None:
         """Kill the child (if alive) and forget it; the next trial starts a fresh one."""
@@ -422,7 +490,7 @@ class TrialWorker:
         ):
             running.memory_sampled_at = now
             try:
-                rss_mb = _tree_rss_mb(self._process.pid)
+                rss_mb = _tree_memory_mb(self._process.pid)
             except psutil.Error:
                 return None  # the child is gone: the pipe's EOF reports it
             if rss_mb > limit:

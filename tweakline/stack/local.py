@@ -218,9 +218,8 @@ class LocalStack:
                 self.url = self.server.start()
             self._go_on()
             asyncio.run(self._topology())
-            # Runners first: their training children (fresh interpreters importing scikit-learn) are
-            # the longest start; then the deployer; then what waits for the fork server's import of
-            # scikit-learn (PRELOADED).
+            # The first spawn waits for the fork server's import of every service's modules
+            # (PRELOADED); the others are forked from it at once and share those pages.
             index = 0
             for pool, count in self.pools.items():
                 for _ in range(count):
@@ -277,13 +276,22 @@ class LocalStack:
             log.warning("services start as separate interpreters: %s", exc)
             self.forks = None
 
-    # What the fork server imports before forking these (services/<name>/ is tweakline.<name>): the
-    # scheduler checks submissions with scikit-learn and the evaluator refits, so both share one
-    # import of them; runners and the deployer do not use them and are forked before it.
-    PRELOADED = {
-        "scheduler": ("tweakline.scheduler.app", "tweakline.evaluator.app"),
-        "evaluator": ("tweakline.scheduler.app", "tweakline.evaluator.app"),
-    }
+    # What the fork server imports before forking these (services/<name>/ is tweakline.<name>):
+    # every service's modules, scikit-learn with them (the scheduler checks submissions with it, the
+    # evaluator refits, the runners' training children are forked from a zygote that needs it), so
+    # all of them share one import instead of each importing its own after the fork (docs/benchmarks.md, memory).
+    PRELOADED = dict.fromkeys(
+        ("trial-runner", "deployer", "scheduler", "evaluator"),
+        (
+            "tweakline.trial_runner.app",
+            "tweakline.trial_runner.worker",
+            "tweakline.ml.training",
+            "sklearn.datasets",  # the bundled datasets: each process loading one would import it (~5 MiB)
+            "tweakline.deployer.app",
+            "tweakline.scheduler.app",
+            "tweakline.evaluator.app",
+        ),
+    )
 
     def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None, *, label: str | None = None) -> None:
         identity = Identity(service)
