@@ -136,16 +136,27 @@ def _child_main(
             return
         if payload is None:
             return
-        request = TrialRequested.model_validate_json(payload)
+        body, folds_after_s = payload
+        request = TrialRequested.model_validate_json(body)
+        started = time.monotonic()
         try:
             split = cache.get(request.spec.dataset)
         except Exception as exc:
             conn.send(("error", public_error(exc)))  # goes on the bus: no file contents
             continue
 
-        def on_fold(index: int, value: float, request: TrialRequested = request) -> bool:
-            conn.send(("fold", index, value))
-            if awaits_verdict(request, index):
+        def on_fold(
+            index: int,
+            value: float,
+            request: TrialRequested = request,
+            started: float = started,
+            folds_after_s: float | None = folds_after_s,
+        ) -> bool:
+            awaits = awaits_verdict(request, index)
+            # A message per fold only when the parent reads it: a fast trial's scores come with its outcome.
+            if awaits or (folds_after_s is not None and time.monotonic() - started >= folds_after_s):
+                conn.send(("fold", index, value))
+            if awaits:
                 reply = conn.recv()  # the parent always answers, within the verdict wait
                 if reply is None or (reply[0] == "verdict" and reply[1]):
                     return True
@@ -336,8 +347,20 @@ class TrialWorker:
 
     # -- running a trial ----------------------------------------------------------------------
 
-    async def run(self, request: TrialRequested, *, on_fold: OnFold | None = None, timeout: float | None = None) -> TrialOutcome:
-        """Train ``request`` in the child within ``timeout`` seconds and the memory limit."""
+    async def run(
+        self,
+        request: TrialRequested,
+        *,
+        on_fold: OnFold | None = None,
+        timeout: float | None = None,
+        folds_after_s: float = 0.0,
+    ) -> TrialOutcome:
+        """Train ``request`` in the child within ``timeout`` seconds and the memory limit.
+
+        ``on_fold`` sees every stage that awaits a verdict, and the others once the trial has
+        trained for ``folds_after_s`` (0: all of them): a fast trial's fold scores come with its
+        outcome instead of a message each (a trial stopped from outside before then reports none).
+        """
         await self.start()
         assert self._conn is not None
         running = _Running(
@@ -352,7 +375,7 @@ class TrialWorker:
         started = running.memory_sampled_at = time.monotonic()
         deadline = started + timeout if timeout is not None else None
         try:
-            self._conn.send(request.model_dump_json())
+            self._conn.send((request.model_dump_json(), None if on_fold is None else folds_after_s))
             while True:
                 limit = self._check_limits(running, deadline, started)
                 if limit is not None:
