@@ -247,7 +247,8 @@ class TrialWorker:
         self._conn: Connection | None = None
         self._cancel = self._ctx.Event()
         self._running: _Running | None = None
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # what _receive waits on, if it waits
+        self._woken = False  # _poke() came while nothing waited: the next wait returns at once
         self._start_lock: asyncio.Lock | None = None
         self.spawned = 0  # children started so far (observable in logs and tests)
 
@@ -334,7 +335,7 @@ class TrialWorker:
         running.cancel_reason = reason
         running.cancel_deadline = time.monotonic() + self.config.cancel_grace_s
         self._cancel.set()
-        self._wake.set()
+        self._poke()
         return True
 
     def abort(self) -> bool:
@@ -342,8 +343,14 @@ class TrialWorker:
         if self._running is None:
             return False
         self._running.aborted = True
-        self._wake.set()
+        self._poke()
         return True
+
+    def _poke(self) -> None:
+        """Make the wait for the child's next message return now (a limit or a stop to act on)."""
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     # -- running a trial ----------------------------------------------------------------------
 
@@ -371,7 +378,7 @@ class TrialWorker:
         )
         self._running = running
         self._cancel.clear()
-        self._wake.clear()
+        self._woken = False
         started = running.memory_sampled_at = time.monotonic()
         deadline = started + timeout if timeout is not None else None
         try:
@@ -487,27 +494,29 @@ class TrialWorker:
         conn = self._conn
         if conn is None:
             return ("eof",)
-        loop = asyncio.get_running_loop()
-        ready = asyncio.Event()
-        fd = conn.fileno()
-        loop.add_reader(fd, ready.set)
-        try:
-            if not conn.poll():
-                wake = asyncio.create_task(self._wake.wait())
-                got = asyncio.create_task(ready.wait())
-                try:
-                    await asyncio.wait(
-                        {wake, got}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    wake.cancel()
-                    got.cancel()
-                self._wake.clear()
-                if not conn.poll():
-                    return None
+        if not conn.poll():
+            # One future, woken by the pipe, the deadline or _poke(): no task per message.
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+
+            def ready() -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            fd = conn.fileno()
+            loop.add_reader(fd, ready)
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), ready)
             try:
-                return conn.recv()
-            except (EOFError, OSError):
-                return ("eof",)
-        finally:
-            loop.remove_reader(fd)
+                if not self._woken:
+                    await waiter
+            finally:
+                loop.remove_reader(fd)
+                timer.cancel()
+                self._waiter = None
+            self._woken = False
+            if not conn.poll():
+                return None
+        try:
+            return conn.recv()
+        except (EOFError, OSError):
+            return ("eof",)
