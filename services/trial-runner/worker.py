@@ -33,13 +33,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ import psutil
 from tweakline.errors import TweaklineError
 from tweakline.ml.outcome import TrialOutcome
 from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.proto.tweakfile import ExperimentSpec
 from tweakline.search.pruning import pruning_for
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ def _child_main(
         use_object_store(_not_prefetched, Path(dataset_cache_dir))
 
     cache = DatasetCache()
+    spec: ExperimentSpec | None = None
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -136,8 +139,10 @@ def _child_main(
             return
         if payload is None:
             return
-        body, folds_after_s = payload
-        request = TrialRequested.model_validate_json(body)
+        body, spec_json, folds_after_s = payload
+        if spec_json is not None:  # a new experiment's spec (a batch's trials share one: sent once)
+            spec = ExperimentSpec.model_validate_json(spec_json)
+        request = TrialRequested.model_validate({**json.loads(body), "spec": spec})
         started = time.monotonic()
         try:
             split = cache.get(request.spec.dataset)
@@ -175,7 +180,7 @@ def _child_main(
                 on_fold=on_fold,
                 n_jobs=threads,
             )
-        conn.send(("done", asdict(outcome)))
+        conn.send(("done", {f.name: getattr(outcome, f.name) for f in fields(outcome)}))  # no deep copy
 
 
 def trial_threads(request: TrialRequested, n_jobs: int | None) -> int | None:
@@ -249,6 +254,7 @@ class TrialWorker:
         self._running: _Running | None = None
         self._waiter: asyncio.Future[None] | None = None  # what _receive waits on, if it waits
         self._woken = False  # _poke() came while nothing waited: the next wait returns at once
+        self._spec_sent: tuple[Connection, ExperimentSpec] | None = None  # the child's current spec
         self._start_lock: asyncio.Lock | None = None
         self.spawned = 0  # children started so far (observable in logs and tests)
 
@@ -382,7 +388,13 @@ class TrialWorker:
         started = running.memory_sampled_at = time.monotonic()
         deadline = started + timeout if timeout is not None else None
         try:
-            self._conn.send((request.model_dump_json(), None if on_fold is None else folds_after_s))
+            # The spec goes once per child and experiment: a batch's trials share the same object.
+            sent = self._spec_sent
+            spec_json = (
+                None if sent is not None and sent[0] is self._conn and sent[1] is request.spec else request.spec.model_dump_json()
+            )
+            self._conn.send((request.model_dump_json(exclude={"spec"}), spec_json, None if on_fold is None else folds_after_s))
+            self._spec_sent = (self._conn, request.spec)
             while True:
                 limit = self._check_limits(running, deadline, started)
                 if limit is not None:

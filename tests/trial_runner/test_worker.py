@@ -74,11 +74,13 @@ async def test_a_fast_trial_sends_its_fold_scores_with_its_outcome_not_one_by_on
 async def test_time_limit_fails_the_trial_and_the_next_one_runs(worker: TrialWorker) -> None:
     await worker.start()
     old = worker.pid
-    outcome = await worker.run(request({"delay": 60.0}), timeout=1.0)
+    slow = request({"delay": 60.0})
+    outcome = await worker.run(slow, timeout=1.0)
     assert outcome.status is TrialStatus.FAILED
     assert "time limit of 1s (budget.trial_timeout)" in (outcome.error or "")
     assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
-    after = await worker.run(request({"delay": 0.0}))
+    # The same spec object (as a batch's next trial): the new child has not seen it yet.
+    after = await worker.run(slow.model_copy(update={"params": {"delay": 0.0}}))
     assert after.status is TrialStatus.OK and worker.spawned == 2
 
 
