@@ -18,7 +18,7 @@ from pathlib import Path
 from faststream.nats import NatsMessage
 
 from tweakline.errors import ArtifactError
-from tweakline.ml.datasets import prefetch
+from tweakline.ml.datasets import needs_prefetch, prefetch
 from tweakline.ml.outcome import TrialOutcome
 from tweakline.ml.trainers.bundles import fetch_code_bundle
 from tweakline.observability import telemetry
@@ -173,7 +173,8 @@ class TrialRunner:
         try:
             if first:  # a batch shares its experiment's dataset and code
                 self._refused = None
-                await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
+                if needs_prefetch(request.spec.dataset):  # no thread hop for the sources that need none
+                    await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
                 self._refused = await self._fetch_code(request)
             if self._refused is not None:
                 return self._refused
