@@ -165,7 +165,12 @@ class Probe:
             self.requested.setdefault(tid, now)
 
     async def _on_completed(self, msg: Any) -> None:
-        self.completed.setdefault(self._key(msg), (time.perf_counter(), msg.data))
+        # A batch's results travel together: "trial-completed:<first trial id>:<number>...".
+        first, *more = self._key(msg).split(":")
+        now = time.perf_counter()
+        experiment = first.rsplit(".", 1)[0]
+        for tid in [first, *(f"{experiment}.{n}" for n in more)]:
+            self.completed.setdefault(tid, (now, msg.data))
 
     async def _on_experiment(self, msg: Any) -> None:
         exp_id = msg.subject.rsplit(".", 1)[-1]
@@ -200,7 +205,13 @@ class Probe:
 
     def durations(self, exp_id: str) -> list[float]:
         """The runner-measured training time of each trial (``duration_s``)."""
-        return [json.loads(self.completed[tid][1])["duration_s"] for tid in self.trials_of(exp_id)]
+        out = []
+        for tid in self.trials_of(exp_id):
+            body = json.loads(self.completed[tid][1])
+            number = int(tid.rsplit(".", 1)[1])
+            record = next((r for r in [body, *body.get("batch", [])] if r["number"] == number), body)
+            out.append(record["duration_s"])
+        return out
 
     async def close(self) -> None:
         await self.nc.drain()

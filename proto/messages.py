@@ -210,12 +210,43 @@ class TrialRecord(Message):
 
 
 class TrialCompleted(TrialRecord):
-    """Runner -> scheduler: the result of one trial (its record, plus which trial and which delivery)."""
+    """Runner -> scheduler: the result of one trial (its record, plus which trial and which delivery).
+
+    A batched request's results travel together: ``batch`` holds the records of its further
+    trials, in the order they ran; :meth:`results` gives each as a result of its own. A runner
+    sends a batch of results only in answer to a batched request, so only to a scheduler that
+    reads them (docs/reliability.md, upgrade order).
+    """
 
     experiment_id: ExperimentId
     trial_id: TrialId
     attempt: int = 1
     finished_at: datetime = Field(default_factory=utcnow)
+    batch: list[TrialRecord] = Field(
+        default_factory=list,
+        max_length=MAX_TRIAL_BATCH - 1,
+        description="Results of the further trials of a batched request (same experiment, runner and delivery).",
+    )
+
+    @model_validator(mode="after")
+    def _one_experiment(self) -> TrialCompleted:
+        numbers = {self.number}
+        for record in self.batch:
+            if record.number in numbers:
+                raise ValueError(f"batch: trial {record.number} of experiment {self.experiment_id!r} appears twice")
+            numbers.add(record.number)
+        return self
+
+    def results(self) -> list[TrialCompleted]:
+        """Every trial's result in this message, first this one, each as a result of its own (no batch)."""
+        if not self.batch:
+            return [self]
+        first = self.model_copy(update={"batch": []})
+        shared = {"experiment_id": self.experiment_id, "attempt": self.attempt, "finished_at": self.finished_at}
+        return [first] + [
+            TrialCompleted.model_construct(**dict(record), **shared, trial_id=f"{self.experiment_id}.{record.number}", batch=[])
+            for record in self.batch
+        ]
 
 
 class ExperimentStatus(StrEnum):

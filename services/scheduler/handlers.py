@@ -247,28 +247,31 @@ class Scheduler:
                 await msg.ack()
                 return
             generation = 0
-            if run.record(result):
-                generation = self._recorded[exp_id] = self._recorded.get(exp_id, 0) + 1
-                log.info(
-                    "trial %s %s score=%s (%d/%d)",
-                    result.trial_id,
-                    result.status.value,
-                    result.score,
-                    len(run.state.results),
-                    run.limit,
-                )
-        if generation and not await self._commit(exp_id, generation, result.number):
-            # A batch-mate's save failed and the cached run was dropped: this result is not in KV.
-            raise RuntimeError(f"state of {exp_id} not saved with trial {result.number}")
-        await msg.ack()  # only once a saved state holds the result
+            results = result.results()  # a batched request's results come in one message
+            for one in results:
+                if run.record(one):
+                    generation = self._recorded[exp_id] = self._recorded.get(exp_id, 0) + 1
+                    log.info(
+                        "trial %s %s score=%s (%d/%d)",
+                        one.trial_id,
+                        one.status.value,
+                        one.score,
+                        len(run.state.results),
+                        run.limit,
+                    )
+        numbers = [one.number for one in results]
+        if generation and not await self._commit(exp_id, generation, numbers):
+            # A batch-mate's save failed and the cached run was dropped: these results are not in KV.
+            raise RuntimeError(f"state of {exp_id} not saved with trials {numbers}")
+        await msg.ack()  # only once a saved state holds the results
 
-    async def _commit(self, exp_id: str, generation: int, number: int) -> bool:
+    async def _commit(self, exp_id: str, generation: int, numbers: list[int]) -> bool:
         """Save the state and issue new trials once for every result recorded so far (group commit).
 
         FastStream runs the handlers of one fetched batch concurrently; after one yield and with the
         FIFO lock, the batch's results are all recorded before the first commit runs, and that one save (and one
         round of new trials) covers them all: the state is rewritten once per batch, not per trial.
-        Returns whether a saved state holds trial ``number`` (only then may its message be acked).
+        Returns whether a saved state holds trials ``numbers`` (only then may their message be acked).
         """
         await asyncio.sleep(0)  # let the batch's other handlers (already started) record first
         async with self._lock(exp_id):
@@ -277,7 +280,7 @@ class Scheduler:
                 # (the result may be missing): the stored state decides.
                 assert self.store is not None
                 found = await self.store.get(exp_id)
-                return found is not None and number in found[0].results
+                return found is not None and all(number in found[0].results for number in numbers)
             if self._committed.get(exp_id, 0) >= generation:
                 return True
             covered = self._recorded.get(exp_id, generation)

@@ -13,17 +13,16 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 
 from faststream.nats import NatsMessage
 
 from tweakline.errors import ArtifactError
-from tweakline.ml.datasets import prefetch
+from tweakline.ml.datasets import needs_prefetch, prefetch
 from tweakline.ml.outcome import TrialOutcome
 from tweakline.ml.trainers.bundles import fetch_code_bundle
 from tweakline.observability import telemetry
-from tweakline.proto.messages import TrialCompleted, TrialProgress, TrialRequested, TrialStatus, msg_id
+from tweakline.proto.messages import TrialCompleted, TrialProgress, TrialRecord, TrialRequested, TrialStatus, msg_id
 from tweakline.proto.subjects import Stream, Subject, subject_for
 from tweakline.runtime.service import ServiceContext, keep_alive
 from tweakline.search.pruning import pruning_for
@@ -77,13 +76,13 @@ class TrialRunner:
         """Stop ``trial_id`` if this runner is training it; its result is then ``pruned`` with ``reason``."""
         return self.worker.cancel(trial_id, reason)
 
-    async def _fold(self, request: TrialRequested, watch: TrialWatch, fold: int, value: float, started: float) -> bool:
-        """Report a fold; with a pruner, wait briefly for the scheduler's verdict. True: stop (pruned)."""
+    async def _fold(self, request: TrialRequested, watch: TrialWatch, fold: int, value: float) -> bool:
+        """Report a fold; with a pruner, wait briefly for the scheduler's verdict. True: stop (pruned).
+
+        The worker hands over only the folds someone reads (``folds_after_s`` in ``_run_one``).
+        """
         wait = awaits_verdict(request, fold)
-        # Fold scores go out for the pruner, and as live progress of a long trial; a fast trial
-        # without a pruner sends none (they were two messages per trivial trial for no reader).
-        if pruning_for(request.spec).enabled or time.monotonic() - started >= LIVE_PROGRESS_AFTER_S:
-            await self._progress(request, fold, value, awaits=wait)
+        await self._progress(request, fold, value, awaits=wait)
         if wait:
             return await watch.answered(fold, self.ctx.settings.prune_verdict_wait_s)
         return watch.cancelled
@@ -115,8 +114,8 @@ class TrialRunner:
 
     async def _handle(self, msg: NatsMessage, request: TrialRequested) -> None:
         attempt = msg.raw_message.metadata.num_delivered or 1
-        # Trials of a batch run one after the other; their results go out together (one round of
-        # the scheduler's group commit), each under its own message id, and only then is the request acked.
+        # Trials of a batch run one after the other; their results go out together in one message
+        # (one round of the scheduler's group commit), and only then is the request acked.
         done: list[tuple[TrialRequested, TrialOutcome]] = []
         prepared = False  # the dataset fetched and the code bundle checked, once per request
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
@@ -165,18 +164,21 @@ class TrialRunner:
         try:
             if first:  # a batch shares its experiment's dataset and code
                 self._refused = None
-                await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
+                if needs_prefetch(request.spec.dataset):  # no thread hop for the sources that need none
+                    await asyncio.to_thread(prefetch, request.spec.dataset)  # object: data, over this process's NATS
                 self._refused = await self._fetch_code(request)
             if self._refused is not None:
                 return self._refused
             # The child trains; each fold's score is published from here, and a prune verdict on
             # trials.control reaches the child through early stopping's registry -> self.cancel.
-            started = time.monotonic()
             with self.early.watch(request) as watch, telemetry.span("trial.run") as run_span:
                 outcome = await self.worker.run(
                     request,
-                    on_fold=lambda fold, value: self._fold(request, watch, fold, value, started),
+                    on_fold=lambda fold, value: self._fold(request, watch, fold, value),
                     timeout=request.spec.budget.trial_timeout,
+                    # Fold scores go out for the pruner, and as live progress of a long trial; a
+                    # fast trial without a pruner sends none (no reader: two messages per trivial trial).
+                    folds_after_s=0.0 if pruning_for(request.spec).enabled else LIVE_PROGRESS_AFTER_S,
                 )
                 telemetry.trial_outcome(run_span, outcome)
             return outcome
@@ -200,11 +202,25 @@ class TrialRunner:
         return None
 
     async def _publish(self, done: list[tuple[TrialRequested, TrialOutcome]], attempt: int) -> None:
-        """Publish every finished trial's result (concurrently: one round trip for a batch)."""
-        await asyncio.gather(*(self._report(request, outcome, attempt) for request, outcome in done))
+        """Publish the finished trials' results: one message for all of a batch's (one publish, one
+        acknowledgement, one delivery to the scheduler), under an id naming every trial it carries."""
+        if not done:
+            return
+        results = [self._result(request, outcome, attempt) for request, outcome in done]
+        first, rest = results[0], results[1:]
+        if rest:
+            first.batch = [TrialRecord.from_result(r) for r in rest]
+        await self.ctx.publish(
+            first,
+            subject_for(Subject.TRIAL_COMPLETED, first.experiment_id),
+            msg_id=msg_id("trial-completed", first.trial_id, *(r.number for r in rest)),
+            stream=Stream.EVENTS,
+        )
+        for r in results:
+            log.info("trial %s %s score=%s in %.2fs", r.trial_id, r.status.value, r.score, r.duration_s)
 
-    async def _report(self, request: TrialRequested, outcome: TrialOutcome, attempt: int) -> None:
-        result = TrialCompleted(
+    def _result(self, request: TrialRequested, outcome: TrialOutcome, attempt: int) -> TrialCompleted:
+        return TrialCompleted(
             experiment_id=request.experiment_id,
             trial_id=request.trial_id,
             number=request.number,
@@ -220,13 +236,6 @@ class TrialRunner:
             attempt=attempt,
             error=outcome.error,
         )
-        await self.ctx.publish(
-            result,
-            subject_for(Subject.TRIAL_COMPLETED, request.experiment_id),
-            msg_id=msg_id("trial-completed", request.trial_id),
-            stream=Stream.EVENTS,
-        )
-        log.info("trial %s %s score=%s in %.2fs", request.trial_id, outcome.status, outcome.score, outcome.duration_s)
 
 
 class _RetryError(Exception):

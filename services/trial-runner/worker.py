@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import json
 import logging
 import mmap
 import multiprocessing
@@ -44,7 +45,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ import psutil
 from tweakline.errors import TweaklineError
 from tweakline.ml.outcome import TrialOutcome
 from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.proto.tweakfile import ExperimentSpec
 from tweakline.runtime.settings import Settings
 from tweakline.search.pruning import pruning_for
 from tweakline.trial_runner.zygote import ForkedChild, Zygote, ZygoteError
@@ -149,6 +151,7 @@ def _child_main(
         use_object_store(_not_prefetched, Path(dataset_cache_dir))
 
     cache = DatasetCache()
+    spec: ExperimentSpec | None = None
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -157,16 +160,29 @@ def _child_main(
             return
         if payload is None:
             return
-        request = TrialRequested.model_validate_json(payload)
+        body, spec_json, folds_after_s = payload
+        if spec_json is not None:  # a new experiment's spec (a batch's trials share one: sent once)
+            spec = ExperimentSpec.model_validate_json(spec_json)
+        request = TrialRequested.model_validate({**json.loads(body), "spec": spec})
+        started = time.monotonic()
         try:
             split = cache.get(request.spec.dataset)
         except Exception as exc:
             conn.send(("error", public_error(exc)))  # goes on the bus: no file contents
             continue
 
-        def on_fold(index: int, value: float, request: TrialRequested = request) -> bool:
-            conn.send(("fold", index, value))
-            if awaits_verdict(request, index):
+        def on_fold(
+            index: int,
+            value: float,
+            request: TrialRequested = request,
+            started: float = started,
+            folds_after_s: float | None = folds_after_s,
+        ) -> bool:
+            awaits = awaits_verdict(request, index)
+            # A message per fold only when the parent reads it: a fast trial's scores come with its outcome.
+            if awaits or (folds_after_s is not None and time.monotonic() - started >= folds_after_s):
+                conn.send(("fold", index, value))
+            if awaits:
                 reply = conn.recv()  # the parent always answers, within the verdict wait
                 if reply is None or (reply[0] == "verdict" and reply[1]):
                     return True
@@ -185,7 +201,7 @@ def _child_main(
                 on_fold=on_fold,
                 n_jobs=threads,
             )
-        conn.send(("done", asdict(outcome)))
+        conn.send(("done", {f.name: getattr(outcome, f.name) for f in fields(outcome)}))  # no deep copy
 
 
 def trial_threads(request: TrialRequested, n_jobs: int | None) -> int | None:
@@ -285,7 +301,9 @@ class TrialWorker:
         self._conn: Connection | None = None
         self._cancel = SharedFlag()
         self._running: _Running | None = None
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # what _receive waits on, if it waits
+        self._woken = False  # _poke() came while nothing waited: the next wait returns at once
+        self._spec_sent: tuple[Connection, ExperimentSpec] | None = None  # the child's current spec
         self._start_lock: asyncio.Lock | None = None
         self.spawned = 0  # children started so far (observable in logs and tests)
 
@@ -391,7 +409,7 @@ class TrialWorker:
         running.cancel_reason = reason
         running.cancel_deadline = time.monotonic() + self.config.cancel_grace_s
         self._cancel.set()
-        self._wake.set()
+        self._poke()
         return True
 
     def abort(self) -> bool:
@@ -399,13 +417,31 @@ class TrialWorker:
         if self._running is None:
             return False
         self._running.aborted = True
-        self._wake.set()
+        self._poke()
         return True
+
+    def _poke(self) -> None:
+        """Make the wait for the child's next message return now (a limit or a stop to act on)."""
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     # -- running a trial ----------------------------------------------------------------------
 
-    async def run(self, request: TrialRequested, *, on_fold: OnFold | None = None, timeout: float | None = None) -> TrialOutcome:
-        """Train ``request`` in the child within ``timeout`` seconds and the memory limit."""
+    async def run(
+        self,
+        request: TrialRequested,
+        *,
+        on_fold: OnFold | None = None,
+        timeout: float | None = None,
+        folds_after_s: float = 0.0,
+    ) -> TrialOutcome:
+        """Train ``request`` in the child within ``timeout`` seconds and the memory limit.
+
+        ``on_fold`` sees every stage that awaits a verdict, and the others once the trial has
+        trained for ``folds_after_s`` (0: all of them): a fast trial's fold scores come with its
+        outcome instead of a message each (a trial stopped from outside before then reports none).
+        """
         await self.start()
         assert self._conn is not None
         running = _Running(
@@ -416,11 +452,17 @@ class TrialWorker:
         )
         self._running = running
         self._cancel.clear()
-        self._wake.clear()
+        self._woken = False
         started = running.memory_sampled_at = time.monotonic()
         deadline = started + timeout if timeout is not None else None
         try:
-            self._conn.send(request.model_dump_json())
+            # The spec goes once per child and experiment: a batch's trials share the same object.
+            sent = self._spec_sent
+            spec_json = (
+                None if sent is not None and sent[0] is self._conn and sent[1] is request.spec else request.spec.model_dump_json()
+            )
+            self._conn.send((request.model_dump_json(exclude={"spec"}), spec_json, None if on_fold is None else folds_after_s))
+            self._spec_sent = (self._conn, request.spec)
             while True:
                 limit = self._check_limits(running, deadline, started)
                 if limit is not None:
@@ -532,27 +574,29 @@ class TrialWorker:
         conn = self._conn
         if conn is None:
             return ("eof",)
-        loop = asyncio.get_running_loop()
-        ready = asyncio.Event()
-        fd = conn.fileno()
-        loop.add_reader(fd, ready.set)
-        try:
-            if not conn.poll():
-                wake = asyncio.create_task(self._wake.wait())
-                got = asyncio.create_task(ready.wait())
-                try:
-                    await asyncio.wait(
-                        {wake, got}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    wake.cancel()
-                    got.cancel()
-                self._wake.clear()
-                if not conn.poll():
-                    return None
+        if not conn.poll():
+            # One future, woken by the pipe, the deadline or _poke(): no task per message.
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+
+            def ready() -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            fd = conn.fileno()
+            loop.add_reader(fd, ready)
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), ready)
             try:
-                return conn.recv()
-            except (EOFError, OSError):
-                return ("eof",)
-        finally:
-            loop.remove_reader(fd)
+                if not self._woken:
+                    await waiter
+            finally:
+                loop.remove_reader(fd)
+                timer.cancel()
+                self._waiter = None
+            self._woken = False
+            if not conn.poll():
+                return None
+        try:
+            return conn.recv()
+        except (EOFError, OSError):
+            return ("eof",)

@@ -41,7 +41,7 @@ async def _results(watch, exp_id: str) -> list[TrialCompleted]:
     results: list[TrialCompleted] = []
 
     async def on_msg(msg) -> None:
-        results.append(TrialCompleted.model_validate_json(msg.data))
+        results.extend(TrialCompleted.model_validate_json(msg.data).results())
         await watch._notify()
 
     await watch.nc.jetstream().subscribe(

@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.factories import make_tweak
 from tests.scheduler.test_handlers import Delivered, complete, result_body, submission, submit
-from tweakline.proto.messages import ExperimentState, TrialCompleted, TrialRequested, TrialStatus, trial_id
+from tweakline.proto.messages import ExperimentState, TrialCompleted, TrialRecord, TrialRequested, TrialStatus, trial_id
 from tweakline.proto.subjects import Subject, subject_for
 from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.handlers import Scheduler
@@ -119,3 +119,17 @@ def test_freed_slots_wait_for_a_whole_batch_until_the_budgets_last_trials() -> N
     run.limit = len(run.state.issued) + 3  # the budget's last 3 trials
     finish(3)
     assert len(run.next_trials(batch=4)) == 3, "the last trials go out even though they are fewer than a batch"
+
+
+async def test_a_batch_of_results_in_one_message_records_every_trial_then_acks_once(scheduler: Scheduler) -> None:
+    exp_id, intake = submission("batched-results", parallelism=4)
+    await submit(scheduler, intake)
+    state = scheduler.runs[exp_id][0].state
+    first, *rest = [TrialCompleted.model_validate_json(result_body(exp_id, n, state.issued[n], 0.1 * n)) for n in range(3)]
+    first.batch = [TrialRecord.from_result(r) for r in rest]
+    delivered = Delivered(first.model_dump_json().encode(), subject_for(Subject.TRIAL_COMPLETED, exp_id))
+    await complete(scheduler, delivered)
+    assert delivered.acked and not delivered.rejected
+    stored = await scheduler.store.get(exp_id)
+    assert stored is not None
+    assert {n: r.score for n, r in stored[0].results.items()} == {0: 0.0, 1: 0.1, 2: 0.2}, "each trial saved once"

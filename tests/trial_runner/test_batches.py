@@ -1,8 +1,8 @@
 """A runner's side of a batch of trials, over a real mTLS nats-server with a real training child.
 
-One request carries several trials: each is trained and reported on its own (one
-``TrialCompleted`` each, on the events stream), and the request is acknowledged once, after
-every result is stored. A runner that stops mid-batch keeps what finished and hands the rest back.
+One request carries several trials: each is trained and recorded on its own, their results
+travel together (one ``TrialCompleted`` carrying the batch, on the events stream), and the
+request is acknowledged once, after the results are stored. A runner that stops mid-batch keeps what finished and hands the rest back.
 """
 
 from __future__ import annotations
@@ -64,11 +64,13 @@ async def served(nats) -> AsyncIterator[SimpleNamespace]:
     runner = TrialRunner(ServiceContext(settings, broker, "trial-runner"))
     await runner.start()
     results: dict[str, list[TrialCompleted]] = {}
+    messages: dict[str, int] = {}  # result messages by experiment (a batch's results share one)
     watcher = await connect(nats.settings(Identity.ADMIN), "test-results")
 
     async def on_result(msg: Any) -> None:
         result = TrialCompleted.model_validate_json(msg.data)
-        results.setdefault(result.experiment_id, []).append(result)
+        results.setdefault(result.experiment_id, []).extend(result.results())
+        messages[result.experiment_id] = messages.get(result.experiment_id, 0) + 1
 
     progress: list[TrialProgress] = []
 
@@ -79,7 +81,7 @@ async def served(nats) -> AsyncIterator[SimpleNamespace]:
     await watcher.subscribe(f"{Subject.TRIAL_PROGRESS.value}.>", cb=on_progress)
     await watcher.flush()
     try:
-        yield SimpleNamespace(runner=runner, results=results, progress=progress, watcher=watcher)
+        yield SimpleNamespace(runner=runner, results=results, messages=messages, progress=progress, watcher=watcher)
     finally:
         await runner.worker.close()
         await watcher.close()
@@ -96,6 +98,7 @@ async def test_every_trial_of_a_batch_is_reported_once_then_the_request_is_acked
     assert [(r.number, r.params, r.status) for r in got] == [(n, {"C": float(n + 1)}, TrialStatus.OK) for n in range(3)]
     assert all(r.score is not None and 0 < r.score <= 1 for r in got)
     await served.watcher.flush()
+    assert served.messages["batch-ok"] == 1, "a batch's results travel in one message"
     assert not served.progress, "fast trials without a pruner send no fold scores (nobody reads them)"
 
 

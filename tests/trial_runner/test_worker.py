@@ -61,14 +61,26 @@ async def test_trials_reuse_one_child_and_forward_fold_scores(worker: TrialWorke
     assert worker.pid == pid and worker.spawned == 1
 
 
+async def test_a_fast_trial_sends_its_fold_scores_with_its_outcome_not_one_by_one(worker: TrialWorker) -> None:
+    folds: list[tuple[int, float]] = []
+    fast = await worker.run(request({"delay": 0.0}, cv=3), on_fold=lambda i, v: folds.append((i, v)), folds_after_s=30.0)
+    assert fast.status is TrialStatus.OK and len(fast.fold_scores) == 3
+    assert folds == [], "no fold message before the trial has trained for folds_after_s"
+    slow = await worker.run(request({"delay": 1.0}, cv=3), on_fold=lambda i, v: folds.append((i, v)), folds_after_s=1.5)
+    assert slow.status is TrialStatus.OK
+    assert [i for i, _ in folds] == [1, 2] and [v for _, v in folds] == slow.fold_scores[1:], "live once past 1.5 s"
+
+
 async def test_time_limit_fails_the_trial_and_the_next_one_runs(worker: TrialWorker) -> None:
     await worker.start()
     old = worker.pid
-    outcome = await worker.run(request({"delay": 60.0}), timeout=1.0)
+    slow = request({"delay": 60.0})
+    outcome = await worker.run(slow, timeout=1.0)
     assert outcome.status is TrialStatus.FAILED
     assert "time limit of 1s (budget.trial_timeout)" in (outcome.error or "")
     assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
-    after = await worker.run(request({"delay": 0.0}))
+    # The same spec object (as a batch's next trial): the new child has not seen it yet.
+    after = await worker.run(slow.model_copy(update={"params": {"delay": 0.0}}))
     assert after.status is TrialStatus.OK and worker.spawned == 2
 
 

@@ -137,6 +137,14 @@ def decode_event(subject: str, data: bytes) -> Event | None:
     return None if model is None else model.model_validate_json(data)  # type: ignore[return-value]
 
 
+def decode_events(subject: str, data: bytes) -> list[Event]:
+    """The events stored under ``subject``, one per trial for a batch of results (empty if not followed)."""
+    event = decode_event(subject, data)
+    if event is None:
+        return []
+    return list(event.results()) if isinstance(event, TrialCompleted) else [event]
+
+
 def is_final(event: Event) -> bool:
     """Whether nothing more follows ``event`` for its experiment."""
     if isinstance(event, ExperimentCancelled | DeploymentCompleted):
@@ -281,12 +289,10 @@ class TweaklineClient:
         try:
             while True:
                 subject, data = await asyncio.wait_for(queue.get(), idle_timeout)
-                event = decode_event(subject, data)
-                if event is None:
-                    continue
-                yield event
-                if until_final and is_final(event):
-                    return
+                for event in decode_events(subject, data):
+                    yield event
+                    if until_final and is_final(event):
+                        return
         finally:
             await sub.unsubscribe()
 

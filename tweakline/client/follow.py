@@ -114,9 +114,10 @@ def apply_event(outcome: Outcome, subject: str, data: bytes) -> bool:
         return False
     event = model.model_validate_json(data)
     if isinstance(event, TrialCompleted):
-        if event.number in outcome.trials:
+        new = [r for r in event.results() if r.number not in outcome.trials]
+        if not new:
             return False
-        outcome.trials[event.number] = event
+        outcome.trials.update((r.number, r) for r in new)
     elif isinstance(event, ExperimentCompleted):
         outcome.completed = event
     elif isinstance(event, ExperimentCancelled):

@@ -27,7 +27,7 @@ from tweakline.ml.sources import LOADERS, Dataset, DatasetLoader, Task, loader_f
 from tweakline.ml.sources.bundled import SklearnLoader, sklearn_task
 from tweakline.ml.sources.csv_file import MAX_INFERRED_CLASSES, CsvLoader, table_from_text
 from tweakline.ml.sources.https_url import HttpsLoader
-from tweakline.ml.sources.uploaded import BlobCache, BlobFetcher, ObjectLoader, prefetch, use_object_store
+from tweakline.ml.sources.uploaded import BlobCache, BlobFetcher, ObjectLoader, needs_prefetch, prefetch, use_object_store
 from tweakline.proto.tweakfile import DatasetSpec
 
 # What callers and plug-ins import from here (the sources live in tweakline.ml.sources).
@@ -50,6 +50,7 @@ __all__ = [
     "load_dataset",
     "loader_for",
     "location_of",
+    "needs_prefetch",
     "prefetch",
     "sklearn_task",
     "source_problems",

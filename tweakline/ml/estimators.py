@@ -150,25 +150,31 @@ def unknown_param_message(estimator_name: str, name: str, known: Iterable[str]) 
     return f"{estimator_name} has no parameter '{name}'{hint}; known: {', '.join(known)}"
 
 
-def _set_params(estimator: BaseEstimator, values: Mapping[str, Any]) -> None:
+def _configure(estimator: BaseEstimator, *layers: Mapping[str, Any], seed: int | None, n_jobs: int | None) -> None:
+    """Check every name of ``layers`` (in order: the first unknown one is reported), then set them,
+    a later layer winning, plus the platform's seed and threads: one ``set_params`` call.
+
+    scikit-learn inspects the constructor's signature on every ``get_params``; a trivial trial
+    builds an estimator per fold, so this asks once instead of once per layer.
+    """
     known = estimator.get_params(deep=True)
-    for name in values:
-        if name not in known:
-            raise InvalidEstimatorError(unknown_param_message(type(estimator).__name__, name, _top_level(estimator)))
-    if values:
-        estimator.set_params(**values)
+    user: dict[str, Any] = {}
+    for values in layers:
+        for name in values:
+            if name not in known:
+                raise InvalidEstimatorError(unknown_param_message(type(estimator).__name__, name, _top_level(estimator)))
+        user.update(values)
+    platform: dict[str, Any] = {}
+    if seed is not None and "random_state" in known and "random_state" not in user:
+        platform["random_state"] = seed
+    if n_jobs is not None and "n_jobs" in known:
+        platform["n_jobs"] = n_jobs
+    if user or platform:
+        estimator.set_params(**{**user, **platform})  # the platform's threads win over a tweak file's
 
 
 def _top_level(estimator: BaseEstimator) -> list[str]:
     return list(estimator.get_params(deep=False))
-
-
-def _platform_params(estimator: BaseEstimator, seed: int | None, n_jobs: int | None, user: Mapping[str, Any]) -> None:
-    own = estimator.get_params(deep=False)
-    if seed is not None and "random_state" in own and "random_state" not in user:
-        estimator.set_params(random_state=seed)
-    if n_jobs is not None and "n_jobs" in own:
-        estimator.set_params(n_jobs=n_jobs)
 
 
 def build_estimator(
@@ -202,9 +208,7 @@ def build_estimator(
     own_fixed, step_fixed = split_step_params(model, model.fixed)
     own_params, step_values = split_step_params(model, params)
     estimator = _construct(resolve(model.estimator, allowed_prefixes), model.estimator)
-    _set_params(estimator, own_fixed)
-    _set_params(estimator, own_params)
-    _platform_params(estimator, seed, n_jobs, {**own_fixed, **own_params})
+    _configure(estimator, own_fixed, own_params, seed=seed, n_jobs=n_jobs)
     if not model.pipeline:
         return estimator
     steps = []
@@ -212,9 +216,7 @@ def build_estimator(
         step = _construct(resolve(path, allowed_prefixes), path)
         if not hasattr(step, "transform"):
             raise InvalidEstimatorError(f"pipeline step '{path}' is not a transformer (it has no transform method)")
-        values = {**step_fixed.get(index, {}), **step_values.get(index, {})}
-        _set_params(step, values)
-        _platform_params(step, seed, n_jobs, values)
+        _configure(step, step_fixed.get(index, {}), step_values.get(index, {}), seed=seed, n_jobs=n_jobs)
         steps.append(step)
     return make_pipeline(*steps, estimator)
 

@@ -123,9 +123,10 @@ def observe_published(message: Any) -> None:
     )
 
     if isinstance(message, TrialCompleted):
-        attrs = {"status": message.status.value}
-        TRIALS.add(1, attrs)
-        TRIAL_DURATION.record(message.duration_s, attrs)
+        for result in message.results():  # a batch's results are counted one by one
+            attrs = {"status": result.status.value}
+            TRIALS.add(1, attrs)
+            TRIAL_DURATION.record(result.duration_s, attrs)
     elif isinstance(message, ExperimentCompleted | ExperimentCancelled):
         EXPERIMENTS.add(1, {"status": message.status.value})
     elif isinstance(message, EvaluationCompleted):

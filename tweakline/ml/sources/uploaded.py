@@ -117,13 +117,18 @@ class ObjectLoader(DatasetLoader):
         return _load_uploaded(spec, path, task, f"sha256:{digest[:12]}")
 
 
+def needs_prefetch(spec: DatasetSpec) -> bool:
+    """Whether :func:`prefetch` has anything to do for ``spec`` (only uploaded datasets)."""
+    return spec.source.startswith(f"{ObjectLoader.scheme}:")
+
+
 def prefetch(spec: DatasetSpec) -> None:
     """Bring an uploaded (``object:``) dataset into the local cache; other sources need nothing.
 
     The runner calls it before handing a trial to its training process, which has no NATS
     connection and reads the same cache directory.
     """
-    if not spec.source.startswith(f"{ObjectLoader.scheme}:"):
+    if not needs_prefetch(spec):
         return
     digest = ObjectLoader.digest(spec)
     fetcher = ObjectLoader.fetcher
