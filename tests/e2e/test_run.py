@@ -117,12 +117,13 @@ def test_a_file_refused_while_the_stack_starts_submits_nothing_and_leaves_nothin
     assert not fresh.exists()  # a state directory the refused run made is removed again
     assert not leftover_processes(fresh)
 
-    # On a state directory that exists, the stack started (a store and service logs) and got no submission.
+    # On a state directory that exists, the stack started (its store) and got no submission. How
+    # far the services got before the refusal depends on the machine: not asserted.
     kept = tmp_path / "kept"
     kept.mkdir()
     again = run_cli("run", str(bad), "--state-dir", str(kept))
     assert again.code == 2, again.stderr
-    assert (kept / "jetstream").is_dir() and (kept / "logs" / "scheduler.log").is_file()
+    assert (kept / "jetstream").is_dir()
     assert not (kept / "run" / "stack.json").exists()
     assert not leftover_processes(kept)
     assert asyncio.run(submissions_in(kept)) == 0
