@@ -25,7 +25,8 @@ def started(watch, exp: str) -> set[int]:
 async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stack) -> None:
     stack = await make_stack(runners=2)
     async with watching(stack) as watch:
-        exp = await watch.submit(tweak("kill-runner", [1.5, 2.0], max_trials=6, parallelism=2))
+        # Four trials: two in flight when a runner dies, and two more after (max_trials is still exact).
+        exp = await watch.submit(tweak("kill-runner", [1.5, 2.0], max_trials=4, parallelism=2))
         outcome = watch.outcomes[exp]
         # Two trials past their first fold and not finished: each runner is mid-trial.
         await watch.until(lambda: len(started(watch, exp) - set(outcome.trials)) >= 2, "two trials in flight")
@@ -34,7 +35,7 @@ async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stac
         await watch.done(exp)
     completed = outcome.completed
     assert completed is not None and completed.status.value == "completed"
-    assert numbers_of(outcome) == list(range(6))  # exactly max_trials: none lost, none counted twice
+    assert numbers_of(outcome) == list(range(4))  # exactly max_trials: none lost, none counted twice
     assert all(t.status is TrialStatus.OK for t in completed.trials)
     assert max(t.attempt for t in outcome.trials.values()) >= 2  # the killed runner's trial was redelivered
 
@@ -43,7 +44,7 @@ async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_s
     # max_deliver 1: the first runner dies on the only allowed delivery; the next runner records it as failed.
     stack = await make_stack(runners=1, trial_max_deliver=1)
     async with watching(stack) as watch:
-        exp = await watch.submit(tweak("last-delivery", [3.0], max_trials=1, parallelism=1))
+        exp = await watch.submit(tweak("last-delivery", [2.0], max_trials=1, parallelism=1))
         await watch.until(lambda: bool(started(watch, exp)), "the trial's first fold")
         kill(stack, "trial-runner-0")
         await wait_exit(stack, "trial-runner-0")
@@ -57,7 +58,8 @@ async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_s
 async def test_sigterm_runner_finishes_its_trial_within_the_grace(make_stack) -> None:
     stack = await make_stack(runners=1, shutdown_grace_s=60.0)
     async with watching(stack) as watch:
-        exp = await watch.submit(tweak("sigterm-finish", [3.0], max_trials=1, parallelism=1))
+        # Two folds of 1.5 s: SIGTERM lands after the first, so the runner is mid-trial when it starts stopping.
+        exp = await watch.submit(tweak("sigterm-finish", [1.5], max_trials=1, parallelism=1))
         await watch.until(lambda: bool(started(watch, exp)), "the trial's first fold")
         kill(stack, "trial-runner-0", signal.SIGTERM)
         assert await wait_exit(stack, "trial-runner-0") == 0
@@ -68,10 +70,11 @@ async def test_sigterm_runner_finishes_its_trial_within_the_grace(make_stack) ->
 
 
 async def test_sigterm_runner_hands_back_a_long_trial(make_stack) -> None:
-    # Three folds of 4 s and a 3 s grace: the stopping runner cannot finish, so it naks the trial.
-    stack = await make_stack(runners=1, shutdown_grace_s=3.0)
+    # Three folds of 2 s and a 1 s grace: SIGTERM lands after the first fold, so at least 2 s of
+    # training are left, twice the grace: the stopping runner cannot finish, so it naks the trial.
+    stack = await make_stack(runners=1, shutdown_grace_s=1.0)
     async with watching(stack) as watch:
-        exp = await watch.submit(_with_cv(tweak("sigterm-handback", [4.0], max_trials=1, parallelism=1), 3))
+        exp = await watch.submit(_with_cv(tweak("sigterm-handback", [2.0], max_trials=1, parallelism=1), 3))
         await watch.until(lambda: bool(started(watch, exp)), "the trial's first fold")
         kill(stack, "trial-runner-0", signal.SIGTERM)
         assert await wait_exit(stack, "trial-runner-0") == 0
