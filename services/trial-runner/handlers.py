@@ -136,7 +136,7 @@ class TrialRunner:
         except _RetryError as exc:
             await self._publish(done, attempt)
             log.warning("trial %s attempt %d failed, will retry: %s", exc.trial_id, attempt, exc.__cause__)
-            await msg.nack(delay=min(30.0, 2.0**attempt))
+            await msg.nack(delay=min(self.ctx.settings.trial_retry_backoff_max_s, 2.0**attempt))
             return
         finally:
             beat.cancel()

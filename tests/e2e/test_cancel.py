@@ -29,7 +29,10 @@ from tweakline.runtime.bus import connect
 
 pytestmark = pytest.mark.e2e
 
-SLOW = 15.0  # seconds per fold of the experiment that gets stopped: a trial takes 30 s or more
+# Seconds per fold of the experiment that gets stopped: a trial takes 20 s or more. Every test waits
+# for one fold before it acts, so this is paid once per test; the stop itself takes a few seconds on
+# a loaded machine, well inside the second fold.
+SLOW = 10.0
 
 
 async def _client(stack, identity: Identity = Identity.ADMIN) -> TweaklineClient:

@@ -140,7 +140,9 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         await predicts(1)
         # Requests throughout both swaps: none may fail while a 50 MiB model loads beside the live one.
         answers: list[tuple[int, int | None]] = []
-        load = asyncio.create_task(hammer(server, stop, PREDICT, pause=0.05, seen=answers))
+        # A few requests a second (each ~70 ms of a core on a 60 MiB forest): every revision is live for
+        # seconds here, and a tighter loop took a core from the evaluator scoring the other 50 MiB model.
+        load = asyncio.create_task(hammer(server, stop, PREDICT, pause=0.2, seen=answers))
 
         # 2. The second 50 MiB model is compared with the 50 MiB production model, promoted and served.
         second = await run(STRONG)

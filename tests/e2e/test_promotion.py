@@ -103,7 +103,9 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         await server.wait_for_revision(1)
         stop = asyncio.Event()
         answers: list[tuple[int, int | None]] = []
-        load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}, seen=answers))
+        # ~30 requests a second, not a busy loop: enough to see every swap (revision 2 is live for the
+        # length of its post-deploy check), without taking a core from the services under test.
+        load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}, pause=0.02, seen=answers))
 
         worse = await run_experiment(nc, MINORITY, stack)
         ev = worse.evaluation

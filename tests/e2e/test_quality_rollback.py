@@ -72,7 +72,9 @@ async def _story(stack: LocalStack, state: Path, tmp_path: Path) -> None:
         await server.wait_for_revision(1)
         stop = asyncio.Event()
         answers: list[tuple[int, int | None]] = []
-        load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}, seen=answers))
+        # ~30 requests a second, not a busy loop: enough to see both swaps (the degraded revision is live
+        # for the length of its probe), without taking a core from the deployer and evaluator.
+        load = asyncio.create_task(hammer(server, stop, {"rows": rows(5)}, pause=0.02, seen=answers))
 
         # The degraded artifact: always class 2 (about a third of wine), far below the gate's 0.9.
         wine = load_wine()

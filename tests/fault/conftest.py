@@ -53,11 +53,14 @@ def tweak(
 
 
 def fault_settings(**overrides: Any) -> Settings:
-    """Settings of a fault-test stack: short redelivery so a lost runner's trial comes back quickly."""
+    """Settings of a fault-test stack: short redelivery so a lost runner's trial comes back quickly,
+    and a short retry back-off (0.5 s instead of 2, 4, ... s) so a crashing trial's retries do not
+    wait out seconds the story does not need."""
     base = {
         "allowed_estimators": ["sklearn.", "tests.fault."],
         "trial_ack_wait_s": 4.0,
         "trial_max_deliver": 4,
+        "trial_retry_backoff_max_s": 0.5,
         "shutdown_grace_s": 3.0,
         "trial_memory_mb": 1024,
     }

@@ -63,7 +63,7 @@ async def first_progress(state: Path, url: str, timeout: float = 240) -> None:
 async def test_ctrl_c_on_run_stops_everything_it_started(tmp_path: Path) -> None:
     state = tmp_path / "state"
     tweak_file = tmp_path / "slow.tweak.yaml"
-    tf = tweak("ctrl-c", [5.0], max_trials=4, parallelism=2)
+    tf = tweak("ctrl-c", [2.0], max_trials=4, parallelism=2)  # Ctrl-C lands after a first fold, ~6 s before the end
     tweak_file.write_text(yaml.safe_dump(tf.model_dump(mode="json", by_alias=True, exclude_none=True)))
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
     cli = subprocess.Popen(

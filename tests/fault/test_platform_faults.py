@@ -39,7 +39,8 @@ async def test_sigkill_scheduler_mid_experiment_and_restart(make_stack) -> None:
 async def test_nats_server_restart_mid_experiment(make_stack) -> None:
     stack = await make_stack(runners=2)
     async with watching(stack) as watch:
-        exp = await watch.submit(tweak("restart-nats", [1.0, 1.5], max_trials=8, parallelism=2))
+        # Six trials of 1-1.5 s are left after the second result: the restart lands mid-experiment.
+        exp = await watch.submit(tweak("restart-nats", [0.5, 0.75], max_trials=8, parallelism=2))
         outcome = watch.outcomes[exp]
         await watch.until(lambda: len(outcome.trials) >= 2, "two results")
         assert outcome.completed is None  # the restart below really is mid-experiment

@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 
-from tests.fault.conftest import kill, tweak, wait_exit, watching
+from tests.conftest import REPO
+from tests.fault.conftest import fault_settings, kill, tweak, wait_exit, watching
 from tweakline.proto.messages import TrialStatus
 from tweakline.proto.tweakfile import TweakFile
+from tweakline.stack.local import LocalStack
 
 pytestmark = pytest.mark.fault
+
+
+@pytest.fixture(scope="module")
+def shared_runner_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One stack with one runner for the stories where a trial fails and the runner goes on.
+
+    Those stories leave the stack whole (that the runner and every service live on is what they
+    show), so they share it instead of starting one each; each submits its own experiment and
+    waits on that experiment's own events. The stories that kill or stop a runner get their own.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        stack = LocalStack(
+            tmp_path_factory.mktemp("one-runner") / "state", runners=1, settings=fault_settings(trial_max_deliver=3)
+        )
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop(grace=5.0)
+
+
+@pytest.fixture
+def one_runner(shared_runner_stack: LocalStack) -> LocalStack:
+    """The shared one-runner stack, checked whole before the test (a story before it left every service running)."""
+    shared_runner_stack.check()
+    return shared_runner_stack
 
 
 def numbers_of(outcome) -> list[int]:
@@ -25,7 +56,8 @@ def started(watch, exp: str) -> set[int]:
 async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stack) -> None:
     stack = await make_stack(runners=2)
     async with watching(stack) as watch:
-        exp = await watch.submit(tweak("kill-runner", [1.5, 2.0], max_trials=6, parallelism=2))
+        # Four trials: two in flight when a runner dies, and two more after (max_trials is still exact).
+        exp = await watch.submit(tweak("kill-runner", [1.5, 2.0], max_trials=4, parallelism=2))
         outcome = watch.outcomes[exp]
         # Two trials past their first fold and not finished: each runner is mid-trial.
         await watch.until(lambda: len(started(watch, exp) - set(outcome.trials)) >= 2, "two trials in flight")
@@ -34,7 +66,7 @@ async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stac
         await watch.done(exp)
     completed = outcome.completed
     assert completed is not None and completed.status.value == "completed"
-    assert numbers_of(outcome) == list(range(6))  # exactly max_trials: none lost, none counted twice
+    assert numbers_of(outcome) == list(range(4))  # exactly max_trials: none lost, none counted twice
     assert all(t.status is TrialStatus.OK for t in completed.trials)
     assert max(t.attempt for t in outcome.trials.values()) >= 2  # the killed runner's trial was redelivered
 
@@ -43,7 +75,7 @@ async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_s
     # max_deliver 1: the first runner dies on the only allowed delivery; the next runner records it as failed.
     stack = await make_stack(runners=1, trial_max_deliver=1)
     async with watching(stack) as watch:
-        exp = await watch.submit(tweak("last-delivery", [3.0], max_trials=1, parallelism=1))
+        exp = await watch.submit(tweak("last-delivery", [2.0], max_trials=1, parallelism=1))
         await watch.until(lambda: bool(started(watch, exp)), "the trial's first fold")
         kill(stack, "trial-runner-0")
         await wait_exit(stack, "trial-runner-0")
@@ -57,7 +89,8 @@ async def test_runner_killed_on_the_last_delivery_still_reports_the_trial(make_s
 async def test_sigterm_runner_finishes_its_trial_within_the_grace(make_stack) -> None:
     stack = await make_stack(runners=1, shutdown_grace_s=60.0)
     async with watching(stack) as watch:
-        exp = await watch.submit(tweak("sigterm-finish", [3.0], max_trials=1, parallelism=1))
+        # Two folds of 1.5 s: SIGTERM lands after the first, so the runner is mid-trial when it starts stopping.
+        exp = await watch.submit(tweak("sigterm-finish", [1.5], max_trials=1, parallelism=1))
         await watch.until(lambda: bool(started(watch, exp)), "the trial's first fold")
         kill(stack, "trial-runner-0", signal.SIGTERM)
         assert await wait_exit(stack, "trial-runner-0") == 0
@@ -68,10 +101,11 @@ async def test_sigterm_runner_finishes_its_trial_within_the_grace(make_stack) ->
 
 
 async def test_sigterm_runner_hands_back_a_long_trial(make_stack) -> None:
-    # Three folds of 4 s and a 3 s grace: the stopping runner cannot finish, so it naks the trial.
-    stack = await make_stack(runners=1, shutdown_grace_s=3.0)
+    # Three folds of 2 s and a 1 s grace: SIGTERM lands after the first fold, so at least 2 s of
+    # training are left, twice the grace: the stopping runner cannot finish, so it naks the trial.
+    stack = await make_stack(runners=1, shutdown_grace_s=1.0)
     async with watching(stack) as watch:
-        exp = await watch.submit(_with_cv(tweak("sigterm-handback", [4.0], max_trials=1, parallelism=1), 3))
+        exp = await watch.submit(_with_cv(tweak("sigterm-handback", [2.0], max_trials=1, parallelism=1), 3))
         await watch.until(lambda: bool(started(watch, exp)), "the trial's first fold")
         kill(stack, "trial-runner-0", signal.SIGTERM)
         assert await wait_exit(stack, "trial-runner-0") == 0
@@ -83,8 +117,8 @@ async def test_sigterm_runner_hands_back_a_long_trial(make_stack) -> None:
     assert trial.attempt == 2
 
 
-async def test_trial_over_its_time_limit_fails_and_the_runner_takes_the_next(make_stack) -> None:
-    stack = await make_stack(runners=1)
+async def test_trial_over_its_time_limit_fails_and_the_runner_takes_the_next(one_runner: LocalStack) -> None:
+    stack = one_runner
     tf = tweak("trial-timeout", [0.1, 30.0, 0.2], max_trials=3, parallelism=1, trial_timeout="3s")
     tf = _with_search(tf, algorithm="grid")
     async with watching(stack) as watch:
@@ -99,9 +133,9 @@ async def test_trial_over_its_time_limit_fails_and_the_runner_takes_the_next(mak
     assert len({t.runner for t in outcome.completed.trials}) == 1  # the same runner went on
 
 
-async def test_estimator_raising_for_some_params_fails_those_trials_only(make_stack) -> None:
+async def test_estimator_raising_for_some_params_fails_those_trials_only(one_runner: LocalStack) -> None:
     # Real scikit-learn: lbfgs refuses an L1 penalty (l1_ratio=1), saga accepts it.
-    stack = await make_stack(runners=1)
+    stack = one_runner
     tf = TweakFile.model_validate(
         {
             "apiVersion": "tweakline/v1",
@@ -141,9 +175,9 @@ async def test_estimator_raising_for_some_params_fails_those_trials_only(make_st
     assert outcome.evaluation is not None  # the experiment went on to its decision
 
 
-async def test_trial_that_always_crashes_is_failed_after_max_deliver(make_stack) -> None:
+async def test_trial_that_always_crashes_is_failed_after_max_deliver(one_runner: LocalStack) -> None:
     # delay 0.3 kills the training process every time: retried with back-off, then failed with the reason.
-    stack = await make_stack(runners=1, trial_max_deliver=3)
+    stack = one_runner  # trial_max_deliver 3
     tf = _with_model(tweak("crashing", [0.1, 0.3], max_trials=2, parallelism=1), fixed={"crash_if": 0.3})
     tf = _with_search(tf, algorithm="grid")
     async with watching(stack) as watch:

@@ -97,7 +97,7 @@ def test_own_data_trainer_is_scored_by_its_last_report(split) -> None:
         ({"callable": "bad.py:boom"}, {}, "ValueError: the learning rate is not a number (at bad.py:"),
         ({"callable": "bad.py:silent", "steps": 3}, {}, "never reported the objective 'accuracy'"),
         ({"callable": "bad.py:wrong_shape"}, {}, "predictions have shape ("),
-        ({"callable": "bad.py:slow"}, {"timeout": 8.0}, "exceeded its time limit of 8s"),
+        ({"callable": "bad.py:slow"}, {"timeout": 3.0}, "exceeded its time limit of 3s"),
         ({"callable": "bad.py:greedy"}, {"memory_mb": 300}, "over its limit of 300 MiB"),
         ({"command": "python garbage.py"}, {}, "printed 2 lines that are not JSON metrics (first: 'epoch 1 done, loss=0.3')"),
     ],

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from nats.js.api import DeliverPolicy
 
 from tweakline.proto.messages import DeadLetter, ExperimentCompleted, ExperimentSubmitted, Source, TrialStatus
@@ -27,6 +28,9 @@ from tweakline.trial_runner.app import create_app as runner_app
 
 # Not marked e2e: the services run in this process and the whole file takes ~20 s.
 COMPLETION_TIMEOUT_S = 180.0
+
+# One stack for the module, so its tests share one event loop with it.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SVC_SPACE = {
     "C": {"type": "float", "low": 0.01, "high": 100.0, "log": True},
@@ -60,9 +64,14 @@ def tweak_file(
     )
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(nats) -> AsyncIterator[None]:
-    """A scheduler and two trial-runners, started as their apps (what `tweakline service` runs)."""
+    """A scheduler and two trial-runners, started as their apps (what `tweakline service` runs).
+
+    Shared by the module's tests (starting them, a runner's training process above all, took longer
+    than most tests here): every test submits its own experiment under a fresh id and waits for that
+    experiment's own events, so no test sees another's trials.
+    """
     apps = [
         scheduler_app(nats.settings(Identity.SCHEDULER)),
         runner_app(nats.settings(Identity.TRIAL_RUNNER)),

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     trial_max_deliver: int = Field(
         default=3, gt=0, description="Deliveries of a trial before it is failed (counted by the runners)."
     )
+    trial_retry_backoff_max_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Runner: the longest wait before a trial that met infrastructure trouble is retried "
+        "(the back-off doubles per delivery, 2 s, 4 s, ..., up to this).",
+    )
     trial_batch_max: int = Field(
         default=16,
         ge=1,
