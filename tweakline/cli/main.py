@@ -221,6 +221,11 @@ def run(
 
     def check() -> None:  # the checks that import scikit-learn, on the tweak file submitted below
         validate(tweak, settings.allowed_estimators, file.resolve().parent, source=str(file), pools=pool_names, verdicts=verdicts)
+        # What the submission imports (nats-py, OpenTelemetry, FastStream, Rich), imported here while
+        # the main thread mostly waits on nats-server, the topology and the fork server.
+        import tweakline.client.follow
+        import tweakline.reporting.console
+        import tweakline.reporting.html  # noqa: F401
 
     try:
         with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):
