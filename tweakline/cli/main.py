@@ -193,6 +193,13 @@ def run(
         tweak = with_local_code(tweak, file.resolve().parent)
         if not settings.code_trainers:
             settings = settings.model_copy(update={"code_trainers": ["*"]})
+    if "check_cache" not in settings.model_fields_set:  # TWEAKLINE_CHECK_CACHE=false turns it off
+        settings = settings.model_copy(update={"check_cache": True})
+    from tweakline.validation.verdicts import check_cache_of
+
+    verdicts = check_cache_of(settings)
+    # Checked and passed before, unchanged: neither this process nor the scheduler imports scikit-learn first.
+    checked_before = verdicts is not None and verdicts.passed(tweak.spec, settings.allowed_estimators)
     # Closing TLS connections makes asyncio log a harmless line that users should not see.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
@@ -203,7 +210,7 @@ def run(
     else:
         root = state_dir or DEFAULT_STATE_DIR
     created = not root.exists()  # removed again if the file is refused after the stack started
-    stack = LocalStack(root, runners=pools, settings=settings, host_paths=True)
+    stack = LocalStack(root, runners=pools, settings=settings, host_paths=True, scheduler_preload=not checked_before)
     # SIGTERM (a CI job cancelled) must clean up like Ctrl-C does. SIGINT gets the same handler:
     # asyncio.run's own one only cancels the main task, and a cancellation absorbed on the way
     # (a wait that treats it as a failure) ended a Ctrl-C'd run as an error, not as interrupted.
@@ -213,7 +220,12 @@ def run(
     refused: InvalidTweakFileError | None = None
 
     def check() -> None:  # the checks that import scikit-learn, on the tweak file submitted below
-        validate(tweak, settings.allowed_estimators, file.resolve().parent, source=str(file), pools=pool_names)
+        validate(tweak, settings.allowed_estimators, file.resolve().parent, source=str(file), pools=pool_names, verdicts=verdicts)
+        # What the submission imports (nats-py, OpenTelemetry, FastStream, Rich), imported here while
+        # the main thread mostly waits on nats-server, the topology and the fork server.
+        import tweakline.client.follow
+        import tweakline.reporting.console
+        import tweakline.reporting.html  # noqa: F401
 
     try:
         with err.status(f"starting the local stack in {stack.layout.root} ({stack.runners} runner(s))"):
@@ -264,6 +276,7 @@ async def _run_experiment(
             outcome.trace_id = format(span.get_span_context().trace_id, "032x")
             # in CI, the branch and pull request (the deployer's environments rule); by hand, none
             await submit(nc, tweak, source_from_ci(str(file.resolve()), os.environ), exp_id)
+            stack.finish_start()  # what the first trial does not need (the evaluator), after the submission
             with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
                 await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
         if report is not None:

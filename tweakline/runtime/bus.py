@@ -208,37 +208,50 @@ async def ensure_topology(js: JetStreamContext, settings: Settings, replicas: in
     await wait_for_jetstream(js)  # on a cluster: once it has a meta leader, it knows its peers
     if replicas is None:
         replicas = settings.stream_replicas or cluster_replicas(js._nc)
-    for stream in Stream:
-        await _ensure_stream(js, stream_config(stream, replicas))
+    # Independent of each other: asked for at once, not one round trip after the other (the local
+    # stack's start waits for this). Consumers need their streams first.
+    await asyncio.gather(*(_ensure_stream(js, stream_config(stream, replicas)) for stream in Stream))
     consumers = [(stream, consumer_config(consumer, settings)) for consumer, (stream, _s) in CONSUMER_FILTERS.items()]
     # One consumer per runner pool the platform has (the default pool's is Consumer.TRIAL_RUNNERS).
     consumers += [(Stream.TRIALS, pool_consumer_config(pool, settings)) for pool in settings.pools if pool != DEFAULT_POOL]
-    for stream, config in consumers:
+
+    async def _ensure_consumer(stream: Stream, config: api.ConsumerConfig) -> None:
         name = config.durable_name or ""
         try:
             await js.consumer_info(stream.value, name)
         except NotFoundError:
             await js.add_consumer(stream.value, config)
-            continue
+            return
         try:  # bring an existing consumer's editable settings (ack_wait, max_deliver, filter) up to date
             await js.add_consumer(stream.value, config)
         except BadRequestError as exc:
             log.warning("consumer %s kept as is: %s", name, exc.description)
+
+    async def _ensure_consumers(stream: Stream) -> None:
+        # One after the other, in order, within a stream: on a work queue no two consumers' filters
+        # may overlap, so a consumer of before pools is narrowed before a pool's own is added.
+        for of, config in consumers:
+            if of is stream:
+                await _ensure_consumer(stream, config)
+
     file = api.StorageType.FILE
-    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.EXPERIMENTS.value, history=5, storage=file, replicas=replicas))
-    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.RELEASES.value, history=20, storage=file, replicas=replicas))
-    await js.create_key_value(api.KeyValueConfig(bucket=Bucket.LINEAGE.value, history=5, storage=file, replicas=replicas))
-    # Scheduler ownership leases expire by themselves: a key not renewed within the TTL vanishes.
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=Bucket.SCHEDULER_LEASES.value, history=1, ttl=SCHEDULER_LEASE_TTL_S, storage=file, replicas=replicas
-        )
-    )
-    await js.create_object_store(Bucket.ARTIFACTS.value, config=api.ObjectStoreConfig(storage=file, replicas=replicas))
-    await js.create_object_store(Bucket.DATASETS.value, config=api.ObjectStoreConfig(storage=file, replicas=replicas))
-    # Webhook request ids expire by themselves: replays are refused for the TTL, nothing piles up.
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=Bucket.WEBHOOK_DELIVERIES.value, history=1, ttl=WEBHOOK_REPLAY_TTL_S, storage=file, replicas=replicas
-        )
+    await asyncio.gather(
+        *(_ensure_consumers(stream) for stream in dict.fromkeys(stream for stream, _ in consumers)),
+        js.create_key_value(api.KeyValueConfig(bucket=Bucket.EXPERIMENTS.value, history=5, storage=file, replicas=replicas)),
+        js.create_key_value(api.KeyValueConfig(bucket=Bucket.RELEASES.value, history=20, storage=file, replicas=replicas)),
+        js.create_key_value(api.KeyValueConfig(bucket=Bucket.LINEAGE.value, history=5, storage=file, replicas=replicas)),
+        # Scheduler ownership leases expire by themselves: a key not renewed within the TTL vanishes.
+        js.create_key_value(
+            api.KeyValueConfig(
+                bucket=Bucket.SCHEDULER_LEASES.value, history=1, ttl=SCHEDULER_LEASE_TTL_S, storage=file, replicas=replicas
+            )
+        ),
+        js.create_object_store(Bucket.ARTIFACTS.value, config=api.ObjectStoreConfig(storage=file, replicas=replicas)),
+        js.create_object_store(Bucket.DATASETS.value, config=api.ObjectStoreConfig(storage=file, replicas=replicas)),
+        # Webhook request ids expire by themselves: replays are refused for the TTL, nothing piles up.
+        js.create_key_value(
+            api.KeyValueConfig(
+                bucket=Bucket.WEBHOOK_DELIVERIES.value, history=1, ttl=WEBHOOK_REPLAY_TTL_S, storage=file, replicas=replicas
+            )
+        ),
     )

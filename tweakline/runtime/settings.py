@@ -135,6 +135,16 @@ class Settings(BaseSettings):
         description="Local stack: fork its services from one pre-imported process (each starts in a fraction "
         "of the time and shares the imported pages); off: every service is a fresh interpreter.",
     )
+    check_cache: bool = Field(
+        default=False,
+        description="Reuse a passed scikit-learn check of an identical spec (same allow-list, code and libraries) "
+        "recorded in cache_dir instead of importing scikit-learn again. `tweakline run` and its own stack's "
+        "scheduler set it; a platform's scheduler, `validate` and the webhook check everything every time.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="The user's tweakline cache (passed checks); default $XDG_CACHE_HOME/tweakline or ~/.cache/tweakline.",
+    )
     insecure_plaintext_for_benchmarks: bool = Field(
         default=False,
         description="DEV/BENCHMARK ONLY: run the embedded server and every client without TLS or "

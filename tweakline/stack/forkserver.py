@@ -151,9 +151,12 @@ def _warm_up() -> None:
     NatsBroker("nats://127.0.0.1:1", middlewares=telemetry.broker_middlewares(), security=BaseSecurity(ssl_context=context))
 
 
-def serve() -> int:
-    """The server's loop: fork on each request, report pids and exits; exit when stdin closes."""
-    for name in PRELOAD:
+def serve(extra: tuple[str, ...] = ()) -> int:
+    """The server's loop: fork on each request, report pids and exits; exit when stdin closes.
+
+    ``extra``: modules imported after :data:`PRELOAD`, before the server says it is ready.
+    """
+    for name in (*PRELOAD, *extra):
         __import__(name)
     with contextlib.suppress(Exception):  # only an optimisation: a service builds its own anyway
         _warm_up()
@@ -274,13 +277,16 @@ class ForkServerError(RuntimeError):
 class ForkServer:
     """The stack's side of a fork server: start it, spawn services through it, stop it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, preexec_fn: Callable[[], None] | None = None):
+    def __init__(
+        self, env: dict[str, str], log_path: Path, preexec_fn: Callable[[], None] | None = None, preload: tuple[str, ...] = ()
+    ):
+        """Start the server with ``env``; ``preload``: modules it imports at start besides :data:`PRELOAD` (pins the thread settings)."""
         self._log: IO[bytes] = open(log_path, "ab")
         # Once a BLAS library may be loaded (a preload), a child must see the thread settings it was loaded with.
         self._threads = {name: env.get(name) for name in THREAD_ENV}
-        self._pinned = False
+        self._pinned = bool(preload)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tweakline.stack.forkserver"],
+            [sys.executable, "-m", "tweakline.stack.forkserver", *preload],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -416,4 +422,4 @@ class ForkServer:
 
 
 if __name__ == "__main__":
-    sys.exit(serve())
+    sys.exit(serve(tuple(sys.argv[1:])))

@@ -9,7 +9,6 @@ stack per state directory; children die with their parent (no orphans).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
 import json
 import logging
@@ -32,21 +31,12 @@ from tweakline.runtime.bus import connect, ensure_topology
 from tweakline.runtime.natsserver import EmbeddedCluster, EmbeddedNatsServer, ServerConfig
 from tweakline.runtime.pki import TlsFiles, ensure_pki
 from tweakline.runtime.settings import Settings
+from tweakline.stack import early
+from tweakline.stack.early import die_with_parent as _die_with_parent
 from tweakline.stack.forkserver import ForkedProcess, ForkServer, ForkServerError
 from tweakline.stack.runners import runner_pools
 
 log = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this child when the process that started it dies (even by SIGKILL)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-    os.setsid()  # the terminal's Ctrl-C reaches the CLI only; the CLI stops the children in order
 
 
 @dataclass
@@ -116,6 +106,7 @@ class LocalStack:
         console_port: int | None = None,
         cluster: int = 1,
         schedulers: int = 1,
+        scheduler_preload: bool = True,
     ):
         self.layout = StackLayout(state_dir.resolve())
         # {pool: runners}; a count is that many runners of the default pool (as before pools existed).
@@ -144,6 +135,12 @@ class LocalStack:
         self.url: str | None = None
         self._lock_fd: int | None = None
         self._abandoned = threading.Event()  # set by abandon(): a start under way gives up
+        # False: the scheduler needs no scikit-learn to take the first submission (its check was
+        # passed and recorded before: tweakline.validation.verdicts), so it is forked first, without
+        # waiting for the fork server's import of scikit-learn, and the services that wait for that
+        # import (the evaluator) are left to finish_start(), after the submission.
+        self.scheduler_preload = scheduler_preload
+        self._deferred: list[str] = []
 
     # -- settings for this stack's clients ---------------------------------------------------
 
@@ -218,7 +215,9 @@ class LocalStack:
                 self.url = self.server.start()
             self._go_on()
             asyncio.run(self._topology())
-            # The first spawn waits for the fork server's import of every service's modules
+            if not self.scheduler_preload:  # the first trial's path: the scheduler before anything else
+                self._spawn_schedulers()
+            # The next spawn waits for the fork server's import of every service's modules
             # (PRELOADED); the others are forked from it at once and share those pages.
             index = 0
             for pool, count in self.pools.items():
@@ -228,11 +227,13 @@ class LocalStack:
                     index += 1
             self._go_on()
             self._spawn("deployer")
-            for index in range(self.schedulers):
-                self._go_on()
-                self._spawn("scheduler", index)
+            if self.scheduler_preload:
+                self._spawn_schedulers()
             self._go_on()
-            self._spawn("evaluator")
+            if self.scheduler_preload or not self.forks:
+                self._spawn("evaluator")
+            else:
+                self._deferred.append("evaluator")
             if self.console_port is not None:
                 self._spawn_console()
             self._write_info()
@@ -240,6 +241,25 @@ class LocalStack:
             self.stop()
             raise
         return self.url
+
+    def _spawn_schedulers(self) -> None:
+        for index in range(self.schedulers):
+            self._go_on()
+            self._spawn("scheduler", index)
+
+    def finish_start(self) -> None:
+        """Start what :meth:`start` left for later (the evaluator, when the scheduler went first); idempotent.
+
+        Call it from the thread that called :meth:`start` (a service started without the fork
+        server dies with that thread).
+        """
+        try:
+            while self._deferred:
+                self._spawn(self._deferred.pop(0))
+            self._write_info()
+        except BaseException:
+            self.stop()
+            raise
 
     async def _topology(self) -> None:
         nc = await connect(self.settings_for(Identity.ADMIN), "tweakline-setup")
@@ -251,23 +271,25 @@ class LocalStack:
 
     def _common_env(self) -> dict[str, str]:
         """The environment every process of this stack starts with (the fork server's too)."""
-        env = dict(os.environ)
+        env = early.process_env(os.environ)  # PYTHONUNBUFFERED, one BLAS thread per process
         env.update(
             {
                 "TWEAKLINE_STATE_DIR": str(self.layout.root),
-                "PYTHONUNBUFFERED": "1",
                 # Children follow this stack's (benchmark-only) transport, not the ambient environment.
                 "TWEAKLINE_INSECURE_PLAINTEXT_FOR_BENCHMARKS": str(self.base_settings.insecure_plaintext_for_benchmarks).lower(),
-                # One trial per runner process: BLAS threads would fight over the cores.
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
-                "OPENBLAS_NUM_THREADS": env.get("OPENBLAS_NUM_THREADS", "1"),
-                "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1"),
             }
         )
         return env
 
     def _start_fork_server(self) -> None:
         """Start the fork server services are forked from (if enabled); without one, each is a fresh interpreter."""
+        started = early.take()  # `tweakline run` started one before its own imports: adopt it
+        if started is not None and self.base_settings.fork_server and started[0].alive():
+            self.forks = started[0]
+            log.info("fork server started early (its log: %s)", started[1])
+            return
+        if started is not None:
+            started[0].stop()
         if not self.base_settings.fork_server:
             return
         try:
@@ -313,7 +335,7 @@ class LocalStack:
         process: subprocess.Popen[bytes] | ForkedProcess | None = None
         if self.forks is not None and self.forks.alive():
             try:
-                preload = self.PRELOADED.get(service, ())
+                preload = self.PRELOADED.get(service, ()) if service != "scheduler" or self.scheduler_preload else ()
                 # A preload is an import of scikit-learn first: slow on a loaded machine, still bounded.
                 timeout = 180.0 if preload else 60.0
                 process = self.forks.spawn(label, ["service", service], env, log_path, timeout=timeout, preload=preload)

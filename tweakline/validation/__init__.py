@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from tweakline.errors import InvalidTweakFileError, Problem
-from tweakline.ml.datasets import LOADERS
 from tweakline.proto.subjects import DEFAULT_POOL
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.validation.checks import csv_problems, local_csv_problems, parquet_problems, spec_problems
 from tweakline.validation.limits import clip_problem, document_problems
 from tweakline.validation.loading import load_tweak_file, read_tweak_path, read_tweak_text, structure
 from tweakline.validation.pools import pool_problems
+from tweakline.validation.verdicts import CheckCache
 
 # The runner pools of a platform that configures none (TWEAKLINE_POOLS' default).
 DEFAULT_POOLS: tuple[str, ...] = (DEFAULT_POOL,)
@@ -66,6 +66,7 @@ def inspect(
     source: str = "<tweak file>",
     pools: Sequence[str] | None = DEFAULT_POOLS,
     deep: bool = True,
+    verdicts: CheckCache | None = None,
 ) -> tuple[TweakFile | None, list[Problem]]:
     """Check a tweak file completely and return it (``None`` if its structure is wrong) with every problem.
 
@@ -80,6 +81,8 @@ def inspect(
             ``None``: not known here (a client whose platform's pools are not configured), not checked.
         deep: Whether to run the checks that import scikit-learn and the search plug-ins
             (:func:`spec_problems`); ``False`` leaves them to a later :func:`validate` of the result.
+        verdicts: Where passed deep checks are remembered (``tweakline run`` and its stack only): a
+            spec that passed them before, unchanged, is not checked again; a new pass is recorded.
 
     Returns:
         The tweak file (``csv:`` paths made absolute when ``base_dir`` is given) or ``None``, and
@@ -99,7 +102,11 @@ def inspect(
         tweak, problems, raw = structure(document)
     if tweak is not None and base_dir is not None:
         tweak = resolve_paths(tweak, base_dir)
-    deep_problems = spec_problems(tweak.spec if tweak is not None else raw, allowed_estimators, base_dir) if deep else []
+    deep_problems: list[Problem] = []
+    if deep and not (verdicts is not None and tweak is not None and verdicts.passed(tweak.spec, allowed_estimators)):
+        deep_problems = spec_problems(tweak.spec if tweak is not None else raw, allowed_estimators, base_dir)
+        if verdicts is not None and tweak is not None and not deep_problems:
+            verdicts.record(tweak.spec, allowed_estimators)
     # A field pydantic already refused is reported once, with pydantic's reason.
     problems = problems + [p for p in deep_problems if p.path not in {q.path for q in problems}]
     problems += [
@@ -117,29 +124,40 @@ def validate(
     *,
     source: str = "<tweak file>",
     pools: Sequence[str] | None = DEFAULT_POOLS,
+    verdicts: CheckCache | None = None,
 ) -> TweakFile:
     """:func:`inspect`, raising :class:`InvalidTweakFileError` with every problem when there is any."""
-    tweak, problems = inspect(document, allowed_estimators, base_dir, source=source, pools=pools)
+    tweak, problems = inspect(document, allowed_estimators, base_dir, source=source, pools=pools, verdicts=verdicts)
     if problems or tweak is None:
         raise InvalidTweakFileError(source, problems)
     return tweak
 
 
 def problems_of(
-    tweak: TweakFile, allowed_estimators: Sequence[str], *, host_paths: bool = False, pools: Sequence[str] | None = DEFAULT_POOLS
+    tweak: TweakFile,
+    allowed_estimators: Sequence[str],
+    *,
+    host_paths: bool = False,
+    pools: Sequence[str] | None = DEFAULT_POOLS,
+    verdicts: CheckCache | None = None,
 ) -> list[Problem]:
     """The problems of an already parsed tweak file whose data is not on this disk (the scheduler's check).
 
     ``host_paths``: whether a dataset source may read this machine's own files (``csv:``
     paths). Only ``tweakline run``'s private stack allows it; on a platform such a submission
     is refused, whoever sent it (``tweakline submit`` and the webhook upload the file instead).
+    ``verdicts``: passed deep checks to reuse (only the scheduler of ``tweakline run``'s stack).
     """
-    problems = inspect(tweak, allowed_estimators, None, pools=pools)[1]
+    problems = inspect(tweak, allowed_estimators, None, pools=pools, verdicts=verdicts)[1]
     return problems + ([] if host_paths else host_path_problems(tweak))
 
 
 def host_path_problems(tweak: TweakFile) -> list[Problem]:
     """A problem if the dataset's source reads the loading machine's own files."""
+    # Here, not at the top: the dataset plug-ins import numpy, which `tweakline run` does not need
+    # before its submission (0.2-0.4 s on the first trial's path).
+    from tweakline.ml.datasets import LOADERS
+
     source = tweak.spec.dataset.source
     loader = LOADERS.get(source.partition(":")[0])
     if loader is None or not loader.reads_host_files:

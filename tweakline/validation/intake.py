@@ -17,6 +17,7 @@ from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.service import ServiceContext
 from tweakline.validation import problems_of
 from tweakline.validation.trust import code_trainer_problems
+from tweakline.validation.verdicts import check_cache_of
 
 
 async def refusal(ctx: ServiceContext, msg: NatsMessage, tweak: TweakFile, repository: str | None = None) -> str | None:
@@ -24,7 +25,7 @@ async def refusal(ctx: ServiceContext, msg: NatsMessage, tweak: TweakFile, repos
 
     The reason lists every problem as ``<field path>: <message>``, separated by ``; ``.
     """
-    # check_spec imports and constructs estimators: off the event loop.
+    # check_spec imports and constructs estimators: off the event loop (unless a recorded pass is reused).
     problems = code_trainer_problems(tweak, ctx.settings.code_trainers, repository)
     problems += await asyncio.to_thread(
         problems_of,
@@ -32,6 +33,7 @@ async def refusal(ctx: ServiceContext, msg: NatsMessage, tweak: TweakFile, repos
         ctx.settings.allowed_estimators,
         host_paths=ctx.settings.allow_host_paths,
         pools=ctx.settings.pools,
+        verdicts=check_cache_of(ctx.settings),  # `tweakline run`'s stack: its CLI's pass of the same spec
     )
     if not problems:
         return None
