@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -90,3 +91,37 @@ def test_a_service_whose_connection_is_closed_for_good_exits_non_zero(nats) -> N
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "closed for good" in proc.stderr and "control line" in proc.stderr.lower(), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_service_whose_stop_hangs_still_exits(nats) -> None:
+    # A service orphaned by a dead stack gets SIGTERM from the kernel (PR_SET_PDEATHSIG); a stop
+    # that never finishes must not keep it running for ever.
+    env = dict(os.environ)
+    env.update(
+        {
+            "TWEAKLINE_NATS_URL": nats.url,
+            "TWEAKLINE_IDENTITY": Identity.EVALUATOR.value,
+            "TWEAKLINE_STATE_DIR": str(nats.pki.parent),
+            "TWEAKLINE_SHUTDOWN_GRACE_S": "0.5",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.stuck_stop"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)  # grace 0.5 s + overrun 0.5 s: far less than this
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert code == 1, stderr[-2000:]
+        assert "stuck-stop: still stopping 1s after the stop was asked for; exiting now" in stderr, stderr[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -13,9 +13,14 @@ hooks before any subscriber starts, so no handler sees a message before its stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -356,17 +361,53 @@ def _watch_certificates(app: FastStream, settings: Settings) -> Callable[[], Awa
     return start
 
 
+# How long a stop may run past the runner's grace (its hand-back is bounded by 30 s more) before
+# the process ends anyway: a stop stuck for ever (a client reconnecting to a server that is gone,
+# after the stack that started the service died) must not leave the service running for ever.
+STOP_OVERRUN_S = 60.0
+
+
+def exit_if_stuck(limit_s: float, name: str) -> threading.Thread:
+    """Start a daemon thread that ends this process (exit code 1) if it still runs ``limit_s`` seconds from now."""
+
+    def _watch() -> None:
+        time.sleep(limit_s)
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"{name}: still stopping {limit_s:g}s after the stop was asked for; exiting now\n")
+            sys.stderr.flush()
+        os._exit(1)
+
+    thread = threading.Thread(target=_watch, name="stop-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_service(name: str, settings: Settings, create_app: Callable[[Settings], FastStream]) -> None:
-    """Run service ``name``, built by ``create_app``, until SIGTERM/SIGINT (container and local process)."""
+    """Run service ``name``, built by ``create_app``, until SIGTERM/SIGINT (container and local process).
+
+    Once a stop is asked for (a signal, or the bus lost for good), the process ends within
+    ``shutdown_grace_s`` + :data:`STOP_OVERRUN_S` seconds, however the stop goes.
+    """
     telemetry.setup_telemetry(name, settings)
     app = create_app(settings)
     watch = _watches.get(id(app.broker)) or ConnectionWatch(name)
-    watch.on_lost(app.exit)  # a service without its bus stops, and exits non-zero below
+    watchdog: list[threading.Thread] = []
+    stop_app = app.exit
+
+    def _stop() -> None:
+        if not watchdog:
+            watchdog.append(exit_if_stuck(settings.shutdown_grace_s + STOP_OVERRUN_S, name))
+        stop_app()
+
+    # FastStream's run() installs its own SIGTERM/SIGINT handler, which calls ``app.exit()``: so
+    # every way to stop (a signal, the bus lost for good) goes through _stop and arms the watchdog.
+    app.exit = _stop  # type: ignore[method-assign]
+    watch.on_lost(_stop)  # a service without its bus stops, and exits non-zero below
 
     async def _main() -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, app.exit)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # until run() installs FastStream's (calling _stop too)
+            loop.add_signal_handler(sig, _stop)
         if settings.health_port is not None:
             await start_health_server(settings.health_port, lambda: app.broker.connection.is_connected, alive=watch.alive)
         app.after_startup(_watch_certificates(app, settings))
