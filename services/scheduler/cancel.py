@@ -80,16 +80,30 @@ async def stop(
     reason: str,
     requested_by: str = "",
     superseded_by: str | None = None,
+    again: bool = False,
 ) -> ExperimentCancelled | None:
     """Stop a running experiment (the caller holds its lock). ``None`` if it was not running.
 
-    The event goes out before the state is saved (as when an experiment completes): if the save
-    fails, the redelivered command does it again and the event is de-duplicated by its id.
+    The state is saved before the event goes out, so whoever reacts to the event reads the
+    stopped state. ``again`` (a redelivered command): an experiment an earlier delivery already
+    stopped with ``status`` is announced again, in case that delivery failed to publish the event
+    (de-duplicated by its id).
     """
     run = await scheduler._run(exp_id)
     if run is None or run.state.status is not ExperimentStatus.RUNNING:
         scheduler.runs.pop(exp_id, None)  # _run may have cached a finished one
-        return None
+        if run is None or not again or run.state.status is not status:
+            return None
+        event = ExperimentCancelled(
+            experiment_id=exp_id,
+            status=status,
+            reason=reason,
+            requested_by=requested_by,
+            superseded_by=run.state.superseded_by,
+            trials_done=len(run.state.results),
+        )
+        await _announce(scheduler, run.state, event)
+        return event
     stopped = sorted(run.in_flight())
     state = run.state
     state.status = status
@@ -121,14 +135,18 @@ async def stop(
         trials_done=len(state.results),
     )
     await scheduler._remember(run)  # its finished trials still warm-start the next push
-    await ctx.publish(
+    await scheduler._save(exp_id)
+    scheduler.runs.pop(exp_id, None)
+    await _announce(scheduler, state, event)
+    log.info("experiment %s %s (%d trials stopped)", exp_id, state.message, len(stopped))
+    return event
+
+
+async def _announce(scheduler: Scheduler, state: ExperimentState, event: ExperimentCancelled) -> None:
+    await scheduler.ctx.publish(
         event,
-        subject_for(Subject.EXPERIMENT_CANCELLED, exp_id),
-        msg_id=msg_id("experiment-cancelled", exp_id),
+        subject_for(Subject.EXPERIMENT_CANCELLED, state.experiment_id),
+        msg_id=msg_id("experiment-cancelled", state.experiment_id),
         stream=Stream.EVENTS,
         trace_parent=state.traceparent,
     )
-    await scheduler._save(exp_id)
-    scheduler.runs.pop(exp_id, None)
-    log.info("experiment %s %s (%d trials stopped)", exp_id, state.message, len(stopped))
-    return event

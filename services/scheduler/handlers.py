@@ -189,9 +189,15 @@ class Scheduler:
     async def on_cancel(self, command: CancelExperiment, msg: NatsMessage) -> None:
         """``tweakline cancel``: stop the experiment (idempotent: a finished one is left as it is)."""
         exp_id = command.experiment_id
+        again = (msg.raw_message.metadata.num_delivered or 1) > 1  # the first delivery may have saved without announcing
         async with self._lock(exp_id):
             stopped = await cancel.stop(
-                self, exp_id, status=ExperimentStatus.CANCELLED, reason=command.reason, requested_by=command.requested_by
+                self,
+                exp_id,
+                status=ExperimentStatus.CANCELLED,
+                reason=command.reason,
+                requested_by=command.requested_by,
+                again=again,
             )
         if stopped is None:
             log.info("cancel of %s ignored: not a running experiment", exp_id)
