@@ -75,16 +75,20 @@ async def test_stopping_a_service_is_not_a_lost_connection(nats) -> None:
     assert connection_watch(broker).lost is None and connection_watch(broker).alive()
 
 
+def _service_env(nats, **extra: str) -> dict[str, str]:
+    """The environment of a test service run as every service is, on the test's nats-server."""
+    return {
+        **os.environ,
+        "TWEAKLINE_NATS_URL": nats.url,
+        "TWEAKLINE_IDENTITY": Identity.EVALUATOR.value,
+        "TWEAKLINE_STATE_DIR": str(nats.pki.parent),
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
 def test_a_service_whose_connection_is_closed_for_good_exits_non_zero(nats) -> None:
-    env = dict(os.environ)
-    env.update(
-        {
-            "TWEAKLINE_NATS_URL": nats.url,
-            "TWEAKLINE_IDENTITY": Identity.EVALUATOR.value,
-            "TWEAKLINE_STATE_DIR": str(nats.pki.parent),
-            "PYTHONPATH": str(ROOT),
-        }
-    )
+    env = _service_env(nats)
     proc = subprocess.run(
         [sys.executable, "-m", "tests.runtime.lost_connection"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -96,16 +100,7 @@ def test_a_service_whose_connection_is_closed_for_good_exits_non_zero(nats) -> N
 def test_a_service_whose_stop_hangs_still_exits(nats) -> None:
     # A service orphaned by a dead stack gets SIGTERM from the kernel (PR_SET_PDEATHSIG); a stop
     # that never finishes must not keep it running for ever.
-    env = dict(os.environ)
-    env.update(
-        {
-            "TWEAKLINE_NATS_URL": nats.url,
-            "TWEAKLINE_IDENTITY": Identity.EVALUATOR.value,
-            "TWEAKLINE_STATE_DIR": str(nats.pki.parent),
-            "TWEAKLINE_SHUTDOWN_GRACE_S": "0.5",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
+    env = _service_env(nats, TWEAKLINE_SHUTDOWN_GRACE_S="0.5")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.runtime.stuck_stop"],
         env=env,
