@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import logging
@@ -121,12 +120,6 @@ def worker_config(settings: Settings) -> WorkerConfig:
 # ----------------------------------------------------------------------------------- the child
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the runner that started it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _child_main(
     conn: Connection,
     cancel: Any,
@@ -135,8 +128,10 @@ def _child_main(
     dataset_cache_dir: str | None = None,
     code_cache_dir: str | None = None,
 ) -> None:  # pragma: no cover
-    """The child's loop: receive a trial as JSON, send fold scores, then the outcome."""
-    _die_with_parent()
+    """The child's loop: receive a trial as JSON, send fold scores, then the outcome.
+
+    It runs in a child the zygote forked, which has already asked to die with it (``zygote._run_child``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when training stops
     from pathlib import Path
 
