@@ -166,8 +166,9 @@ class LocalStack:
             except (OSError, ValueError, KeyError):
                 pass
             raise StackError(
-                f"another tweakline stack is using {self.layout.root}{owner}; "
-                "stop it ('tweakline down') or choose another --state-dir"
+                f"another tweakline stack is using {self.layout.root}{owner}; submit to it "
+                f"('tweakline submit --wait FILE --state-dir {self.layout.root}'), stop it ('tweakline down') "
+                "or choose another --state-dir"
             ) from None
         self._lock_fd = fd
 
