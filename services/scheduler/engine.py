@@ -23,6 +23,7 @@ from tweakline.proto.messages import (
     TrialStatus,
 )
 from tweakline.proto.tweakfile import LOWER_IS_BETTER
+from tweakline.scheduler.snapshot import StateJson
 from tweakline.search.algorithms import strategy_for
 from tweakline.search.pruning import pruning_for
 from tweakline.search.space import distributions_of, suggest
@@ -62,6 +63,7 @@ class ExperimentRun:
             sampler=sampler,
             pruner=self.pruning.pruner(spec),
         )
+        self._json = StateJson()  # the state's JSON, each trial's entries serialised once
         self._pending: dict[int, optuna.Trial] = {}
         self._folds: dict[int, dict[int, float]] = {}  # in-flight trial -> fold index -> score
         self._reported: dict[int, set[int]] = {}  # in-flight trial -> steps reported to Optuna
@@ -180,6 +182,10 @@ class ExperimentRun:
             log.warning("trial %s of %s does not fit the space; not replayed", record.number, self.state.experiment_id)
             return
         self.study.add_trial(trial)
+
+    def dump(self) -> bytes:
+        """The state's JSON, exactly ``state.model_dump_json()``: only what changed since the last dump is serialised."""
+        return self._json.dump(self.state)
 
     # -- decisions ----------------------------------------------------------------------------
 
