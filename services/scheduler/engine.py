@@ -6,6 +6,7 @@ so the logic is testable without NATS and a restarted scheduler can rebuild ever
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -258,7 +259,7 @@ class ExperimentRun:
         cap = min(batch_max, self.spec.budget.parallelism // 4)
         if cap <= 1 or not self.state.results:
             return 1
-        recent = list(self.state.results.values())[-BATCH_SAMPLE:]
+        recent = list(itertools.islice(reversed(self.state.results.values()), BATCH_SAMPLE))  # not a copy of all
         mean = sum(r.duration_s for r in recent) / len(recent)
         return max(1, min(cap, math.floor(target_s / max(mean, 1e-4) + 1e-9)))  # 0.25 / 0.05 is 5, not 4.99
 

@@ -403,9 +403,13 @@ class Scheduler:
             return
         # The sampler (TPE's cost grows with history) runs off the event loop, so other
         # experiments' results and acks keep flowing; the experiment's lock, held here,
-        # serialises every use of its study.
+        # serialises every use of its study. A sampler whose ask is cheap whatever the history
+        # (random) runs inline: the thread hop cost more than its ask.
         size = run.batch_size(self.ctx.settings.trial_batch_max, self.ctx.settings.trial_batch_target_s)
-        issued = await asyncio.to_thread(run.next_trials, now, size)
+        if run.strategy.quick_ask:
+            issued = run.next_trials(now, size)
+        else:
+            issued = await asyncio.to_thread(run.next_trials, now, size)
         if issued:
             await self._save(exp_id)
             await self._publish_trials(run, [number for number, _ in issued], size)
