@@ -82,6 +82,7 @@ class ExperimentRun:
         )
         self._order = ordered(spec.search.space)  # the order parameters are suggested in, worked out once
         self._json = StateJson()  # the state's JSON, each trial's entries serialised once
+        self._top = max(state.issued, default=-1)  # the highest trial number issued (not a scan per round)
         self._pending: dict[int, optuna.Trial] = {}
         self._folds: dict[int, dict[int, float]] = {}  # in-flight trial -> fold index -> score
         self._reported: dict[int, set[int]] = {}  # in-flight trial -> steps reported to Optuna
@@ -237,13 +238,14 @@ class ExperimentRun:
         slots = self.spec.budget.parallelism - (len(self.state.issued) - len(self.state.results))
         if batch > 1 and self.limit - len(self.state.issued) > slots:
             slots -= slots % batch
-        number = max(self.state.issued, default=-1)  # one scan per round, not per trial
+        number = self._top
         while slots > 0 and len(self.state.issued) < self.limit:
             number += 1
             trial = self.study.ask()
             params = suggest(trial, self.spec.search.space, self._order)
             self._pending[number] = trial
             self.state.issued[number] = params
+            self._top = number
             issued.append((number, params))
             slots -= 1
         return issued
@@ -293,6 +295,7 @@ class ExperimentRun:
             record = record.model_copy(update={"status": TrialStatus.FAILED, "error": record.error or "no finite score"})
         self.state.results[result.number] = record
         self.state.issued.setdefault(result.number, result.params)
+        self._top = max(self._top, result.number)
         trial = self._pending.pop(result.number, None)
         self._folds.pop(result.number, None)
         if trial is None:  # issued before a restart and not re-opened: add it as history
