@@ -382,7 +382,7 @@ class Scheduler:
         assert self.store is not None
         run, revision = self.runs[exp_id]
         try:
-            # The state's JSON from its cached parts: a save's cost no longer grows with every result.
+            # The state's JSON from its cached parts: only entries new since the last save are serialised.
             revision = await self.store.update(exp_id, run.state, revision, data=run.dump())
         except StaleRecordError:
             # Someone else wrote (another scheduler replica, or a stale cache): rebuild from truth.
@@ -403,13 +403,9 @@ class Scheduler:
             return
         # The sampler (TPE's cost grows with history) runs off the event loop, so other
         # experiments' results and acks keep flowing; the experiment's lock, held here,
-        # serialises every use of its study. A sampler whose ask is cheap whatever the history
-        # (random) runs inline: the thread hop cost more than its ask.
+        # serialises every use of its study.
         size = run.batch_size(self.ctx.settings.trial_batch_max, self.ctx.settings.trial_batch_target_s)
-        if run.strategy.quick_ask:
-            issued = run.next_trials(now, size)
-        else:
-            issued = await asyncio.to_thread(run.next_trials, now, size)
+        issued = await asyncio.to_thread(run.next_trials, now, size)
         if issued:
             await self._save(exp_id)
             await self._publish_trials(run, [number for number, _ in issued], size)

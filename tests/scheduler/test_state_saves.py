@@ -1,24 +1,19 @@
-"""What the scheduler saves per group of results, and where it asks its sampler (real bus, mTLS).
+"""What the scheduler saves per group of results (real bus, mTLS).
 
 The state is written from JSON cached per entry (``tweakline.scheduler.snapshot``): the KV value
 must be exactly the state's ``model_dump_json()`` after every commit, so every reader parses
-the same document as before. A sampler whose ask ignores the history (random) is asked on the
-event loop; the others (TPE, whose ask grows with history) in a worker thread.
+the same document as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
-
-import pytest
 
 from tests.factories import make_tweak
 from tests.scheduler.test_handlers import Delivered, complete, result_body, submit
 from tweakline.proto.messages import ExperimentSubmitted
 from tweakline.proto.subjects import Bucket, Subject, subject_for
-from tweakline.scheduler import handlers
 from tweakline.scheduler.handlers import Scheduler
 
 
@@ -50,22 +45,3 @@ async def test_every_saved_state_is_the_states_own_json(scheduler: Scheduler) ->
         saved = (await kv.get(exp_id)).value
         assert saved == state.model_dump_json().encode(), f"round {round_}"
         assert sorted(scheduler.store.model.model_validate_json(saved).results) == sorted(state.results)
-
-
-@pytest.mark.parametrize(("algorithm", "threaded"), [("random", False), ("tpe", True)])
-async def test_only_a_sampler_whose_ask_grows_with_history_is_asked_off_the_event_loop(
-    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch, algorithm: str, threaded: bool
-) -> None:
-    calls: list[Any] = []
-    real = asyncio.to_thread
-
-    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
-        calls.append(getattr(func, "__name__", func))
-        return await real(func, *args, **kwargs)
-
-    monkeypatch.setattr(handlers.asyncio, "to_thread", counted)
-    exp_id, intake = _submission(algorithm)
-    await submit(scheduler, intake)
-    assert intake.acked
-    assert len(scheduler.runs[exp_id][0].state.issued) == 4
-    assert ("next_trials" in calls) is threaded

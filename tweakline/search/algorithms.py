@@ -26,9 +26,6 @@ class SearchStrategy(ABC):
     """How the next parameters are chosen, given the trials so far."""
 
     name: ClassVar[str]
-    # Whether asking for a trial costs the same small amount however many trials the study has:
-    # the scheduler then asks on its event loop, without a hop to a worker thread and back.
-    quick_ask: ClassVar[bool] = False
 
     @abstractmethod
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -62,7 +59,6 @@ class RandomSearch(SearchStrategy):
     """Independent uniform (or log-uniform) draws: the baseline every search must beat."""
 
     name = "random"
-    quick_ask = True  # independent draws: the history is never read
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=search.seed)
