@@ -2,16 +2,17 @@
 
 The scheduler saves an experiment's whole :class:`ExperimentState` after every group of results
 (compare-and-set on one KV entry). Serialising it whole costs O(trials) per save, O(trials^2) per
-experiment: at 2,000 trials the state is ~600 kB and half the scheduler's CPU per trial went to
-re-serialising results that had not changed. Here each entry of the collections that grow
+experiment: at 2,000 trials the state is ~600 kB, and re-serialising results that had not
+changed was 0.5-0.7 ms of the engine's 0.9-1.2 ms per trial (docs/benchmarks.md, fourth round). Here each entry of the collections that grow
 (``issued``, ``results``, ``warm_trials``) is serialised once, by the model's own types, and the
 document is joined from the cached pieces plus the few small fields serialised afresh. The bytes
 are exactly ``state.model_dump_json()`` (``tests/scheduler/test_snapshot.py``), so every reader
 still parses the same document with ``ExperimentState.model_validate_json``.
 
 An entry is re-serialised when its object is replaced (the engine stores a new record or params
-dict for every change, never mutating one in place); an entry is recognised by identity, which
-costs one comparison per entry and save instead of a serialisation.
+dict for every change, never mutating one in place: an entry changed in place would keep its old
+JSON); an entry is recognised by identity, which costs one comparison per entry and save instead
+of a serialisation.
 """
 
 from __future__ import annotations
