@@ -382,7 +382,8 @@ class Scheduler:
         assert self.store is not None
         run, revision = self.runs[exp_id]
         try:
-            revision = await self.store.update(exp_id, run.state, revision)
+            # The state's JSON from its cached parts: only entries new since the last save are serialised.
+            revision = await self.store.update(exp_id, run.state, revision, data=run.dump())
         except StaleRecordError:
             # Someone else wrote (another scheduler replica, or a stale cache): rebuild from truth.
             found = await self.store.get(exp_id)

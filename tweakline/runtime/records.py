@@ -74,10 +74,15 @@ class RecordStore(Generic[R]):
         except (KeyWrongLastSequenceError, BadRequestError):
             return None
 
-    async def update(self, key: str, record: R, revision: int) -> int:
-        """Replace the record read at ``revision``; raise :class:`StaleRecordError` if it moved on."""
+    async def update(self, key: str, record: R, revision: int, *, data: bytes | None = None) -> int:
+        """Replace the record read at ``revision``; raise :class:`StaleRecordError` if it moved on.
+
+        ``data``: the record's JSON when the caller serialised it already (it must equal
+        ``record.model_dump_json()``; the scheduler assembles its states from cached parts).
+        """
         try:
-            return await self.kv.update(check_key(key), record.model_dump_json().encode(), last=revision)
+            payload = record.model_dump_json().encode() if data is None else data
+            return await self.kv.update(check_key(key), payload, last=revision)
         except (KeyWrongLastSequenceError, BadRequestError) as exc:
             raise StaleRecordError(f"{key} changed since revision {revision}") from exc
 

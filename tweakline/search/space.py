@@ -45,10 +45,10 @@ def is_active(param: ParamSpec, chosen: dict[str, Any]) -> bool:
     return all(name in chosen and chosen[name] in values for name, values in (param.when or {}).items())
 
 
-def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
-    """Ask ``trial`` for a value of every active parameter."""
+def suggest(trial: optuna.Trial, space: dict[str, ParamSpec], order: list[str] | None = None) -> dict[str, Any]:
+    """Ask ``trial`` for a value of every active parameter (in ``order``, :func:`ordered` of ``space`` if not given)."""
     chosen: dict[str, Any] = {}
-    for name in ordered(space):
+    for name in ordered(space) if order is None else order:
         param = space[name]
         if not is_active(param, chosen):
             continue
