@@ -193,35 +193,34 @@ class TrialRunner:
             # Every trial of the batch is watched, so a verdict for any of them finds it (self.cancel).
             watches = [stack.enter_context(self.early.watch(t)) for t in runnable]
 
+            reported: set[int] = set()
+
             def on_outcome(index: int, outcome: TrialOutcome | None) -> None:
+                reported.add(index)
                 if outcome is not None:
                     _trace_trial(runnable[index], outcome)
                     done.append((runnable[index], outcome))
 
-            pending = 0
-            while pending < len(runnable):
-                if pending and self.stopping:  # the rest of the batch goes to another runner
+            while len(reported) < len(runnable):
+                if reported and self.stopping:  # the rest of the batch goes to another runner
                     raise TrialAbortedError("the runner is stopping")
-                rest = runnable[pending:]
-                base = pending
+                rest = [i for i in range(len(runnable)) if i not in reported]
                 try:
                     await self.worker.run_batch(
-                        rest,
-                        on_outcome=lambda i, o, base=base: on_outcome(base + i, o),
-                        on_fold=lambda i, fold, value, base=base: self._fold(runnable[base + i], watches[base + i], fold, value),
+                        [runnable[i] for i in rest],
+                        on_outcome=lambda j, o, rest=rest: on_outcome(rest[j], o),
+                        on_fold=lambda j, fold, value, rest=rest: self._fold(runnable[rest[j]], watches[rest[j]], fold, value),
                         timeout=runnable[0].spec.budget.trial_timeout,
                         folds_after_s=folds_after_s,
                     )
-                    return
                 except TrialAbortedError:
                     raise
                 except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
-                    failed = base + getattr(exc, "index", 0)
+                    failed = rest[getattr(exc, "index", 0)]
                     if attempt < self.ctx.settings.trial_max_deliver:
                         raise _RetryError(runnable[failed].trial_id) from exc
                     log.warning("trial %s attempt %d failed: %s", runnable[failed].trial_id, attempt, exc, exc_info=True)
-                    done.append((runnable[failed], TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")))
-                    pending = failed + 1
+                    on_outcome(failed, TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}"))
 
     async def _run_one(self, request: TrialRequested, attempt: int, *, first: bool) -> TrialOutcome | None:
         """One trial's outcome; ``None`` when its experiment was cancelled (nothing to report to).

@@ -49,6 +49,7 @@ import mmap
 import multiprocessing
 import os
 import signal
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -74,6 +75,9 @@ MEMORY_POLL_S = 0.2
 CANCEL_GRACE_S = 1.0
 # A new child is forked with scikit-learn imported (the zygote's import, slow on a busy machine, may still run): bounded.
 START_TIMEOUT_S = 180.0
+# A batch's outcomes go back together, or at least this often (seconds): a child killed for one
+# trial's limit loses only the outcomes of the trials it finished since, and those run again.
+OUTCOME_FLUSH_S = 0.1
 # What the zygote imports before its first fork, so every child shares it (already imported, and
 # so free, when the local stack's fork server preloaded it).
 TRAINING_MODULES = ("tweakline.ml.datasets", "tweakline.ml.training", "sklearn.datasets", "sklearn.svm", "sklearn.linear_model")
@@ -172,17 +176,28 @@ def _child_main(
         bodies, spec_json, folds_after_s = payload
         if spec_json is not None:  # a new experiment's spec (a batch's trials share one: sent once)
             spec = ExperimentSpec.model_validate_json(spec_json)
-        # A batch's trials come in one message and go one after the other, each outcome sent as
-        # it is ready (a one-way message: the next trial does not wait for the parent).
+        # A batch's trials come in one message and go one after the other; their outcomes go back
+        # together when the batch ends (or every OUTCOME_FLUSH_S), so a batch of fast trials costs
+        # one message each way. Which trial runs, and since when, is in shared memory for the parent.
+        outcomes: list[tuple[Any, ...]] = []
+        flushed = time.monotonic()
         for index, body in enumerate(bodies):
             if index and signals.stop_requested():  # the runner is stopping: the rest goes back
-                conn.send(("stopped", index))
+                conn.send(("outcomes", outcomes, ("stopped", index)))
                 break
             if signals.skipped(index):  # its experiment was cancelled before it started
-                conn.send(("skipped", index, time.monotonic()))
-                continue
-            if not _child_trial(conn, signals, index, body, spec, allowed, n_jobs, folds_after_s, cache, code_cache_dir):
-                break
+                outcomes.append(("skipped", index))
+            else:
+                signals.begin(index, time.monotonic())
+                outcome = _child_trial(conn, signals, index, body, spec, allowed, n_jobs, folds_after_s, cache, code_cache_dir)
+                if outcome[0] == "error":
+                    conn.send(("outcomes", outcomes, outcome))
+                    break
+                outcomes.append(outcome)
+            if index + 1 == len(bodies) or time.monotonic() - flushed >= OUTCOME_FLUSH_S:
+                conn.send(("outcomes", outcomes, None))
+                outcomes, flushed = [], time.monotonic()
+        signals.begin(-1, 0.0)
 
 
 def _child_trial(
@@ -196,8 +211,8 @@ def _child_trial(
     folds_after_s: float | None,
     cache: Any,
     code_cache_dir: str | None,
-) -> bool:  # pragma: no cover - runs in the child
-    """Train trial ``index`` of the current payload and send its outcome; False: the batch stops here."""
+) -> tuple[Any, ...]:  # pragma: no cover - runs in the child
+    """Train trial ``index`` of the current payload: ``("done", index, outcome)``, or ``("error", index, reason)``."""
     from tweakline.ml.training import estimator_seed, public_error, run_trial
 
     request = TrialRequested.model_validate({**json.loads(body), "spec": spec})
@@ -205,8 +220,7 @@ def _child_trial(
     try:
         split = cache.get(request.spec.dataset)
     except Exception as exc:
-        conn.send(("error", index, public_error(exc)))  # goes on the bus: no file contents
-        return False
+        return ("error", index, public_error(exc))  # goes on the bus: no file contents
 
     def on_fold(fold: int, value: float) -> bool:
         awaits = awaits_verdict(request, fold)
@@ -232,9 +246,7 @@ def _child_trial(
             on_fold=on_fold,
             n_jobs=threads,
         )
-    # The time it finished is when the next trial of the batch starts (its time limit counts from there).
-    conn.send(("done", index, {f.name: getattr(outcome, f.name) for f in fields(outcome)}, time.monotonic()))  # no deep copy
-    return True
+    return ("done", index, {f.name: getattr(outcome, f.name) for f in fields(outcome)})  # no deep copy
 
 
 def trial_threads(request: TrialRequested, n_jobs: int | None) -> int | None:
@@ -278,16 +290,35 @@ class SharedSignals:
 
     Byte 0 names the trial to stop (its index in the current batch + 1; 0: none), byte 1 asks
     the child to stop before its batch's next trial, and byte ``2 + i`` skips trial ``i`` of the
-    batch. Made before the zygote is forked, so the zygote's children inherit it (a
+    batch. The child writes back which trial it trains and since when (:meth:`begin`), so the
+    parent enforces each trial's limits without a message per trial. Made before the zygote is forked, so the zygote's children inherit it (a
     ``multiprocessing`` Event would start a resource tracker process per runner for its semaphore).
     """
 
+    _PROGRESS = 2 + MAX_TRIAL_BATCH  # (index + 1, started): a short and a double, after the flags
+    _FORMAT = "=hd"
+
     def __init__(self) -> None:
-        self._bytes = mmap.mmap(-1, 2 + MAX_TRIAL_BATCH)
+        self._bytes = mmap.mmap(-1, self._PROGRESS + struct.calcsize(self._FORMAT))
 
     def clear(self) -> None:
         """Forget every signal (a new batch)."""
         self._bytes[:] = bytes(len(self._bytes))
+
+    def begin(self, index: int, started: float) -> None:
+        """(Child) trial ``index`` starts now (``time.monotonic()``); -1: the batch is over."""
+        self._bytes[self._PROGRESS :] = struct.pack(self._FORMAT, index + 1, started)
+
+    def progress(self) -> tuple[int, float] | None:
+        """(Parent) the index of the trial the child trains and when it started, if any."""
+        raw = self._bytes[self._PROGRESS :]
+        for _ in range(3):  # a copy made while the child wrote could mix two trials: read until two agree
+            again = self._bytes[self._PROGRESS :]
+            if again == raw:
+                break
+            raw = again
+        number, started = struct.unpack(self._FORMAT, raw)
+        return (number - 1, started) if number > 0 else None
 
     def cancel(self, index: int) -> None:
         """Stop trial ``index`` of the batch at its next fold boundary."""
@@ -356,6 +387,7 @@ class TrialWorker:
         self._signals = SharedSignals()
         self._running: _Running | None = None
         self._batch: list[str] = []  # trial ids of the batch the child is working through
+        self._batch_requests: list[TrialRequested] = []
         self._skipping: set[str] = set()  # trial ids of run_batch's requests to skip (see skip())
         self._stop_between = False  # stop_between_trials() was asked: every later batch stops after its first trial
         self._waiter: asyncio.Future[None] | None = None  # what _receive waits on, if it waits
@@ -374,7 +406,28 @@ class TrialWorker:
     @property
     def current(self) -> str | None:
         """The id of the trial being trained, if any."""
-        return self._running.trial_id if self._running else None
+        running = self._current()
+        return running.trial_id if running else None
+
+    def _current(self) -> _Running | None:
+        """The running trial, caught up with the child's progress in shared memory (limits and cancels act on it).
+
+        The parent learns that the child moved on to a batch's next trial only from there (no
+        message per trial): the next trial's limits count from the start the child wrote.
+        """
+        running = self._running
+        if running is None or not self._batch_requests:
+            return running
+        progress = self._signals.progress()
+        if progress is None or not 0 <= progress[0] < len(self._batch_requests):
+            return running
+        index, started = progress
+        if index == running.index:
+            running.started = started  # the child's clock is the same monotonic clock
+            return running
+        follower = self._begin(self._batch_requests[index], index, started, running.memory_sampled_at)
+        follower.aborted = running.aborted
+        return follower
 
     def prepare(self) -> None:
         """Fork the zygote that training children are forked from, unless it runs.
@@ -460,7 +513,7 @@ class TrialWorker:
         The child stops at its next fold boundary; if it does not get there within
         ``cancel_grace_s`` it is killed. Returns whether that trial was running here.
         """
-        running = self._running
+        running = self._current()
         if running is None or running.trial_id != trial_id or running.cancel_reason is not None:
             return False
         running.cancel_reason = reason
@@ -475,7 +528,7 @@ class TrialWorker:
         Its outcome is then ``None`` (nothing to report). Returns whether it was waiting: a trial
         that has started already is :meth:`cancel`'s business.
         """
-        running = self._running
+        running = self._current()
         if running is None or trial_id not in self._batch:
             return False
         index = self._batch.index(trial_id)
@@ -493,9 +546,10 @@ class TrialWorker:
 
     def abort(self) -> bool:
         """Abandon the running trial now (shutdown): :meth:`run` raises :class:`TrialAbortedError`."""
-        if self._running is None:
+        running = self._current()
+        if running is None:
             return False
-        self._running.aborted = True
+        running.aborted = True
         self._poke()
         return True
 
@@ -555,103 +609,132 @@ class TrialWorker:
         rest go on in a new child. :class:`WorkerCrashedError` and :class:`TrialAbortedError`
         carry ``index``, the trial they stopped at (the outcomes before it were delivered).
         """
-        first = 0
+        delivered: set[int] = set()
+
+        def deliver(index: int, outcome: TrialOutcome | None) -> None:
+            delivered.add(index)
+            on_outcome(index, outcome)
+
         try:
-            while first < len(requests):
-                first = await self._run_in_child(requests, first, on_outcome, on_fold, timeout, folds_after_s)
+            while len(delivered) < len(requests):
+                pending = [i for i in range(len(requests)) if i not in delivered]
+                await self._run_in_child(requests, pending, deliver, on_fold, timeout, folds_after_s)
         finally:
             self._skipping.clear()
 
     async def _run_in_child(
         self,
         requests: Sequence[TrialRequested],
-        first: int,
-        on_outcome: Callable[[int, TrialOutcome | None], None],
+        pending: list[int],
+        deliver: Callable[[int, TrialOutcome | None], None],
         on_fold: BatchOnFold | None,
         timeout: float | None,
         folds_after_s: float,
-    ) -> int:
-        """Send ``requests[first:]`` (those sharing the first one's spec) to the child; the index to go on from."""
+    ) -> None:
+        """Send the ``pending`` trials (those sharing the first one's spec) to the child and take their outcomes.
+
+        Returns once they are all delivered, or after a trial broke a limit (its child is killed;
+        the caller sends what has no outcome yet to a new child).
+        """
         try:
             await self.start()
         except WorkerCrashedError as exc:
-            raise _at(exc, first) from None
+            raise _at(exc, pending[0]) from None
         conn = self._conn
         assert conn is not None
-        spec = requests[first].spec
-        batch = [requests[first]]
-        for request in requests[first + 1 :]:
-            if request.spec is not spec:  # the spec goes once per message: another spec, another message
+        spec = requests[pending[0]].spec
+        sent = [pending[0]]  # the batch sent: indices into requests
+        for i in pending[1:]:
+            if requests[i].spec is not spec:  # the spec goes once per message: another spec, another message
                 break
-            batch.append(request)
+            sent.append(i)
+        batch = [requests[i] for i in sent]
         self._signals.clear()
         if self._stop_between:
             self._signals.stop()
         self._batch = [r.trial_id for r in batch]
+        self._batch_requests = batch
         for index, trial_id in enumerate(self._batch):
             if trial_id in self._skipping:
                 self._signals.skip(index)
         self._woken = False
-        running = self._begin(batch[0], 0, time.monotonic(), time.monotonic())
+        now = time.monotonic()
+        running = self._begin(batch[0], 0, now, now)
+        done = 0
         try:
             # The spec goes once per child and experiment: a batch's trials share the same object.
-            sent = self._spec_sent
-            spec_json = None if sent is not None and sent[0] is conn and sent[1] is spec else spec.model_dump_json()
-            bodies = [r.model_dump_json(exclude={"spec"}) for r in batch]
-            conn.send((bodies, spec_json, None if on_fold is None else folds_after_s))
+            spec_sent = self._spec_sent
+            spec_json = (
+                None if spec_sent is not None and spec_sent[0] is conn and spec_sent[1] is spec else spec.model_dump_json()
+            )
+            conn.send(
+                ([r.model_dump_json(exclude={"spec"}) for r in batch], spec_json, None if on_fold is None else folds_after_s)
+            )
             self._spec_sent = (conn, spec)
             while True:
-                index = running.index
+                running = self._current() or running
                 limit = self._check_limits(running, timeout)
                 if limit is not None:
                     self._discard()
-                    on_outcome(first + index, limit)
-                    return first + index + 1  # the rest of the batch in a new child
+                    deliver(sent[running.index], limit)
+                    return  # the rest (and any outcome the child had not sent yet) in a new child
                 message = await self._receive(deadline=time.monotonic() + MEMORY_POLL_S)
                 if message is None:
                     continue
                 kind = message[0]
-                if kind == "fold":
-                    fold, value = int(message[2]), float(message[3])
+                if kind == "outcomes":
+                    for item in message[1]:
+                        outcome = None
+                        if item[0] == "done":
+                            outcome = TrialOutcome(**dict(item[2]))
+                            outcome.status = TrialStatus(outcome.status)
+                            if (
+                                running.index == item[1]
+                                and running.cancel_reason is not None
+                                and outcome.status is TrialStatus.PRUNED
+                            ):
+                                outcome.error = running.cancel_reason
+                        deliver(sent[item[1]], outcome)
+                        done += 1
+                    last = message[2]
+                    if last is not None and last[0] == "stopped":
+                        raise _at(
+                            TrialAbortedError(f"trial {batch[last[1]].trial_id} handed back: the runner is stopping"),
+                            sent[last[1]],
+                        )
+                    if last is not None:  # ("error", index, reason): the data could not be loaded
+                        raise _at(WorkerCrashedError(str(last[2])), sent[last[1]])
+                    if done == len(batch):
+                        return
+                elif kind == "fold":
+                    index, fold, value = int(message[1]), int(message[2]), float(message[3])
+                    running = self._current() or running  # the child wrote its progress before this message
                     running.stages.append(value)
                     stop: bool | None = None
                     try:
                         if on_fold is not None:
-                            result = on_fold(first + index, fold, value)
+                            result = on_fold(sent[index], fold, value)
                             stop = await result if isinstance(result, Awaitable) else result
                     finally:
                         if awaits_verdict(batch[index], fold):  # the child is waiting: always answer
                             with contextlib.suppress(OSError, BrokenPipeError):
                                 conn.send(("verdict", bool(stop)))
-                elif kind in ("done", "skipped"):
-                    outcome = None
-                    if kind == "done":
-                        outcome = TrialOutcome(**dict(message[2]))
-                        outcome.status = TrialStatus(outcome.status)
-                        if running.cancel_reason is not None and outcome.status is TrialStatus.PRUNED:
-                            outcome.error = running.cancel_reason
-                    on_outcome(first + index, outcome)
-                    if index + 1 == len(batch):
-                        return first + len(batch)
-                    # The next trial started when this one ended (the child's clock is the same monotonic clock).
-                    running = self._begin(batch[index + 1], index + 1, float(message[-1]), running.memory_sampled_at)
-                elif kind == "stopped":
-                    raise _at(TrialAbortedError(f"trial {running.trial_id} handed back: the runner is stopping"), first + index)
-                elif kind == "error":
-                    raise _at(WorkerCrashedError(str(message[2])), first + index)
                 elif kind == "eof":
                     code = self._exitcode()
                     self._discard()
+                    running = self._current() or running
                     if running.aborted:
-                        raise _at(TrialAbortedError(f"trial {running.trial_id} abandoned: the runner is stopping"), first + index)
-                    raise _at(WorkerCrashedError(f"the training process died ({code})"), first + index)
+                        raise _at(
+                            TrialAbortedError(f"trial {running.trial_id} abandoned: the runner is stopping"), sent[running.index]
+                        )
+                    raise _at(WorkerCrashedError(f"the training process died ({code})"), sent[running.index])
         except (TrialAbortedError, WorkerCrashedError) as exc:
             if not hasattr(exc, "index"):
-                _at(exc, first + running.index)
+                _at(exc, sent[running.index])
             raise
         finally:
             self._running = None
-            self._batch = []
+            self._batch, self._batch_requests = [], []
             self._signals.clear()
 
     def _begin(self, request: TrialRequested, index: int, started: float, memory_sampled_at: float) -> _Running:

@@ -11,19 +11,26 @@ from tests.trial_runner.test_worker import ALLOWED, request
 from tests.waiting import until
 from tweakline.ml.outcome import TrialOutcome
 from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.trial_runner import worker as worker_module
 from tweakline.trial_runner.worker import TrialAbortedError, TrialWorker, WorkerConfig
 
 
 class CountingPipe:
-    """The parent's end of the pipe, counting what the parent sends the child."""
+    """The parent's end of the pipe, recording what crosses it each way."""
 
     def __init__(self, conn: Any):
         self.conn = conn
         self.sent: list[Any] = []
+        self.received: list[Any] = []
 
     def send(self, obj: Any) -> None:
         self.sent.append(obj)
         self.conn.send(obj)
+
+    def recv(self) -> Any:
+        obj = self.conn.recv()
+        self.received.append(obj)
+        return obj
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.conn, name)
@@ -36,7 +43,9 @@ def trials(delays: list[float], *, cv: int = 2) -> list[TrialRequested]:
 
 
 @pytest.fixture
-async def worker():
+async def worker(monkeypatch: pytest.MonkeyPatch):
+    # Outcomes go back when the batch ends, however slow the machine (the child is forked with this).
+    monkeypatch.setattr(worker_module, "OUTCOME_FLUSH_S", 600.0)
     w = TrialWorker(WorkerConfig(allowed_estimators=ALLOWED, memory_limit_mb=600, cancel_grace_s=0.5))
     await w.start()
     yield w
@@ -56,6 +65,7 @@ async def test_a_batch_crosses_the_pipe_in_one_message_and_each_trial_is_reporte
     assert sorted(outcomes) == [0, 1, 2, 3, 4]
     assert all(o is not None and o.status is TrialStatus.OK and len(o.fold_scores) == 2 for o in outcomes.values())
     assert len(pipe.sent) == 1, f"one message for the batch, got {len(pipe.sent)}"
+    assert [m[0] for m in pipe.received] == ["outcomes"] and len(pipe.received[0][1]) == 5, "the outcomes in one message back"
     bodies, spec_json, _ = pipe.sent[0]
     assert len(bodies) == 5 and spec_json is not None
     await run(worker, [t.model_copy(update={"trial_id": f"exp-{t.number + 5}", "number": t.number + 5}) for t in batch[:3]])
@@ -71,6 +81,15 @@ async def test_a_trial_over_its_time_limit_mid_batch_fails_alone_and_the_rest_ru
     assert statuses == [TrialStatus.OK, TrialStatus.FAILED, TrialStatus.OK, TrialStatus.OK]
     assert "time limit of 4s (budget.trial_timeout)" in (outcomes[1].error or "")
     assert worker.spawned == 2, "the child was killed for the second trial and one new child ran the rest"
+
+
+async def test_outcomes_the_child_had_not_sent_when_killed_for_a_limit_are_trained_again(worker: TrialWorker) -> None:
+    pipe = worker._conn = CountingPipe(worker._conn)  # type: ignore[assignment]
+    outcomes = await run(worker, trials([0.0, 0.0, 30.0, 0.0]), timeout=2.0)
+    assert not pipe.received, "the first two outcomes were still in the child when the third trial broke its limit"
+    statuses = [outcomes[i].status if outcomes[i] else None for i in range(4)]
+    assert statuses == [TrialStatus.OK, TrialStatus.OK, TrialStatus.FAILED, TrialStatus.OK]
+    assert worker.spawned == 2
 
 
 async def test_the_running_trial_of_a_batch_is_cancelled_and_a_waiting_one_skipped_in_the_next_child(worker: TrialWorker) -> None:
