@@ -26,7 +26,7 @@ killer) or could not load the data: infrastructure trouble the caller may retry 
 the trial back).
 
 :meth:`TrialWorker.run_batch` sends a batch's trials to the child in one pipe message; the child
-trains them one after the other and sends each outcome as it finishes (nothing to wait for in
+trains them one after the other and sends their outcomes back together (nothing to wait for in
 between), while the parent still enforces each trial's own time and memory limit, cancels the
 trial running, skips a trial whose experiment was cancelled and stops between trials when asked
 (through a few bytes of shared memory, :class:`SharedSignals`).
@@ -388,6 +388,7 @@ class TrialWorker:
         self._running: _Running | None = None
         self._batch: list[str] = []  # trial ids of the batch the child is working through
         self._batch_requests: list[TrialRequested] = []
+        self._cancel_reasons: dict[int, str] = {}  # why trials of the child's batch were cancelled, by index
         self._skipping: set[str] = set()  # trial ids of run_batch's requests to skip (see skip())
         self._stop_between = False  # stop_between_trials() was asked: every later batch stops after its first trial
         self._waiter: asyncio.Future[None] | None = None  # what _receive waits on, if it waits
@@ -517,6 +518,7 @@ class TrialWorker:
         if running is None or running.trial_id != trial_id or running.cancel_reason is not None:
             return False
         running.cancel_reason = reason
+        self._cancel_reasons[running.index] = reason  # its outcome may come back after the child moved on
         running.cancel_deadline = time.monotonic() + self.config.cancel_grace_s
         self._signals.cancel(running.index)
         self._poke()
@@ -654,6 +656,7 @@ class TrialWorker:
             self._signals.stop()
         self._batch = [r.trial_id for r in batch]
         self._batch_requests = batch
+        self._cancel_reasons = {}
         for index, trial_id in enumerate(self._batch):
             if trial_id in self._skipping:
                 self._signals.skip(index)
@@ -688,12 +691,9 @@ class TrialWorker:
                         if item[0] == "done":
                             outcome = TrialOutcome(**dict(item[2]))
                             outcome.status = TrialStatus(outcome.status)
-                            if (
-                                running.index == item[1]
-                                and running.cancel_reason is not None
-                                and outcome.status is TrialStatus.PRUNED
-                            ):
-                                outcome.error = running.cancel_reason
+                            reason = self._cancel_reasons.get(item[1])
+                            if reason is not None and outcome.status is TrialStatus.PRUNED:
+                                outcome.error = reason
                         deliver(sent[item[1]], outcome)
                         done += 1
                     last = message[2]
