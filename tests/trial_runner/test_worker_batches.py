@@ -113,3 +113,22 @@ async def test_a_stop_between_trials_keeps_the_finished_trial_and_names_where_th
     with pytest.raises(TrialAbortedError) as raised:
         await worker.run_batch(trials([0.0, 0.0, 0.0]), on_outcome=outcomes.__setitem__)
     assert list(outcomes) == [0] and raised.value.index == 1  # type: ignore[attr-defined]
+
+
+async def test_a_trial_cancelled_mid_batch_stops_at_a_fold_and_its_outcome_keeps_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker_module, "OUTCOME_FLUSH_S", 600.0)  # its outcome comes back after the child moved on
+    worker = TrialWorker(WorkerConfig(allowed_estimators=ALLOWED, cancel_grace_s=60.0))
+    try:
+        task = asyncio.create_task(run(worker, trials([0.0, 0.3, 0.0], cv=5)))
+        await until(lambda: worker.current == "exp-1", timeout=60, what="the second trial to start")
+        assert worker.cancel("exp-1", "pruned by the test")
+        outcomes = await asyncio.wait_for(task, 60)
+        pruned = outcomes[1]
+        assert pruned is not None and pruned.status is TrialStatus.PRUNED and pruned.error == "pruned by the test"
+        assert 1 <= len(pruned.fold_scores) < 5, "stopped at a fold boundary"
+        assert [outcomes[i].status for i in (0, 2)] == [TrialStatus.OK, TrialStatus.OK]  # type: ignore[union-attr]
+        assert worker.spawned == 1, "no kill: the child stopped the trial itself"
+    finally:
+        await worker.close()
