@@ -36,9 +36,9 @@ class CountingPipe:
         return getattr(self.conn, name)
 
 
-def trials(delays: list[float], *, cv: int = 2) -> list[TrialRequested]:
+def trials(delays: list[float], *, cv: int = 2, pruner: str = "none") -> list[TrialRequested]:
     """One experiment's trials (sharing one spec object, as a batch's do), sleeping ``delays`` seconds per fold."""
-    first = request({"delay": delays[0]}, cv=cv)
+    first = request({"delay": delays[0]}, cv=cv, pruner=pruner)
     return [first.model_copy(update={"trial_id": f"exp-{n}", "number": n, "params": {"delay": d}}) for n, d in enumerate(delays)]
 
 
@@ -132,3 +132,17 @@ async def test_a_trial_cancelled_mid_batch_stops_at_a_fold_and_its_outcome_keeps
         assert worker.spawned == 1, "no kill: the child stopped the trial itself"
     finally:
         await worker.close()
+
+
+async def test_with_a_pruner_each_trial_of_a_batch_waits_for_its_verdicts_and_one_is_pruned_alone(worker: TrialWorker) -> None:
+    folds: list[tuple[int, int]] = []
+
+    def prune_the_second_trial(index: int, fold: int, value: float) -> bool:
+        folds.append((index, fold))
+        return index == 1
+
+    outcomes = await run(worker, trials([0.0, 0.0, 0.0], cv=3, pruner="median"), on_fold=prune_the_second_trial)
+    assert folds == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1), (2, 2)]
+    statuses = [outcomes[i].status if outcomes[i] else None for i in range(3)]
+    assert statuses == [TrialStatus.OK, TrialStatus.PRUNED, TrialStatus.OK]
+    assert len(outcomes[1].fold_scores) == 1 and worker.spawned == 1  # type: ignore[union-attr]
