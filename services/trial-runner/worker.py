@@ -147,7 +147,7 @@ def _child_main(
     dataset_cache_dir: str | None = None,
     code_cache_dir: str | None = None,
 ) -> None:  # pragma: no cover
-    """The child's loop: receive a batch of trials (JSON), send fold scores, then each outcome.
+    """The child's loop: receive a batch of trials (JSON), send fold scores, then the outcomes together.
 
     It runs in a child the zygote forked, which has already asked to die with it (``zygote._run_child``).
     """
