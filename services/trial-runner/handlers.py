@@ -10,9 +10,11 @@ On shutdown the running trial gets ``shutdown_grace_s`` to finish, then it is ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from faststream.nats import NatsMessage
@@ -61,6 +63,7 @@ class TrialRunner:
     async def stop(self) -> None:
         """Stop taking trials; give the running one ``shutdown_grace_s``, then hand it back."""
         self.stopping = True
+        self.worker.stop_between_trials()  # a running batch hands back the trials it has not started
         try:
             await asyncio.wait_for(self._idle.wait(), self.ctx.settings.shutdown_grace_s)
         except TimeoutError:
@@ -73,8 +76,14 @@ class TrialRunner:
         await self.worker.close()
 
     def cancel(self, trial_id: str, reason: str) -> bool:
-        """Stop ``trial_id`` if this runner is training it; its result is then ``pruned`` with ``reason``."""
-        return self.worker.cancel(trial_id, reason)
+        """Stop ``trial_id`` if this runner is training it; its result is then ``pruned`` with ``reason``.
+
+        A trial still waiting in the running batch is skipped instead when its experiment was
+        cancelled (reported by nobody, as a cancelled trial fetched later).
+        """
+        if self.worker.cancel(trial_id, reason):
+            return True
+        return self.early.cancelled(trial_id) is not None and self.worker.skip(trial_id)
 
     async def _fold(self, request: TrialRequested, watch: TrialWatch, fold: int, value: float) -> bool:
         """Report a fold; with a pruner, wait briefly for the scheduler's verdict. True: stop (pruned).
@@ -101,6 +110,15 @@ class TrialRunner:
         except Exception:
             log.debug("could not publish progress of %s", request.trial_id, exc_info=True)
 
+    async def on_trial(self, request: TrialRequested) -> None:
+        """The work queue's subscriber: :meth:`on_trial_requested` with the message being handled.
+
+        The message comes from FastStream's context rather than a ``msg: NatsMessage`` parameter:
+        FastStream 0.7 resolves such a parameter in a worker thread (a thread hop per request,
+        on the dispatch-to-result path; profiled in docs/benchmarks.md).
+        """
+        await self.on_trial_requested(request, self.ctx.broker.context.get_local("message"))
+
     async def on_trial_requested(self, request: TrialRequested, msg: NatsMessage) -> None:
         """Run the request's trials (one, or a batch of fast ones) and publish each result before acknowledging."""
         if self.stopping:  # shutting down: leave it to another runner
@@ -117,17 +135,15 @@ class TrialRunner:
         # Trials of a batch run one after the other; their results go out together in one message
         # (one round of the scheduler's group commit), and only then is the request acked.
         done: list[tuple[TrialRequested, TrialOutcome]] = []
-        prepared = False  # the dataset fetched and the code bundle checked, once per request
         beat = asyncio.create_task(keep_alive(msg, max(0.5, self.ctx.settings.trial_ack_wait_s / 3)))
         try:
             trials = request.trials()
-            for index, trial in enumerate(trials):
-                if index and self.stopping:  # the rest of the batch goes to another runner
-                    raise TrialAbortedError("the runner is stopping")
-                outcome = await self._run_one(trial, attempt, first=not prepared)
-                prepared = prepared or outcome is not None  # a skipped (cancelled) trial prepared nothing
+            if len(trials) > 1:
+                await self._run_batch(trials, attempt, done)
+            else:
+                outcome = await self._run_one(trials[0], attempt, first=True)
                 if outcome is not None:
-                    done.append((trial, outcome))
+                    done.append((trials[0], outcome))
         except TrialAbortedError:
             await self._publish(done, attempt)  # what finished is kept; the request goes back for the rest
             log.info("trial %s handed back", request.trial_id)
@@ -142,6 +158,78 @@ class TrialRunner:
             beat.cancel()
         await self._publish(done, attempt)
         await msg.ack()  # only now: a runner dying before this point means redelivery, not loss
+
+    async def _run_batch(
+        self, trials: list[TrialRequested], attempt: int, done: list[tuple[TrialRequested, TrialOutcome]]
+    ) -> None:
+        """A batch's trials through the training child in one pipe message (``TrialWorker.run_batch``).
+
+        Each trial is still skipped, limited, pruned, retried and reported on its own, as in
+        :meth:`_run_one`; ``done`` collects the outcomes as they arrive (kept when this raises).
+        """
+        runnable: list[TrialRequested] = []
+        for trial in trials:
+            cancelled = self.early.cancelled(trial.trial_id)
+            if cancelled is not None:  # fetched just as its experiment was cancelled
+                log.info("trial %s skipped: %s", trial.trial_id, cancelled)
+            else:
+                runnable.append(trial)
+        if not runnable:
+            return
+        if attempt > self.ctx.settings.trial_max_deliver:  # every trial of the batch came back as often
+            for trial in runnable:
+                outcome = await self._run_one(trial, attempt, first=False)
+                if outcome is not None:
+                    done.append((trial, outcome))
+            return
+        log.info("trials %s started (attempt %d, a batch of %d)", ", ".join(t.trial_id for t in runnable), attempt, len(runnable))
+        try:  # a batch shares its experiment's dataset and code
+            self._refused = None
+            if needs_prefetch(runnable[0].spec.dataset):
+                await asyncio.to_thread(prefetch, runnable[0].spec.dataset)
+            self._refused = await self._fetch_code(runnable[0])
+        except Exception as exc:
+            if attempt < self.ctx.settings.trial_max_deliver:
+                raise _RetryError(runnable[0].trial_id) from exc
+            log.warning("trial %s attempt %d failed: %s", runnable[0].trial_id, attempt, exc, exc_info=True)
+            done.extend((t, TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}")) for t in runnable)
+            return
+        if self._refused is not None:
+            done.extend((t, self._refused) for t in runnable)
+            return
+        folds_after_s = 0.0 if pruning_for(runnable[0].spec).enabled else LIVE_PROGRESS_AFTER_S
+        with contextlib.ExitStack() as stack:
+            # Every trial of the batch is watched, so a verdict for any of them finds it (self.cancel).
+            watches = [stack.enter_context(self.early.watch(t)) for t in runnable]
+
+            reported: set[int] = set()
+
+            def on_outcome(index: int, outcome: TrialOutcome | None) -> None:
+                reported.add(index)
+                if outcome is not None:
+                    _trace_trial(runnable[index], outcome)
+                    done.append((runnable[index], outcome))
+
+            while len(reported) < len(runnable):
+                if reported and self.stopping:  # the rest of the batch goes to another runner
+                    raise TrialAbortedError("the runner is stopping")
+                rest = [i for i in range(len(runnable)) if i not in reported]
+                try:
+                    await self.worker.run_batch(
+                        [runnable[i] for i in rest],
+                        on_outcome=lambda j, o, rest=rest: on_outcome(rest[j], o),
+                        on_fold=lambda j, fold, value, rest=rest: self._fold(runnable[rest[j]], watches[rest[j]], fold, value),
+                        timeout=runnable[0].spec.budget.trial_timeout,
+                        folds_after_s=folds_after_s,
+                    )
+                except TrialAbortedError:
+                    raise
+                except Exception as exc:  # infrastructure trouble (not a bad trial): retry with back-off
+                    failed = rest[getattr(exc, "index", 0)]
+                    if attempt < self.ctx.settings.trial_max_deliver:
+                        raise _RetryError(runnable[failed].trial_id) from exc
+                    log.warning("trial %s attempt %d failed: %s", runnable[failed].trial_id, attempt, exc, exc_info=True)
+                    on_outcome(failed, TrialOutcome(status="failed", error=f"{type(exc).__name__}: {exc}"))
 
     async def _run_one(self, request: TrialRequested, attempt: int, *, first: bool) -> TrialOutcome | None:
         """One trial's outcome; ``None`` when its experiment was cancelled (nothing to report to).
@@ -236,6 +324,19 @@ class TrialRunner:
             attempt=attempt,
             error=outcome.error,
         )
+
+
+def _trace_trial(request: TrialRequested, outcome: TrialOutcome) -> None:
+    """A batch's trial gets its own ``trial.run`` span, made once its outcome is in (it ran in the child, in one go with the others)."""
+    ended = time.time_ns()
+    run_span = telemetry.past_span(
+        "trial.run",
+        started_ns=ended - int(outcome.duration_s * 1e9),
+        experiment_id=request.experiment_id,
+        trial_id=request.trial_id,
+    )
+    telemetry.trial_outcome(run_span, outcome)
+    run_span.end(end_time=ended)
 
 
 class _RetryError(Exception):

@@ -11,6 +11,7 @@ API (asyncio, one trial at a time)::
     await worker.start()                       # optional: warm the child up front
     outcome = await worker.run(request, on_fold=publish_progress, timeout=30.0)
     worker.cancel(request.trial_id, "pruned by asha at fold 2")   # from another task
+    await worker.run_batch(requests, on_outcome=record, timeout=30.0)  # a batch: one pipe message
     await worker.close()
 
 ``run`` returns a :class:`~tweakline.ml.training.TrialOutcome`:
@@ -23,6 +24,12 @@ It raises :class:`WorkerCrashedError` when the child died on its own (a segfault
 killer) or could not load the data: infrastructure trouble the caller may retry elsewhere, and
 :class:`TrialAbortedError` after :meth:`TrialWorker.abort` (the runner is shutting down and hands
 the trial back).
+
+:meth:`TrialWorker.run_batch` sends a batch's trials to the child in one pipe message; the child
+trains them one after the other and sends their outcomes back together (nothing to wait for in
+between), while the parent still enforces each trial's own time and memory limit, cancels the
+trial running, skips a trial whose experiment was cancelled and stops between trials when asked
+(through a few bytes of shared memory, :class:`SharedSignals`).
 
 Parent and child talk over a private ``multiprocessing`` pipe (local, never the bus). The child
 is forked by the runner's zygote (:mod:`tweakline.trial_runner.zygote`: a single-threaded process
@@ -42,6 +49,7 @@ import mmap
 import multiprocessing
 import os
 import signal
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -53,7 +61,7 @@ import psutil
 
 from tweakline.errors import TweaklineError
 from tweakline.ml.outcome import TrialOutcome
-from tweakline.proto.messages import TrialRequested, TrialStatus
+from tweakline.proto.messages import MAX_TRIAL_BATCH, TrialRequested, TrialStatus
 from tweakline.proto.tweakfile import ExperimentSpec
 from tweakline.runtime.settings import Settings
 from tweakline.search.pruning import pruning_for
@@ -67,6 +75,9 @@ MEMORY_POLL_S = 0.2
 CANCEL_GRACE_S = 1.0
 # A new child is forked with scikit-learn imported (the zygote's import, slow on a busy machine, may still run): bounded.
 START_TIMEOUT_S = 180.0
+# A batch's outcomes go back together, or at least this often (seconds): a child killed for one
+# trial's limit loses only the outcomes of the trials it finished since, and those run again.
+OUTCOME_FLUSH_S = 0.1
 # What the zygote imports before its first fork, so every child shares it (already imported, and
 # so free, when the local stack's fork server preloaded it).
 TRAINING_MODULES = ("tweakline.ml.datasets", "tweakline.ml.training", "sklearn.datasets", "sklearn.svm", "sklearn.linear_model")
@@ -74,6 +85,8 @@ TRAINING_MODULES = ("tweakline.ml.datasets", "tweakline.ml.training", "sklearn.d
 OnFold = Callable[[int, float], Awaitable[bool | None] | bool | None]
 """``on_fold(fold_index, value)`` in the parent, after each fold the child finished; True stops
 the trial there (pruned) when the child waits for a verdict (see :func:`awaits_verdict`)."""
+BatchOnFold = Callable[[int, int, float], Awaitable[bool | None] | bool | None]
+"""``on_fold(trial_index, fold_index, value)``: :data:`OnFold` for the trials of a batch."""
 
 
 def awaits_verdict(request: TrialRequested, stage: int) -> bool:
@@ -89,6 +102,12 @@ class WorkerCrashedError(TweaklineError):
 
 class TrialAbortedError(TweaklineError):
     """The trial was abandoned because the runner is stopping; hand it back to the queue."""
+
+
+def _at(exc: WorkerCrashedError | TrialAbortedError, index: int) -> WorkerCrashedError | TrialAbortedError:
+    """``exc``, naming the trial of a batch it stopped at (``index``)."""
+    exc.index = index  # type: ignore[union-attr]
+    return exc
 
 
 @dataclass(frozen=True)
@@ -122,13 +141,13 @@ def worker_config(settings: Settings) -> WorkerConfig:
 
 def _child_main(
     conn: Connection,
-    cancel: Any,
+    signals: SharedSignals,
     allowed: list[str],
     n_jobs: int | None,
     dataset_cache_dir: str | None = None,
     code_cache_dir: str | None = None,
 ) -> None:  # pragma: no cover
-    """The child's loop: receive a trial as JSON, send fold scores, then the outcome.
+    """The child's loop: receive a batch of trials (JSON), send fold scores, then the outcomes together.
 
     It runs in a child the zygote forked, which has already asked to die with it (``zygote._run_child``).
     """
@@ -136,7 +155,6 @@ def _child_main(
     from pathlib import Path
 
     from tweakline.ml.datasets import DatasetCache, DatasetError, use_object_store
-    from tweakline.ml.training import estimator_seed, public_error, run_trial
 
     if dataset_cache_dir is not None:
 
@@ -155,48 +173,80 @@ def _child_main(
             return
         if payload is None:
             return
-        body, spec_json, folds_after_s = payload
+        bodies, spec_json, folds_after_s = payload
         if spec_json is not None:  # a new experiment's spec (a batch's trials share one: sent once)
             spec = ExperimentSpec.model_validate_json(spec_json)
-        request = TrialRequested.model_validate({**json.loads(body), "spec": spec})
-        started = time.monotonic()
-        try:
-            split = cache.get(request.spec.dataset)
-        except Exception as exc:
-            conn.send(("error", public_error(exc)))  # goes on the bus: no file contents
-            continue
+        # A batch's trials come in one message and go one after the other; their outcomes go back
+        # together when the batch ends (or every OUTCOME_FLUSH_S), so a batch of fast trials costs
+        # one message each way. Which trial runs, and since when, is in shared memory for the parent.
+        outcomes: list[tuple[Any, ...]] = []
+        flushed = time.monotonic()
+        for index, body in enumerate(bodies):
+            if index and signals.stop_requested():  # the runner is stopping: the rest goes back
+                conn.send(("outcomes", outcomes, ("stopped", index)))
+                break
+            if signals.skipped(index):  # its experiment was cancelled before it started
+                outcomes.append(("skipped", index))
+            else:
+                signals.begin(index, time.monotonic())
+                outcome = _child_trial(conn, signals, index, body, spec, allowed, n_jobs, folds_after_s, cache, code_cache_dir)
+                if outcome[0] == "error":
+                    conn.send(("outcomes", outcomes, outcome))
+                    break
+                outcomes.append(outcome)
+            if index + 1 == len(bodies) or time.monotonic() - flushed >= OUTCOME_FLUSH_S:
+                conn.send(("outcomes", outcomes, None))
+                outcomes, flushed = [], time.monotonic()
+        signals.begin(-1, 0.0)
 
-        def on_fold(
-            index: int,
-            value: float,
-            request: TrialRequested = request,
-            started: float = started,
-            folds_after_s: float | None = folds_after_s,
-        ) -> bool:
-            awaits = awaits_verdict(request, index)
-            # A message per fold only when the parent reads it: a fast trial's scores come with its outcome.
-            if awaits or (folds_after_s is not None and time.monotonic() - started >= folds_after_s):
-                conn.send(("fold", index, value))
-            if awaits:
-                reply = conn.recv()  # the parent always answers, within the verdict wait
-                if reply is None or (reply[0] == "verdict" and reply[1]):
-                    return True
-            return bool(cancel.is_set())  # a cancelled trial stops at the next fold boundary
 
-        threads = trial_threads(request, n_jobs)
-        if request.spec.model.trainer is not None:
-            outcome = _trainer_trial(split, request, on_fold, threads, code_cache_dir)
-        else:
-            outcome = run_trial(
-                split,
-                request.spec,
-                request.params,
-                allowed,
-                seed=estimator_seed(request.spec),
-                on_fold=on_fold,
-                n_jobs=threads,
-            )
-        conn.send(("done", {f.name: getattr(outcome, f.name) for f in fields(outcome)}))  # no deep copy
+def _child_trial(
+    conn: Connection,
+    signals: SharedSignals,
+    index: int,
+    body: str,
+    spec: ExperimentSpec | None,
+    allowed: list[str],
+    n_jobs: int | None,
+    folds_after_s: float | None,
+    cache: Any,
+    code_cache_dir: str | None,
+) -> tuple[Any, ...]:  # pragma: no cover - runs in the child
+    """Train trial ``index`` of the current payload: ``("done", index, outcome)``, or ``("error", index, reason)``."""
+    from tweakline.ml.training import estimator_seed, public_error, run_trial
+
+    request = TrialRequested.model_validate({**json.loads(body), "spec": spec})
+    started = time.monotonic()
+    try:
+        split = cache.get(request.spec.dataset)
+    except Exception as exc:
+        return ("error", index, public_error(exc))  # goes on the bus: no file contents
+
+    def on_fold(fold: int, value: float) -> bool:
+        awaits = awaits_verdict(request, fold)
+        # A message per fold only when the parent reads it: a fast trial's scores come with its outcome.
+        if awaits or (folds_after_s is not None and time.monotonic() - started >= folds_after_s):
+            conn.send(("fold", index, fold, value))
+        if awaits:
+            reply = conn.recv()  # the parent always answers, within the verdict wait
+            if reply is None or (reply[0] == "verdict" and reply[1]):
+                return True
+        return signals.cancelled(index)  # a cancelled trial stops at the next fold boundary
+
+    threads = trial_threads(request, n_jobs)
+    if request.spec.model.trainer is not None:
+        outcome = _trainer_trial(split, request, on_fold, threads, code_cache_dir)
+    else:
+        outcome = run_trial(
+            split,
+            request.spec,
+            request.params,
+            allowed,
+            seed=estimator_seed(request.spec),
+            on_fold=on_fold,
+            n_jobs=threads,
+        )
+    return ("done", index, {f.name: getattr(outcome, f.name) for f in fields(outcome)})  # no deep copy
 
 
 def trial_threads(request: TrialRequested, n_jobs: int | None) -> int | None:
@@ -235,27 +285,65 @@ def _trainer_trial(
 # ---------------------------------------------------------------------------------- the parent
 
 
-class SharedFlag:
-    """A flag the parent sets and a forked child reads: one byte of anonymous shared memory.
+class SharedSignals:
+    """What the parent tells a forked child between pipe messages: a few bytes of anonymous shared memory.
 
-    Made before the zygote is forked, so the zygote's children inherit it (a ``multiprocessing``
-    Event would start a resource tracker process per runner for its semaphore).
+    Byte 0 names the trial to stop (its index in the current batch + 1; 0: none), byte 1 asks
+    the child to stop before its batch's next trial, and byte ``2 + i`` skips trial ``i`` of the
+    batch. The child writes back which trial it trains and since when (:meth:`begin`), so the
+    parent enforces each trial's limits without a message per trial. Made before the zygote is forked, so the zygote's children inherit it (a
+    ``multiprocessing`` Event would start a resource tracker process per runner for its semaphore).
     """
 
-    def __init__(self) -> None:
-        self._byte = mmap.mmap(-1, 1)
+    _PROGRESS = 2 + MAX_TRIAL_BATCH  # (index + 1, started): a short and a double, after the flags
+    _FORMAT = "=hd"
 
-    def set(self) -> None:
-        """Raise the flag."""
-        self._byte[0] = 1
+    def __init__(self) -> None:
+        self._bytes = mmap.mmap(-1, self._PROGRESS + struct.calcsize(self._FORMAT))
 
     def clear(self) -> None:
-        """Lower the flag."""
-        self._byte[0] = 0
+        """Forget every signal (a new batch)."""
+        self._bytes[:] = bytes(len(self._bytes))
 
-    def is_set(self) -> bool:
-        """Whether the flag is raised."""
-        return self._byte[0] == 1
+    def begin(self, index: int, started: float) -> None:
+        """(Child) trial ``index`` starts now (``time.monotonic()``); -1: the batch is over."""
+        self._bytes[self._PROGRESS :] = struct.pack(self._FORMAT, index + 1, started)
+
+    def progress(self) -> tuple[int, float] | None:
+        """(Parent) the index of the trial the child trains and when it started, if any."""
+        raw = self._bytes[self._PROGRESS :]
+        for _ in range(3):  # a copy made while the child wrote could mix two trials: read until two agree
+            again = self._bytes[self._PROGRESS :]
+            if again == raw:
+                break
+            raw = again
+        number, started = struct.unpack(self._FORMAT, raw)
+        return (number - 1, started) if number > 0 else None
+
+    def cancel(self, index: int) -> None:
+        """Stop trial ``index`` of the batch at its next fold boundary."""
+        self._bytes[0] = index + 1
+
+    def cancelled(self, index: int) -> bool:
+        """Whether trial ``index`` of the batch is to stop."""
+        return self._bytes[0] == index + 1
+
+    def stop(self) -> None:
+        """Start no further trial of the batch."""
+        self._bytes[1] = 1
+
+    def stop_requested(self) -> bool:
+        """Whether the batch's further trials are to go back to the runner."""
+        return self._bytes[1] == 1
+
+    def skip(self, index: int) -> None:
+        """Do not train trial ``index`` of the batch (its experiment was cancelled)."""
+        if 0 <= index < MAX_TRIAL_BATCH:
+            self._bytes[2 + index] = 1
+
+    def skipped(self, index: int) -> bool:
+        """Whether trial ``index`` of the batch is to be skipped."""
+        return 0 <= index < MAX_TRIAL_BATCH and self._bytes[2 + index] == 1
 
 
 def _tree_memory_mb(pid: int) -> float:
@@ -276,6 +364,8 @@ def _tree_memory_mb(pid: int) -> float:
 @dataclass
 class _Running:
     trial_id: str
+    index: int = 0  # its place in the batch the child is working through
+    started: float = 0.0  # monotonic: its time limit counts from here
     rungs: bool = False  # stages are rungs of search.resource, not CV folds
     steps: bool = False  # stages are a trainer's reports (epochs): the last one is its score
     memory_limit_mb: int | None = None
@@ -294,8 +384,13 @@ class TrialWorker:
         self._zygote: Zygote | None = None  # forks the children (prepare())
         self._process: ForkedChild | None = None
         self._conn: Connection | None = None
-        self._cancel = SharedFlag()
+        self._signals = SharedSignals()
         self._running: _Running | None = None
+        self._batch: list[str] = []  # trial ids of the batch the child is working through
+        self._batch_requests: list[TrialRequested] = []
+        self._cancel_reasons: dict[int, str] = {}  # why trials of the child's batch were cancelled, by index
+        self._skipping: set[str] = set()  # trial ids of run_batch's requests to skip (see skip())
+        self._stop_between = False  # stop_between_trials() was asked: every later batch stops after its first trial
         self._waiter: asyncio.Future[None] | None = None  # what _receive waits on, if it waits
         self._woken = False  # _poke() came while nothing waited: the next wait returns at once
         self._spec_sent: tuple[Connection, ExperimentSpec] | None = None  # the child's current spec
@@ -312,7 +407,28 @@ class TrialWorker:
     @property
     def current(self) -> str | None:
         """The id of the trial being trained, if any."""
-        return self._running.trial_id if self._running else None
+        running = self._current()
+        return running.trial_id if running else None
+
+    def _current(self) -> _Running | None:
+        """The running trial, caught up with the child's progress in shared memory (limits and cancels act on it).
+
+        The parent learns that the child moved on to a batch's next trial only from there (no
+        message per trial): the next trial's limits count from the start the child wrote.
+        """
+        running = self._running
+        if running is None or not self._batch_requests:
+            return running
+        progress = self._signals.progress()
+        if progress is None or not 0 <= progress[0] < len(self._batch_requests):
+            return running
+        index, started = progress
+        if index == running.index:
+            running.started = started  # the child's clock is the same monotonic clock
+            return running
+        follower = self._begin(self._batch_requests[index], index, started, running.memory_sampled_at)
+        follower.aborted = running.aborted
+        return follower
 
     def prepare(self) -> None:
         """Fork the zygote that training children are forked from, unless it runs.
@@ -328,7 +444,7 @@ class TrialWorker:
             self._zygote.close()
         target = functools.partial(
             _child_main,
-            cancel=self._cancel,
+            signals=self._signals,
             allowed=list(self.config.allowed_estimators),
             n_jobs=self.config.n_jobs,
             dataset_cache_dir=self.config.dataset_cache_dir,
@@ -347,7 +463,7 @@ class TrialWorker:
             self.prepare()
             assert self._zygote is not None
             parent_end, child_end = multiprocessing.Pipe(duplex=True)
-            self._cancel.clear()
+            self._signals.clear()
             try:
                 process = self._zygote.spawn(child_end)
             except ZygoteError as exc:
@@ -398,20 +514,44 @@ class TrialWorker:
         The child stops at its next fold boundary; if it does not get there within
         ``cancel_grace_s`` it is killed. Returns whether that trial was running here.
         """
-        running = self._running
+        running = self._current()
         if running is None or running.trial_id != trial_id or running.cancel_reason is not None:
             return False
         running.cancel_reason = reason
+        self._cancel_reasons[running.index] = reason  # its outcome may come back after the child moved on
         running.cancel_deadline = time.monotonic() + self.config.cancel_grace_s
-        self._cancel.set()
+        self._signals.cancel(running.index)
         self._poke()
         return True
 
+    def skip(self, trial_id: str) -> bool:
+        """Do not train ``trial_id`` if it waits in the running batch (its experiment was cancelled).
+
+        Its outcome is then ``None`` (nothing to report). Returns whether it was waiting: a trial
+        that has started already is :meth:`cancel`'s business.
+        """
+        running = self._current()
+        if running is None or trial_id not in self._batch:
+            return False
+        index = self._batch.index(trial_id)
+        if index <= running.index:
+            return False
+        self._skipping.add(trial_id)  # a child killed for an earlier trial: its successor skips it too
+        self._signals.skip(index)
+        return True
+
+    def stop_between_trials(self) -> None:
+        """Start no further trial of a batch once the running one ends (the runner is stopping):
+        :meth:`run_batch` then raises :class:`TrialAbortedError` for the rest."""
+        self._stop_between = True
+        self._signals.stop()
+
     def abort(self) -> bool:
         """Abandon the running trial now (shutdown): :meth:`run` raises :class:`TrialAbortedError`."""
-        if self._running is None:
+        running = self._current()
+        if running is None:
             return False
-        self._running.aborted = True
+        running.aborted = True
         self._poke()
         return True
 
@@ -437,70 +577,185 @@ class TrialWorker:
         trained for ``folds_after_s`` (0: all of them): a fast trial's fold scores come with its
         outcome instead of a message each (a trial stopped from outside before then reports none).
         """
-        await self.start()
-        assert self._conn is not None
-        running = _Running(
-            request.trial_id,
-            rungs=request.spec.search.resource is not None,
-            steps=request.spec.model.trainer is not None,
-            memory_limit_mb=trial_memory_mb(request, self.config.memory_limit_mb),
+        outcomes: list[TrialOutcome | None] = []
+
+        def _fold(_index: int, fold: int, value: float) -> Awaitable[bool | None] | bool | None:
+            assert on_fold is not None
+            return on_fold(fold, value)
+
+        await self.run_batch(
+            [request],
+            on_fold=None if on_fold is None else _fold,
+            on_outcome=lambda _index, outcome: outcomes.append(outcome),
+            timeout=timeout,
+            folds_after_s=folds_after_s,
         )
-        self._running = running
-        self._cancel.clear()
+        outcome = outcomes[0]
+        assert outcome is not None  # only a batch's later trials can be skipped
+        return outcome
+
+    async def run_batch(
+        self,
+        requests: Sequence[TrialRequested],
+        *,
+        on_outcome: Callable[[int, TrialOutcome | None], None],
+        on_fold: BatchOnFold | None = None,
+        timeout: float | None = None,
+        folds_after_s: float = 0.0,
+    ) -> None:
+        """Train ``requests`` (one experiment's) one after the other, each within ``timeout`` and the memory limit.
+
+        They cross the pipe in one message; ``on_outcome(i, outcome)`` is called as each one's
+        outcome arrives (``None``: skipped, see :meth:`skip`), ``on_fold(i, fold, value)`` as
+        :meth:`run`'s ``on_fold``. A trial over a limit is failed, its child killed, and the
+        rest go on in a new child. :class:`WorkerCrashedError` and :class:`TrialAbortedError`
+        carry ``index``, the trial they stopped at (the outcomes before it were delivered).
+        """
+        delivered: set[int] = set()
+
+        def deliver(index: int, outcome: TrialOutcome | None) -> None:
+            delivered.add(index)
+            on_outcome(index, outcome)
+
+        try:
+            while len(delivered) < len(requests):
+                pending = [i for i in range(len(requests)) if i not in delivered]
+                await self._run_in_child(requests, pending, deliver, on_fold, timeout, folds_after_s)
+        finally:
+            self._skipping.clear()
+
+    async def _run_in_child(
+        self,
+        requests: Sequence[TrialRequested],
+        pending: list[int],
+        deliver: Callable[[int, TrialOutcome | None], None],
+        on_fold: BatchOnFold | None,
+        timeout: float | None,
+        folds_after_s: float,
+    ) -> None:
+        """Send the ``pending`` trials (those sharing the first one's spec) to the child and take their outcomes.
+
+        Returns once they are all delivered, or after a trial broke a limit (its child is killed;
+        the caller sends what has no outcome yet to a new child).
+        """
+        try:
+            await self.start()
+        except WorkerCrashedError as exc:
+            raise _at(exc, pending[0]) from None
+        conn = self._conn
+        assert conn is not None
+        spec = requests[pending[0]].spec
+        sent = [pending[0]]  # the batch sent: indices into requests
+        for i in pending[1:]:
+            if requests[i].spec is not spec:  # the spec goes once per message: another spec, another message
+                break
+            sent.append(i)
+        batch = [requests[i] for i in sent]
+        self._signals.clear()
+        if self._stop_between:
+            self._signals.stop()
+        self._batch = [r.trial_id for r in batch]
+        self._batch_requests = batch
+        self._cancel_reasons = {}
+        for index, trial_id in enumerate(self._batch):
+            if trial_id in self._skipping:
+                self._signals.skip(index)
         self._woken = False
-        started = running.memory_sampled_at = time.monotonic()
-        deadline = started + timeout if timeout is not None else None
+        now = time.monotonic()
+        running = self._begin(batch[0], 0, now, now)
+        done = 0
         try:
             # The spec goes once per child and experiment: a batch's trials share the same object.
-            sent = self._spec_sent
+            spec_sent = self._spec_sent
             spec_json = (
-                None if sent is not None and sent[0] is self._conn and sent[1] is request.spec else request.spec.model_dump_json()
+                None if spec_sent is not None and spec_sent[0] is conn and spec_sent[1] is spec else spec.model_dump_json()
             )
-            self._conn.send((request.model_dump_json(exclude={"spec"}), spec_json, None if on_fold is None else folds_after_s))
-            self._spec_sent = (self._conn, request.spec)
+            conn.send(
+                ([r.model_dump_json(exclude={"spec"}) for r in batch], spec_json, None if on_fold is None else folds_after_s)
+            )
+            self._spec_sent = (conn, spec)
             while True:
-                limit = self._check_limits(running, deadline, started)
+                running = self._current() or running
+                limit = self._check_limits(running, timeout)
                 if limit is not None:
                     self._discard()
-                    return limit
+                    deliver(sent[running.index], limit)
+                    return  # the rest (and any outcome the child had not sent yet) in a new child
                 message = await self._receive(deadline=time.monotonic() + MEMORY_POLL_S)
                 if message is None:
                     continue
                 kind = message[0]
-                if kind == "fold":
-                    fold, value = int(message[1]), float(message[2])
+                if kind == "outcomes":
+                    for item in message[1]:
+                        outcome = None
+                        if item[0] == "done":
+                            outcome = TrialOutcome(**dict(item[2]))
+                            outcome.status = TrialStatus(outcome.status)
+                            reason = self._cancel_reasons.get(item[1])
+                            if reason is not None and outcome.status is TrialStatus.PRUNED:
+                                outcome.error = reason
+                        deliver(sent[item[1]], outcome)
+                        done += 1
+                    last = message[2]
+                    if last is not None and last[0] == "stopped":
+                        raise _at(
+                            TrialAbortedError(f"trial {batch[last[1]].trial_id} handed back: the runner is stopping"),
+                            sent[last[1]],
+                        )
+                    if last is not None:  # ("error", index, reason): the data could not be loaded
+                        raise _at(WorkerCrashedError(str(last[2])), sent[last[1]])
+                    if done == len(batch):
+                        return
+                elif kind == "fold":
+                    index, fold, value = int(message[1]), int(message[2]), float(message[3])
+                    running = self._current() or running  # the child wrote its progress before this message
                     running.stages.append(value)
                     stop: bool | None = None
                     try:
                         if on_fold is not None:
-                            result = on_fold(fold, value)
+                            result = on_fold(sent[index], fold, value)
                             stop = await result if isinstance(result, Awaitable) else result
                     finally:
-                        if awaits_verdict(request, fold):  # the child is waiting: always answer
+                        if awaits_verdict(batch[index], fold):  # the child is waiting: always answer
                             with contextlib.suppress(OSError, BrokenPipeError):
-                                self._conn.send(("verdict", bool(stop)))
-                elif kind == "done":
-                    values = dict(message[1])
-                    outcome = TrialOutcome(**values)
-                    outcome.status = TrialStatus(outcome.status)
-                    if running.cancel_reason is not None and outcome.status is TrialStatus.PRUNED:
-                        outcome.error = running.cancel_reason
-                    return outcome
-                elif kind == "error":
-                    raise WorkerCrashedError(str(message[1]))
+                                conn.send(("verdict", bool(stop)))
                 elif kind == "eof":
                     code = self._exitcode()
                     self._discard()
+                    running = self._current() or running
                     if running.aborted:
-                        raise TrialAbortedError(f"trial {request.trial_id} abandoned: the runner is stopping")
-                    raise WorkerCrashedError(f"the training process died ({code})")
+                        raise _at(
+                            TrialAbortedError(f"trial {running.trial_id} abandoned: the runner is stopping"), sent[running.index]
+                        )
+                    raise _at(WorkerCrashedError(f"the training process died ({code})"), sent[running.index])
+        except (TrialAbortedError, WorkerCrashedError) as exc:
+            if not hasattr(exc, "index"):
+                _at(exc, sent[running.index])
+            raise
         finally:
             self._running = None
-            self._cancel.clear()
+            self._batch, self._batch_requests = [], []
+            self._signals.clear()
 
-    def _check_limits(self, running: _Running, deadline: float | None, started: float) -> TrialOutcome | None:
-        """A final outcome if a limit is hit (the caller kills the child), else ``None``."""
+    def _begin(self, request: TrialRequested, index: int, started: float, memory_sampled_at: float) -> _Running:
+        """Make ``request`` (trial ``index`` of the child's batch, started at ``started``) the running trial."""
+        running = _Running(
+            request.trial_id,
+            index=index,
+            started=started,
+            rungs=request.spec.search.resource is not None,
+            steps=request.spec.model.trainer is not None,
+            memory_limit_mb=trial_memory_mb(request, self.config.memory_limit_mb),
+            memory_sampled_at=memory_sampled_at,
+        )
+        self._running = running
+        return running
+
+    def _check_limits(self, running: _Running, timeout: float | None) -> TrialOutcome | None:
+        """A final outcome if the running trial hit a limit (the caller kills the child), else ``None``."""
         now = time.monotonic()
+        started = running.started
+        deadline = started + timeout if timeout is not None else None
         elapsed = now - started
         if running.aborted:
             self._discard()

@@ -111,6 +111,26 @@ def test_build_applies_fixed_then_params_and_seed() -> None:
     assert build_estimator(model, {}, ALLOWED).random_state is None
 
 
+class RecordingSVC(SVC):
+    """An SVC with a ``set_params`` of its own, which records its calls (build_estimator must go through it)."""
+
+    calls: list[dict[str, object]] = []
+
+    def set_params(self, **params: object) -> RecordingSVC:
+        RecordingSVC.calls.append(params)
+        return super().set_params(**params)
+
+
+def test_build_sets_what_set_params_would_and_goes_through_an_estimators_own_set_params() -> None:
+    model = ModelSpec(estimator="sklearn.svm.SVC", fixed={"kernel": "poly"})
+    built = build_estimator(model, {"C": 0.5}, ALLOWED, 2, seed=3)
+    assert built.get_params() == SVC().set_params(kernel="poly", C=0.5, random_state=3).get_params()
+    RecordingSVC.calls.clear()
+    own = ModelSpec(estimator="tests.ml.test_estimators.RecordingSVC")
+    assert build_estimator(own, {"C": 0.5}, [*ALLOWED, "tests.ml."], seed=3).C == 0.5
+    assert RecordingSVC.calls == [{"C": 0.5, "random_state": 3}]
+
+
 def test_build_keeps_a_random_state_the_user_set() -> None:
     fixed = ModelSpec(estimator="sklearn.ensemble.RandomForestClassifier", fixed={"random_state": 3})
     assert build_estimator(fixed, {}, ALLOWED, seed=11).random_state == 3

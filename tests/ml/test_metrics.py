@@ -169,6 +169,12 @@ def _label_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
     cases.append(("text labels as objects", words[yi].astype(object), np.roll(words[yi], 3).astype(object)))
     cases.append(("booleans", rng.random(30) < 0.5, rng.random(30) < 0.5))
     cases.append(("float labels", rng.integers(0, 3, 30).astype(float), rng.integers(0, 3, 30).astype(float)))
+    # Integer labels in [0, 1024) are counted without np.unique: gaps, other widths, and the ones left to it.
+    gaps = np.array([2, 5, 9])[rng.integers(0, 3, 40)]
+    cases.append(("integer labels with gaps", gaps, np.where(rng.random(40) < 0.3, 7, gaps)))
+    cases.append(("unsigned bytes", gaps.astype(np.uint8), np.roll(gaps, 5).astype(np.uint8)))
+    cases.append(("negative labels", gaps - 6, np.roll(gaps, 2) - 6))
+    cases.append(("labels past 1023", gaps * 1000, np.roll(gaps, 1) * 1000))
     return cases
 
 

@@ -293,3 +293,27 @@ def test_a_service_serves_prometheus_metrics(nats, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_a_batch_of_results_is_counted_trial_by_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tweakline.observability import domain
+    from tweakline.proto.messages import TrialCompleted, TrialRecord
+
+    counted: list[tuple[str, float]] = []
+
+    class Recorder:
+        def add(self, amount: int, attrs: dict[str, str]) -> None:
+            counted.append((attrs["status"], float(amount)))
+
+        def record(self, value: float, attrs: dict[str, str]) -> None:
+            counted.append((attrs["status"], value))
+
+    monkeypatch.setattr(domain, "TRIALS", Recorder())
+    monkeypatch.setattr(domain, "TRIAL_DURATION", Recorder())
+    first = TrialCompleted(experiment_id="e", trial_id="e.0", number=0, status="ok", params={}, duration_s=1.5)
+    rest = [
+        TrialRecord.from_result(first.model_copy(update={"trial_id": f"e.{n}", "number": n, "status": s, "duration_s": d}))
+        for n, s, d in ((1, "failed", 0.25), (2, "pruned", 0.5))
+    ]
+    telemetry.observe_published(first.model_copy(update={"batch": rest}))
+    assert counted == [("ok", 1.0), ("ok", 1.5), ("failed", 1.0), ("failed", 0.25), ("pruned", 1.0), ("pruned", 0.5)]

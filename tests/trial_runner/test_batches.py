@@ -104,14 +104,9 @@ async def test_every_trial_of_a_batch_is_reported_once_then_the_request_is_acked
 
 async def test_a_runner_stopping_mid_batch_keeps_what_finished_and_hands_the_rest_back(served) -> None:
     runner, results, watcher = served.runner, served.results, served.watcher
-    run_one = runner._run_one
-
-    async def then_stop(*args: Any, **kwargs: Any) -> Any:
-        outcome = await run_one(*args, **kwargs)
-        runner.stopping = True  # SIGTERM arrives while the first trial trains
-        return outcome
-
-    runner._run_one = then_stop  # type: ignore[method-assign]
+    # SIGTERM arrives once the request is taken: the batch is in the child, which reads the stop
+    # (shared memory, TrialRunner.stop sets it) before its next trial; the first one always runs.
+    runner.worker.stop_between_trials()
     delivered = Request()
     await runner.on_trial_requested(batch("batch-stop", 3), delivered)
     assert delivered.acks == ["nack"], "handed back for another runner, not acknowledged"

@@ -16,6 +16,7 @@ Parameter names in the tweak file are the estimator's own (``C``), never the pip
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -154,10 +155,16 @@ def _configure(estimator: BaseEstimator, *layers: Mapping[str, Any], seed: int |
     """Check every name of ``layers`` (in order: the first unknown one is reported), then set them,
     a later layer winning, plus the platform's seed and threads: one ``set_params`` call.
 
-    scikit-learn inspects the constructor's signature on every ``get_params``; a trivial trial
-    builds an estimator per fold, so this asks once instead of once per layer.
+    scikit-learn inspects the constructor's signature on every ``get_params`` (and ``set_params``
+    asks again); a trivial trial builds an estimator per fold, so a plain estimator's names are
+    read once per class (:func:`_param_names`) and set as ``set_params`` would, one by one.
     """
-    known = estimator.get_params(deep=True)
+    plain = _param_names(type(estimator))
+    if plain is not None and not any("__" in name for values in layers for name in values):
+        known: Mapping[str, Any] | frozenset[str] = plain
+    else:  # nested names (step__param) or an estimator with its own get_params/set_params
+        plain = None
+        known = estimator.get_params(deep=True)
     user: dict[str, Any] = {}
     for values in layers:
         for name in values:
@@ -169,8 +176,32 @@ def _configure(estimator: BaseEstimator, *layers: Mapping[str, Any], seed: int |
         platform["random_state"] = seed
     if n_jobs is not None and "n_jobs" in known:
         platform["n_jobs"] = n_jobs
-    if user or platform:
-        estimator.set_params(**{**user, **platform})  # the platform's threads win over a tweak file's
+    if not (user or platform):
+        return
+    values = {**user, **platform}  # the platform's threads win over a tweak file's
+    if plain is None:
+        estimator.set_params(**values)
+        return
+    for name, value in values.items():  # BaseEstimator.set_params does this for a name without "__"
+        setattr(estimator, name, value)
+
+
+@functools.cache
+def _param_names(cls: type) -> frozenset[str] | None:
+    """The constructor parameters of ``cls`` if it keeps scikit-learn's own ``get_params``/``set_params``
+    (so they are exactly its parameters, and ``set_params`` sets each as an attribute); else ``None``."""
+    if not (
+        isinstance(cls, type)
+        and issubclass(cls, BaseEstimator)
+        and cls.get_params is BaseEstimator.get_params
+        and cls.set_params is BaseEstimator.set_params
+        and getattr(cls._get_param_names, "__func__", None) is BaseEstimator._get_param_names.__func__
+    ):
+        return None
+    try:
+        return frozenset(cls._get_param_names())
+    except Exception:  # e.g. a constructor with *args: get_params will say so
+        return None
 
 
 def _top_level(estimator: BaseEstimator) -> list[str]:

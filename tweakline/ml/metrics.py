@@ -80,9 +80,9 @@ class _Scores:
                 tp = np.diag(table).astype(float)
                 predicted, actual = table.sum(axis=0), table.sum(axis=1)
                 self._prf = (
-                    float(np.mean(_ratio(tp, predicted))),
-                    float(np.mean(_ratio(tp, actual))),
-                    float(np.mean(_ratio(2 * tp, predicted + actual))),
+                    _mean(_ratio(tp, predicted)),
+                    _mean(_ratio(tp, actual)),
+                    _mean(_ratio(2 * tp, predicted + actual)),
                 )
         return self._prf
 
@@ -127,10 +127,27 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
+def _mean(values: np.ndarray) -> float:
+    """``np.mean`` of a 1-d float array, without its per-call overhead (the same sum, divided the same way)."""
+    return float(values.sum() / values.size)
+
+
+# Integer labels in [0, this) are counted straight into a table, without sorting them first.
+_SMALL_LABELS = 1024
+
+
 def _confusion(y: np.ndarray, pred: np.ndarray) -> np.ndarray | bool:
     """Confusion matrix over the sorted union of labels, or ``False`` to leave it to scikit-learn."""
     if y.ndim != 1 or pred.ndim != 1 or y.shape != pred.shape or y.size == 0:
         return False
+    if y.dtype.kind in "iu" and pred.dtype.kind in "iu":  # class indices: no np.unique (a sort) per fold
+        yi, pi = y.astype(np.intp, copy=False), pred.astype(np.intp, copy=False)
+        low, high = min(yi.min(), pi.min()), max(yi.max(), pi.max())
+        if low >= 0 and high < _SMALL_LABELS:
+            k = int(high) + 1
+            table = np.bincount(yi * k + pi, minlength=k * k).reshape(k, k)
+            present = np.flatnonzero(table.sum(axis=0) + table.sum(axis=1))  # the labels seen, sorted
+            return table if present.size == k else table[np.ix_(present, present)]
     kinds = {y.dtype.kind, pred.dtype.kind}
     if kinds <= set("biu") or (kinds <= set("biuf") and np.isfinite(y).all() and np.isfinite(pred).all()):
         pass  # numbers: compared by value, as scikit-learn does
@@ -160,7 +177,7 @@ def _balanced_accuracy(s: _Scores, y: np.ndarray) -> float:
         return float(_skm().balanced_accuracy_score(y, s.pred))
     actual = table.sum(axis=1)
     present = actual > 0  # a label only ever predicted has no recall (scikit-learn leaves it out too)
-    return float(np.mean(np.diag(table)[present] / actual[present]))
+    return _mean(np.diag(table)[present] / actual[present])
 
 
 def _roc_auc(s: _Scores, y: np.ndarray) -> float | None:

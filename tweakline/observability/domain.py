@@ -123,7 +123,7 @@ def observe_published(message: Any) -> None:
     )
 
     if isinstance(message, TrialCompleted):
-        for result in message.results():  # a batch's results are counted one by one
+        for result in (message, *message.batch):  # a batch's results are counted one by one (no copies)
             attrs = {"status": result.status.value}
             TRIALS.add(1, attrs)
             TRIAL_DURATION.record(result.duration_s, attrs)

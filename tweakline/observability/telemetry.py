@@ -39,6 +39,7 @@ from tweakline.observability.tracing import (
     current_traceparent,
     inject_headers,
     mark_error,
+    past_span,
     span,
     trace_id_of,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "mark_error",
     "observe_dead_letter",
     "observe_published",
+    "past_span",
     "publish_span",
     "setup_logging",
     "setup_telemetry",

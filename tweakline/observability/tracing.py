@@ -19,10 +19,22 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 import tweakline
 from tweakline.observability.attributes import EXPERIMENT_ID, INSTRUMENTATION, RELEASE, TRIAL_ID, handled_ids, log_ids
 
+# (global provider, its tracer): get_tracer builds a new tracer and scope on every call, which
+# was a third of a batch's per-trial span in the runner's profile (docs/benchmarks.md).
+_tracer: tuple[object, trace.Tracer] | None = None
+
 
 def tracer() -> trace.Tracer:
-    """The tracer for tweakline's own spans."""
-    return trace.get_tracer(INSTRUMENTATION, tweakline.__version__)
+    """The tracer for tweakline's own spans (made once per global tracer provider)."""
+    global _tracer
+    provider = trace.get_tracer_provider()
+    cached = _tracer
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    made = trace.get_tracer(INSTRUMENTATION, tweakline.__version__)
+    if not isinstance(made, trace.ProxyTracer):  # a proxy follows a provider set later: not worth keeping
+        _tracer = (provider, made)
+    return made
 
 
 def current_traceparent() -> str | None:
@@ -97,6 +109,22 @@ def span(
             yield current_span
         finally:
             handled_ids.reset(token)
+
+
+def past_span(
+    name: str,
+    *,
+    started_ns: int,
+    experiment_id: str | None = None,
+    trial_id: str | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> Span:
+    """A span of work that already began at ``started_ns`` (``time.time_ns``), under the current span.
+
+    For work timed elsewhere (a batch's trial, trained in the runner's child): the caller ends it
+    with ``span.end(end_time=...)``. It is not made current.
+    """
+    return tracer().start_span(name, start_time=started_ns, attributes=_attributes(experiment_id, trial_id, None, attributes))
 
 
 def mark_error(current_span: Span, message: str) -> None:
