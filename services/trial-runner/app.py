@@ -27,7 +27,7 @@ def create_app(settings: Settings) -> FastStream:
     router = NatsRouter()
     ctx.subscribe(
         router,
-        runner.on_trial,
+        runner.on_trial_requested,
         # Only this runner's pool's trials (TWEAKLINE_RUNNER_POOL): its own durable consumer.
         **pool_subscription(settings.runner_pool, batch_size=1),
         ack_policy=AckPolicy.MANUAL,

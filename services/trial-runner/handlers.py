@@ -110,15 +110,6 @@ class TrialRunner:
         except Exception:
             log.debug("could not publish progress of %s", request.trial_id, exc_info=True)
 
-    async def on_trial(self, request: TrialRequested) -> None:
-        """The work queue's subscriber: :meth:`on_trial_requested` with the message being handled.
-
-        The message comes from FastStream's context rather than a ``msg: NatsMessage`` parameter:
-        FastStream 0.7 resolves such a parameter in a worker thread (a thread hop per request,
-        on the dispatch-to-result path; profiled in docs/benchmarks.md).
-        """
-        await self.on_trial_requested(request, self.ctx.broker.context.get_local("message"))
-
     async def on_trial_requested(self, request: TrialRequested, msg: NatsMessage) -> None:
         """Run the request's trials (one, or a batch of fast ones) and publish each result before acknowledging."""
         if self.stopping:  # shutting down: leave it to another runner

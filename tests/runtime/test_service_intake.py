@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 import pytest
 from faststream import FastStream
 from faststream.nats import JStream, NatsMessage, NatsRouter, TestNatsBroker
@@ -195,6 +196,8 @@ class Recorded:
     payloads: list[BaseModel]
     letters: list[DeadLetter]
     rejected: list[bytes]
+    messages: list[Any] = field(default_factory=list)  # what each handler call got as its ``msg``
+    hops: list[Any] = field(default_factory=list)  # functions run in a worker thread meanwhile
 
 
 async def _publish(
@@ -205,6 +208,7 @@ async def _publish(
 
     async def handler(self: Any, body: BaseModel, msg: NatsMessage) -> None:
         recorded.payloads.append(body)
+        recorded.messages.append(msg)
 
     # The recorder keeps the real handler's name and payload type (what the app registers).
     handler.__name__ = case.handler
@@ -217,6 +221,13 @@ async def _publish(
         await original_reject(self)
 
     monkeypatch.setattr(StreamNatsMessage, "reject", reject)
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        recorded.hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
 
     app = case.create_app(nats.settings(case.identity, max_payload_bytes=LIMIT))
     letters = NatsRouter()
@@ -243,6 +254,11 @@ async def test_a_good_payload_reaches_the_typed_handler(nats, monkeypatch: pytes
     recorded = await _publish(nats, monkeypatch, case, case.good)
     assert recorded.payloads == [case.good]
     assert recorded.letters == [] and recorded.rejected == []
+    # The handler's msg is the message it handles, handed over without a worker-thread hop
+    # (FastStream 0.7 resolves a msg parameter in a thread; ServiceContext.subscribe avoids it).
+    [msg] = recorded.messages
+    assert isinstance(msg, StreamNatsMessage) and type(case.good).model_validate_json(msg.body) == case.good
+    assert recorded.hops == [], f"the message went through a worker thread: {recorded.hops}"
 
 
 @pytest.mark.parametrize("kind", MALFORMED)
@@ -294,6 +310,11 @@ def test_a_handler_without_a_payload_model_is_refused(nats) -> None:
 
     with pytest.raises(TypeError, match="untyped: first parameter is .*expected a pydantic model"):
         ctx.subscribe(NatsRouter(), untyped, subject="x")
+
+    async def extra(progress: TrialProgress, msg: NatsMessage, other: int) -> None: ...
+
+    with pytest.raises(TypeError, match="extra: after its payload it may take only 'msg: NatsMessage'"):
+        ctx.subscribe(NatsRouter(), extra, subject="x")
 
 
 async def test_no_message_is_handled_before_the_start_hooks_finish(nats) -> None:

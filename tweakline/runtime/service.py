@@ -229,10 +229,38 @@ class ServiceContext:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"handler {handler.__name__}: first parameter is {model!r}, expected a pydantic model (its payload)")
         self.payloads[handler.__name__] = model
+        if len(parameters) > 1:
+            handler = self._with_message(handler, model, parameters[1:])
         if "pull_sub" in subscription:
             # nats-py gives pull subscriptions the default "_INBOX." unless told: use this identity's own.
             subscription.setdefault("inbox_prefix", f"{inbox_prefix(self.settings.principal())}.".encode())
         router.subscriber(**subscription)(handler)
+
+    def _with_message(
+        self, handler: Callable[..., Awaitable[None]], model: type[BaseModel], rest: list[inspect.Parameter]
+    ) -> Callable[..., Awaitable[None]]:
+        """``handler(payload, msg)`` as a subscriber of the payload alone, handed the message from the broker's context.
+
+        FastStream 0.7 resolves a ``msg: NatsMessage`` parameter in a worker thread (fast_depends runs
+        a context field's sync resolver through ``anyio.to_thread``): a thread hop per message, on
+        every hot path (trial requests, results). The message is the same object either way.
+        """
+        if len(rest) != 1 or rest[0].annotation is not NatsMessage:
+            raise TypeError(f"handler {handler.__name__}: after its payload it may take only 'msg: NatsMessage'")
+        broker = self.broker
+
+        async def subscriber(payload: BaseModel) -> None:
+            # Read at call time: the app, made after the subscribers, gives the broker its context.
+            await handler(payload, broker.context.get_local("message"))
+
+        subscriber.__name__ = subscriber.__qualname__ = handler.__name__
+        subscriber.__doc__ = handler.__doc__
+        # The payload's model, as FastStream reads it from the signature (decoding, AsyncAPI).
+        subscriber.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("payload", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=model)]
+        )
+        subscriber.__annotations__ = {"payload": model, "return": None}
+        return subscriber
 
     @property
     def js(self) -> JetStreamContext:
