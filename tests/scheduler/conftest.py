@@ -26,7 +26,21 @@ async def idle_scheduler(nats) -> AsyncIterator[Scheduler]:
 
 
 @pytest.fixture
-async def scheduler(idle_scheduler: Scheduler) -> Scheduler:
-    """A started scheduler on the real bus."""
+async def scheduler(idle_scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch) -> Scheduler:
+    """A started scheduler on the real bus, which takes every experiment submitted to it.
+
+    The session's server keeps earlier tests' experiments and scheduler registrations: started, this
+    scheduler claims the orphaned ones, and its fair share would then leave a new submission to a
+    "less busy" scheduler that has gone (how many it claimed depends on test order). Fair sharing is
+    tested with several schedulers of their own (tests/scheduler/test_ownership.py, the fault tier).
+    """
     await idle_scheduler.start()
+    ownership = idle_scheduler.ownership
+    assert ownership is not None
+    acquire = ownership.acquire
+
+    async def unfair(experiment_id: str, *, fair: bool = False) -> bool:
+        return await acquire(experiment_id)
+
+    monkeypatch.setattr(ownership, "acquire", unfair)
     return idle_scheduler
