@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from faststream.nats import NatsMessage
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # After the deadline, results still in flight are awaited this long before closing anyway.
 DEADLINE_GRACE = timedelta(seconds=60)
+# How long a thread holding the GIL runs before handing it to one that waits (Python's default: 5 ms).
+SWITCH_INTERVAL_S = 0.0005
 
 
 class Scheduler:
@@ -59,6 +63,11 @@ class Scheduler:
         self._ticker: asyncio.Task[None] | None = None
         self.lineage: LineageStore | None = None
         self.ownership: Ownership | None = None  # leases: several schedulers share the experiments
+        # Costly samplers (TPE's ask grows with history) ask here, one at a time: they share the
+        # GIL with the event loop, and one thread leaves the loop half of it where a thread per
+        # experiment left it a quarter with three TPE experiments (docs/benchmarks.md, "Sampler cost").
+        self._sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler")
+        self._switch_interval: float | None = None  # the process's own, put back at stop
 
     def _lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
@@ -79,6 +88,11 @@ class Scheduler:
             # and a silent feed is read again (harmless) rather than waited on forever.
             in_flight=lambda exp_id: bool(exp_id not in self.runs or self.runs[exp_id][0].in_flight()),
         )
+        # The event loop waits for the GIL each time it wakes while the sampler thread runs TPE:
+        # 0.5 ms instead of Python's 5 ms hands it back sooner (a random experiment's dispatch
+        # next to three TPE ones: p50 11-12 ms instead of 15-21; docs/benchmarks.md, "Sampler cost").
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         await self.ownership.claim()  # resume what is ours before any message is handled
         self.ownership.start()
         self._ticker = asyncio.create_task(self._tick())
@@ -118,6 +132,10 @@ class Scheduler:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        # The sampler thread is left to end with the process: stop hooks run before the broker
+        # closes, and a handler still finishing must be able to ask.
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
 
     async def _resume(self, state: ExperimentState, revision: int) -> None:
         run = ExperimentRun(state)
@@ -401,11 +419,13 @@ class Scheduler:
         if run.finished(now) or self._overdue(run, now):
             await self._close(exp_id, now=now)
             return
-        # The sampler (TPE's cost grows with history) runs off the event loop, so other
-        # experiments' results and acks keep flowing; the experiment's lock, held here,
-        # serialises every use of its study.
         size = run.batch_size(self.ctx.settings.trial_batch_max, self.ctx.settings.trial_batch_target_s)
-        issued = await asyncio.to_thread(run.next_trials, now, size)
+        if run.strategy.cheap:  # a random draw: cheaper than a hop to a thread and back
+            issued = run.next_trials(now, size)
+        else:
+            # A costly sampler asks off the event loop, so other experiments' results and acks keep
+            # flowing; the experiment's lock, held here, serialises every use of its study.
+            issued = await asyncio.get_running_loop().run_in_executor(self._sampler, run.next_trials, now, size)
         if issued:
             await self._save(exp_id)
             await self._publish_trials(run, [number for number, _ in issued], size)

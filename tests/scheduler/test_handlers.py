@@ -9,6 +9,7 @@ incoming messages are small stand-ins carrying what the handlers read (body, hea
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.bus import SERVICE_MAX_DELIVER, connect
+from tweakline.scheduler.engine import ExperimentRun
 from tweakline.scheduler.handlers import Scheduler
 
 
@@ -192,3 +194,41 @@ async def test_a_result_that_cannot_be_applied_on_its_last_delivery_is_dead_lett
         assert TrialCompleted.model_validate_json(letter.payload).number == 0  # the result itself is kept
     finally:
         await admin.close()
+
+
+async def test_a_costly_sampler_asks_in_the_sampler_thread_and_a_random_one_on_the_event_loop(
+    scheduler: Scheduler, monkeypatch
+) -> None:
+    # TPE's ask grows with history and shares the GIL with the loop: one sampler thread takes it
+    # off the loop. A random draw is cheaper than the hop, so it stays on the loop.
+    threads: dict[str, set[str]] = {}
+    next_trials = ExperimentRun.next_trials
+
+    def recording(run: ExperimentRun, *args: Any, **kwargs: Any) -> Any:
+        threads.setdefault(run.spec.search.algorithm, set()).add(threading.current_thread().name)
+        return next_trials(run, *args, **kwargs)
+
+    monkeypatch.setattr(ExperimentRun, "next_trials", recording)
+    random_id, random_intake = submission("cheap-ask", parallelism=2)
+    tpe = make_tweak(
+        "costly-ask",
+        search={"algorithm": "tpe", "seed": 0, "space": {"C": {"type": "float", "low": 0.1, "high": 10}}},
+        budget={"max_trials": 10, "parallelism": 2},
+    )
+    tpe_id = f"costly-ask-{uuid.uuid4().hex[:8]}"
+    tpe_intake = Delivered(
+        ExperimentSubmitted(experiment_id=tpe_id, tweak=tpe).model_dump_json().encode(),
+        subject_for(Subject.EXPERIMENT_SUBMITTED, tpe_id),
+    )
+    await submit(scheduler, random_intake)
+    await submit(scheduler, tpe_intake)
+    for exp_id in (random_id, tpe_id):  # a result each: the next asks come from the result path too
+        state = scheduler.runs[exp_id][0].state
+        await complete(
+            scheduler, Delivered(result_body(exp_id, 0, state.issued[0], 0.5), subject_for(Subject.TRIAL_COMPLETED, exp_id))
+        )
+        assert sorted(state.issued) == [0, 1, 2]
+
+    assert threads["random"] == {threading.main_thread().name}
+    assert len(threads["tpe"]) == 1, threads
+    assert next(iter(threads["tpe"])).startswith("sampler"), threads

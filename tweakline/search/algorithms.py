@@ -26,6 +26,9 @@ class SearchStrategy(ABC):
     """How the next parameters are chosen, given the trials so far."""
 
     name: ClassVar[str]
+    # Whether an ask costs next to nothing whatever the history (random draws, a grid, Sobol
+    # points): the scheduler then asks on its event loop instead of in its sampler thread.
+    cheap: ClassVar[bool] = False
 
     @abstractmethod
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -59,6 +62,7 @@ class RandomSearch(SearchStrategy):
     """Independent uniform (or log-uniform) draws: the baseline every search must beat."""
 
     name = "random"
+    cheap = True
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=search.seed)
@@ -79,6 +83,7 @@ class GridSearch(SearchStrategy):
     """Every combination of the listed values, in a seeded random order."""
 
     name = "grid"
+    cheap = True
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return _AskTellGridSampler(grid_values(search.space), seed=search.seed)
@@ -169,6 +174,7 @@ class QmcSearch(SearchStrategy):
     """Quasi-Monte-Carlo (scrambled Sobol): a space-filling random search."""
 
     name = "qmc"
+    cheap = True
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.QMCSampler(seed=search.seed, warn_independent_sampling=False)
