@@ -276,7 +276,7 @@ async def _run_experiment(
             outcome.trace_id = format(span.get_span_context().trace_id, "032x")
             # in CI, the branch and pull request (the deployer's environments rule); by hand, none
             await submit(nc, tweak, source_from_ci(str(file.resolve()), os.environ), exp_id)
-            stack.finish_start()  # what the first trial does not need (the evaluator), after the submission
+            stack.finish_start()  # what the first trial does not need (runners, deployer, evaluator), after the submission
             with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
                 await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
         if report is not None:

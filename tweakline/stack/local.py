@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
@@ -137,10 +138,11 @@ class LocalStack:
         self._abandoned = threading.Event()  # set by abandon(): a start under way gives up
         # False: the scheduler needs no scikit-learn to take the first submission (its check was
         # passed and recorded before: tweakline.validation.verdicts), so it is forked first, without
-        # waiting for the fork server's import of scikit-learn, and the services that wait for that
-        # import (the evaluator) are left to finish_start(), after the submission.
+        # waiting for the fork server's import of scikit-learn, and everything else (the runners,
+        # deployer and evaluator, which wait for that import) is left to finish_start(), after the
+        # submission.
         self.scheduler_preload = scheduler_preload
-        self._deferred: list[str] = []
+        self._deferred: list[Callable[[], None]] = []
 
     # -- settings for this stack's clients ---------------------------------------------------
 
@@ -218,23 +220,26 @@ class LocalStack:
             asyncio.run(self._topology())
             if not self.scheduler_preload:  # the first trial's path: the scheduler before anything else
                 self._spawn_schedulers()
-            # The next spawn waits for the fork server's import of every service's modules
-            # (PRELOADED); the others are forked from it at once and share those pages.
+            # The next spawn that preloads waits for the fork server's import of every service's
+            # modules (PRELOADED); the others are forked from it at once and share those pages.
+            rest: list[Callable[[], None]] = []
             index = 0
             for pool, count in self.pools.items():
                 for _ in range(count):
-                    self._go_on()
-                    self._spawn_runner(pool, index)
+                    rest.append(functools.partial(self._spawn_runner, pool, index))
                     index += 1
-            self._go_on()
-            self._spawn("deployer")
+            rest.append(functools.partial(self._spawn, "deployer"))
             if self.scheduler_preload:
-                self._spawn_schedulers()
-            self._go_on()
+                rest.append(self._spawn_schedulers)
+            rest.append(functools.partial(self._spawn, "evaluator"))
             if self.scheduler_preload or not self.forks:
-                self._spawn("evaluator")
+                for spawn in rest:
+                    self._go_on()
+                    spawn()
             else:
-                self._deferred.append("evaluator")
+                # The caller submits while finish_start() forks the rest: a trial request waits in
+                # the work queue for the first runner, and the evaluator is needed last.
+                self._deferred = rest
             if self.console_port is not None:
                 self._spawn_console()
             self._write_info()
@@ -249,14 +254,15 @@ class LocalStack:
             self._spawn("scheduler", index)
 
     def finish_start(self) -> None:
-        """Start what :meth:`start` left for later (the evaluator, when the scheduler went first); idempotent.
+        """Start what :meth:`start` left for later (all but the scheduler, when it went first); idempotent.
 
         Call it from the thread that called :meth:`start` (a service started without the fork
         server dies with that thread).
         """
         try:
             while self._deferred:
-                self._spawn(self._deferred.pop(0))
+                self._go_on()
+                self._deferred.pop(0)()
             self._write_info()
         except BaseException:
             self.stop()
