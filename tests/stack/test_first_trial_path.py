@@ -21,7 +21,7 @@ def test_the_scheduler_starts_alone_and_finish_start_forks_the_rest(tmp_path: Pa
     stack = LocalStack(tmp_path / "state", runners=2, scheduler_preload=False)
     try:
         stack.start()
-        assert _labels(stack) == ["scheduler"]
+        assert _labels(stack) == ["scheduler"] and stack.deferred
         stack.check()  # raises if a service died: the scheduler alone is a live stack
         listed = json.loads(stack.layout.info.read_text())
         assert list(listed["services"]) == ["scheduler"]
@@ -30,6 +30,7 @@ def test_the_scheduler_starts_alone_and_finish_start_forks_the_rest(tmp_path: Pa
         assert _labels(stack) == ["scheduler", "trial-runner-0", "trial-runner-1", "deployer", "evaluator"]
         listed = json.loads(stack.layout.info.read_text())
         assert list(listed["services"]) == _labels(stack), "tweakline status sees every service"
+        assert not stack.deferred
         stack.finish_start()  # idempotent
         assert len(stack.services) == 5
         stack.check()

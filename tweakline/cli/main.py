@@ -263,7 +263,7 @@ async def _run_experiment(
     from tweakline.observability.telemetry import setup_telemetry
     from tweakline.observability.telemetry import shutdown as telemetry_shutdown
     from tweakline.proto.permissions import Identity
-    from tweakline.reporting.console import ProgressView, decision_panel, leaderboard_table, out, print_json, summary
+    from tweakline.reporting.console import ProgressView, decision_panel, err, leaderboard_table, out, print_json, summary
     from tweakline.reporting.html import write_report
     from tweakline.runtime.bus import connect
 
@@ -276,7 +276,9 @@ async def _run_experiment(
             outcome.trace_id = format(span.get_span_context().trace_id, "032x")
             # in CI, the branch and pull request (the deployer's environments rule); by hand, none
             await submit(nc, tweak, source_from_ci(str(file.resolve()), os.environ), exp_id)
-            stack.finish_start()  # what the first trial does not need (runners, deployer, evaluator), after the submission
+            if stack.deferred:  # what the first trial does not need, after the submission: the runners, deployer, evaluator
+                with err.status(f"submitted {exp_id}; starting {stack.runners} runner(s)"):
+                    stack.finish_start()
             with ProgressView(outcome, tweak.spec.budget.max_trials) as view:
                 await follow(nc, outcome, view.update, timeout=timeout, alive=stack.check)
         if report is not None:

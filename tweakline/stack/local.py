@@ -253,6 +253,11 @@ class LocalStack:
             self._go_on()
             self._spawn("scheduler", index)
 
+    @property
+    def deferred(self) -> bool:
+        """Whether :meth:`start` left services for :meth:`finish_start`."""
+        return bool(self._deferred)
+
     def finish_start(self) -> None:
         """Start what :meth:`start` left for later (all but the scheduler, when it went first); idempotent.
 
