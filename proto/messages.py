@@ -332,14 +332,33 @@ class ExperimentState(Message):
     )
 
 
+# The share of the bus's message limit (TWEAKLINE_MAX_PAYLOAD_BYTES, 1 MiB by default) that an
+# ExperimentCompleted's trial records may take: it is one message, and an experiment may run
+# 100,000 trials. The whole leaderboard stays in the experiment's state.
+COMPLETED_TRIALS_SHARE = 0.25
+
+
 class ExperimentCompleted(Message):
-    """Scheduler -> evaluator: the finished search."""
+    """Scheduler -> evaluator: the finished search.
+
+    ``trials`` is the leaderboard, best first: every trial, or only its first ones (and the
+    Pareto front's) when all of them would take more than :data:`COMPLETED_TRIALS_SHARE` of the
+    message limit; :attr:`total` and :attr:`ok` count them all.
+    """
 
     experiment_id: ExperimentId
     tweak: Annotated[TweakFile, SetOnly]
     source: Source = Field(default_factory=Source)
     status: ExperimentStatus
-    trials: list[TrialRecord]
+    trials: list[TrialRecord] = Field(
+        description="The leaderboard, best first: all of it, or its first trials when all would not fit."
+    )
+    trials_total: int | None = Field(
+        default=None,
+        ge=0,
+        description="How many trials ran (None from a scheduler older than this field: every trial is listed).",
+    )
+    trials_ok: int | None = Field(default=None, ge=0, description="How many of them succeeded (None: count the listed ones).")
     best: TrialRecord | None = None
     started_at: datetime
     finished_at: datetime = Field(default_factory=utcnow)
@@ -349,6 +368,16 @@ class ExperimentCompleted(Message):
         default_factory=list, description="With secondary objectives: numbers of the non-dominated trials."
     )
     feasible: int | None = Field(default=None, description="With gate thresholds: trials whose CV metrics met every threshold.")
+
+    @property
+    def total(self) -> int:
+        """How many trials the experiment ran (``trials`` may list only the leaderboard's first ones)."""
+        return len(self.trials) if self.trials_total is None else self.trials_total
+
+    @property
+    def ok(self) -> int:
+        """How many of them succeeded."""
+        return sum(t.status is TrialStatus.OK for t in self.trials) if self.trials_ok is None else self.trials_ok
 
 
 class Decision(StrEnum):

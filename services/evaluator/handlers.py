@@ -32,7 +32,6 @@ from tweakline.proto.messages import (
     ExperimentStatus,
     Holdout,
     ReleaseHistory,
-    TrialStatus,
     msg_id,
 )
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
@@ -96,8 +95,8 @@ class Evaluator:
             deploy=spec.deploy,
             estimator=spec.model.name,
             source=completed.source,
-            trials_total=len(completed.trials),
-            trials_ok=sum(t.status is TrialStatus.OK for t in completed.trials),
+            trials_total=completed.total,
+            trials_ok=completed.ok,
         )
 
     async def _production(self, release: str) -> tuple[object, int, Holdout | None] | None:
@@ -256,6 +255,6 @@ class Evaluator:
             deploy=spec.deploy,
             estimator=spec.model.name,
             source=completed.source,
-            trials_total=len(completed.trials),
-            trials_ok=sum(t.status is TrialStatus.OK for t in completed.trials),
+            trials_total=completed.total,
+            trials_ok=completed.ok,
         )

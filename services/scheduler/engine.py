@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tweakline.proto.messages import (
+    COMPLETED_TRIALS_SHARE,
     ExperimentCompleted,
     ExperimentState,
     ExperimentStatus,
@@ -352,8 +354,12 @@ class ExperimentRun:
 
         return sorted(n for n, p in points.items() if not dominated(p))
 
-    def complete(self, now: datetime | None = None, message: str | None = None) -> ExperimentCompleted:
-        """Close the experiment and describe it for the evaluator."""
+    def complete(
+        self, now: datetime | None = None, message: str | None = None, max_payload: int = 1_048_576
+    ) -> ExperimentCompleted:
+        """Close the experiment and describe it for the evaluator, in one message of at most
+        about ``max_payload`` bytes (the bus's limit: its trials are the leaderboard's first ones
+        when all would not fit)."""
         best = self.best()
         ok = [r for r in self.state.results.values() if r.status is TrialStatus.OK]
         self.state.status = ExperimentStatus.COMPLETED if best is not None else ExperimentStatus.FAILED
@@ -362,17 +368,41 @@ class ExperimentRun:
             errors = {r.error for r in self.state.results.values() if r.error}
             message = "no trial succeeded" + (f"; errors: {'; '.join(sorted(errors)[:3])}" if errors else "")
         self.state.message = message
+        board = self.leaderboard()
+        front = self.pareto_front()
         return ExperimentCompleted(
             experiment_id=self.state.experiment_id,
             tweak=self.state.tweak,
             source=self.state.source,
             status=self.state.status,
-            trials=self.leaderboard(),
+            trials=fitting(board, int(max_payload * COMPLETED_TRIALS_SHARE), first=[best.number] if best else [], then=front),
+            trials_total=len(board),
+            trials_ok=len(ok),
             best=best,
             started_at=self.state.started_at,
             finished_at=self.state.finished_at,
             message=message,
             warm_start=self.state.warm_start,
-            pareto_front=self.pareto_front(),
+            pareto_front=front,
             feasible=sum(self.feasible(r) for r in ok) if self.spec.gate.thresholds else None,
         )
+
+
+def fitting(board: list[TrialRecord], budget: int, *, first: Sequence[int] = (), then: Sequence[int] = ()) -> list[TrialRecord]:
+    """The records of ``board`` (in its order) that one message carries: all of them if they fit in
+    ``budget`` bytes of JSON, else the trials numbered ``first`` (always), ``then`` and the rest of
+    the board, in that priority, as long as they fit."""
+    by_number = {r.number: r for r in board}
+    chosen: set[int] = set()
+    size = 0
+    for number in itertools.chain(first, then, (r.number for r in board)):
+        record = by_number.get(number)
+        if record is None or number in chosen:
+            continue
+        size += len(record.model_dump_json()) + 1
+        if size > budget and number not in first:
+            break
+        chosen.add(number)
+    if len(chosen) == len(board):
+        return board
+    return [r for r in board if r.number in chosen]

@@ -435,7 +435,7 @@ class Scheduler:
     async def _close(self, exp_id: str, message: str | None = None, now: datetime | None = None) -> None:
         """Complete the experiment: lineage, the completed event, final state."""
         run, _ = self.runs[exp_id]
-        completed = run.complete(now, message)
+        completed = run.complete(now, message, self.ctx.settings.max_payload_bytes)
         await self._remember(run)
         await self.ctx.publish(
             completed,
@@ -445,7 +445,7 @@ class Scheduler:
             trace_parent=run.state.traceparent,
         )
         await self._save(exp_id)
-        log.info("experiment %s %s with %d trials", exp_id, completed.status.value, len(completed.trials))
+        log.info("experiment %s %s with %d trials", exp_id, completed.status.value, completed.total)
         self.runs.pop(exp_id, None)
         if self.ownership is not None:
             await self.ownership.release(exp_id)

@@ -22,7 +22,6 @@ from tweakline.proto.messages import (
     DeploymentStatus,
     EvaluationCompleted,
     ExperimentCompleted,
-    TrialStatus,
 )
 from tweakline.proto.tweakfile import LOWER_IS_BETTER
 
@@ -208,10 +207,9 @@ def markdown_report(
             "",
         ]
     if completed is not None and completed.trials:
-        ok = sum(t.status is TrialStatus.OK for t in completed.trials)
         lines += [
-            f"<details><summary>Leaderboard: top {min(top, len(completed.trials))} of {len(completed.trials)} trials "
-            f"({ok} ok), cv {ev.metric or 'score'}</summary>",
+            f"<details><summary>Leaderboard: top {min(top, len(completed.trials))} of {completed.total} trials "
+            f"({completed.ok} ok), cv {ev.metric or 'score'}</summary>",
             "",
             f"| # | trial | cv {_md(ev.metric)} | status | params | time |",
             "| ---: | ---: | ---: | --- | --- | ---: |",

@@ -53,7 +53,7 @@ class ProgressView:
             stage = "evaluating"
         if outcome.evaluation is not None:
             stage = "deploying" if not outcome.done else outcome.evaluation.decision.value
-        total = len(outcome.completed.trials) if outcome.completed is not None else None
+        total = outcome.completed.total if outcome.completed is not None else None
         self.progress.update(
             self.task,
             completed=len(outcome.trials),
