@@ -7,6 +7,7 @@ so the logic is testable without NATS and a restarted scheduler can rebuild ever
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -52,6 +53,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None, 
 
 # How many of the latest results size a batch of trials (see ExperimentRun.batch_size).
 BATCH_SAMPLE = 16
+# The state is one KV value: the trial budget is fitted so that it fills at most this share of the
+# bus's message limit (ExperimentRun.fit_budget); the rest is margin for an estimate.
+STATE_FILL_SHARE = 0.8
 
 _TELL_STATE = {TrialStatus.OK: TrialState.COMPLETE, TrialStatus.FAILED: TrialState.FAIL, TrialStatus.PRUNED: TrialState.PRUNED}
 
@@ -65,6 +69,11 @@ class ExperimentRun:
         self.spec = spec
         self.strategy = strategy_for(spec.search)
         self.limit = self.strategy.trial_limit(spec.search, spec.budget.max_trials)
+        self.planned = self.limit  # the budget before fit_budget lowers it
+        self.state_bytes = 0  # the size of the state's JSON at its last dump
+        self._dumped = (0, 0)  # how many results and issued trials that dump held
+        self.budget_note: str | None = None  # why the budget was lowered (fit_budget), told at completion
+        self._sizes: tuple[int, float, float] | None = None  # (results when measured, record bytes, issued entry bytes)
         self.pruning = pruning_for(spec)
         # With search.resource, trials report a CV score per rung; Optuna sees it at the rung's step.
         self.rungs = spec.search.resource.rungs() if spec.search.resource is not None else None
@@ -206,7 +215,50 @@ class ExperimentRun:
 
     def dump(self) -> bytes:
         """The state's JSON, exactly ``state.model_dump_json()``: only what changed since the last dump is serialised."""
-        return self._json.dump(self.state)
+        data = self._json.dump(self.state)
+        self.state_bytes = len(data)
+        self._dumped = (len(self.state.results), len(self.state.issued))
+        return data
+
+    def fit_budget(self, max_bytes: int) -> bool:
+        """Lower the trial budget so that the state stays within ``max_bytes`` (the bus's message
+        limit: the state is one KV value) once every trial has reported. ``True`` if lowered now.
+
+        The state's size at its last dump, plus a record for each trial in flight and a record and
+        an issued entry for each trial still to issue (sizes measured on the latest results), must
+        stay within :data:`STATE_FILL_SHARE` of the limit; never fewer trials than those already
+        issued. A lowered budget is said in the completion's message.
+        """
+        results, issued = len(self.state.results), len(self.state.issued)
+        if not results:
+            return False
+        if not self.state_bytes:  # rebuilt from the store: measured once (the next save reuses the parts)
+            self.dump()
+        record, entry = self._trial_bytes()
+        # Now: the last dump plus what was recorded and issued since; then a record per trial in flight.
+        now = self.state_bytes + (results - self._dumped[0]) * record + (issued - self._dumped[1]) * entry
+        room = STATE_FILL_SHARE * max_bytes - now - (issued - results) * record
+        fits = issued + int(room // (record + entry))
+        if fits >= self.limit:
+            return False
+        self.limit = max(issued, fits)
+        self.budget_note = (
+            f"stopped after {self.limit} of {self.planned} trials: the experiment's state ({self.state_bytes / 2**20:.1f} MiB) "
+            f"would outgrow the bus's message limit ({max_bytes / 2**20:.1f} MiB); raise the NATS server's max_payload "
+            "or lower budget.max_trials"
+        )
+        return True
+
+    def _trial_bytes(self) -> tuple[float, float]:
+        """The bytes a trial adds to the state: its result record and its issued entry (keys and
+        separators included), measured on the latest results and refreshed every 64 of them."""
+        results = len(self.state.results)
+        if self._sizes is None or results - self._sizes[0] >= 64:
+            recent = list(itertools.islice(reversed(self.state.results.values()), BATCH_SAMPLE))
+            record = sum(len(r.model_dump_json()) for r in recent) / len(recent)
+            params = sum(len(json.dumps(r.params, separators=(",", ":"))) for r in recent) / len(recent)
+            self._sizes = (results, record + 16, params + 16)  # '"<number>":' and a comma, generously
+        return self._sizes[1], self._sizes[2]
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -367,6 +419,8 @@ class ExperimentRun:
         if message is None and best is None:
             errors = {r.error for r in self.state.results.values() if r.error}
             message = "no trial succeeded" + (f"; errors: {'; '.join(sorted(errors)[:3])}" if errors else "")
+        if message is None:
+            message = self.budget_note
         self.state.message = message
         board = self.leaderboard()
         front = self.pareto_front()

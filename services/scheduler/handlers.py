@@ -416,6 +416,8 @@ class Scheduler:
         run, _ = self.runs[exp_id]
         if run.state.status is not ExperimentStatus.RUNNING:
             return
+        if run.fit_budget(self.ctx.broker.connection.max_payload):
+            log.warning("experiment %s: %s", exp_id, run.budget_note)
         if run.finished(now) or self._overdue(run, now):
             await self._close(exp_id, now=now)
             return

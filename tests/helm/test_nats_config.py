@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NatsFixture, serving
+from tests.helm.conftest import RELEASE, REPO, find, render
 from tests.runtime import test_bus_security as bus_security
-from tests.helm.conftest import REPO, RELEASE, find, render
-from tweakline.runtime.natsserver import EmbeddedNatsServer, ServerConfig
-from tweakline.runtime.pki import TlsFiles
 from tweakline.cli import generate
 from tweakline.proto.permissions import Identity, nats_user
+from tweakline.runtime.bus import connect
+from tweakline.runtime.natsserver import EmbeddedNatsServer, ServerConfig
+from tweakline.runtime.pki import TlsFiles
 
 NATS_CONFIG = f"{RELEASE}-nats-config"
 NATS_AUTH = f"{RELEASE}-nats-auth"
@@ -200,3 +201,13 @@ async def test_chart_nats_server_enforces(check: Callable[..., Awaitable[None]],
 
 async def test_chart_nats_server_refuses_a_foreign_ca(chart_nats: NatsFixture, tmp_path: Path) -> None:
     await bus_security.test_client_with_certificate_from_another_ca_is_refused(chart_nats, tmp_path)
+
+
+async def test_chart_nats_server_takes_messages_as_large_as_the_local_stacks(chart_nats: NatsFixture) -> None:
+    # An experiment's state is one KV value (about 450 bytes per trial): NATS's default 1 MB
+    # would hold about 2,300 trials on Kubernetes where the local stack holds 18,000.
+    nc = await connect(chart_nats.settings(Identity.SCHEDULER), "chart-max-payload")
+    try:
+        assert nc.max_payload == ServerConfig.max_payload == 8 * 1024 * 1024
+    finally:
+        await nc.close()

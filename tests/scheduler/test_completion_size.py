@@ -94,3 +94,41 @@ def test_an_experiment_completed_from_an_older_scheduler_counts_its_listed_trial
     run = _finished(10)
     legacy = run.complete(max_payload=LIMIT).model_copy(update={"trials_total": None, "trials_ok": None})
     assert legacy.total == 10 and legacy.ok == sum(r.status is TrialStatus.OK for r in legacy.trials)
+
+
+def test_the_budget_is_lowered_to_what_the_state_can_hold_and_the_completion_says_why() -> None:
+    # The state is one KV value, under the server's max_payload. 2,000 trials of ~400 bytes do not
+    # fit in 100 kB: the scheduler stops issuing in time, and says so.
+    limit = 100_000
+    tweak = make_tweak(
+        "full-state",
+        search={"algorithm": "random", "seed": 0, "space": {"C": {"type": "float", "low": 0.1, "high": 10}}},
+        budget={"max_trials": 2000, "parallelism": 64},
+    )
+    run = ExperimentRun(ExperimentState(experiment_id="full-state-1", tweak=tweak))
+    scores = random.Random(0)
+    rounds = 0
+    while not run.finished():
+        rounds += 1
+        assert rounds < 100, "the experiment never finished"
+        run.fit_budget(limit)  # as the scheduler does before each round
+        issued = run.next_trials()
+        run.dump()  # its save
+        for number, params in issued:
+            _tell(run, number, params, scores)
+        run.dump()  # the results' save
+        assert run.state_bytes < limit, f"a save over the limit after {len(run.state.results)} results"
+
+    assert 100 < len(run.state.results) < 2000
+    assert run.limit == len(run.state.results) == len(run.state.issued)
+    completed = run.complete(max_payload=limit)
+    assert completed.total == len(run.state.results)
+    assert completed.message is not None and f"stopped after {run.limit} of 2000 trials" in completed.message
+    assert "max_payload" in completed.message
+    assert len(run.dump()) < limit, "the final state, completed, still fits"
+
+
+def test_a_state_far_from_the_limit_keeps_its_budget() -> None:
+    run = _finished(300)
+    run.dump()
+    assert run.fit_budget(8 * 2**20) is False and run.limit == 300 and run.budget_note is None

@@ -18,7 +18,7 @@ from typing import Any
 from nats.js.api import DeliverPolicy
 
 from tests.factories import make_tweak
-from tweakline.proto.messages import DeadLetter, ExperimentSubmitted, TrialCompleted, TrialStatus, trial_id
+from tweakline.proto.messages import DeadLetter, ExperimentStatus, ExperimentSubmitted, TrialCompleted, TrialStatus, trial_id
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
@@ -232,3 +232,36 @@ async def test_a_costly_sampler_asks_in_the_sampler_thread_and_a_random_one_on_t
     assert threads["random"] == {threading.main_thread().name}
     assert len(threads["tpe"]) == 1, threads
     assert next(iter(threads["tpe"])).startswith("sampler"), threads
+
+
+async def test_an_experiment_whose_state_would_outgrow_the_bus_limit_stops_in_time_and_says_why(scheduler: Scheduler) -> None:
+    # The state is one KV value: past the server's max_payload a save fails and the experiment
+    # would stall. The 100 trials of this experiment (~200 bytes each) do not fit in 16 kB.
+    limit = 16_000
+    scheduler.ctx.broker.connection._max_payload = limit  # as the server's INFO would say
+    exp_id, intake = submission("full-state", parallelism=32)
+    await submit(scheduler, intake)
+    kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
+    answered: set[int] = set()
+    for _ in range(100):
+        entry = await kv.get(exp_id)
+        assert len(entry.value) < limit
+        state = scheduler.store.model.model_validate_json(entry.value)
+        if state.status is not ExperimentStatus.RUNNING:
+            break
+        pending = [n for n in sorted(state.issued) if n not in answered]
+        assert pending, "running with nothing in flight"
+        for n in pending:
+            answered.add(n)
+        await asyncio.gather(
+            *(
+                complete(
+                    scheduler,
+                    Delivered(result_body(exp_id, n, state.issued[n], 0.5), subject_for(Subject.TRIAL_COMPLETED, exp_id)),
+                )
+                for n in pending
+            )
+        )
+    assert state.status is ExperimentStatus.COMPLETED
+    assert 10 < len(state.results) < 100
+    assert state.message and "would outgrow the bus's message limit" in state.message
