@@ -242,10 +242,11 @@ class ExperimentRun:
         if fits >= self.limit:
             return False
         self.limit = max(issued, fits)
+        need = now + (issued - results) * record + (self.planned - issued) * (record + entry)
         self.budget_note = (
-            f"stopped after {self.limit} of {self.planned} trials: the experiment's state ({self.state_bytes / 2**20:.1f} MiB) "
-            f"would outgrow the bus's message limit ({max_bytes / 2**20:.1f} MiB); raise the NATS server's max_payload "
-            "or lower budget.max_trials"
+            f"stopped after {self.limit} of {self.planned} trials: the experiment's state would need about "
+            f"{need / 2**20:.1f} MiB for {self.planned} trials, over the bus's message limit ({max_bytes / 2**20:.1f} MiB); "
+            "raise the NATS server's max_payload or lower budget.max_trials"
         )
         return True
 

@@ -264,4 +264,4 @@ async def test_an_experiment_whose_state_would_outgrow_the_bus_limit_stops_in_ti
         )
     assert state.status is ExperimentStatus.COMPLETED
     assert 10 < len(state.results) < 100
-    assert state.message and "would outgrow the bus's message limit" in state.message
+    assert state.message and "over the bus's message limit" in state.message and "max_payload" in state.message
