@@ -3,44 +3,45 @@
 The experiment is submitted without a root span of the submitter's (as a webhook would), so the
 scheduler's intake roots the trace; its context is kept in the experiment's KV state and the new
 scheduler process hangs its dispatches under the same span.
+
+"Mid-experiment" is made certain, not timed: the first trial waits on a hold file while the first
+scheduler is replaced (a trial takes milliseconds, so a restart after some results could come
+after the last dispatch).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+from tests.factories import make_tweak
 from tests.otlp import OtlpReceiver
-from tweakline.client.follow import Outcome, apply_event, follow, submit
+from tweakline.client.follow import Outcome, follow, submit
 from tweakline.proto.messages import Source
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import Stream, experiment_events
+from tweakline.proto.subjects import Subject, all_of
+from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.bus import connect
+from tweakline.runtime.settings import Settings
 from tweakline.stack.local import LocalStack
-from tweakline.validation.loading import parse_tweak_file
 
 pytestmark = pytest.mark.fault
 
-TWEAK = """
-apiVersion: tweakline/v1
-kind: Experiment
-metadata: {name: resumed}
-spec:
-  dataset: {source: "sklearn:wine", test_size: 0.25, seed: 0}
-  model: {estimator: sklearn.svm.SVC}
-  search:
-    algorithm: random
-    seed: 5
-    space:
-      C:     {type: float, low: 1.0e-1, high: 1.0e+4, log: true}
-      gamma: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
-  objective: {metric: accuracy, cv: 3}
-  budget: {max_trials: 8, parallelism: 1}
-  gate: {thresholds: {accuracy: 0.5}}
-"""
+
+def held_tweak(hold: Path) -> TweakFile:
+    """Eight trials, one at a time; each waits to start while ``hold`` exists."""
+    return make_tweak(
+        "resumed",
+        model={"estimator": "tests.fault.estimators.SleepyClassifier", "fixed": {"hold": str(hold)}},
+        search={"algorithm": "random", "seed": 5, "space": {"delay": {"type": "categorical", "choices": [0.0, 0.01]}}},
+        objective={"metric": "accuracy", "cv": 2},
+        budget={"max_trials": 8, "parallelism": 1},
+    )
 
 
 def restart_scheduler(stack: LocalStack) -> None:
@@ -53,25 +54,22 @@ def restart_scheduler(stack: LocalStack) -> None:
     stack._spawn("scheduler")
 
 
-async def scenario(stack: LocalStack) -> str:
-    tweak = parse_tweak_file(TWEAK)
+async def scenario(stack: LocalStack, hold: Path) -> str:
+    tweak = held_tweak(hold)
     nc = await connect(stack.settings_for(Identity.ADMIN), "test-resume")
     try:
+        requested = asyncio.Event()
+
+        async def on_request(msg) -> None:
+            requested.set()
+
+        await nc.subscribe(all_of(Subject.TRIAL_REQUESTED), cb=on_request)
+        await nc.flush()
+        hold.touch()
         exp_id = await submit(nc, tweak, Source(trigger="webhook"))
-        early = Outcome(experiment_id=exp_id, tweak=tweak)
-        seen = asyncio.Event()
-
-        async def on_msg(msg) -> None:
-            apply_event(early, msg.subject, msg.data)
-            if len(early.trials) >= 3:
-                seen.set()
-
-        sub = await nc.jetstream().subscribe(
-            experiment_events(exp_id), stream=Stream.EVENTS.value, ordered_consumer=True, cb=on_msg
-        )
-        await asyncio.wait_for(seen.wait(), timeout=120)
-        await sub.unsubscribe()
+        await asyncio.wait_for(requested.wait(), timeout=120)  # the first scheduler dispatched trial 0, which waits
         await asyncio.to_thread(restart_scheduler, stack)
+        hold.unlink()
         outcome = await follow(nc, Outcome(experiment_id=exp_id, tweak=tweak), timeout=240, alive=stack.check)
         assert outcome.evaluation is not None and len(outcome.trials) == 8
         return exp_id
@@ -83,10 +81,13 @@ def test_dispatches_after_a_restart_stay_in_the_experiments_trace(tmp_path: Path
     with OtlpReceiver() as receiver:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
-        stack = LocalStack(tmp_path / "state", runners=1)
+        # The services import tests.fault.estimators from the repository.
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        settings = Settings(allowed_estimators=["sklearn.", "tests.fault."])
+        stack = LocalStack(tmp_path / "state", runners=1, settings=settings)
         stack.start()
         try:
-            exp_id = asyncio.run(scenario(stack))
+            exp_id = asyncio.run(scenario(stack, tmp_path / "hold"))
         finally:
             stack.stop()
     dispatches = [s for s in receiver.spans if s.name == "trial.dispatch" and s.attributes["tweakline.experiment.id"] == exp_id]
