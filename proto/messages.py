@@ -311,8 +311,39 @@ class LineageHistory(Message):
     experiments: list[str] = Field(default_factory=list, description="Experiments already added (idempotence).")
 
 
+class SealedResults(Message):
+    """A reference, in an experiment's state, to results kept in their own entry (:class:`ResultsSegment`)."""
+
+    key: str = Field(description="The segment's key in the experiments bucket (results_key).")
+    trials: int = Field(ge=1, description="How many results it holds.")
+    best_score: float | None = Field(
+        default=None, description="The best score among them by the objective's direction (None: none succeeded)."
+    )
+
+
+class ResultsSegment(Message):
+    """Results moved out of an experiment's state once it grew: written once, never changed.
+
+    Kept in the experiments bucket under :func:`results_key`; the state lists its segments in
+    ``sealed``, oldest first, and holds the results recorded since the last one.
+    """
+
+    experiment_id: ExperimentId
+    issued: dict[int, dict[str, Any]] = Field(default_factory=dict, description="Trial number -> params sent.")
+    results: dict[int, TrialRecord] = Field(default_factory=dict, description="Trial number -> recorded result.")
+
+
 class ExperimentState(Message):
-    """Scheduler state of one experiment, kept in the experiments KV bucket (compare-and-set)."""
+    """Scheduler state of one experiment, kept in the experiments KV bucket (compare-and-set).
+
+    As stored under the experiment's id, it holds the results recorded since the last segment
+    was sealed, and ``sealed`` names the segments holding the earlier ones (with their issued
+    parameters): a save costs what changed, not the whole experiment, and no experiment outgrows
+    the bus's message limit. :meth:`with_segments` joins them into the whole state (``sealed``
+    empty, every result in ``results``), which is what a reader gets from
+    ``tweakline.runtime.records.ExperimentStore``. :attr:`trials_recorded` and :meth:`best_score`
+    answer from either form without reading a segment.
+    """
 
     experiment_id: ExperimentId
     tweak: Annotated[TweakFile, SetOnly]
@@ -321,7 +352,12 @@ class ExperimentState(Message):
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     issued: dict[int, dict[str, Any]] = Field(default_factory=dict, description="Trial number -> params sent.")
-    results: dict[int, TrialRecord] = Field(default_factory=dict, description="Trial number -> recorded result.")
+    results: dict[int, TrialRecord] = Field(
+        default_factory=dict, description="Trial number -> recorded result (those not in a sealed segment)."
+    )
+    sealed: list[SealedResults] = Field(
+        default_factory=list, description="Segments holding the earlier results, oldest first (see ResultsSegment)."
+    )
     message: str | None = None
     superseded_by: str | None = Field(default=None, description="With status superseded: the newer experiment.")
     submitted_at: datetime | None = Field(default=None, description="When it was submitted (orders submissions for supersede).")
@@ -330,6 +366,48 @@ class ExperimentState(Message):
     traceparent: str | None = Field(
         default=None, description="The experiment's span: what trials dispatched later (or after a restart) hang under."
     )
+
+    @property
+    def trials_recorded(self) -> int:
+        """How many results the experiment has, the sealed ones included."""
+        return len(self.results) + sum(segment.trials for segment in self.sealed)
+
+    def best_score(self) -> float | None:
+        """The best successful score, the sealed results' included, by the objective's direction."""
+        scores = [r.score for r in self.results.values() if r.status is TrialStatus.OK and r.score is not None]
+        scores += [segment.best_score for segment in self.sealed if segment.best_score is not None]
+        if not scores:
+            return None
+        return max(scores) if self.tweak.spec.objective.maximize else min(scores)
+
+    def with_segments(self, segments: list[ResultsSegment]) -> ExperimentState:
+        """The whole state: ``segments`` (those ``sealed`` names, in its order) joined in, ``sealed`` empty.
+
+        The results keep the order they were recorded in (the segments' first, then this state's).
+        """
+        results: dict[int, TrialRecord] = {}
+        issued: dict[int, dict[str, Any]] = {}
+        for segment in segments:
+            results.update(segment.results)
+            issued.update(segment.issued)
+        results.update(self.results)
+        issued.update(self.issued)
+        return self.model_copy(update={"results": results, "issued": dict(sorted(issued.items())), "sealed": []})
+
+
+def results_key(experiment_id: str, index: int, token: str) -> str:
+    """Key of an experiment's ``index``-th results segment in the experiments bucket.
+
+    ``token`` is new for every segment written: a scheduler that lost the experiment to another
+    one (and does not know yet) can never overwrite a segment the other one's state names.
+    An experiment id has no ``.``, so a key with one is never an experiment's state.
+    """
+    return f"{experiment_id}.results.{index}-{token}"
+
+
+def is_state_key(key: str) -> bool:
+    """Whether a key of the experiments bucket is an experiment's state (not a results segment)."""
+    return "." not in key
 
 
 # The share of the bus's message limit (TWEAKLINE_MAX_PAYLOAD_BYTES, 1 MiB by default) that an

@@ -7,9 +7,9 @@ so the logic is testable without NATS and a restarted scheduler can rebuild ever
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,9 +22,12 @@ from tweakline.proto.messages import (
     ExperimentCompleted,
     ExperimentState,
     ExperimentStatus,
+    ResultsSegment,
+    SealedResults,
     TrialCompleted,
     TrialRecord,
     TrialStatus,
+    results_key,
 )
 from tweakline.proto.tweakfile import LOWER_IS_BETTER
 from tweakline.scheduler.snapshot import StateJson
@@ -53,9 +56,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None, 
 
 # How many of the latest results size a batch of trials (see ExperimentRun.batch_size).
 BATCH_SAMPLE = 16
-# The state is one KV value: the trial budget is fitted so that it fills at most this share of the
-# bus's message limit (ExperimentRun.fit_budget); the rest is margin for an estimate.
-STATE_FILL_SHARE = 0.8
+# The stored state's results (and their issued parameters) are sealed into a segment of their own
+# once their JSON passes this size, or this share of the bus's message limit if that is smaller:
+# a save then sends at most about this much, whatever the experiment's size (docs/benchmarks.md).
+SEAL_BYTES = 64 * 1024
+SEAL_SHARE = 0.125
 
 _TELL_STATE = {TrialStatus.OK: TrialState.COMPLETE, TrialStatus.FAILED: TrialState.FAIL, TrialStatus.PRUNED: TrialState.PRUNED}
 
@@ -63,17 +68,25 @@ _TELL_STATE = {TrialStatus.OK: TrialState.COMPLETE, TrialStatus.FAILED: TrialSta
 class ExperimentRun:
     """Decides which trials to issue next and when the experiment is over."""
 
-    def __init__(self, state: ExperimentState):
+    def __init__(self, state: ExperimentState, sealed: Sequence[SealedResults] = ()):
+        """``state`` is the whole state (every result); ``sealed`` the segments its stored form names.
+
+        The first results of ``state``, as many as ``sealed`` holds, are the sealed ones
+        (:meth:`ExperimentState.with_segments` keeps that order).
+        """
+        if state.sealed:
+            raise ValueError(f"experiment {state.experiment_id}: the run needs the whole state, not its stored form")
         self.state = state
         spec = state.tweak.spec
         self.spec = spec
         self.strategy = strategy_for(spec.search)
         self.limit = self.strategy.trial_limit(spec.search, spec.budget.max_trials)
-        self.planned = self.limit  # the budget before fit_budget lowers it
-        self.state_bytes = 0  # the size of the state's JSON at its last dump
-        self._dumped = (0, 0)  # how many results and issued trials that dump held
-        self.budget_note: str | None = None  # why the budget was lowered (fit_budget), told at completion
-        self._sizes: tuple[int, float, float] | None = None  # (results when measured, record bytes, issued entry bytes)
+        # What the stored state holds: the results (and issued parameters) not in a sealed segment.
+        self.sealed = list(sealed)
+        done = sum(segment.trials for segment in self.sealed)
+        gone = set(itertools.islice(state.results, done))
+        self._tail_results: dict[int, TrialRecord] = dict(itertools.islice(state.results.items(), done, None))
+        self._tail_issued: dict[int, dict[str, Any]] = {n: p for n, p in state.issued.items() if n not in gone}
         self.pruning = pruning_for(spec)
         # With search.resource, trials report a CV score per rung; Optuna sees it at the rung's step.
         self.rungs = spec.search.resource.rungs() if spec.search.resource is not None else None
@@ -213,59 +226,44 @@ class ExperimentRun:
             return
         self.study.add_trial(trial)
 
+    def stored(self) -> ExperimentState:
+        """The state as stored: the results not sealed, and the segments naming the rest."""
+        return self.state.model_copy(update={"results": self._tail_results, "issued": self._tail_issued, "sealed": self.sealed})
+
     def dump(self) -> bytes:
-        """The state's JSON, exactly ``state.model_dump_json()``: only what changed since the last dump is serialised."""
-        data = self._json.dump(self.state)
-        self.state_bytes = len(data)
-        self._dumped = (len(self.state.results), len(self.state.issued))
-        return data
+        """The stored state's JSON, exactly ``stored().model_dump_json()``: only what changed since the last dump is serialised."""
+        return self._json.dump(self.stored())
 
-    def fit_budget(self, max_bytes: int) -> bool:
-        """Lower the trial budget so that the state stays within ``max_bytes`` (the bus's message
-        limit: the state is one KV value) once every trial has reported. ``True`` if lowered now.
+    def seal(self, max_payload: int) -> tuple[SealedResults, ResultsSegment] | None:
+        """A segment of the recorded results not sealed yet, once their JSON (at the last dump) passed
+        :data:`SEAL_BYTES` (or :data:`SEAL_SHARE` of ``max_payload``); ``None`` before.
 
-        The state's size at its last dump, plus a record for each trial in flight and a record and
-        an issued entry for each trial still to issue (sizes measured on the latest results), must
-        stay within :data:`STATE_FILL_SHARE` of the limit; never fewer trials than those already
-        issued. A lowered budget is said in the completion's message.
+        Nothing changes until :meth:`sealed_as` says the segment was written (under ``ref.key``).
         """
-        results, issued = len(self.state.results), len(self.state.issued)
-        if not results:
-            return False
-        if not self.state_bytes:  # rebuilt from the store: measured once (the next save reuses the parts)
-            self.dump()
-        record, entry = self._trial_bytes()
-        # Now: the last dump plus what was recorded and issued since; then a record per trial in flight.
-        now = self.state_bytes + (results - self._dumped[0]) * record + (issued - self._dumped[1]) * entry
-        room = STATE_FILL_SHARE * max_bytes - now - (issued - results) * record
-        fits = issued + int(room // (record + entry))
-        if fits >= self.limit:
-            return False
-        self.limit = max(issued, fits)
-        need = now + (issued - results) * record + (self.planned - issued) * (record + entry)
-        self.budget_note = (
-            f"stopped after {self.limit} of {self.planned} trials: the experiment's state would need about "
-            f"{need / 2**20:.1f} MiB for {self.planned} trials, over the bus's message limit ({max_bytes / 2**20:.1f} MiB); "
-            "raise the NATS server's max_payload or lower budget.max_trials"
+        if not self._tail_results or self._json.size("results") < min(SEAL_BYTES, SEAL_SHARE * max_payload):
+            return None
+        results = dict(self._tail_results)
+        segment = ResultsSegment(
+            experiment_id=self.state.experiment_id,
+            issued={n: self._tail_issued[n] for n in results if n in self._tail_issued},
+            results=results,
         )
-        return True
+        scores = [r.score for r in results.values() if r.status is TrialStatus.OK and r.score is not None]
+        best = (max(scores) if self.spec.objective.maximize else min(scores)) if scores else None
+        key = results_key(self.state.experiment_id, len(self.sealed), uuid.uuid4().hex[:12])
+        return SealedResults(key=key, trials=len(results), best_score=best), segment
 
-    def _trial_bytes(self) -> tuple[float, float]:
-        """The bytes a trial adds to the state: its result record and its issued entry (keys and
-        separators included), measured on the latest results and refreshed every 64 of them."""
-        results = len(self.state.results)
-        if self._sizes is None or results - self._sizes[0] >= 64:
-            recent = list(itertools.islice(reversed(self.state.results.values()), BATCH_SAMPLE))
-            record = sum(len(r.model_dump_json()) for r in recent) / len(recent)
-            params = sum(len(json.dumps(r.params, separators=(",", ":"))) for r in recent) / len(recent)
-            self._sizes = (results, record + 16, params + 16)  # '"<number>":' and a comma, generously
-        return self._sizes[1], self._sizes[2]
+    def sealed_as(self, ref: SealedResults, segment: ResultsSegment) -> None:
+        """``segment`` is stored under ``ref.key``: the stored state names it instead of holding its results."""
+        self.sealed.append(ref)
+        self._tail_results = {n: r for n, r in self._tail_results.items() if n not in segment.results}
+        self._tail_issued = {n: p for n, p in self._tail_issued.items() if n not in segment.results}
 
     # -- decisions ----------------------------------------------------------------------------
 
     def in_flight(self) -> set[int]:
         """Trial numbers issued whose result has not been recorded."""
-        return set(self.state.issued) - set(self.state.results)
+        return set(self._tail_issued) - set(self._tail_results)  # a sealed trial has its result
 
     @property
     def deadline(self) -> datetime | None:
@@ -300,6 +298,7 @@ class ExperimentRun:
             params = suggest(trial, self.spec.search.space, self._order)
             self._pending[number] = trial
             self.state.issued[number] = params
+            self._tail_issued[number] = params
             self._top = number
             issued.append((number, params))
             slots -= 1
@@ -349,7 +348,8 @@ class ExperimentRun:
         if record.status is TrialStatus.OK and (record.score is None or not math.isfinite(record.score)):
             record = record.model_copy(update={"status": TrialStatus.FAILED, "error": record.error or "no finite score"})
         self.state.results[result.number] = record
-        self.state.issued.setdefault(result.number, result.params)
+        self._tail_results[result.number] = record
+        self._tail_issued[result.number] = self.state.issued.setdefault(result.number, result.params)
         self._top = max(self._top, result.number)
         trial = self._pending.pop(result.number, None)
         self._folds.pop(result.number, None)
@@ -420,8 +420,6 @@ class ExperimentRun:
         if message is None and best is None:
             errors = {r.error for r in self.state.results.values() if r.error}
             message = "no trial succeeded" + (f"; errors: {'; '.join(sorted(errors)[:3])}" if errors else "")
-        if message is None:
-            message = self.budget_note
         self.state.message = message
         board = self.leaderboard()
         front = self.pareto_front()

@@ -30,9 +30,9 @@ from tweakline.proto.messages import (
     msg_id,
     trial_id,
 )
-from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for, trial_subject
+from tweakline.proto.subjects import Stream, Subject, subject_for, trial_subject
 from tweakline.runtime.bus import SERVICE_MAX_DELIVER
-from tweakline.runtime.records import RecordStore, StaleRecordError
+from tweakline.runtime.records import ExperimentStore, StaleRecordError
 from tweakline.runtime.service import ServiceContext
 from tweakline.scheduler import cancel
 from tweakline.scheduler.engine import ExperimentRun
@@ -54,7 +54,7 @@ class Scheduler:
 
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
-        self.store: RecordStore[ExperimentState] | None = None
+        self.store: ExperimentStore | None = None
         self.runs: dict[str, tuple[ExperimentRun, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # Group commit of results: how many were recorded, and how many a saved state covers.
@@ -76,7 +76,7 @@ class Scheduler:
 
     async def start(self) -> None:
         """Bind to state, take over the unfinished experiments no live scheduler owns, start the ticker."""
-        self.store = await RecordStore.open(self.ctx.js, Bucket.EXPERIMENTS.value, ExperimentState)
+        self.store = await ExperimentStore.open_bucket(self.ctx.js)
         self.lineage = await LineageStore.open(self.ctx.js)
         self.ownership = await Ownership.open(
             self.ctx.js,
@@ -106,12 +106,12 @@ class Scheduler:
         async with self._lock(exp_id):
             if exp_id in self.runs:
                 return True
-            found = await self.store.get(exp_id)
+            found = await self.store.get_stored(exp_id)
             if not found or found[0].status is not ExperimentStatus.RUNNING:
                 return False
             log.info("resuming experiment %s", exp_id)
             try:
-                await self._resume(found[0], found[1])
+                await self._resume(*await self._rebuild(*found))
             except Exception:
                 self.runs.pop(exp_id, None)
                 raise
@@ -137,8 +137,14 @@ class Scheduler:
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
 
-    async def _resume(self, state: ExperimentState, revision: int) -> None:
-        run = ExperimentRun(state)
+    async def _rebuild(self, stored: ExperimentState, revision: int) -> tuple[ExperimentRun, int]:
+        """The run of a stored state: its sealed segments read and joined in."""
+        assert self.store is not None
+        whole = stored.with_segments(await self.store.segments(stored)) if stored.sealed else stored
+        return ExperimentRun(whole, stored.sealed), revision
+
+    async def _resume(self, run: ExperimentRun, revision: int) -> None:
+        state = run.state
         self.runs[state.experiment_id] = (run, revision)
         # Trials issued before the restart may be lost with an unacked publish: send them again
         # under the same message id (stored once inside the duplicate window; a late duplicate
@@ -171,9 +177,9 @@ class Scheduler:
                     run = self.runs[exp_id][0]
                     await self._publish_trials(run, sorted(run.in_flight()))
                 elif await self._own(exp_id):
-                    found = await self.store.get(exp_id)
+                    found = await self.store.get_stored(exp_id)
                     if found and found[0].status is ExperimentStatus.RUNNING:
-                        await self._resume(*found)
+                        await self._resume(*await self._rebuild(*found))
                 await msg.ack()
                 return
             log.info("experiment %s submitted (%s)", exp_id, submitted.tweak.metadata.name)
@@ -303,7 +309,7 @@ class Scheduler:
                 # Completed (its final state holds every result) or dropped after a failed save
                 # (the result may be missing): the stored state decides.
                 assert self.store is not None
-                found = await self.store.get(exp_id)
+                found = await self.store.get(exp_id)  # whole: a sealed result counts
                 return found is not None and all(number in found[0].results for number in numbers)
             if self._committed.get(exp_id, 0) >= generation:
                 return True
@@ -384,11 +390,11 @@ class Scheduler:
         if exp_id in self.runs:
             return self.runs[exp_id][0]
         assert self.store is not None
-        found = await self.store.get(exp_id)
+        found = await self.store.get_stored(exp_id)
         if found is None:
             return None
-        run = ExperimentRun(found[0])
-        self.runs[exp_id] = (run, found[1])
+        run, revision = await self._rebuild(*found)
+        self.runs[exp_id] = (run, revision)
         if self.ownership is not None and run.state.status is ExperimentStatus.RUNNING:
             # The cache was dropped after a failure, perhaps a publish of new trials that failed after
             # their state was saved (a NATS node lost): send the in-flight ones again under their
@@ -399,15 +405,21 @@ class Scheduler:
     async def _save(self, exp_id: str) -> None:
         assert self.store is not None
         run, revision = self.runs[exp_id]
+        sealing = run.seal(self.ctx.broker.connection.max_payload)
+        if sealing is not None:
+            # The segment first, under a key no stored state names yet: the state that names it
+            # is written only once it is there, so a reader never misses a result.
+            await self.store.put_segment(sealing[0].key, *sealing[1:])
+            run.sealed_as(*sealing)
         try:
-            # The state's JSON from its cached parts: only entries new since the last save are serialised.
-            revision = await self.store.update(exp_id, run.state, revision, data=run.dump())
+            # The stored state's JSON from its cached parts: only entries new since the last save are serialised.
+            revision = await self.store.update(exp_id, run.stored(), revision, data=run.dump())
         except StaleRecordError:
             # Someone else wrote (another scheduler replica, or a stale cache): rebuild from truth.
-            found = await self.store.get(exp_id)
+            found = await self.store.get_stored(exp_id)
             if found is None:
                 raise
-            self.runs[exp_id] = (ExperimentRun(found[0]), found[1])
+            self.runs[exp_id] = await self._rebuild(*found)
             raise
         self.runs[exp_id] = (run, revision)
 
@@ -416,8 +428,6 @@ class Scheduler:
         run, _ = self.runs[exp_id]
         if run.state.status is not ExperimentStatus.RUNNING:
             return
-        if run.fit_budget(self.ctx.broker.connection.max_payload):
-            log.warning("experiment %s: %s", exp_id, run.budget_note)
         if run.finished(now) or self._overdue(run, now):
             await self._close(exp_id, now=now)
             return
@@ -437,7 +447,11 @@ class Scheduler:
     async def _close(self, exp_id: str, message: str | None = None, now: datetime | None = None) -> None:
         """Complete the experiment: lineage, the completed event, final state."""
         run, _ = self.runs[exp_id]
-        completed = run.complete(now, message, self.ctx.settings.max_payload_bytes)
+        # What the evaluator accepts, and what the server takes if that is less.
+        limit = min(
+            self.ctx.settings.max_payload_bytes, self.ctx.broker.connection.max_payload or self.ctx.settings.max_payload_bytes
+        )
+        completed = run.complete(now, message, limit)
         await self._remember(run)
         await self.ctx.publish(
             completed,

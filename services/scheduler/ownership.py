@@ -40,7 +40,7 @@ from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from tweakline.proto.messages import ExperimentState, ExperimentStatus, TrialCompleted
+from tweakline.proto.messages import ExperimentStatus, TrialCompleted
 from tweakline.proto.subjects import (
     SCHEDULER_LEASE_TTL_S,
     Bucket,
@@ -50,7 +50,7 @@ from tweakline.proto.subjects import (
     member_key,
     subject_for,
 )
-from tweakline.runtime.records import RecordStore
+from tweakline.runtime.records import ExperimentStore
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Ownership:
         self,
         js: Any,
         kv: KeyValue,
-        store: RecordStore[ExperimentState],
+        store: ExperimentStore,
         *,
         adopt: Callable[[str], Awaitable[bool]],
         drop: Callable[[str], Awaitable[None]],
@@ -217,7 +217,7 @@ class Ownership:
         self._fair = asyncio.Lock()  # fair acquisitions one at a time (see acquire)
 
     @classmethod
-    async def open(cls, js: Any, store: RecordStore[ExperimentState], **kwargs: Any) -> Ownership:
+    async def open(cls, js: Any, store: ExperimentStore, **kwargs: Any) -> Ownership:
         """Bind to the leases bucket (created by the topology)."""
         return cls(js, await js.key_value(Bucket.SCHEDULER_LEASES.value), store, **kwargs)
 
@@ -331,7 +331,7 @@ class Ownership:
             if key in self.leases:
                 found.append(key)
                 continue
-            record = await self.store.get(key)
+            record = await self.store.get_stored(key)  # its status only: no segment read
             if record is None:
                 continue
             if record[0].status is ExperimentStatus.RUNNING:

@@ -1,10 +1,10 @@
 """The experiment state's JSON, assembled from entries serialised once.
 
-The scheduler saves an experiment's whole :class:`ExperimentState` after every group of results
-(compare-and-set on one KV entry). Serialising it whole costs O(trials) per save, O(trials^2) per
-experiment: at 2,000 trials the state is ~600 kB, and re-serialising results that had not
-changed was 0.5-0.7 ms of the engine's 0.9-1.2 ms per trial (docs/benchmarks.md, fourth round). Here each entry of the collections that grow
-(``issued``, ``results``, ``warm_trials``) is serialised once, by the model's own types, and the
+The scheduler saves an experiment's stored :class:`ExperimentState` after every group of results
+(compare-and-set on one KV entry). Since results are sealed into segments of their own once they
+grow (``ExperimentRun.seal``), that state is small, but it is still saved hundreds of times per
+second in a fast experiment. Here each entry of the collections that grow (``issued``,
+``results``, ``sealed``, ``warm_trials``) is serialised once, by the model's own types, and the
 document is joined from the cached pieces plus the few small fields serialised afresh. The bytes
 are exactly ``state.model_dump_json()`` (``tests/scheduler/test_snapshot.py``), so every reader
 still parses the same document with ``ExperimentState.model_validate_json``.
@@ -25,7 +25,8 @@ from pydantic import TypeAdapter
 from tweakline.proto.messages import ExperimentState
 
 # The fields whose entries are cached; each one a dict or list that grows with the experiment.
-_GROWING = ("issued", "results", "warm_trials")
+_GROWING = ("issued", "results", "sealed", "warm_trials")
+_LISTS = frozenset({"sealed", "warm_trials"})
 
 
 def _adapter(name: str) -> TypeAdapter[Any]:
@@ -83,6 +84,10 @@ class StateJson:
         parts.append(b"}")
         return b"".join(parts)  # one copy of the document
 
+    def size(self, name: str) -> int:
+        """The bytes of field ``name``'s entries at the last dump (separators included, brackets not)."""
+        return len(self._joined[name][0])
+
     def _collection(self, name: str, value: dict[Any, Any] | list[Any]) -> bytes:
         is_dict = isinstance(value, dict)
         keys = list(value) if is_dict else None
@@ -113,6 +118,6 @@ class StateJson:
         cached = cache.get(key)
         if cached is None or cached[0] is not entry:
             # The entry alone in its collection, serialised by the field's type: b'{"7":{...}}' or b'[{...}]'.
-            alone = {key: entry} if name != "warm_trials" else [entry]
+            alone = [entry] if name in _LISTS else {key: entry}
             cache[key] = cached = (entry, self._adapters[name].dump_json(alone)[1:-1])
         return cached[1]

@@ -25,10 +25,10 @@ from tests.factories import make_tweak
 from tweakline.client.follow import Outcome, follow, submit
 from tweakline.proto.messages import ExperimentState, Source, TrialProgress
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import Bucket, Subject, all_of
+from tweakline.proto.subjects import Subject, all_of
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.runtime.bus import connect
-from tweakline.runtime.records import RecordStore
+from tweakline.runtime.records import ExperimentStore
 from tweakline.runtime.settings import Settings
 from tweakline.stack.local import LocalStack
 
@@ -197,10 +197,10 @@ def kill(stack: LocalStack, label: str, sig: signal.Signals = signal.SIGKILL) ->
 
 
 async def stored_state(stack, exp_id: str) -> ExperimentState:
-    """The experiment's state as the scheduler stored it in KV (read as the admin identity)."""
+    """The experiment's whole state as the scheduler stored it in KV, its results segments joined in (read as the admin identity)."""
     nc = await connect(stack.settings_for(Identity.ADMIN), "fault-test-kv")
     try:
-        store = await RecordStore.open(nc.jetstream(), Bucket.EXPERIMENTS.value, ExperimentState)
+        store = await ExperimentStore.open_bucket(nc.jetstream())
         found = await store.get(exp_id)
         assert found is not None
         return found[0]

@@ -1,8 +1,9 @@
-"""An experiment's completion is one message, however many trials it ran.
+"""An experiment's completion is one message, and its stored state one KV value, however many trials it ran.
 
 An experiment may run 100,000 trials; its ``ExperimentCompleted`` is read by services that accept
 1 MiB by default. It lists the leaderboard's first trials (the best and the Pareto front first)
-when all would not fit, and counts them all.
+when all would not fit, and counts them all. Its stored state seals results into segments of
+their own as they accumulate, so no save outgrows the bus's limit.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 import random
 
 from tests.factories import make_tweak
-from tweakline.proto.messages import COMPLETED_TRIALS_SHARE, ExperimentState, TrialCompleted, TrialRecord, TrialStatus
+from tweakline.proto.messages import (
+    COMPLETED_TRIALS_SHARE,
+    ExperimentState,
+    ResultsSegment,
+    TrialCompleted,
+    TrialRecord,
+    TrialStatus,
+)
 from tweakline.scheduler.engine import ExperimentRun, fitting
 
 LIMIT = 1_048_576
@@ -96,9 +104,9 @@ def test_an_experiment_completed_from_an_older_scheduler_counts_its_listed_trial
     assert legacy.total == 10 and legacy.ok == sum(r.status is TrialStatus.OK for r in legacy.trials)
 
 
-def test_the_budget_is_lowered_to_what_the_state_can_hold_and_the_completion_says_why() -> None:
-    # The state is one KV value, under the server's max_payload. 2,000 trials of ~400 bytes do not
-    # fit in 100 kB: the scheduler stops issuing in time, and says so.
+def test_a_large_experiment_seals_its_results_into_segments_and_every_save_stays_small() -> None:
+    # The stored state is one KV value, under the server's max_payload: 2,000 trials of ~400 bytes
+    # do not fit in 100 kB, so results move into segments of their own as they accumulate.
     limit = 100_000
     tweak = make_tweak(
         "full-state",
@@ -106,29 +114,43 @@ def test_the_budget_is_lowered_to_what_the_state_can_hold_and_the_completion_say
         budget={"max_trials": 2000, "parallelism": 64},
     )
     run = ExperimentRun(ExperimentState(experiment_id="full-state-1", tweak=tweak))
+    segments: dict[str, ResultsSegment] = {}
     scores = random.Random(0)
-    rounds = 0
-    while not run.finished():
-        rounds += 1
-        assert rounds < 100, "the experiment never finished"
-        run.fit_budget(limit)  # as the scheduler does before each round
-        issued = run.next_trials()
-        run.dump()  # its save
+
+    def save() -> bytes:  # as the scheduler's _save: the segment first, then the state naming it
+        sealing = run.seal(limit)
+        if sealing is not None:
+            ref, segment = sealing
+            assert ref.key not in segments and len(segment.model_dump_json()) < limit
+            segments[ref.key] = segment
+            run.sealed_as(ref, segment)
+        data = run.dump()
+        assert len(data) < limit, f"a save over the limit after {len(run.state.results)} results"
+        return data
+
+    while issued := run.next_trials():
+        save()
         for number, params in issued:
             _tell(run, number, params, scores)
-        run.dump()  # the results' save
-        assert run.state_bytes < limit, f"a save over the limit after {len(run.state.results)} results"
-
-    assert 100 < len(run.state.results) < 2000
-    assert run.limit == len(run.state.results) == len(run.state.issued)
+        save()
     completed = run.complete(max_payload=limit)
-    assert completed.total == len(run.state.results)
-    assert completed.message is not None and f"stopped after {run.limit} of 2000 trials" in completed.message
-    assert "max_payload" in completed.message
-    assert len(run.dump()) < limit, "the final state, completed, still fits"
+    stored = ExperimentState.model_validate_json(save())
+
+    assert completed.total == 2000 and completed.message is None, "every planned trial ran"
+    assert len(stored.sealed) > 5
+    assert stored.trials_recorded == 2000 and len(stored.results) < 2000
+    assert stored.best_score() == completed.best.score
+    whole = stored.with_segments([segments[ref.key] for ref in stored.sealed])
+    assert list(whole.results.items()) == list(run.state.results.items()), "every result, in the order recorded"
+    assert whole.issued == run.state.issued and not whole.sealed
+    # A scheduler that resumes from the stored form saves exactly what this one would.
+    resumed = ExperimentRun(whole, stored.sealed)
+    assert resumed.dump() == run.dump()
+    assert resumed.in_flight() == run.in_flight() == set()
 
 
-def test_a_state_far_from_the_limit_keeps_its_budget() -> None:
-    run = _finished(300)
+def test_a_small_experiment_keeps_its_results_in_its_state() -> None:
+    run = _finished(100)
     run.dump()
-    assert run.fit_budget(8 * 2**20) is False and run.limit == 300 and run.budget_note is None
+    assert run.seal(8 * 2**20) is None
+    assert run.stored().results == run.state.results and not run.stored().sealed

@@ -234,21 +234,29 @@ async def test_a_costly_sampler_asks_in_the_sampler_thread_and_a_random_one_on_t
     assert next(iter(threads["tpe"])).startswith("sampler"), threads
 
 
-async def test_an_experiment_whose_state_would_outgrow_the_bus_limit_stops_in_time_and_says_why(scheduler: Scheduler) -> None:
-    # The state is one KV value: past the server's max_payload a save fails and the experiment
-    # would stall. The 100 trials of this experiment (~200 bytes each) do not fit in 16 kB.
+async def test_an_experiment_larger_than_the_bus_limit_runs_every_trial_with_its_results_sealed_into_segments(
+    scheduler: Scheduler,
+) -> None:
+    # The stored state is one KV value: past the server's max_payload a save would fail and the
+    # experiment stall. The 100 trials of this experiment (~200 bytes each) do not fit in 16 kB.
     limit = 16_000
     scheduler.ctx.broker.connection._max_payload = limit  # as the server's INFO would say
     exp_id, intake = submission("full-state", parallelism=32)
     await submit(scheduler, intake)
     kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
     answered: set[int] = set()
+    rebuilt = False
     for _ in range(100):
         entry = await kv.get(exp_id)
         assert len(entry.value) < limit
         state = scheduler.store.model.model_validate_json(entry.value)
         if state.status is not ExperimentStatus.RUNNING:
             break
+        if state.sealed and not rebuilt:
+            # As after a restart or a handover: the next result rebuilds the run from the stored
+            # state and the segments it names.
+            await scheduler.drop(exp_id)
+            rebuilt = True
         pending = [n for n in sorted(state.issued) if n not in answered]
         assert pending, "running with nothing in flight"
         for n in pending:
@@ -262,6 +270,11 @@ async def test_an_experiment_whose_state_would_outgrow_the_bus_limit_stops_in_ti
                 for n in pending
             )
         )
-    assert state.status is ExperimentStatus.COMPLETED
-    assert 10 < len(state.results) < 100
-    assert state.message and "over the bus's message limit" in state.message and "max_payload" in state.message
+    assert rebuilt and state.status is ExperimentStatus.COMPLETED and state.message is None
+    assert state.sealed and state.trials_recorded == 100 and len(state.results) < 100
+    for ref in state.sealed:
+        assert len((await kv.get(ref.key)).value) < limit
+    whole, _ = await scheduler.store.get(exp_id)
+    assert sorted(whole.results) == list(range(100)) and sorted(whole.issued) == list(range(100))
+    keys = await scheduler.store.keys()
+    assert exp_id in keys and not any(ref.key in keys for ref in state.sealed), "segments are not experiments"

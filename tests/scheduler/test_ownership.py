@@ -7,17 +7,16 @@ import time
 import uuid
 
 from tests.waiting import until
-from tweakline.proto.messages import ExperimentState
 from tweakline.proto.permissions import Identity
-from tweakline.proto.subjects import SCHEDULER_LEASE_TTL_S, Bucket, lease_key
+from tweakline.proto.subjects import SCHEDULER_LEASE_TTL_S, lease_key
 from tweakline.runtime.bus import connect
-from tweakline.runtime.records import RecordStore
+from tweakline.runtime.records import ExperimentStore
 from tweakline.scheduler.ownership import Ownership
 
 
 async def _ownership(nc, ident: str, events: list[tuple[str, str, str]]) -> Ownership:
     js = nc.jetstream()
-    store = await RecordStore.open(js, Bucket.EXPERIMENTS.value, ExperimentState)
+    store = await ExperimentStore.open_bucket(js)
 
     async def adopt(exp_id: str) -> bool:
         events.append((ident, "adopt", exp_id))

@@ -45,12 +45,12 @@ from tweakline.proto.messages import (
     RollbackRequested,
     Source,
     TrialCompleted,
-    TrialStatus,
+    is_state_key,
     msg_id,
 )
 from tweakline.proto.subjects import Bucket, Stream, Subject, experiment_events, release_subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
-from tweakline.runtime.records import RecordStore
+from tweakline.runtime.records import ExperimentStore, RecordStore
 from tweakline.runtime.settings import Settings
 
 Event = (
@@ -104,19 +104,17 @@ class ExperimentSummary(BaseModel):
 
 
 def summarize(state: ExperimentState, now: datetime | None = None) -> ExperimentSummary:
-    """The list row of one experiment's recorded state."""
+    """The list row of one experiment's recorded state (as stored, or whole)."""
     spec = state.tweak.spec
-    ok = [r.score for r in state.results.values() if r.status is TrialStatus.OK and r.score is not None]
-    best = (max(ok) if spec.objective.maximize else min(ok)) if ok else None
     now = now or datetime.now(UTC)
     return ExperimentSummary(
         experiment_id=state.experiment_id,
         name=state.tweak.metadata.name,
         status=state.status,
-        trials_done=len(state.results),
+        trials_done=state.trials_recorded,
         trials_max=spec.budget.max_trials,
         running=len(set(state.issued) - set(state.results)) if state.status is ExperimentStatus.RUNNING else 0,
-        best_score=best,
+        best_score=state.best_score(),
         metric=spec.objective.metric,
         repository=state.source.repository,
         branch=state.source.branch,
@@ -207,16 +205,16 @@ class TweaklineClient:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def _experiments_store(self) -> RecordStore[ExperimentState]:
+    async def _experiments_store(self) -> ExperimentStore:
         try:
-            return await RecordStore.open(self.js, Bucket.EXPERIMENTS.value, ExperimentState)
+            return await ExperimentStore.open_bucket(self.js)
         except Exception as exc:
             raise BusError(f"cannot read the experiments bucket: {exc}") from exc
 
     async def experiment(self, experiment_id: str) -> ExperimentSummary:
         """One experiment's summary; :class:`UnknownExperimentError` if there is none."""
         store = await self._experiments_store()
-        found = await store.get(experiment_id)
+        found = await store.get_stored(experiment_id)  # a summary: no segment read
         if found is None:
             raise UnknownExperimentError(f"no experiment with id {experiment_id!r} (see `tweakline experiments`)")
         return summarize(found[0])
@@ -247,7 +245,7 @@ class TweaklineClient:
         now = datetime.now(UTC)
         rows: list[ExperimentSummary] = []
         for key in await store.keys():
-            found = await store.get(key)
+            found = await store.get_stored(key)
             if found is None:
                 continue
             row = summarize(found[0], now)
@@ -326,7 +324,7 @@ class TweaklineClient:
         """
         try:
             kv = await self.js.key_value(Bucket.EXPERIMENTS.value)
-            watcher = await kv.watchall(ignore_deletes=True)
+            watcher = await kv.watch("*", ignore_deletes=True)  # states only: a segment's key has more tokens
         except Exception as exc:
             raise BusError(f"cannot watch the experiments bucket: {exc}") from exc
         try:
@@ -334,7 +332,7 @@ class TweaklineClient:
                 if entry is None:
                     yield None
                     continue
-                if entry.value:
+                if entry.value and is_state_key(entry.key):  # not a results segment
                     yield summarize(ExperimentState.model_validate_json(entry.value))
         finally:
             await watcher.stop()

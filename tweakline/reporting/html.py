@@ -22,9 +22,9 @@ from nats.js import api
 from tweakline.client.follow import Outcome, apply_event
 from tweakline.errors import TweaklineError
 from tweakline.observability.telemetry import trace_id_of
-from tweakline.proto.messages import ExperimentState, ExperimentSubmitted, TrialStatus
-from tweakline.proto.subjects import Bucket, Stream, Subject, experiment_events
-from tweakline.runtime.records import RecordStore
+from tweakline.proto.messages import ExperimentSubmitted, TrialStatus
+from tweakline.proto.subjects import Stream, Subject, experiment_events
+from tweakline.runtime.records import ExperimentStore
 
 
 class ReportError(TweaklineError):
@@ -81,8 +81,8 @@ async def load_experiment(nc: Client, experiment_id: str, *, idle_timeout: float
 
     traceparent = submitted.traceparent
     try:
-        store = await RecordStore.open(js, Bucket.EXPERIMENTS.value, ExperimentState)
-        found = await store.get(experiment_id)
+        store = await ExperimentStore.open_bucket(js)
+        found = await store.get_stored(experiment_id)  # its trace: no segment read
         if found is not None and found[0].traceparent:
             traceparent = found[0].traceparent
     except Exception:  # the state may have expired; the submission's context still names the trace

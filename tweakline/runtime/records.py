@@ -16,6 +16,8 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from tweakline.errors import TweaklineError
+from tweakline.proto.messages import ExperimentState, ResultsSegment, is_state_key
+from tweakline.proto.subjects import Bucket
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -118,3 +120,80 @@ class RecordStore(Generic[R]):
             if attempt or (await self.kv.status()).values == 0:
                 return []
         return []
+
+
+class ExperimentStore(RecordStore[ExperimentState]):
+    """The experiments bucket: each experiment's state, and the results segments it names.
+
+    :meth:`get` returns the whole state (segments joined in, as :meth:`ExperimentState.with_segments`
+    says); :meth:`get_stored` the state as stored, for what only needs its summary
+    (:attr:`ExperimentState.trials_recorded`, :meth:`ExperimentState.best_score`) or, with
+    :meth:`segments`, for the scheduler. :meth:`keys` lists states only, filtered by the server.
+    Only the scheduler writes (:meth:`RecordStore.update` with the stored form, and
+    :meth:`put_segment`).
+    """
+
+    def __init__(self, kv: KeyValue):
+        super().__init__(kv, ExperimentState)
+
+    @classmethod
+    async def open_bucket(cls, js: JetStreamContext) -> ExperimentStore:
+        """Bind to the experiments bucket (created by ``ensure_topology``)."""
+        return cls(await js.key_value(Bucket.EXPERIMENTS.value))
+
+    async def get_stored(self, key: str) -> tuple[ExperimentState, int] | None:
+        """The state as stored (results since the last segment, ``sealed`` naming the rest) and its revision."""
+        return await super().get(key)
+
+    async def get(self, key: str) -> tuple[ExperimentState, int] | None:
+        """The whole state (every result, ``sealed`` empty) and the revision of its stored entry."""
+        found = await self.get_stored(key)
+        if found is None or not found[0].sealed:
+            return found
+        return found[0].with_segments(await self.segments(found[0])), found[1]
+
+    async def segments(self, state: ExperimentState) -> list[ResultsSegment]:
+        """The segments ``state`` names, in its order; :class:`MissingSegmentError` if one is gone."""
+        out = []
+        for sealed in state.sealed:
+            try:
+                entry = await self.kv.get(check_key(sealed.key))
+            except (KeyNotFoundError, NotFoundError):
+                entry = None
+            if entry is None or not entry.value:
+                raise MissingSegmentError(
+                    f"experiment {state.experiment_id}: its results segment {sealed.key!r} "
+                    f"({sealed.trials} trials) is missing from the experiments bucket"
+                )
+            out.append(ResultsSegment.model_validate_json(entry.value))
+        return out
+
+    async def put_segment(self, key: str, segment: ResultsSegment, data: bytes | None = None) -> int:
+        """Write a new segment (its key is new: never one a state already names)."""
+        return await self.kv.put(check_key(key), segment.model_dump_json().encode() if data is None else data)
+
+    async def keys(self) -> list[str]:
+        """The experiments' ids: the keys of their states, never of their segments (the server filters)."""
+        for attempt in range(2):
+            try:
+                # One token: an id has no '.', a segment's key has two (results_key).
+                watcher = await self.kv.watch("*", ignore_deletes=True, meta_only=True)
+            except NotFoundError:
+                return []
+            keys: list[str] = []
+            try:
+                async for entry in watcher:
+                    if entry is None:  # everything stored so far was sent
+                        break
+                    if is_state_key(entry.key):
+                        keys.append(entry.key)
+            finally:
+                await watcher.stop()
+            # As in RecordStore.keys: an empty answer from a bucket holding values is asked again, once.
+            if keys or attempt or (await self.kv.status()).values == 0:
+                return keys
+        return []
+
+
+class MissingSegmentError(TweaklineError):
+    """A results segment an experiment's state names is not in the bucket (deleted by hand, or lost)."""

@@ -265,11 +265,11 @@ async def collect_status(settings: Settings, letters: int = 10) -> dict[str, Any
     """What the bus knows: running experiments (KV), each runner pool's consumer, recent dead letters."""
     from nats.js.errors import BadRequestError, NotFoundError
 
-    from tweakline.proto.messages import DeadLetter, ExperimentState, ExperimentStatus
+    from tweakline.proto.messages import DeadLetter, ExperimentStatus
     from tweakline.proto.permissions import Identity
-    from tweakline.proto.subjects import Bucket, Stream, pool_consumer
+    from tweakline.proto.subjects import Stream, pool_consumer
     from tweakline.runtime.bus import connect
-    from tweakline.runtime.records import RecordStore
+    from tweakline.runtime.records import ExperimentStore
 
     try:  # nats-py may retry a refused first connection for ever: bound it
         nc = await asyncio.wait_for(
@@ -288,10 +288,10 @@ async def collect_status(settings: Settings, letters: int = 10) -> dict[str, Any
         ) from None
     try:
         js = nc.jetstream()
-        store = await RecordStore.open(js, Bucket.EXPERIMENTS.value, ExperimentState)
+        store = await ExperimentStore.open_bucket(js)
         experiments = []
         for key in await store.keys():
-            found = await store.get(key)
+            found = await store.get_stored(key)  # counts and trials in flight: no segment read
             if found is None or found[0].status is not ExperimentStatus.RUNNING:
                 continue
             state = found[0]
@@ -300,7 +300,7 @@ async def collect_status(settings: Settings, letters: int = 10) -> dict[str, Any
                     "experiment_id": state.experiment_id,
                     "name": state.tweak.metadata.name,
                     "started_at": state.started_at.isoformat(),
-                    "results": len(state.results),
+                    "results": state.trials_recorded,
                     "max_trials": state.tweak.spec.budget.max_trials,
                     "in_flight": len(set(state.issued) - set(state.results)),
                 }
