@@ -6,6 +6,7 @@ silently overwrite each other: the loser gets :class:`StaleRecordError` and re-r
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -16,7 +17,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from tweakline.errors import TweaklineError
-from tweakline.proto.messages import ExperimentState, ResultsSegment, is_state_key
+from tweakline.proto.messages import ExperimentState, ResultsSegment, SealedResults, is_state_key
 from tweakline.proto.subjects import Bucket
 
 R = TypeVar("R", bound=BaseModel)
@@ -33,6 +34,8 @@ class InvalidRecordKeyError(TweaklineError):
 # nats-py's own KV key charset, bounded: `$KV.<bucket>.<key>` must stay far below nats-server's
 # 4 KiB control line, past which the server closes the whole connection.
 KEY_MAX_LENGTH = 256
+# How many results segments a reader asks for at once.
+SEGMENT_READS = 16
 _KEY = re.compile(rf"[-/_=.a-zA-Z0-9]{{1,{KEY_MAX_LENGTH}}}")
 
 
@@ -154,8 +157,8 @@ class ExperimentStore(RecordStore[ExperimentState]):
 
     async def segments(self, state: ExperimentState) -> list[ResultsSegment]:
         """The segments ``state`` names, in its order; :class:`MissingSegmentError` if one is gone."""
-        out = []
-        for sealed in state.sealed:
+
+        async def one(sealed: SealedResults) -> ResultsSegment:
             try:
                 entry = await self.kv.get(check_key(sealed.key))
             except (KeyNotFoundError, NotFoundError):
@@ -165,7 +168,11 @@ class ExperimentStore(RecordStore[ExperimentState]):
                     f"experiment {state.experiment_id}: its results segment {sealed.key!r} "
                     f"({sealed.trials} trials) is missing from the experiments bucket"
                 )
-            out.append(ResultsSegment.model_validate_json(entry.value))
+            return ResultsSegment.model_validate_json(entry.value)
+
+        out: list[ResultsSegment] = []
+        for start in range(0, len(state.sealed), SEGMENT_READS):  # a few requests in flight, not hundreds
+            out += await asyncio.gather(*(one(sealed) for sealed in state.sealed[start : start + SEGMENT_READS]))
         return out
 
     async def put_segment(self, key: str, segment: ResultsSegment, data: bytes | None = None) -> int:
