@@ -235,12 +235,21 @@ async def test_a_costly_sampler_asks_in_the_sampler_thread_and_a_random_one_on_t
 
 
 async def test_an_experiment_larger_than_the_bus_limit_runs_every_trial_with_its_results_sealed_into_segments(
-    scheduler: Scheduler,
+    scheduler: Scheduler, monkeypatch
 ) -> None:
     # The stored state is one KV value: past the server's max_payload a save would fail and the
     # experiment stall. The 100 trials of this experiment (~200 bytes each) do not fit in 16 kB.
     limit = 16_000
     scheduler.ctx.broker.connection._max_payload = limit  # as the server's INFO would say
+    built_in: list[str] = []
+    init = ExperimentRun.__init__
+
+    def recording(run: ExperimentRun, *args: Any, **kwargs: Any) -> None:
+        if args[0].issued:  # a rebuild of a running experiment, not a new one
+            built_in.append(threading.current_thread().name)
+        init(run, *args, **kwargs)
+
+    monkeypatch.setattr(ExperimentRun, "__init__", recording)
     exp_id, intake = submission("full-state", parallelism=32)
     await submit(scheduler, intake)
     kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
@@ -271,6 +280,8 @@ async def test_an_experiment_larger_than_the_bus_limit_runs_every_trial_with_its
             )
         )
     assert rebuilt and state.status is ExperimentStatus.COMPLETED and state.message is None
+    # The rebuilt study replayed every result off the event loop (25,000 take about a second).
+    assert built_in and all(name.startswith("sampler") for name in built_in), built_in
     assert state.sealed and state.trials_recorded == 100 and len(state.results) < 100
     for ref in state.sealed:
         assert len((await kv.get(ref.key)).value) < limit
