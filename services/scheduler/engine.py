@@ -95,7 +95,12 @@ class ExperimentRun:
             (o.metric, o.maximize) for o in spec.objective.secondary
         ]
         self._warm = [t for t in (self._frozen(r) for r in state.warm_trials) if t is not None]
-        sampler = self.strategy.warm_sampler(spec.search, self._warm) if self._warm else self.strategy.sampler(spec.search)
+        # Rebuilt after a restart or a handover (trials issued already): the sampler's random state
+        # is not in the state, and a new sampler must not propose the first trials again.
+        search = self.strategy.continued(spec.search, len(state.issued)) if state.issued else spec.search
+        sampler = self.strategy.warm_sampler(search, self._warm) if self._warm else self.strategy.sampler(search)
+        if state.issued:
+            self.strategy.resume(sampler, len(state.issued))
         self.study = optuna.create_study(
             # Named after the experiment, not at random: Hyperband assigns brackets by a hash of
             # the study name and trial number, which must not change when a restart rebuilds it.

@@ -637,3 +637,24 @@ def test_invalid_resources_fail_validation_with_field_precise_errors(search, mod
     paths = {p.path: p.message for p in problems}
     assert ".".join(field) in paths, paths
     assert text in paths[".".join(field)], paths
+
+
+@pytest.mark.parametrize("algorithm", ["random", "qmc", "tpe", "cmaes", "grid"])
+def test_a_rebuilt_seeded_search_goes_on_instead_of_proposing_its_first_trials_again(algorithm: str) -> None:
+    # The sampler's random state is not in the experiment's state: after a restart or a handover,
+    # the experiment's seed alone would draw the first trials' parameters again.
+    space = GRID_SPACE if algorithm == "grid" else {"C": {"type": "float", "low": 0.01, "high": 100.0, "log": True}}
+    search_tweak = tweak(space, algorithm=algorithm, budget={"max_trials": 6, "parallelism": 4})
+    run = ExperimentRun(ExperimentState(experiment_id="rebuilt", tweak=search_tweak))
+    first = run.next_trials()
+    for number, params in first[:2]:
+        assert run.record(result(run, number, params))
+    rebuilt = ExperimentRun(ExperimentState.model_validate(run.state.model_dump()))
+    later = [params for _, params in rebuilt.next_trials()]
+
+    assert len(first) == 4 and len(later) == 2
+    assert not [params for params in later if params in [p for _, p in first]], (first, later)
+    # A new experiment still starts from its own seed: the same first trials every time.
+    assert [p for _, p in ExperimentRun(ExperimentState(experiment_id="again", tweak=search_tweak)).next_trials()] == [
+        p for _, p in first
+    ]

@@ -8,6 +8,7 @@ JSON Schema lists the registered names (``tweakline.cli.generate``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 from abc import ABC, abstractmethod
@@ -20,6 +21,11 @@ from tweakline.errors import Problem
 from tweakline.proto.tweakfile import CategoricalParam, ExperimentSpec, FloatParam, SearchSpec
 from tweakline.search.names import unknown_name
 from tweakline.search.space import grid_values
+
+
+def continued_seed(seed: int, issued: int) -> int:
+    """A seed for a sampler that goes on after ``issued`` trials of a search seeded with ``seed``."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{issued}".encode()).digest()[:4], "big")
 
 
 class SearchStrategy(ABC):
@@ -41,6 +47,26 @@ class SearchStrategy(ABC):
         takes its prior at construction.
         """
         return self.sampler(search)
+
+    def continued(self, search: SearchSpec, issued: int) -> SearchSpec:
+        """The search settings of a run rebuilt (after a restart or a handover) with ``issued``
+        trials issued already.
+
+        A sampler's random state is not kept with the experiment, and a new one seeded with the
+        experiment's seed would propose the first trials' parameters again. Default: a new seed,
+        derived from the seed and ``issued`` (a seeded search stays reproducible); the first run
+        keeps the experiment's own seed.
+        """
+        if search.seed is None:
+            return search
+        return search.model_copy(update={"seed": continued_seed(search.seed, issued)})
+
+    def resume(self, sampler: optuna.samplers.BaseSampler, issued: int) -> None:
+        """``sampler`` is new, for a run rebuilt with ``issued`` trials issued already: make it go
+        on after them. Default: nothing (see :meth:`continued`); override for a sampler whose
+        sequence does not come from its seed.
+        """
+        return None
 
     def trial_limit(self, search: SearchSpec, max_trials: int) -> int:
         """How many trials the search can use at most (exhaustive strategies stop early)."""
@@ -87,6 +113,11 @@ class GridSearch(SearchStrategy):
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return _AskTellGridSampler(grid_values(search.space), seed=search.seed)
+
+    def continued(self, search: SearchSpec, issued: int) -> SearchSpec:
+        # The seed orders the grid, and a trial's number picks its point in that order: a rebuilt
+        # study numbers its trials on from the ones replayed, so the same order goes on unvisited.
+        return search
 
     def check(self, spec: ExperimentSpec) -> list[Problem]:
         # Every point of the grid must be listed: no parameter may depend on another, floats need a step.
@@ -170,14 +201,33 @@ class CmaEsSearch(SearchStrategy):
         return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False, source_trials=complete)
 
 
+class _ContinuedQmcSampler(optuna.samplers.QMCSampler):
+    """Optuna's QMC sampler, whose sequence can start after the points a rebuilt run issued before.
+
+    Optuna counts the points drawn in the study's own attributes, which a rebuilt study starts
+    again from zero: without the offset it would propose the first points again.
+    """
+
+    def __init__(self, **kwargs: object):
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.skip = 0
+
+    def _find_sample_id(self, study, search_space) -> int:  # type: ignore[no-untyped-def]
+        return super()._find_sample_id(study, search_space) + self.skip
+
+
 class QmcSearch(SearchStrategy):
-    """Quasi-Monte-Carlo (scrambled Sobol): a space-filling random search."""
+    """Quasi-Monte-Carlo (Sobol points): a space-filling random search."""
 
     name = "qmc"
     cheap = True
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.QMCSampler(seed=search.seed, warn_independent_sampling=False)
+        return _ContinuedQmcSampler(seed=search.seed, warn_independent_sampling=False)
+
+    def resume(self, sampler: optuna.samplers.BaseSampler, issued: int) -> None:
+        if isinstance(sampler, _ContinuedQmcSampler):
+            sampler.skip = issued
 
 
 class Nsga2Search(SearchStrategy):
