@@ -67,6 +67,7 @@ from bench.harness import (
 from tweakline.client.follow import Outcome, follow
 from tweakline.proto.permissions import Identity
 from tweakline.runtime.natsserver import nats_server_binary
+from tweakline.runtime.records import ExperimentStore
 from tweakline.runtime.settings import Settings
 from tweakline.validation.loading import load_tweak_file
 
@@ -93,9 +94,11 @@ class Sizes:
     realistic_repeats: int = 3  # pairs: A B B A A B
     runners: int = 2
     one_in_flight_trials: int = 100
+    large_trials: int = 20000
 
 
 QUICK = Sizes(
+    large_trials=3000,
     trivial_trials=300,
     tpe_trials=100,
     optuna_trials=1000,
@@ -144,6 +147,44 @@ async def _trivial_run(
         "load_before": load_before,
         "load_after": loadavg(),
     }
+
+
+def large(sizes: Sizes) -> dict[str, Any]:
+    """One random experiment of ``sizes.large_trials`` trivial trials: every trial runs, no slow-down
+    with history (the first tenth's rate against the last's), and what its stored state costs."""
+    with bench_stack(sizes.runners) as stack:
+
+        async def _main() -> dict[str, Any]:
+            probe = await Probe.open(stack)
+            try:
+                await wait_ready(probe.nc, sizes.runners)
+                warm = await _trivial_run(probe, "bench-warmup", 40, 8, "random")
+                await probe.wait_evaluated(warm["experiment_id"])
+                out = await _trivial_run(
+                    probe, "bench-large", sizes.large_trials, sizes.trivial_parallelism, "random", stack_processes(stack)
+                )
+                exp_id = out["experiment_id"]
+                times = sorted(probe.completed[t][0] for t in probe.trials_of(exp_id))
+                tenth = max(2, len(times) // 10)
+                out["first_tenth_trials_per_s"] = round((tenth - 1) / (times[tenth - 1] - times[0]), 1)
+                out["last_tenth_trials_per_s"] = round((tenth - 1) / (times[-1] - times[-tenth]), 1)
+                store = await ExperimentStore.open_bucket(probe.nc.jetstream())
+                entry = await store.kv.get(exp_id)
+                stored, _ = await store.get_stored(exp_id)
+                t0 = time.perf_counter()
+                whole, _ = await store.get(exp_id)
+                out.update(
+                    state_bytes=len(entry.value or b""),
+                    segments=len(stored.sealed),
+                    recorded=stored.trials_recorded,
+                    whole_read_s=round(time.perf_counter() - t0, 2),
+                    whole_results=len(whole.results),
+                )
+                return out
+            finally:
+                await probe.close()
+
+        return asyncio.run(_main())
 
 
 def orchestration(sizes: Sizes) -> dict[str, Any]:
@@ -661,6 +702,22 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 "",
             )
         )
+    big = results.get("large")
+    if big:
+        out.append(
+            (
+                "1 orchestration",
+                f"one experiment of {big['trials']} trivial trials (random, mTLS, {big['parallelism']} in flight)",
+                f"{big['trials_per_s']} trials/s: first tenth {big['first_tenth_trials_per_s']}, last tenth "
+                f"{big['last_tenth_trials_per_s']}; CPU {big['cpu_ms_per_trial_total']} ms/trial; stored state "
+                f"{big['state_bytes'] / 1024:.0f} kB + {big['segments']} segments; whole state read in {big['whole_read_s']} s",
+                "every trial runs, no slow-down with history",
+                _status(
+                    big["recorded"] == big["whole_results"] == big["trials"] == results["sizes"]["large_trials"]
+                    and big["last_tenth_trials_per_s"] >= 0.8 * big["first_tenth_trials_per_s"]
+                ),
+            )
+        )
     q = results.get("optuna")
     if q:
         out.append(
@@ -866,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         nargs="*",
         default=None,
-        choices=["orchestration", "optuna", "optuna_journal", "ray", "scaling", "mtls", "startup", "memory"],
+        choices=["orchestration", "large", "optuna", "optuna_journal", "ray", "scaling", "mtls", "startup", "memory"],
         help="Run some scenarios only.",
     )
     parser.add_argument("--no-docs", action="store_true", help="Do not rewrite docs/benchmarks.md (--quick and --only never do).")
@@ -881,7 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else Sizes()
     prepare_environment()
     tweak_path = REPO / "examples" / "digits-svc.tweak.yaml"
-    wanted = args.only or ["orchestration", "optuna", "optuna_journal", "ray", "scaling", "mtls", "startup", "memory"]
+    wanted = args.only or ["orchestration", "large", "optuna", "optuna_journal", "ray", "scaling", "mtls", "startup", "memory"]
     results: dict[str, Any] = {
         "command": "python -m bench.platform"
         + (" --quick" if args.quick else "")
@@ -891,6 +948,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     scenarios = {
         "orchestration": lambda: orchestration(sizes),
+        "large": lambda: large(sizes),
         "optuna": lambda: optuna_inprocess(sizes.optuna_trials),
         "optuna_journal": lambda: optuna_journal(sizes.journal_trials),
         "ray": lambda: ray_tune(sizes.ray_trials),

@@ -63,3 +63,20 @@ def test_the_stack_footprint_is_reported_against_the_pss_target() -> None:
     assert row[3] == "<= 300 MiB at peak" and row[4] == "[red]missed[/red]"
     (met,) = [r for r in rows({**RESULTS, "memory": memory | {"peak_total_mib": 299.0}}) if r[0] == "5 memory"]
     assert met[4] == "[green]met[/green]"
+
+
+def test_a_large_experiment_is_met_only_with_every_trial_and_no_slow_down() -> None:
+    from bench.platform import rows
+
+    big = {"trials": 100, "parallelism": 32, "trials_per_s": 900.0, "cpu_ms_per_trial_total": 1.4}
+    big |= {"first_tenth_trials_per_s": 1000.0, "last_tenth_trials_per_s": 950.0, "state_bytes": 30720}
+    big |= {"segments": 4, "recorded": 100, "whole_read_s": 0.1, "whole_results": 100}
+    sized = {**RESULTS, "sizes": {"large_trials": 100}}
+
+    def verdict(**change: object) -> str:
+        (row,) = [r for r in rows({**sized, "large": big | change}) if "one experiment of" in r[1]]
+        return row[4]
+
+    assert verdict() == "[green]met[/green]"
+    assert verdict(last_tenth_trials_per_s=500.0) == "[red]missed[/red]", "slowed down as it grew"
+    assert verdict(recorded=90, trials=90, whole_results=90) == "[red]missed[/red]", "stopped short of its budget"
