@@ -19,6 +19,7 @@ from tweakline.observability import telemetry
 from tweakline.proto.messages import (
     BatchedTrial,
     CancelExperiment,
+    ExperimentCompleted,
     ExperimentState,
     ExperimentStatus,
     ExperimentSubmitted,
@@ -32,7 +33,7 @@ from tweakline.proto.messages import (
 )
 from tweakline.proto.subjects import Stream, Subject, subject_for, trial_subject
 from tweakline.runtime.bus import SERVICE_MAX_DELIVER
-from tweakline.runtime.records import ExperimentStore, StaleRecordError
+from tweakline.runtime.records import ExperimentStore, MissingSegmentError, StaleRecordError
 from tweakline.runtime.service import ServiceContext
 from tweakline.scheduler import cancel
 from tweakline.scheduler.engine import ExperimentRun
@@ -112,6 +113,12 @@ class Scheduler:
             log.info("resuming experiment %s", exp_id)
             try:
                 await self._resume(*await self._rebuild(*found))
+            except MissingSegmentError as exc:
+                # Results it names are gone (deleted by hand): it can never resume. Fail it with
+                # the reason, rather than retry every claim round for ever.
+                self.runs.pop(exp_id, None)
+                await self._fail_unreadable(*found, str(exc))
+                return False
             except Exception:
                 self.runs.pop(exp_id, None)
                 raise
@@ -148,6 +155,35 @@ class Scheduler:
         whole = stored.with_segments(await self.store.segments(stored)) if stored.sealed else stored
         run = await asyncio.get_running_loop().run_in_executor(self._sampler, ExperimentRun, whole, stored.sealed)
         return run, revision
+
+    async def _fail_unreadable(self, stored: ExperimentState, revision: int, reason: str) -> None:
+        """Complete an experiment that cannot be rebuilt as failed, saying why (its results are kept)."""
+        assert self.store is not None
+        message = f"cannot resume: {reason}"
+        log.error("experiment %s: %s", stored.experiment_id, message)
+        failed = stored.model_copy(
+            update={"status": ExperimentStatus.FAILED, "finished_at": datetime.now(UTC), "message": message}
+        )
+        await self.ctx.publish(
+            ExperimentCompleted(
+                experiment_id=stored.experiment_id,
+                tweak=stored.tweak,
+                source=stored.source,
+                status=ExperimentStatus.FAILED,
+                trials=[],
+                trials_total=stored.trials_recorded,
+                started_at=stored.started_at,
+                finished_at=failed.finished_at,
+                message=message,
+                warm_start=stored.warm_start,
+            ),
+            subject_for(Subject.EXPERIMENT_COMPLETED, stored.experiment_id),
+            msg_id=msg_id("experiment-completed", stored.experiment_id),
+            stream=Stream.EVENTS,
+            trace_parent=stored.traceparent,
+        )
+        with contextlib.suppress(StaleRecordError):  # another scheduler got there first
+            await self.store.update(stored.experiment_id, failed, revision)
 
     async def _resume(self, run: ExperimentRun, revision: int) -> None:
         state = run.state

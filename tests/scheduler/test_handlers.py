@@ -18,7 +18,17 @@ from typing import Any
 from nats.js.api import DeliverPolicy
 
 from tests.factories import make_tweak
-from tweakline.proto.messages import DeadLetter, ExperimentStatus, ExperimentSubmitted, TrialCompleted, TrialStatus, trial_id
+from tests.waiting import until
+from tweakline.proto.messages import (
+    DeadLetter,
+    ExperimentCompleted,
+    ExperimentState,
+    ExperimentStatus,
+    ExperimentSubmitted,
+    TrialCompleted,
+    TrialStatus,
+    trial_id,
+)
 from tweakline.proto.permissions import Identity
 from tweakline.proto.subjects import Bucket, Stream, Subject, subject_for
 from tweakline.proto.tweakfile import TweakFile
@@ -234,6 +244,29 @@ async def test_a_costly_sampler_asks_in_the_sampler_thread_and_a_random_one_on_t
     assert next(iter(threads["tpe"])).startswith("sampler"), threads
 
 
+async def _stored_within(kv, exp_id: str, limit: int) -> ExperimentState:
+    """The experiment's stored state, checked to be under the bus's message limit."""
+    entry = await kv.get(exp_id)
+    assert len(entry.value) < limit
+    return ExperimentState.model_validate_json(entry.value)
+
+
+async def _answer_in_flight(scheduler: Scheduler, state: ExperimentState, answered: set[int]) -> None:
+    """A result for every trial of ``state`` in flight and not answered yet, delivered together."""
+    pending = [n for n in sorted(state.issued) if n not in answered]
+    assert pending, "running with nothing in flight"
+    answered.update(pending)
+    exp_id = state.experiment_id
+    await asyncio.gather(
+        *(
+            complete(
+                scheduler, Delivered(result_body(exp_id, n, state.issued[n], 0.5), subject_for(Subject.TRIAL_COMPLETED, exp_id))
+            )
+            for n in pending
+        )
+    )
+
+
 async def test_an_experiment_larger_than_the_bus_limit_runs_every_trial_with_its_results_sealed_into_segments(
     scheduler: Scheduler, monkeypatch
 ) -> None:
@@ -256,9 +289,7 @@ async def test_an_experiment_larger_than_the_bus_limit_runs_every_trial_with_its
     answered: set[int] = set()
     rebuilt = False
     for _ in range(100):
-        entry = await kv.get(exp_id)
-        assert len(entry.value) < limit
-        state = scheduler.store.model.model_validate_json(entry.value)
+        state = await _stored_within(kv, exp_id, limit)
         if state.status is not ExperimentStatus.RUNNING:
             break
         if state.sealed and not rebuilt:
@@ -266,19 +297,7 @@ async def test_an_experiment_larger_than_the_bus_limit_runs_every_trial_with_its
             # state and the segments it names.
             await scheduler.drop(exp_id)
             rebuilt = True
-        pending = [n for n in sorted(state.issued) if n not in answered]
-        assert pending, "running with nothing in flight"
-        for n in pending:
-            answered.add(n)
-        await asyncio.gather(
-            *(
-                complete(
-                    scheduler,
-                    Delivered(result_body(exp_id, n, state.issued[n], 0.5), subject_for(Subject.TRIAL_COMPLETED, exp_id)),
-                )
-                for n in pending
-            )
-        )
+        await _answer_in_flight(scheduler, state, answered)
     assert rebuilt and state.status is ExperimentStatus.COMPLETED and state.message is None
     # The rebuilt study replayed every result off the event loop (25,000 take about a second).
     assert built_in and all(name.startswith("sampler") for name in built_in), built_in
@@ -289,3 +308,40 @@ async def test_an_experiment_larger_than_the_bus_limit_runs_every_trial_with_its
     assert sorted(whole.results) == list(range(100)) and sorted(whole.issued) == list(range(100))
     keys = await scheduler.store.keys()
     assert exp_id in keys and not any(ref.key in keys for ref in state.sealed), "segments are not experiments"
+
+
+async def test_an_experiment_whose_results_segment_is_gone_fails_once_and_says_which(scheduler: Scheduler, nats) -> None:
+    # A segment deleted by hand: the experiment can never be rebuilt. It is failed with the key
+    # named (and its completion published for whoever waits on it), not retried every round.
+    limit = 16_000
+    scheduler.ctx.broker.connection._max_payload = limit
+    exp_id, intake = submission("lost-segment", parallelism=32)
+    nc = await connect(nats.settings(Identity.ADMIN), "test-lost-segment")
+    completions: list[ExperimentCompleted] = []
+
+    async def on_completed(msg) -> None:
+        completions.append(ExperimentCompleted.model_validate_json(msg.data))
+
+    try:
+        await nc.subscribe(subject_for(Subject.EXPERIMENT_COMPLETED, exp_id), cb=on_completed)
+        await nc.flush()
+        await submit(scheduler, intake)
+        kv = await scheduler.ctx.js.key_value(Bucket.EXPERIMENTS.value)
+        answered: set[int] = set()
+        state = await _stored_within(kv, exp_id, limit)
+        while not state.sealed:
+            await _answer_in_flight(scheduler, state, answered)
+            state = await _stored_within(kv, exp_id, limit)
+        lost = state.sealed[0].key
+        await kv.delete(lost)
+        await scheduler.drop(exp_id)
+
+        assert await scheduler.adopt(exp_id) is False, "an experiment that cannot be rebuilt does not run here"
+        failed, _ = await scheduler.store.get_stored(exp_id)
+        assert failed.status is ExperimentStatus.FAILED and lost in (failed.message or "")
+        assert await scheduler.adopt(exp_id) is False and exp_id not in scheduler.runs, "and is not tried again"
+        await until(lambda: completions, "the failed experiment's completion")
+        (done,) = completions
+        assert done.status is ExperimentStatus.FAILED and lost in (done.message or "") and done.total == state.trials_recorded
+    finally:
+        await nc.close()
