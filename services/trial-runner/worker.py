@@ -33,8 +33,8 @@ trial running, skips a trial whose experiment was cancelled and stops between tr
 
 Parent and child talk over a private ``multiprocessing`` pipe (local, never the bus). The child
 is forked by the runner's zygote (:mod:`tweakline.trial_runner.zygote`: a single-threaded process
-the worker forks when it is prepared, with scikit-learn imported), so it shares those pages
-instead of importing its own copy; the zygote dies with the runner and the child with the zygote,
+the worker forks when it is prepared, with scikit-learn imported; in the local stack as the runner
+starts, :func:`prepare_early`), so it shares those pages instead of importing its own copy; the zygote dies with the runner and the child with the zygote,
 so a SIGKILLed runner leaves no training orphans.
 """
 
@@ -850,3 +850,42 @@ class TrialWorker:
             return conn.recv()
         except (EOFError, OSError):
             return ("eof",)
+
+
+# ------------------------------------------------------------------------ the zygote, forked early
+
+_early: TrialWorker | None = None
+
+
+def prepare_early() -> None:
+    """Make this runner's worker and fork its zygote now, before the service starts.
+
+    The local stack's fork server calls it first in every runner it forks (``ForkServer.spawn``'s
+    ``first``): the zygote then shares the fork server's pages as they are. Forked once the
+    runner had read its settings, set up logging and telemetry and built its app, the zygote kept
+    the runner's copies of the pages those wrote, and so held about 5 MiB alone at peak
+    (``bench.footprint --pages``, docs/benchmarks.md). Its settings are read from the environment,
+    as the service reads them next; if that fails, the service reports why and its app forks a
+    zygote itself (:func:`take_early`).
+    """
+    global _early
+    try:
+        worker = TrialWorker(worker_config(Settings()))
+        worker.prepare()
+    except Exception:  # the service's own start reads the settings again and reports the error
+        return
+    _early = worker
+
+
+def take_early(config: WorkerConfig) -> TrialWorker | None:
+    """The worker :func:`prepare_early` made, once, if it was made with ``config``; else None."""
+    global _early
+    worker, _early = _early, None
+    if worker is None or worker._zygote is None:
+        return None
+    if worker.config != config:  # not this service's configuration: not used
+        log.warning("the training zygote forked as the runner started has another configuration: forking a new one")
+        worker._zygote.close()
+        return None
+    log.info("training zygote %s: forked as the runner started", worker._zygote.pid)
+    return worker

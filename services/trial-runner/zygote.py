@@ -5,7 +5,9 @@ about 100 MiB of its own per runner (docs/benchmarks.md, memory). Forking is che
 shares every page it does not write — but the runner is a threaded asyncio process, and a fork of
 one may inherit a lock some other thread held. So the runner forks this zygote once, when its
 worker is prepared (before the service's threads start), and the zygote, which never starts a
-thread, forks each training child. The zygote imports what training needs first (``preload``: a
+thread, forks each training child. In the local stack that is the runner's first act, before its
+own start-up (``worker.prepare_early``, called by the fork server): the zygote then holds almost
+no copied pages of its own. The zygote imports what training needs first (``preload``: a
 no-op when the local stack's fork server imported it already) and freezes the collector's
 generations, so a child's collections never write to (and so never unshare) the pages of those
 objects.

@@ -1,10 +1,12 @@
 """The training zygote: children are forked from it (no fresh interpreter, no resource tracker),
-a dead zygote is replaced, and nothing outlives a SIGKILLed runner."""
+a dead zygote is replaced, nothing outlives a SIGKILLed runner, and one forked early is adopted."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +19,16 @@ import pytest
 from tests.trial_runner.test_worker import ALLOWED, request
 from tests.waiting import until, wait_until
 from tweakline.proto.messages import TrialStatus
-from tweakline.trial_runner.worker import TrialWorker, WorkerConfig, WorkerCrashedError, _tree_memory_mb
+from tweakline.runtime.settings import Settings
+from tweakline.trial_runner import worker as worker_module
+from tweakline.trial_runner.worker import (
+    TrialWorker,
+    WorkerConfig,
+    WorkerCrashedError,
+    _tree_memory_mb,
+    take_early,
+    worker_config,
+)
 
 
 @pytest.fixture
@@ -113,3 +124,35 @@ async def test_without_pidfds_children_are_still_waited_for_killed_and_reported(
     with pytest.raises(WorkerCrashedError, match="killed by SIGKILL"):
         await asyncio.wait_for(task, 60)
     assert (await worker.run(request({"delay": 0.0}, number=2))).status is TrialStatus.OK
+
+
+async def test_a_worker_prepared_early_is_taken_once_and_only_with_the_services_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # What the local stack's fork server runs first in a runner: the worker and its zygote, from the settings.
+    monkeypatch.setenv("TWEAKLINE_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("TWEAKLINE_ALLOWED_ESTIMATORS", json.dumps(ALLOWED))
+    config = worker_config(Settings())
+    worker_module.prepare_early()
+    early = worker_module._early
+    assert early is not None and early._zygote is not None and early._zygote.alive()
+    try:
+        assert take_early(config) is early  # the app adopts it: same settings, same configuration
+        assert take_early(config) is None  # once
+        assert (await early.run(request({"delay": 0.0}))).status is TrialStatus.OK
+    finally:
+        await early.close()
+    worker_module.prepare_early()
+    zygote = worker_module._early._zygote if worker_module._early else None
+    assert zygote is not None
+    # Another configuration (the settings changed in between): not used, and its zygote is stopped.
+    assert take_early(dataclasses.replace(config, n_jobs=7)) is None
+    assert not zygote.alive() and worker_module._early is None
+
+
+def test_a_runner_that_cannot_read_its_settings_prepares_nothing_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWEAKLINE_ALLOWED_ESTIMATORS", "not json")  # the service reports it itself
+    children = {p.pid for p in psutil.Process().children()}
+    worker_module.prepare_early()
+    assert worker_module._early is None
+    assert {p.pid for p in psutil.Process().children()} == children

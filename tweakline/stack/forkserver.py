@@ -16,6 +16,10 @@ variables (:data:`THREAD_ENV`, as it was started) are pinned: a service whose en
 them differently is refused (the stack then starts that one as a fresh interpreter). With the
 stack's one thread per process, no BLAS thread exists to be lost in a fork.
 
+A spawn request may also name functions the child calls first, before its entry (``first``,
+``module:function``): a trial runner forks its training zygote there, while it still shares every
+page with the server (``tweakline.trial_runner.worker.prepare_early``).
+
 The protocol is private to this module and the stack that started it: JSON lines on the server's
 stdin (spawn requests) and stdout (the pid of each spawned service, and each one's exit status as
 :class:`subprocess.Popen` reports it: the exit code, or minus the signal that killed it).
@@ -110,6 +114,9 @@ def _child(request: dict[str, Any], server_pid: int, server_fds: list[int]) -> N
         random.seed()  # not the server's (and every sibling's) state
         os.chdir(request.get("cwd") or os.getcwd())
         sys.argv = ["tweakline", *request["argv"]]
+        for name in request.get("first") or ():
+            module, _, function = name.partition(":")
+            getattr(importlib.import_module(module), function)()
         module, _, function = request.get("entry", DEFAULT_ENTRY).partition(":")
         main = getattr(importlib.import_module(module), function)
         try:
@@ -364,10 +371,12 @@ class ForkServer:
         timeout: float = 60.0,
         entry: str = DEFAULT_ENTRY,
         preload: tuple[str, ...] = (),
+        first: tuple[str, ...] = (),
     ) -> ForkedProcess:
         """Fork ``name`` running ``tweakline ARGV`` (or ``entry``, a ``module:function``) with ``env``, output to ``log_path``.
 
-        ``preload``: modules the server imports before this fork (kept for later children too).
+        ``preload``: modules the server imports before this fork (kept for later children too);
+        ``first``: functions (``module:function``) the child calls before its entry.
         """
         differ = [var for var, value in self._threads.items() if env.get(var) != value]
         if differ and (self._pinned or preload):
@@ -390,6 +399,7 @@ class ForkServer:
                 "cwd": os.getcwd(),
                 "entry": entry,
                 "preload": list(preload),
+                "first": list(first),
             }
             try:
                 self._stdin.write((json.dumps(request) + "\n").encode())
