@@ -20,8 +20,7 @@ def create_app(settings: Settings) -> FastStream:
     # The training zygote is forked first: before the broker's threads and event loop exist, and
     # before the broker loads this identity's TLS key (training processes never hold a copy). In
     # the local stack it was forked even earlier, as the process started (worker.prepare_early).
-    config = worker_config(settings)
-    worker = take_early(config) or TrialWorker(config)
+    worker = TrialWorker(worker_config(settings), early=take_early())
     worker.prepare()
     broker = make_broker(settings, NAME)
     ctx = ServiceContext(settings, broker, NAME)

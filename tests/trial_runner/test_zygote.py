@@ -4,9 +4,7 @@ a dead zygote is replaced, nothing outlives a SIGKILLed runner, and one forked e
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +17,6 @@ import pytest
 from tests.trial_runner.test_worker import ALLOWED, request
 from tests.waiting import until, wait_until
 from tweakline.proto.messages import TrialStatus
-from tweakline.runtime.settings import Settings
 from tweakline.trial_runner import worker as worker_module
 from tweakline.trial_runner.worker import (
     TrialWorker,
@@ -27,7 +24,6 @@ from tweakline.trial_runner.worker import (
     WorkerCrashedError,
     _tree_memory_mb,
     take_early,
-    worker_config,
 )
 
 
@@ -126,33 +122,28 @@ async def test_without_pidfds_children_are_still_waited_for_killed_and_reported(
     assert (await worker.run(request({"delay": 0.0}, number=2))).status is TrialStatus.OK
 
 
-async def test_a_worker_prepared_early_is_taken_once_and_only_with_the_services_configuration(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
-    # What the local stack's fork server runs first in a runner: the worker and its zygote, from the settings.
-    monkeypatch.setenv("TWEAKLINE_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("TWEAKLINE_ALLOWED_ESTIMATORS", json.dumps(ALLOWED))
-    config = worker_config(Settings())
+async def test_a_zygote_forked_early_is_taken_once_and_its_children_get_the_workers_settings() -> None:
+    # What the local stack's fork server runs first in a runner, before the runner reads its settings.
     worker_module.prepare_early()
-    early = worker_module._early
-    assert early is not None and early._zygote is not None and early._zygote.alive()
+    early = take_early()
+    assert early is not None and early[1].alive()
+    assert take_early() is None  # once
+    worker = TrialWorker(WorkerConfig(allowed_estimators=ALLOWED, memory_limit_mb=600), early=early)
     try:
-        assert take_early(config) is early  # the app adopts it: same settings, same configuration
-        assert take_early(config) is None  # once
-        assert (await early.run(request({"delay": 0.0}))).status is TrialStatus.OK
+        worker.prepare()  # keeps the early zygote: it runs
+        assert worker._zygote is early[1]
+        # The allowed estimators come with the spawn request: the test estimator is allowed, a trial runs.
+        assert (await worker.run(request({"delay": 0.0}))).status is TrialStatus.OK
+        assert psutil.Process(worker.pid).ppid() == early[1].pid
     finally:
-        await early.close()
-    worker_module.prepare_early()
-    zygote = worker_module._early._zygote if worker_module._early else None
-    assert zygote is not None
-    # Another configuration (the settings changed in between): not used, and its zygote is stopped.
-    assert take_early(dataclasses.replace(config, n_jobs=7)) is None
-    assert not zygote.alive() and worker_module._early is None
+        await worker.close()
+    assert not early[1].alive()
 
 
-def test_a_runner_that_cannot_read_its_settings_prepares_nothing_early(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TWEAKLINE_ALLOWED_ESTIMATORS", "not json")  # the service reports it itself
-    children = {p.pid for p in psutil.Process().children()}
-    worker_module.prepare_early()
-    assert worker_module._early is None
-    assert {p.pid for p in psutil.Process().children()} == children
+async def test_the_childs_settings_come_with_each_spawn(worker: TrialWorker) -> None:
+    strict = TrialWorker(WorkerConfig(allowed_estimators=("sklearn.",)), early=(worker._signals, worker._zygote))
+    outcome = await strict.run(request({"delay": 0.0}))
+    # The same zygote as the permissive worker's, but this worker's child refuses the test estimator.
+    assert outcome.status is TrialStatus.FAILED and "is not allowed" in (outcome.error or "")
+    assert (await worker.run(request({"delay": 0.0}, number=1))).status is TrialStatus.OK
+    strict._discard()
