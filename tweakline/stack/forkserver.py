@@ -7,10 +7,11 @@ starts in a fraction of the time, and its imported pages are shared copy-on-writ
 
 What is always preloaded is safe to fork: pure-Python libraries that start no threads and read no
 environment at import. A spawn request may name more modules to import first (``preload``): the
-stack asks for the scheduler's and the evaluator's modules (Optuna, numpy, SciPy and scikit-learn
-with them) when it forks those two, after the runners and the deployer, which do not need them
-and start at once. So the scheduler checks a submission without importing scikit-learn, and the
-two share those pages instead of holding a copy each. A BLAS library sizes its thread pool from
+stack asks for every service's modules (Optuna, numpy, SciPy and scikit-learn with them, the
+training modules: ``LocalStack.PRELOADED``) with its first service that needs them, so all the
+services and the runners' training processes share those pages instead of holding a copy each.
+Before it forks, the server also builds a TLS context and a broker and reads the settings once
+(:func:`_warm_up`), and freezes the collector's generations. A BLAS library sizes its thread pool from
 the environment when it is loaded, so once such modules are asked for, the server's thread
 variables (:data:`THREAD_ENV`, as it was started) are pinned: a service whose environment sets
 them differently is refused (the stack then starts that one as a fresh interpreter). With the
