@@ -9,7 +9,9 @@ The scenario starts a stack with 2 runners (``bench_stack``), waits until every 
 subscribed, then runs the digits SVC example (40 trials, evaluation and deployment) while a thread
 samples every process of the stack every 0.25 s: nats-server, the fork server, the services, and
 their children (each runner's training zygote and training child). It reports
-the total at "all services up", its peak during the run, and each process's own peak.
+the total at "all services up", its peak during the run, and each process's own peak; with
+``pages=True`` (``--pages``, root only) also which processes share the pages at the end of the run
+(:mod:`bench.pages`: what a process, or a group of them, would free if it went).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import psutil
 
 from bench.harness import Probe, bench_stack, loadavg, wait_ready
+from bench.pages import page_sets
 from tweakline.client.follow import Outcome, follow
 from tweakline.stack.local import LocalStack
 from tweakline.validation.loading import load_tweak_file
@@ -94,8 +97,11 @@ class PssSampler:
         self.sample()
 
 
-def footprint(tweak_path: Path, runners: int = 2) -> dict[str, Any]:
-    """PSS of a ``runners``-runner stack: at "all services up" and at its peak during a digits run."""
+def footprint(tweak_path: Path, runners: int = 2, pages: bool = False) -> dict[str, Any]:
+    """PSS of a ``runners``-runner stack: at "all services up" and at its peak during a digits run.
+
+    ``pages``: also the pages each process, and each group of them, alone maps after the run.
+    """
     tweak = load_tweak_file(tweak_path)
     load_before = loadavg()
     t0 = time.perf_counter()
@@ -125,6 +131,7 @@ def footprint(tweak_path: Path, runners: int = 2) -> dict[str, Any]:
 
         with PssSampler(stack) as sampler:
             trials = asyncio.run(_run())
+        shared = page_sets({label: proc.pid for label, proc in stack_tree(stack).items()}) if pages else None
     return {
         "runners": runners,
         "tweak_file": tweak_path.name,
@@ -137,13 +144,14 @@ def footprint(tweak_path: Path, runners: int = 2) -> dict[str, Any]:
         "target_mib": TARGET_MIB,
         "load_before": load_before,
         "load_after": loadavg(),
-    }
+    } | ({"pages": shared} if pages else {})
 
 
 if __name__ == "__main__":  # python -m bench.footprint: the scenario alone, printed
     import json
+    import sys
 
     from bench.harness import REPO, prepare_environment
 
     prepare_environment()
-    print(json.dumps(footprint(REPO / "examples" / "digits-svc.tweak.yaml"), indent=1))
+    print(json.dumps(footprint(REPO / "examples" / "digits-svc.tweak.yaml", pages="--pages" in sys.argv), indent=1))

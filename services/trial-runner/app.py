@@ -10,7 +10,7 @@ from tweakline.proto.subjects import Subject, all_of
 from tweakline.runtime.service import ServiceContext, make_app, make_broker, pool_subscription
 from tweakline.runtime.settings import Settings
 from tweakline.trial_runner.handlers import TrialRunner
-from tweakline.trial_runner.worker import TrialWorker, worker_config
+from tweakline.trial_runner.worker import TrialWorker, take_early, worker_config
 
 NAME = "trial-runner"
 
@@ -18,8 +18,9 @@ NAME = "trial-runner"
 def create_app(settings: Settings) -> FastStream:
     """Build the runner's broker, router (work queue, one trial at a time; prune verdicts) and app."""
     # The training zygote is forked first: before the broker's threads and event loop exist, and
-    # before the broker loads this identity's TLS key (training processes never hold a copy).
-    worker = TrialWorker(worker_config(settings))
+    # before the broker loads this identity's TLS key (training processes never hold a copy). In
+    # the local stack it was forked even earlier, as the process started (worker.prepare_early).
+    worker = TrialWorker(worker_config(settings), early=take_early())
     worker.prepare()
     broker = make_broker(settings, NAME)
     ctx = ServiceContext(settings, broker, NAME)

@@ -33,8 +33,8 @@ trial running, skips a trial whose experiment was cancelled and stops between tr
 
 Parent and child talk over a private ``multiprocessing`` pipe (local, never the bus). The child
 is forked by the runner's zygote (:mod:`tweakline.trial_runner.zygote`: a single-threaded process
-the worker forks when it is prepared, with scikit-learn imported), so it shares those pages
-instead of importing its own copy; the zygote dies with the runner and the child with the zygote,
+the worker forks when it is prepared, with scikit-learn imported; in the local stack as the runner
+starts, :func:`prepare_early`), so it shares those pages instead of importing its own copy; the zygote dies with the runner and the child with the zygote,
 so a SIGKILLed runner leaves no training orphans.
 """
 
@@ -379,12 +379,16 @@ class _Running:
 class TrialWorker:
     """The parent side: runs trials in the child and enforces their limits."""
 
-    def __init__(self, config: WorkerConfig):
+    def __init__(self, config: WorkerConfig, early: tuple[SharedSignals, Zygote] | None = None):
+        """``early``: the signals and zygote :func:`prepare_early` made (:func:`take_early`), used instead of new ones."""
         self.config = config
         self._zygote: Zygote | None = None  # forks the children (prepare())
         self._process: ForkedChild | None = None
         self._conn: Connection | None = None
         self._signals = SharedSignals()
+        if early is not None:
+            self._signals, self._zygote = early
+            log.info("training zygote %s: forked as the runner started", self._zygote.pid)
         self._running: _Running | None = None
         self._batch: list[str] = []  # trial ids of the batch the child is working through
         self._batch_requests: list[TrialRequested] = []
@@ -442,15 +446,7 @@ class TrialWorker:
                 return
             log.warning("the training zygote %s exited: forking a new one", self._zygote.pid)
             self._zygote.close()
-        target = functools.partial(
-            _child_main,
-            signals=self._signals,
-            allowed=list(self.config.allowed_estimators),
-            n_jobs=self.config.n_jobs,
-            dataset_cache_dir=self.config.dataset_cache_dir,
-            code_cache_dir=self.config.code_cache_dir,
-        )
-        self._zygote = Zygote(target, preload=TRAINING_MODULES)
+        self._zygote = _fork_zygote(self._signals)
 
     async def start(self) -> None:
         """Start the child (if not running) and wait until it is ready to train (safe to call concurrently)."""
@@ -465,7 +461,15 @@ class TrialWorker:
             parent_end, child_end = multiprocessing.Pipe(duplex=True)
             self._signals.clear()
             try:
-                process = self._zygote.spawn(child_end)
+                process = self._zygote.spawn(
+                    child_end,
+                    {
+                        "allowed": list(self.config.allowed_estimators),
+                        "n_jobs": self.config.n_jobs,
+                        "dataset_cache_dir": self.config.dataset_cache_dir,
+                        "code_cache_dir": self.config.code_cache_dir,
+                    },
+                )
             except ZygoteError as exc:
                 parent_end.close()
                 raise WorkerCrashedError(str(exc)) from None
@@ -850,3 +854,39 @@ class TrialWorker:
             return conn.recv()
         except (EOFError, OSError):
             return ("eof",)
+
+
+# ------------------------------------------------------------------------ the zygote, forked early
+
+
+def _fork_zygote(signals: SharedSignals) -> Zygote:
+    """A zygote whose children run :func:`_child_main` with ``signals`` (and the arguments of each spawn)."""
+    return Zygote(functools.partial(_child_main, signals=signals), preload=TRAINING_MODULES)
+
+
+_early: tuple[SharedSignals, Zygote] | None = None
+
+
+def prepare_early() -> None:
+    """Fork this runner's training zygote now, before the service reads its settings or starts.
+
+    The local stack's fork server calls it first in every runner it forks (``ForkServer.spawn``'s
+    ``first``): the zygote then shares the fork server's pages as they are. Forked once the runner
+    had read its settings, set up logging and telemetry and built its app, the zygote kept the
+    runner's copies of the pages those wrote, and held about 5 MiB alone at peak
+    (``bench.footprint --pages``, docs/benchmarks.md). It needs no settings: each spawn request
+    brings the child's. If it cannot fork, the runner's app forks a zygote itself, as on Kubernetes.
+    """
+    global _early
+    signals = SharedSignals()
+    try:
+        _early = (signals, _fork_zygote(signals))
+    except OSError:
+        _early = None
+
+
+def take_early() -> tuple[SharedSignals, Zygote] | None:
+    """The signals and zygote :func:`prepare_early` made, once (for :class:`TrialWorker`'s ``early``), if it ran."""
+    global _early
+    early, _early = _early, None
+    return early

@@ -5,7 +5,9 @@ about 100 MiB of its own per runner (docs/benchmarks.md, memory). Forking is che
 shares every page it does not write — but the runner is a threaded asyncio process, and a fork of
 one may inherit a lock some other thread held. So the runner forks this zygote once, when its
 worker is prepared (before the service's threads start), and the zygote, which never starts a
-thread, forks each training child. The zygote imports what training needs first (``preload``: a
+thread, forks each training child. In the local stack that is the runner's first act, before it
+reads its settings (``worker.prepare_early``, called by the fork server): the zygote then holds
+almost no copied pages of its own, and each spawn request brings the child's arguments. The zygote imports what training needs first (``preload``: a
 no-op when the local stack's fork server imported it already) and freezes the collector's
 generations, so a child's collections never write to (and so never unshare) the pages of those
 objects.
@@ -16,7 +18,7 @@ the runner may signal it by pid (it cannot be reused meanwhile); it waits on a p
 has them (5.3+) and learns the exit status from the zygote.
 
 Protocol (private to this module, over a ``SOCK_SEQPACKET`` socket pair: one JSON message per
-packet): ``{"op": "spawn"}`` with the child's end of its pipe attached as a file descriptor,
+packet): ``{"op": "spawn", "kwargs": {...}}`` (the target's arguments) with the child's end of its pipe attached as a file descriptor,
 answered ``{"pid": N}``; ``{"op": "reap", "pid": N}``, answered ``{"code": C}`` with the exit
 code, or minus the signal that killed it, as :class:`multiprocessing.Process` reports it.
 """
@@ -44,7 +46,7 @@ import psutil
 from tweakline.errors import TweaklineError
 
 PR_SET_PDEATHSIG = 1
-MAX_MESSAGE = 4096  # requests and replies are a few bytes of JSON
+MAX_MESSAGE = 1 << 16  # requests and replies are small JSON (a spawn request: the child's few settings)
 REPLY_TIMEOUT_S = 30.0  # a fork or a reap is milliseconds; bounded in case the zygote hangs
 POLL_S = 0.02  # without a pidfd, how often a wait looks at the child's state
 
@@ -62,13 +64,13 @@ def _status(raw: int) -> int:
     return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
 
 
-def _run_child(target: Callable[[Connection], None], fd: int) -> None:  # pragma: no cover - after fork
-    """Become a training child: run ``target`` on the pipe ``fd``; never returns."""
+def _run_child(target: Callable[..., None], fd: int, kwargs: dict[str, Any]) -> None:  # pragma: no cover - after fork
+    """Become a training child: run ``target`` on the pipe ``fd`` with ``kwargs``; never returns."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _die_with_parent()
-        target(Connection(fd))
+        target(Connection(fd), **kwargs)
         code = 0
     except BaseException:  # a child must never return into the zygote's loop
         import traceback
@@ -82,7 +84,7 @@ def _run_child(target: Callable[[Connection], None], fd: int) -> None:  # pragma
 
 
 def _serve(
-    sock: socket.socket, parent: int, target: Callable[[Connection], None], preload: Sequence[str]
+    sock: socket.socket, parent: int, target: Callable[..., None], preload: Sequence[str]
 ) -> None:  # pragma: no cover - after fork
     """The zygote's loop: fork on ``spawn``, reap on ``reap``; exit when the runner closes its end."""
     code = 0
@@ -112,7 +114,7 @@ def _serve(
                     pid = os.fork()
                     if pid == 0:
                         sock.close()
-                        _run_child(target, fds[0])
+                        _run_child(target, fds[0], dict(request.get("kwargs") or {}))
                     reply: dict[str, Any] = {"pid": pid}
                 elif request.get("op") == "reap":
                     _, raw = os.waitpid(int(request["pid"]), 0)
@@ -197,11 +199,12 @@ class ForkedChild:
 class Zygote:
     """The runner's side: fork the zygote (now), spawn children through it, stop it.
 
-    ``target(conn)`` is what each child runs, on its end of the pipe it was given; ``preload``
+    ``target(conn, **kwargs)`` is what each child runs, on its end of the pipe and with the
+    arguments its spawn request gave (so the zygote may be forked before they are known); ``preload``
     are modules the zygote imports before its first fork.
     """
 
-    def __init__(self, target: Callable[[Connection], None], preload: Sequence[str] = ()):
+    def __init__(self, target: Callable[..., None], preload: Sequence[str] = ()):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         sys.stdout.flush()
@@ -246,9 +249,9 @@ class Zygote:
             raise ZygoteError(f"the training zygote refused {request.get('op')}: {reply['error']}")
         return reply
 
-    def spawn(self, conn: Connection) -> ForkedChild:
-        """Fork a child that runs the target on ``conn`` (the caller then closes its copy)."""
-        return ForkedChild(self, int(self._ask({"op": "spawn"}, conn.fileno())["pid"]))
+    def spawn(self, conn: Connection, kwargs: dict[str, Any] | None = None) -> ForkedChild:
+        """Fork a child that runs the target on ``conn`` with ``kwargs`` (JSON values; the caller then closes its copy of ``conn``)."""
+        return ForkedChild(self, int(self._ask({"op": "spawn", "kwargs": kwargs or {}}, conn.fileno())["pid"]))
 
     def reap(self, pid: int) -> int:
         """The exit status of child ``pid``, which has exited (waits for it otherwise)."""

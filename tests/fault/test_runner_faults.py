@@ -6,10 +6,12 @@ import os
 import signal
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from tests.conftest import REPO
 from tests.fault.conftest import fault_settings, kill, tweak, wait_exit, watching
+from tests.waiting import until
 from tweakline.proto.messages import TrialStatus
 from tweakline.proto.tweakfile import TweakFile
 from tweakline.stack.local import LocalStack
@@ -53,6 +55,13 @@ def started(watch, exp: str) -> set[int]:
     return {p.number for p in watch.progress if p.experiment_id == exp}
 
 
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stack) -> None:
     stack = await make_stack(runners=2)
     async with watching(stack) as watch:
@@ -61,8 +70,15 @@ async def test_sigkill_runner_mid_trial_still_gives_exactly_max_trials(make_stac
         outcome = watch.outcomes[exp]
         # Two trials past their first fold and not finished: each runner is mid-trial.
         await watch.until(lambda: len(started(watch, exp) - set(outcome.trials)) >= 2, "two trials in flight")
+        [runner] = [s for s in stack.services if s.name == "trial-runner-0"]
+        # Its training zygote was forked as it started (the fork server's first call), and trains through its child.
+        assert "forked as the runner started" in runner.log_path.read_text()
+        training = psutil.Process(runner.process.pid).children(recursive=True)
+        assert len(training) == 2
         kill(stack, "trial-runner-0")
         assert await wait_exit(stack, "trial-runner-0") == -signal.SIGKILL
+        # Neither the zygote nor the child outlives the runner.
+        await until(lambda: all(_gone(p) for p in training), what="the runner's zygote and child to die with it", timeout=60)
         await watch.done(exp)
     completed = outcome.completed
     assert completed is not None and completed.status.value == "completed"

@@ -142,3 +142,41 @@ def test_only_processes_that_handle_models_pay_for_skops_and_none_for_torch() ->
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False", "True", "False"]
+
+
+def test_skops_trusts_every_estimator_without_importing_them_all() -> None:
+    # While skops is imported its default trusted types come from the committed list
+    # (tweakline.ml.sklearn_estimators): the names listing the installed scikit-learn gives, and
+    # the estimators' modules stay unimported (in a forked evaluator: ~11 MiB of its own).
+    code = (
+        "import pathlib, sys\n"
+        "import sklearn.utils\n"
+        "from tweakline.ml.artifacts import _WithoutTorch, _skops\n"
+        "_skops()\n"
+        "print('sklearn.gaussian_process' in sys.modules, sklearn.utils.all_estimators.__module__)\n"
+        "import skops.io._trusted_types as trusted\n"
+        "from skops.io._utils import get_type_name\n"
+        "sys.meta_path.insert(0, _WithoutTorch())\n"
+        "names = [get_type_name(c) for _, c in sklearn.utils.all_estimators() if get_type_name(c).startswith('sklearn.')]\n"
+        "print(trusted.SKLEARN_ESTIMATOR_TYPE_NAMES == names, len(names) > 100)\n"
+        "import tweakline.ml.sklearn_estimators as listed\n"
+        "print(listed.render() == pathlib.Path(listed.__file__).read_text(encoding='utf-8'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    stale = "scikit-learn changed: regenerate the list with python -m tweakline.ml.sklearn_estimators"
+    assert done.stdout.split() == ["False", "sklearn.utils.discovery", "True", "True", "True"], stale
+
+
+def test_another_scikit_learn_version_lists_its_own_estimators() -> None:
+    code = (
+        "import sys\n"
+        "import tweakline.ml.sklearn_estimators as listed\n"
+        "listed.SKLEARN_VERSION = '0.0'\n"
+        "from tweakline.ml.artifacts import _skops\n"
+        "_skops()\n"
+        "print('sklearn.gaussian_process' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]

@@ -27,3 +27,8 @@ def sleep() -> None:
 def preloaded() -> None:
     """Print whether ``colorsys`` (imported by no one here) came with the fork, preloaded by the server."""
     print(f"colorsys={'colorsys' in sys.modules}")
+
+
+def first() -> None:
+    """Called before the entry (``first``): leaves a mark in the environment the entry sees."""
+    os.environ["TL_MARKER"] = f"first-in-{os.getpid()}"

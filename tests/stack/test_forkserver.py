@@ -36,6 +36,14 @@ def test_a_child_runs_with_its_own_environment_arguments_and_log(server: ForkSer
     assert log.read_text().strip() == "argv=['a', 'b'] marker=child-1 server_only=None"
 
 
+def test_the_functions_named_first_run_in_the_child_before_its_entry(server: ForkServer, tmp_path: Path) -> None:
+    log = tmp_path / "first.log"
+    env = {"PATH": os.environ["PATH"], "TL_MARKER": "given"}
+    child = server.spawn("first", [], env, log, entry=f"{TARGET}:show", first=(f"{TARGET}:first",))
+    assert child.wait(60) == 0
+    assert log.read_text().strip() == f"argv=[] marker=first-in-{child.pid} server_only=None"
+
+
 def test_exit_codes_and_signals_are_reported_as_popen_reports_them(server: ForkServer, tmp_path: Path) -> None:
     env = dict(os.environ)
     assert server.spawn("three", ["3"], env, tmp_path / "three.log", entry=f"{TARGET}:exit_with").wait(60) == 3

@@ -1,5 +1,5 @@
 """The training zygote: children are forked from it (no fresh interpreter, no resource tracker),
-a dead zygote is replaced, and nothing outlives a SIGKILLed runner."""
+a dead zygote is replaced, nothing outlives a SIGKILLed runner, and one forked early is adopted."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ import pytest
 from tests.trial_runner.test_worker import ALLOWED, request
 from tests.waiting import until, wait_until
 from tweakline.proto.messages import TrialStatus
-from tweakline.trial_runner.worker import TrialWorker, WorkerConfig, WorkerCrashedError, _tree_memory_mb
+from tweakline.trial_runner import worker as worker_module
+from tweakline.trial_runner.worker import (
+    TrialWorker,
+    WorkerConfig,
+    WorkerCrashedError,
+    _tree_memory_mb,
+    take_early,
+)
 
 
 @pytest.fixture
@@ -113,3 +120,30 @@ async def test_without_pidfds_children_are_still_waited_for_killed_and_reported(
     with pytest.raises(WorkerCrashedError, match="killed by SIGKILL"):
         await asyncio.wait_for(task, 60)
     assert (await worker.run(request({"delay": 0.0}, number=2))).status is TrialStatus.OK
+
+
+async def test_a_zygote_forked_early_is_taken_once_and_its_children_get_the_workers_settings() -> None:
+    # What the local stack's fork server runs first in a runner, before the runner reads its settings.
+    worker_module.prepare_early()
+    early = take_early()
+    assert early is not None and early[1].alive()
+    assert take_early() is None  # once
+    worker = TrialWorker(WorkerConfig(allowed_estimators=ALLOWED, memory_limit_mb=600), early=early)
+    try:
+        worker.prepare()  # keeps the early zygote: it runs
+        assert worker._zygote is early[1]
+        # The allowed estimators come with the spawn request: the test estimator is allowed, a trial runs.
+        assert (await worker.run(request({"delay": 0.0}))).status is TrialStatus.OK
+        assert psutil.Process(worker.pid).ppid() == early[1].pid
+    finally:
+        await worker.close()
+    assert not early[1].alive()
+
+
+async def test_the_childs_settings_come_with_each_spawn(worker: TrialWorker) -> None:
+    strict = TrialWorker(WorkerConfig(allowed_estimators=("sklearn.",)), early=(worker._signals, worker._zygote))
+    outcome = await strict.run(request({"delay": 0.0}))
+    # The same zygote as the permissive worker's, but this worker's child refuses the test estimator.
+    assert outcome.status is TrialStatus.FAILED and "is not allowed" in (outcome.error or "")
+    assert (await worker.run(request({"delay": 0.0}, number=1))).status is TrialStatus.OK
+    strict._discard()

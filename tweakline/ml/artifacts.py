@@ -16,12 +16,13 @@ Never pass ``trusted=True`` (skops removed it after a CVE) and never trust the w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import importlib.abc
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tweakline.errors import ArtifactError
@@ -76,22 +77,56 @@ class _WithoutTorch(importlib.abc.MetaPathFinder):
 _skops_lock = threading.Lock()
 
 
-def _skops() -> Any:
-    """skops.io, imported when a model is first saved or loaded, without torch.
+@contextlib.contextmanager
+def _estimators_listed() -> Iterator[None]:
+    """While skops is first imported, ``sklearn.utils.all_estimators()`` answers from a list.
 
-    Importing skops lists scikit-learn's estimators by importing every scikit-learn module,
-    including its array-API adapter for torch, which imports torch when it is installed: seconds
-    of CPU and ~190 MB in every process, although no torch type is ever in a skops artifact.
-    Processes that never handle a model (the scheduler, the runners) do not pay for skops at all.
+    skops takes only each estimator's module and name from it (for its default trusted types), so
+    classes of those names stand in for the real ones, whose modules are then not imported
+    (:mod:`tweakline.ml.sklearn_estimators`). Nothing changes when the installed scikit-learn is
+    not the listed version.
+    """
+    import sklearn
+    import sklearn.utils
+
+    from tweakline.ml.sklearn_estimators import ESTIMATORS, SKLEARN_VERSION
+
+    if sklearn.__version__ != SKLEARN_VERSION:
+        yield
+        return
+    real = sklearn.utils.all_estimators
+    listed = [(name, type(name, (), {"__module__": module})) for module, name in ESTIMATORS]
+
+    def all_estimators(type_filter: Any = None) -> list[tuple[str, type]]:
+        return list(listed) if type_filter is None else real(type_filter)
+
+    sklearn.utils.all_estimators = all_estimators
+    try:
+        yield
+    finally:
+        sklearn.utils.all_estimators = real
+
+
+def _skops() -> Any:
+    """skops.io, imported when a model is first saved or loaded, without torch nor all of scikit-learn.
+
+    Importing skops lists scikit-learn's estimators, which imports every scikit-learn module
+    (answered from a list instead: :func:`_estimators_listed`), including its array-API adapter
+    for torch, which imports torch when it is installed: seconds of CPU and ~190 MB in every
+    process, although no torch type is ever in a skops artifact. Processes that never handle a
+    model (the scheduler, the runners) do not pay for skops at all.
     """
     with _skops_lock:
-        if "skops.io" not in sys.modules and "torch" not in sys.modules:
+        if "skops.io" not in sys.modules:
             finder = _WithoutTorch()
-            sys.meta_path.insert(0, finder)
+            if "torch" not in sys.modules:
+                sys.meta_path.insert(0, finder)
             try:
-                import skops.io
+                with _estimators_listed():
+                    import skops.io
             finally:
-                sys.meta_path.remove(finder)
+                if finder in sys.meta_path:
+                    sys.meta_path.remove(finder)
         import skops.io
 
         return skops.io

@@ -7,14 +7,19 @@ starts in a fraction of the time, and its imported pages are shared copy-on-writ
 
 What is always preloaded is safe to fork: pure-Python libraries that start no threads and read no
 environment at import. A spawn request may name more modules to import first (``preload``): the
-stack asks for the scheduler's and the evaluator's modules (Optuna, numpy, SciPy and scikit-learn
-with them) when it forks those two, after the runners and the deployer, which do not need them
-and start at once. So the scheduler checks a submission without importing scikit-learn, and the
-two share those pages instead of holding a copy each. A BLAS library sizes its thread pool from
+stack asks for every service's modules (Optuna, numpy, SciPy and scikit-learn with them, the
+training modules: ``LocalStack.PRELOADED``) with its first service that needs them, so all the
+services and the runners' training processes share those pages instead of holding a copy each.
+Before it forks, the server also builds a TLS context and a broker and reads the settings once
+(:func:`_warm_up`), and freezes the collector's generations. A BLAS library sizes its thread pool from
 the environment when it is loaded, so once such modules are asked for, the server's thread
 variables (:data:`THREAD_ENV`, as it was started) are pinned: a service whose environment sets
 them differently is refused (the stack then starts that one as a fresh interpreter). With the
 stack's one thread per process, no BLAS thread exists to be lost in a fork.
+
+A spawn request may also name functions the child calls first, before its entry (``first``,
+``module:function``): a trial runner forks its training zygote there, while it still shares every
+page with the server (``tweakline.trial_runner.worker.prepare_early``).
 
 The protocol is private to this module and the stack that started it: JSON lines on the server's
 stdin (spawn requests) and stdout (the pid of each spawned service, and each one's exit status as
@@ -110,6 +115,9 @@ def _child(request: dict[str, Any], server_pid: int, server_fds: list[int]) -> N
         random.seed()  # not the server's (and every sibling's) state
         os.chdir(request.get("cwd") or os.getcwd())
         sys.argv = ["tweakline", *request["argv"]]
+        for name in request.get("first") or ():
+            module, _, function = name.partition(":")
+            getattr(importlib.import_module(module), function)()
         module, _, function = request.get("entry", DEFAULT_ENTRY).partition(":")
         main = getattr(importlib.import_module(module), function)
         try:
@@ -138,7 +146,8 @@ def _warm_up() -> None:
 
     OpenSSL's tables are filled by the first TLS context, FastStream's and pydantic's by the first
     broker; in each forked service that was 5-7 MiB of its own memory (docs/benchmarks.md, memory).
-    Nothing connects: the broker is never started.
+    Reading the settings once here (from the server's own environment) leaves a service's own read
+    1.5 MiB instead of 3.3. Nothing connects: the broker is never started.
     """
     import ssl
 
@@ -146,9 +155,11 @@ def _warm_up() -> None:
     from faststream.security import BaseSecurity
 
     from tweakline.observability import telemetry
+    from tweakline.runtime.settings import Settings
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     NatsBroker("nats://127.0.0.1:1", middlewares=telemetry.broker_middlewares(), security=BaseSecurity(ssl_context=context))
+    Settings()
 
 
 def serve(extra: tuple[str, ...] = ()) -> int:
@@ -361,10 +372,12 @@ class ForkServer:
         timeout: float = 60.0,
         entry: str = DEFAULT_ENTRY,
         preload: tuple[str, ...] = (),
+        first: tuple[str, ...] = (),
     ) -> ForkedProcess:
         """Fork ``name`` running ``tweakline ARGV`` (or ``entry``, a ``module:function``) with ``env``, output to ``log_path``.
 
-        ``preload``: modules the server imports before this fork (kept for later children too).
+        ``preload``: modules the server imports before this fork (kept for later children too);
+        ``first``: functions (``module:function``) the child calls before its entry.
         """
         differ = [var for var, value in self._threads.items() if env.get(var) != value]
         if differ and (self._pinned or preload):
@@ -387,6 +400,7 @@ class ForkServer:
                 "cwd": os.getcwd(),
                 "entry": entry,
                 "preload": list(preload),
+                "first": list(first),
             }
             try:
                 self._stdin.write((json.dumps(request) + "\n").encode())

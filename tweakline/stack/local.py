@@ -327,7 +327,19 @@ class LocalStack:
         ),
     )
 
-    def _spawn(self, service: str, index: int = 0, extra: dict[str, str] | None = None, *, label: str | None = None) -> None:
+    # Called by a runner the fork server forks before anything else: it forks its training zygote
+    # while it still shares every page with the fork server (docs/benchmarks.md, memory).
+    EARLY_ZYGOTE = "tweakline.trial_runner.worker:prepare_early"
+
+    def _spawn(
+        self,
+        service: str,
+        index: int = 0,
+        extra: dict[str, str] | None = None,
+        *,
+        label: str | None = None,
+        first: tuple[str, ...] = (),
+    ) -> None:
         identity = Identity(service)
         label = label or (service if service != "trial-runner" else f"trial-runner-{index}")
         if service == "scheduler" and index:  # the first is "scheduler", as with one
@@ -350,7 +362,9 @@ class LocalStack:
                 preload = self.PRELOADED.get(service, ()) if service != "scheduler" or self.scheduler_preload else ()
                 # A preload is an import of scikit-learn first: slow on a loaded machine, still bounded.
                 timeout = 180.0 if preload else 60.0
-                process = self.forks.spawn(label, ["service", service], env, log_path, timeout=timeout, preload=preload)
+                process = self.forks.spawn(
+                    label, ["service", service], env, log_path, timeout=timeout, preload=preload, first=first
+                )
             except ForkServerError as exc:
                 self._go_on()  # interrupted by abandon(): no fallback, the start gives up
                 log.warning("starting %s as a separate interpreter: %s", label, exc)
@@ -369,7 +383,8 @@ class LocalStack:
         """Start runner ``index`` of ``pool``: ``trial-runner-<index>``, or ``trial-runner-<pool>-<index>`` off the default pool."""
         label = f"trial-runner-{index}" if pool == DEFAULT_POOL else f"trial-runner-{pool}-{index}"
         self.pool_of[label] = pool
-        self._spawn("trial-runner", index, {"TWEAKLINE_RUNNER_POOL": pool}, label=label)
+        # Its training zygote is forked first thing, while the runner still shares every page with the fork server.
+        self._spawn("trial-runner", index, {"TWEAKLINE_RUNNER_POOL": pool}, label=label, first=(self.EARLY_ZYGOTE,))
 
     def _spawn_console(self) -> None:
         from tweakline.stack.console import console_credentials, pick_port
