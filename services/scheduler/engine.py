@@ -110,6 +110,10 @@ class ExperimentRun:
             pruner=self.pruning.pruner(spec),
         )
         self._order = ordered(spec.search.space)  # the order parameters are suggested in, worked out once
+        # A random search without a pruner draws its parameters without a study: it learns
+        # nothing from earlier trials, and keeping them in Optuna was most of its engine's cost.
+        self._draws = None if self.pruning.enabled else self.strategy.draws(search)
+        self._queued: list[dict[str, Any]] = []  # with draws: warm-start re-runs still to issue
         self._json = StateJson()  # the state's JSON, each trial's entries serialised once
         self._top = max(state.issued, default=-1)  # the highest trial number issued (not a scan per round)
         self._pending: dict[int, optuna.Trial] = {}
@@ -125,9 +129,14 @@ class ExperimentRun:
         if not self.state.issued:  # a new experiment: its first trials re-check the best earlier configurations
             first = self.rerun_first()
             for params in first:
-                self.study.enqueue_trial(params, skip_if_exists=False)
+                if self._draws is not None:
+                    self._queued.append(params)
+                else:
+                    self.study.enqueue_trial(params, skip_if_exists=False)
             if self.state.warm_start is not None:
                 self.state.warm_start.rerun = len(first)
+        if self._draws is not None:  # no study to rebuild: draws need no history
+            return
         for number in sorted(self.state.results):
             self._add_finished(self.state.results[number])
         for number in sorted(self.in_flight()):
@@ -299,9 +308,12 @@ class ExperimentRun:
         number = self._top
         while slots > 0 and len(self.state.issued) < self.limit:
             number += 1
-            trial = self.study.ask()
-            params = suggest(trial, self.spec.search.space, self._order)
-            self._pending[number] = trial
+            if self._draws is not None:
+                params = self._draws(self.spec.search.space, self._order, self._queued.pop(0) if self._queued else None)
+            else:
+                trial = self.study.ask()
+                params = suggest(trial, self.spec.search.space, self._order)
+                self._pending[number] = trial
             self.state.issued[number] = params
             self._tail_issued[number] = params
             self._top = number
@@ -327,6 +339,9 @@ class ExperimentRun:
     def report(self, number: int, fold: int, value: float) -> bool | None:
         """A stage's score of an in-flight trial (a fold, or a rung with search.resource): whether the
         pruner stops it (``None``: not in flight here)."""
+        if self._draws is not None:  # no pruner: in flight here or not
+            in_flight = number in self._tail_issued and number not in self.state.results
+            return False if in_flight and math.isfinite(value) else None
         trial = self._pending.get(number)
         if trial is None or number in self.state.results or not math.isfinite(value):
             return None
@@ -356,6 +371,8 @@ class ExperimentRun:
         self._tail_results[result.number] = record
         self._tail_issued[result.number] = self.state.issued.setdefault(result.number, result.params)
         self._top = max(self._top, result.number)
+        if self._draws is not None:  # no study to tell
+            return True
         trial = self._pending.pop(result.number, None)
         self._folds.pop(result.number, None)
         if trial is None:  # issued before a restart and not re-opened: add it as history

@@ -250,7 +250,8 @@ def test_warm_start_reuses_compatible_trials_and_reports_the_others() -> None:
     assert run.complete().warm_start == report
 
 
-def test_a_warm_started_search_first_tries_the_best_earlier_configurations_again() -> None:
+@pytest.mark.parametrize("algorithm", ["tpe", "random"])  # random draws without a study: its re-runs are queued apart
+def test_a_warm_started_search_first_tries_the_best_earlier_configurations_again(algorithm: str) -> None:
     old = tweak(CONDITIONAL_SPACE, algorithm="tpe")
     configs = [
         {"C": 0.05, "kernel": "rbf"},
@@ -261,7 +262,11 @@ def test_a_warm_started_search_first_tries_the_best_earlier_configurations_again
     reused, report = select(history([(p, old) for p in configs]), "acme/svc", old.spec)
     for rerun, expected in ((1, [configs[1]]), (2, [configs[1], configs[2]]), (0, [])):
         new = tweak(
-            CONDITIONAL_SPACE, algorithm="tpe", seed=11, warm_start={"rerun": rerun}, budget={"max_trials": 6, "parallelism": 3}
+            CONDITIONAL_SPACE,
+            algorithm=algorithm,
+            seed=11,
+            warm_start={"rerun": rerun},
+            budget={"max_trials": 6, "parallelism": 3},
         )
         state = ExperimentState(experiment_id=f"e{rerun}", tweak=new, warm_trials=reused, warm_start=report.model_copy())
         run = ExperimentRun(state)
@@ -658,3 +663,22 @@ def test_a_rebuilt_seeded_search_goes_on_instead_of_proposing_its_first_trials_a
     assert [p for _, p in ExperimentRun(ExperimentState(experiment_id="again", tweak=search_tweak)).next_trials()] == [
         p for _, p in first
     ]
+
+
+def test_a_random_search_without_a_pruner_keeps_no_study_and_one_with_a_pruner_does() -> None:
+    # Random proposals learn nothing from earlier trials: without a pruner to compare them, the
+    # engine draws them (the same values Optuna's RandomSampler gives, tests/search/test_space.py)
+    # and keeps no Optuna trial. A pruner needs every trial's intermediate values in the study.
+    for pruner, kept in (("none", 0), ("median", 6)):
+        run = ExperimentRun(
+            ExperimentState(
+                experiment_id=f"draws-{pruner}",
+                tweak=tweak(CONDITIONAL_SPACE, algorithm="random", pruner=pruner, budget={"max_trials": 6, "parallelism": 3}),
+            )
+        )
+        while issued := run.next_trials():
+            for number, params in issued:
+                assert run.record(result(run, number, params))
+        assert len(run.state.results) == 6 and run.finished()
+        assert len(run.study.trials) == kept, pruner
+        assert run.best() is not None and run.complete().total == 6

@@ -20,7 +20,7 @@ import optuna
 from tweakline.errors import Problem
 from tweakline.proto.tweakfile import CategoricalParam, ExperimentSpec, FloatParam, SearchSpec
 from tweakline.search.names import unknown_name
-from tweakline.search.space import grid_values
+from tweakline.search.space import IndependentDraws, grid_values
 
 
 def continued_seed(seed: int, issued: int) -> int:
@@ -61,6 +61,14 @@ class SearchStrategy(ABC):
             return search
         return search.model_copy(update={"seed": continued_seed(search.seed, issued)})
 
+    def draws(self, search: SearchSpec) -> IndependentDraws | None:
+        """Proposals that need no study (each trial's parameters drawn from the space alone), or
+        ``None`` (default): the scheduler then asks the sampler through an Optuna study.
+
+        With draws and no pruner, the scheduler keeps no Optuna trials for the experiment.
+        """
+        return None
+
     def resume(self, sampler: optuna.samplers.BaseSampler, issued: int) -> None:
         """``sampler`` is new, for a run rebuilt with ``issued`` trials issued already: make it go
         on after them. Default: nothing (see :meth:`continued`); override for a sampler whose
@@ -92,6 +100,9 @@ class RandomSearch(SearchStrategy):
 
     def sampler(self, search: SearchSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=search.seed)
+
+    def draws(self, search: SearchSpec) -> IndependentDraws | None:
+        return IndependentDraws(search.seed)  # the sampler's own proposals, without a study
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
