@@ -244,9 +244,12 @@ class ExperimentRun:
         """The state as stored: the results not sealed, and the segments naming the rest."""
         return self.state.model_copy(update={"results": self._tail_results, "issued": self._tail_issued, "sealed": self.sealed})
 
-    def dump(self) -> bytes:
-        """The stored state's JSON, exactly ``stored().model_dump_json()``: only what changed since the last dump is serialised."""
-        return self._json.dump(self.stored())
+    def dump(self, stored: ExperimentState | None = None) -> bytes:
+        """The stored state's JSON, exactly ``stored().model_dump_json()``: only what changed since the last dump is serialised.
+
+        ``stored``: this run's :meth:`stored` when the caller made it already (one copy per save).
+        """
+        return self._json.dump(self.stored() if stored is None else stored)
 
     def seal(self, max_payload: int) -> tuple[SealedResults, ResultsSegment] | None:
         """A segment of the recorded results not sealed yet, once their JSON (at the last dump) passed

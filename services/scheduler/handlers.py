@@ -455,7 +455,8 @@ class Scheduler:
             run.sealed_as(*sealing)
         try:
             # The stored state's JSON from its cached parts: only entries new since the last save are serialised.
-            revision = await self.store.update(exp_id, run.stored(), revision, data=run.dump())
+            stored = run.stored()
+            revision = await self.store.update(exp_id, stored, revision, data=run.dump(stored))
         except StaleRecordError:
             # Someone else wrote (another scheduler replica, or a stale cache): rebuild from truth.
             found = await self.store.get_stored(exp_id)
