@@ -41,6 +41,14 @@ def test_resolve_allowed_class() -> None:
     assert resolve("sklearn.linear_model.Ridge", ["sklearn.linear_model"]) is Ridge
 
 
+def test_a_class_found_once_is_still_refused_under_a_narrower_allow_list() -> None:
+    assert resolve("sklearn.svm.SVC", ["sklearn."]) is SVC  # remembered for this allow-list only
+    with pytest.raises(EstimatorNotAllowedError):
+        resolve("sklearn.svm.SVC", ["sklearn.linear_model"])
+    with pytest.raises(EstimatorNotAllowedError):
+        resolve("sklearn.svm.SVC", [])
+
+
 @pytest.mark.parametrize(
     "path", ["os.system", "subprocess.Popen", "sklearnx.evil", "builtins.eval", "sklearn_evil.Model", "xsklearn.svm.SVC"]
 )

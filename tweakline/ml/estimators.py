@@ -82,11 +82,19 @@ def _not_allowed(path: str, allowed_prefixes: Sequence[str]) -> str:
 def resolve(import_path: str, allowed_prefixes: Sequence[str]) -> type:
     """The estimator class at ``import_path``, imported only if the allow-list permits it.
 
+    A class found is remembered for the same path and allow-list (a trivial trial resolves its
+    estimator once per fold); a refusal or an error is never remembered, so it is raised afresh.
+
     Raises:
         EstimatorNotAllowedError: The path, or the module the class really comes from, is
             outside ``allowed_prefixes``. Nothing is imported for a refused path.
         InvalidEstimatorError: The path does not import, or is not a scikit-learn estimator class.
     """
+    return _resolve(import_path, tuple(allowed_prefixes))
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve(import_path: str, allowed_prefixes: tuple[str, ...]) -> type:
     if not _DOTTED.fullmatch(import_path):
         raise InvalidEstimatorError(f"expected a dotted import path such as sklearn.svm.SVC, got {import_path!r}")
     if not is_allowed(import_path, allowed_prefixes):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -68,21 +68,21 @@ class _Scores:
         self._decision: np.ndarray | None = None
         self._prf: tuple[float, float, float] | None = None
         self._confusion: np.ndarray | bool | None = None  # False: not computable here
+        self._counts: _Counts | None = None
 
     def prf_macro(self, y: np.ndarray) -> tuple[float, float, float]:
         """Macro precision, recall and F1 (zero where undefined), from one confusion matrix."""
         if self._prf is None:
-            table = self.confusion(y)
-            if table is None:
+            counts = self.counts(y)
+            if counts is None:
                 p, r, f, _ = _skm().precision_recall_fscore_support(y, self.pred, average="macro", zero_division=0)
                 self._prf = (float(p), float(r), float(f))
             else:
-                tp = np.diag(table).astype(float)
-                predicted, actual = table.sum(axis=0), table.sum(axis=1)
+                tp, predicted, actual = counts
                 self._prf = (
-                    _mean(_ratio(tp, predicted)),
-                    _mean(_ratio(tp, actual)),
-                    _mean(_ratio(2 * tp, predicted + actual)),
+                    _mean_ratio(tp, predicted),
+                    _mean_ratio(tp, actual),
+                    _mean_ratio([2 * t for t in tp], [p + a for p, a in zip(predicted, actual)]),
                 )
         return self._prf
 
@@ -97,6 +97,15 @@ class _Scores:
         if self._confusion is None:
             self._confusion = _confusion(np.asarray(y), self.pred)
         return self._confusion if self._confusion is not False else None
+
+    def counts(self, y: np.ndarray) -> _Counts | None:
+        """The confusion matrix's diagonal and sums as Python numbers, or ``None`` (see :meth:`confusion`)."""
+        if self._counts is None:
+            table = self.confusion(y)
+            if table is None:
+                return None
+            self._counts = _Counts(np.diag(table).tolist(), table.sum(axis=0).tolist(), table.sum(axis=1).tolist())
+        return self._counts
 
     @property
     def pred(self) -> np.ndarray:
@@ -120,16 +129,22 @@ class _Scores:
         return None if classes is None else np.asarray(classes)
 
 
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """Element-wise ``numerator / denominator``, 0 where the denominator is 0 (``zero_division=0``)."""
-    out = np.zeros_like(numerator, dtype=float)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
+class _Counts(NamedTuple):
+    """Per label (sorted): true positives, times predicted, times present.
+
+    Plain lists: the label metrics are a few divisions per label, cheaper in Python than numpy's
+    per-call cost for the handful of labels a fold holds (they were a third of a fast trial's CPU
+    in the seventh profiling round, docs/benchmarks.md).
+    """
+
+    tp: list[int]
+    predicted: list[int]
+    actual: list[int]
 
 
-def _mean(values: np.ndarray) -> float:
-    """``np.mean`` of a 1-d float array, without its per-call overhead (the same sum, divided the same way)."""
-    return float(values.sum() / values.size)
+def _mean_ratio(numerators: Sequence[int], denominators: Sequence[int]) -> float:
+    """Mean of ``numerator / denominator`` per label, 0 where the denominator is 0 (``zero_division=0``)."""
+    return math.fsum(n / d if d else 0.0 for n, d in zip(numerators, denominators)) / len(numerators)
 
 
 # Integer labels in [0, this) are counted straight into a table, without sorting them first.
@@ -165,19 +180,19 @@ def _confusion(y: np.ndarray, pred: np.ndarray) -> np.ndarray | bool:
 
 
 def _accuracy(s: _Scores, y: np.ndarray) -> float:
-    table = s.confusion(y)
-    if table is None:
+    counts = s.counts(y)
+    if counts is None:
         return float(_skm().accuracy_score(y, s.pred))
-    return float(np.trace(table) / table.sum())
+    return sum(counts.tp) / sum(counts.actual)
 
 
 def _balanced_accuracy(s: _Scores, y: np.ndarray) -> float:
-    table = s.confusion(y)
-    if table is None:
+    counts = s.counts(y)
+    if counts is None:
         return float(_skm().balanced_accuracy_score(y, s.pred))
-    actual = table.sum(axis=1)
-    present = actual > 0  # a label only ever predicted has no recall (scikit-learn leaves it out too)
-    return _mean(np.diag(table)[present] / actual[present])
+    # A label only ever predicted has no recall (scikit-learn leaves it out too).
+    recalls = [t / a for t, a in zip(counts.tp, counts.actual) if a > 0]
+    return math.fsum(recalls) / len(recalls)
 
 
 def _roc_auc(s: _Scores, y: np.ndarray) -> float | None:
