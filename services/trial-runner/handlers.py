@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from faststream.nats import NatsMessage
 
@@ -285,36 +286,38 @@ class TrialRunner:
         acknowledgement, one delivery to the scheduler), under an id naming every trial it carries."""
         if not done:
             return
-        results = [self._result(request, outcome, attempt) for request, outcome in done]
-        first, rest = results[0], results[1:]
-        if rest:
-            first.batch = [TrialRecord.from_result(r) for r in rest]
+        (request, outcome), rest = done[0], done[1:]
+        first = TrialCompleted(
+            experiment_id=request.experiment_id,
+            trial_id=request.trial_id,
+            attempt=attempt,
+            batch=[TrialRecord(**self._record(r, o)) for r, o in rest],  # validated once, not as a result first
+            **self._record(request, outcome),
+        )
         await self.ctx.publish(
             first,
             subject_for(Subject.TRIAL_COMPLETED, first.experiment_id),
-            msg_id=msg_id("trial-completed", first.trial_id, *(r.number for r in rest)),
+            msg_id=msg_id("trial-completed", first.trial_id, *(r.number for r, _ in rest)),
             stream=Stream.EVENTS,
         )
-        for r in results:
-            log.info("trial %s %s score=%s in %.2fs", r.trial_id, r.status.value, r.score, r.duration_s)
+        # One line for a batch (a write per trial was a tenth of a fast trial's cost here), a clause per trial.
+        log.info("; ".join(f"trial {r.trial_id} {o.status} score={o.score} in {o.duration_s:.2f}s" for r, o in done))
 
-    def _result(self, request: TrialRequested, outcome: TrialOutcome, attempt: int) -> TrialCompleted:
-        return TrialCompleted(
-            experiment_id=request.experiment_id,
-            trial_id=request.trial_id,
-            number=request.number,
-            status=TrialStatus(outcome.status),
-            params=request.params,
-            score=outcome.score,
-            metrics=outcome.metrics,
-            fold_scores=outcome.fold_scores,
-            rung_scores=outcome.rung_scores,
-            duration_s=outcome.duration_s,
-            cpu_s=outcome.cpu_s,
-            runner=self.name,
-            attempt=attempt,
-            error=outcome.error,
-        )
+    def _record(self, request: TrialRequested, outcome: TrialOutcome) -> dict[str, Any]:
+        """The fields of a trial's record: what it measured, with its number, parameters and runner."""
+        return {
+            "number": request.number,
+            "params": request.params,
+            "status": TrialStatus(outcome.status),
+            "score": outcome.score,
+            "metrics": outcome.metrics,
+            "fold_scores": outcome.fold_scores,
+            "rung_scores": outcome.rung_scores,
+            "duration_s": outcome.duration_s,
+            "cpu_s": outcome.cpu_s,
+            "runner": self.name,
+            "error": outcome.error,
+        }
 
 
 def _trace_trial(request: TrialRequested, outcome: TrialOutcome) -> None:
