@@ -317,3 +317,23 @@ def test_a_batch_of_results_is_counted_trial_by_trial(monkeypatch: pytest.Monkey
     ]
     telemetry.observe_published(first.model_copy(update={"batch": rest}))
     assert counted == [("ok", 1.0), ("ok", 1.5), ("failed", 1.0), ("failed", 0.25), ("pruned", 1.0), ("pruned", 0.5)]
+
+
+_PAST_SPAN = """
+from tweakline.observability import telemetry
+from tweakline.runtime.settings import Settings
+telemetry.setup_telemetry("trial-runner", Settings())
+span = telemetry.past_span("trial.run", started_ns=1, experiment_id="exp", trial_id="exp.1")
+print("recording" if span.is_recording() else "not recording")
+span.end(end_time=2)
+"""
+
+
+@pytest.mark.parametrize(("exporter", "expected"), [("none", "not recording"), ("console", "recording")])
+def test_a_batched_trial_span_is_made_only_when_spans_are_exported(
+    clean_otel_env: pytest.MonkeyPatch, exporter: str, expected: str
+) -> None:
+    # Its own process: a tracer provider is set once per process.
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": exporter}
+    out = subprocess.run([sys.executable, "-c", _PAST_SPAN], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == expected

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 import tweakline
 from tweakline.errors import ConfigurationError
+from tweakline.observability import tracing
 from tweakline.observability.instruments import utilisation
 from tweakline.runtime.settings import Settings
 
@@ -146,6 +147,9 @@ def setup_telemetry(service: str, settings: Settings) -> Telemetry:
             tracer_provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter()))
         else:
             tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+
+    if not span_exporters:
+        tracing.exports_nothing(tracer_provider)
 
     readers: list[MetricReader] = []
     metric_exporters = _exporters("METRICS")

@@ -22,6 +22,19 @@ from tweakline.observability.attributes import EXPERIMENT_ID, INSTRUMENTATION, R
 # (global provider, its tracer): get_tracer builds a new tracer and scope on every call, which
 # was a third of a batch's per-trial span in the runner's profile (docs/benchmarks.md).
 _tracer: tuple[object, trace.Tracer] | None = None
+# A provider this process set up without any span exporter: its spans go nowhere.
+_unexported: object | None = None
+
+
+def exports_nothing(provider: object) -> None:
+    """Note that ``provider`` (this process's, from its settings) has no span exporter.
+
+    :func:`past_span` then makes no span under it: such a span is never current, never carried
+    in a message, and nobody would receive it (a batch's ``trial.run`` span cost about 24 us per
+    trial, a fortieth of a trivial trial's CPU; docs/benchmarks.md).
+    """
+    global _unexported
+    _unexported = provider
 
 
 def tracer() -> trace.Tracer:
@@ -122,8 +135,11 @@ def past_span(
     """A span of work that already began at ``started_ns`` (``time.time_ns``), under the current span.
 
     For work timed elsewhere (a batch's trial, trained in the runner's child): the caller ends it
-    with ``span.end(end_time=...)``. It is not made current.
+    with ``span.end(end_time=...)``. It is not made current. Without a span exporter it is the
+    invalid span, on which recording does nothing (see :func:`exports_nothing`).
     """
+    if _unexported is not None and trace.get_tracer_provider() is _unexported:
+        return trace.INVALID_SPAN
     return tracer().start_span(name, start_time=started_ns, attributes=_attributes(experiment_id, trial_id, None, attributes))
 
 
