@@ -205,8 +205,11 @@ class TrialRecord(Message):
 
     @classmethod
     def from_result(cls, result: TrialCompleted) -> TrialRecord:
-        """The record kept for a trial's result (its record fields, without identity and delivery)."""
-        return cls(**{name: getattr(result, name) for name in TrialRecord.model_fields})
+        """The record kept for a trial's result (its record fields, without identity and delivery).
+
+        Not validated again: a result's fields were validated when it was received.
+        """
+        return cls.model_construct(**{name: getattr(result, name) for name in TrialRecord.model_fields})
 
 
 class TrialCompleted(TrialRecord):

@@ -320,17 +320,15 @@ class Scheduler:
                 return
             generation = 0
             results = result.results()  # a batched request's results come in one message
+            recorded = []
             for one in results:
                 if run.record(one):
                     generation = self._recorded[exp_id] = self._recorded.get(exp_id, 0) + 1
-                    log.info(
-                        "trial %s %s score=%s (%d/%d)",
-                        one.trial_id,
-                        one.status.value,
-                        one.score,
-                        len(run.state.results),
-                        run.limit,
+                    recorded.append(
+                        f"trial {one.trial_id} {one.status.value} score={one.score} ({len(run.state.results)}/{run.limit})"
                     )
+            if recorded:  # one line per message: a record (and a write) per trial was a cost of its own
+                log.info("; ".join(recorded))
         numbers = [one.number for one in results]
         if generation and not await self._commit(exp_id, generation, numbers):
             # A batch-mate's save failed and the cached run was dropped: these results are not in KV.
