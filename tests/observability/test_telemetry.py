@@ -311,9 +311,7 @@ def test_a_batch_of_results_is_counted_trial_by_trial(monkeypatch: pytest.Monkey
     monkeypatch.setattr(domain, "TRIALS", Recorder())
     monkeypatch.setattr(domain, "TRIAL_DURATION", Recorder())
     first = TrialCompleted(experiment_id="e", trial_id="e.0", number=0, status="ok", params={}, duration_s=1.5)
-    rest = [
-        TrialRecord(number=n, params={}, status=s, duration_s=d) for n, s, d in ((1, "failed", 0.25), (2, "pruned", 0.5))
-    ]
+    rest = [TrialRecord(number=n, params={}, status=s, duration_s=d) for n, s, d in ((1, "failed", 0.25), (2, "pruned", 0.5))]
     telemetry.observe_published(first.model_copy(update={"batch": rest}))
     assert counted == [("ok", 1.0), ("ok", 1.5), ("failed", 1.0), ("failed", 0.25), ("pruned", 1.0), ("pruned", 0.5)]
 
