@@ -161,10 +161,10 @@ class LineageStore:
     ) -> None:
         """Append an experiment's finished trials (ok and pruned) to its lineage; a repeat changes nothing."""
         context = context_of(spec, source)
-        kept = [
+        finished = [record for record in trials if record.status in (TrialStatus.OK, TrialStatus.PRUNED)]
+        kept = [  # only the most recent MAX_HISTORY can stay: a 20,000-trial experiment builds 1,000, not 20,000
             LineageTrial(experiment_id=experiment_id, commit=source.commit, context=context, record=record)
-            for record in trials
-            if record.status in (TrialStatus.OK, TrialStatus.PRUNED)
+            for record in finished[-MAX_HISTORY:]
         ]
 
         def change(current: LineageHistory | None) -> LineageHistory:
